@@ -89,7 +89,9 @@ class TeacherConfig:
     activation: Literal["tanh", "relu", "gelu", "identity"] | None = _f(
         None, "teacher activation; None uses the student's"
     )
-    rank: int | None = _f(None, "rank of the teacher's first weight matrix; None keeps it full", ge=0)
+    rank: int | None = _f(
+        None, "rank of the teacher's first weight matrix; None keeps it full", ge=0
+    )
     scale: float = _f(1.0, "teacher weights ~ N(0, scale^2 / fan_in)", ge=0)
 
 
@@ -146,12 +148,40 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class OptunaConfig:
-    """Tuning workflow settings (parsl-optuna)."""
+    """Tuning workflow settings (parsl-optuna).
+
+    ``search_space`` and ``enqueue`` are keyed by method name and checked against the method's
+    own search space (:func:`lambda_hat.methods.search_space`) by the workflow before any work.
+    ``search_space.<method>.<param>`` is either a fixed value (the parameter is not tuned) or a
+    mapping ``{low, high, log}`` (numbers) / ``{choices: [...]}`` (categorical) replacing the
+    default range. ``enqueue.<method>`` is a list of hyperparameter mappings tried first
+    (warm start), once per study.
+    """
 
     max_trials: int = _f(100, "finished trials per (problem, method)", ge=1)
     batch_size: int = _f(16, "trials in flight at once, across all studies", ge=1)
     hmc_budget_sec: float | None = _f(None, "alias of reference.budget_sec", gt=0)
     method_budget_sec: float = _f(600.0, "wall-clock budget per trial (s)", gt=0)
+    objective: Literal["abs", "huber"] = _f(
+        "abs", "abs: |llc_hat - llc_ref|; huber: Huber loss of that error with huber_delta"
+    )
+    huber_delta: float | None = _f(None, "Huber delta; None means 2 x the reference SE", gt=0)
+    objectives: list[Literal["error", "runtime"]] = _f(
+        ["error"], "[error] (single objective) or [error, runtime] (Pareto front)"
+    )
+    sampler: Literal["tpe", "random", "qmc", "gp", "cmaes"] = _f(
+        "tpe", "Optuna sampler (gp needs torch, cmaes the cmaes package)"
+    )
+    n_startup_trials: int = _f(10, "random trials before TPE/GP model the space", ge=0)
+    seed: int = _f(0, "sampler seed (offset per study) and the seed every trial runs with")
+    search_space: dict = _f({}, "per-method search-space overrides {method: {param: ...}}")
+    enqueue: dict = _f({}, "per-method warm-start trials {method: [{param: value}, ...]}")
+    storage: str | None = _f(
+        None, "Optuna storage URL; None: a journal file in <results>/studies/journal.log"
+    )
+    allow_failed_reference: bool = _f(
+        False, "tune problems whose HMC reference failed its quality gate"
+    )
 
 
 @dataclass(frozen=True)
@@ -427,7 +457,7 @@ def _check_problem(spec: ProblemSpec, where: str) -> None:
         )
     t = spec.teacher
     if t.rank is not None:
-        first_out = (t.widths if t.widths is not None else m.widths or [spec.data.output_dim])
+        first_out = t.widths if t.widths is not None else m.widths or [spec.data.output_dim]
         limit = min(spec.data.input_dim, (first_out or [spec.data.output_dim])[0])
         if t.rank > limit:
             raise ConfigError(
@@ -450,8 +480,9 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read the file ({exc.strerror}).",
-                          "check the path.") from None
+        raise ConfigError(
+            str(path), f"cannot read the file ({exc.strerror}).", "check the path."
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -459,7 +490,8 @@ def _read_yaml(path: Path) -> Any:
         loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         what = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(
-            str(path), f"YAML syntax error at {loc}: {what}.",
+            str(path),
+            f"YAML syntax error at {loc}: {what}.",
             "fix the indentation/quoting there.",
         ) from None
 

@@ -43,8 +43,12 @@ def chain_health(loss_draws, loss_star: float) -> dict:
     if L.ndim == 1:
         L = L[None, :]
     finite = np.isfinite(L)
-    out = {"nonfinite": int((~finite).sum()), "frac_below_star": None,
-           "last_third_trend": None, "spike_frac": None}
+    out = {
+        "nonfinite": int((~finite).sum()),
+        "frac_below_star": None,
+        "last_third_trend": None,
+        "spike_frac": None,
+    }
     if not finite.any():
         return out
     Lf = L[finite]

@@ -15,9 +15,7 @@ import numpy as np
 from lambda_hat import diagnostics
 
 
-def estimate_llc(
-    loss_draws, loss_star: float, nbeta: float, *, independent: bool = False
-) -> dict:
+def estimate_llc(loss_draws, loss_star: float, nbeta: float, *, independent: bool = False) -> dict:
     """λ̂ and its standard error from a (chains, draws) array of L_n values.
 
     Returns ``llc_hat``, ``se_hat``, ``llc_per_chain``, ``ess_bulk``, ``ess_tail``, ``rhat``

@@ -60,8 +60,13 @@ class LLCPosterior(NamedTuple):
 
 
 def make_posterior(
-    apply: Callable, X: jax.Array, y: jax.Array, noise: float, w_star: jax.Array,
-    beta: float | None = None, gamma: float = 1.0,
+    apply: Callable,
+    X: jax.Array,
+    y: jax.Array,
+    noise: float,
+    w_star: jax.Array,
+    beta: float | None = None,
+    gamma: float = 1.0,
 ) -> LLCPosterior:
     """Build the posterior of a regression problem (``apply(w, X)`` the network)."""
     n = int(X.shape[0])

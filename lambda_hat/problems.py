@@ -24,6 +24,7 @@ from lambda_hat import theory
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.config import ProblemSpec, as_dict, validate
 from lambda_hat.hashing import content_hash
+from lambda_hat.log import Progress
 from lambda_hat.models import Model, build_model, init_params, product_matrix, widths_for_budget
 from lambda_hat.posterior import LLCPosterior, gaussian_nll, make_posterior
 
@@ -141,15 +142,14 @@ def _train(spec: ProblemSpec, model: Model, X, y, w0, key) -> tuple[jax.Array, l
     run_chunk = jax.jit(lambda carry, keys: jax.lax.scan(step, carry, keys))
     carry, done, curve = (w0, opt.init(w0)), 0, []
     full_loss = jax.jit(lambda w: loss_fn(w, None))
-    t0 = time.perf_counter()
+    progress = Progress(log, "training w*", tc.steps)
     while done < tc.steps:
         m = min(chunk, tc.steps - done)
         keys = jax.random.split(jax.random.fold_in(key, done), m)
         carry, _ = run_chunk(carry, keys)
         done += m
         curve.append(float(full_loss(carry[0])))
-        log.info("training: step %d/%d  L_n %.6g  (%.1fs)", done, tc.steps, curve[-1],
-                 time.perf_counter() - t0)
+        progress.update(done, f"L_n {curve[-1]:.6g}")
     return carry[0], curve
 
 
@@ -187,8 +187,9 @@ def _load(spec: ProblemSpec, pid: str, path: Path) -> Problem | None:
     return Problem(pid, spec, model, info=info, path=path, **arrays)
 
 
-def build_problem(spec: ProblemSpec, artifacts: str | Path = "artifacts",
-                  force: bool = False) -> Problem:
+def build_problem(
+    spec: ProblemSpec, artifacts: str | Path = "artifacts", force: bool = False
+) -> Problem:
     """Load the stored problem for ``spec``, or generate, train and store it."""
     pid = problem_id(spec)
     path = problem_dir(artifacts, pid)
@@ -199,10 +200,18 @@ def build_problem(spec: ProblemSpec, artifacts: str | Path = "artifacts",
     model = student_model(spec)
     log.info("problem %s: building %s, d=%d, n=%d", pid, model.layer_widths, model.d, spec.data.n)
     g = _generate(spec)
-    loss_star = float(jax.jit(
-        lambda w: gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise))(g["w_star"]))
-    grad_norm = float(jnp.linalg.norm(jax.grad(
-        lambda w: gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise))(g["w_star"])))
+    loss_star = float(
+        jax.jit(lambda w: gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise))(
+            g["w_star"]
+        )
+    )
+    grad_norm = float(
+        jnp.linalg.norm(
+            jax.grad(lambda w: gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise))(
+                g["w_star"]
+            )
+        )
+    )
     info = {
         "schema": PROBLEM_SCHEMA,
         "pid": pid,
@@ -216,11 +225,17 @@ def build_problem(spec: ProblemSpec, artifacts: str | Path = "artifacts",
         "theory": theoretical_llc(spec, model, g["w_teacher"]),
         "build_sec": time.perf_counter() - t0,
     }
-    atomic_write_npz(path / "data.npz", X=g["X"], y=g["y"], w_star=g["w_star"],
-                     w_teacher=g["w_teacher"])
+    atomic_write_npz(
+        path / "data.npz", X=g["X"], y=g["y"], w_star=g["w_star"], w_teacher=g["w_teacher"]
+    )
     atomic_write_json(path / "problem.json", info)
-    log.info("problem %s: L_n(w*) = %.6g, |grad| = %.2e (%.1fs)", pid, loss_star, grad_norm,
-             info["build_sec"])
+    log.info(
+        "problem %s: L_n(w*) = %.6g, |grad| = %.2e (%.1fs)",
+        pid,
+        loss_star,
+        grad_norm,
+        info["build_sec"],
+    )
     return Problem(pid, spec, model, g["X"], g["y"], g["w_star"], g["w_teacher"], info, path)
 
 

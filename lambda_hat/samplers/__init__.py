@@ -1,0 +1,1 @@
+"""Samplers, one module each (BlackJAX style: state NamedTuple, init/step pairs)."""

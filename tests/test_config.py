@@ -1,0 +1,136 @@
+"""Config loading: helpful errors before any work, stable and sensitive problem ids."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lambda_hat.config import ConfigError, load_experiment, resolve_problem
+from lambda_hat.problems import problem_id
+
+
+def write(tmp_path, text, name="x.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_typo_in_override_is_rejected_with_valid_keys(tmp_path):
+    cfg = write(
+        tmp_path,
+        """
+        problems:
+          - {model: small, data: base, overrides: {model: {depht: 3}}}
+    """,
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(cfg)
+    msg = str(exc.value)
+    assert "problems[0].overrides.model.depht" in msg
+    assert "Did you mean 'depth'" in msg
+    assert "target_params" in msg  # valid keys are listed
+
+
+def test_wrong_type_names_field_and_value(tmp_path):
+    cfg = write(
+        tmp_path,
+        """
+        problems: [{model: small, overrides: {data: {n: lots}}}]
+    """,
+    )
+    with pytest.raises(ConfigError, match=r"problems\[0\]\.overrides\.data\.n.*'lots'"):
+        load_experiment(cfg)
+
+
+def test_missing_preset_lists_available(tmp_path):
+    cfg = write(tmp_path, "problems: [{model: smal}]\n")
+    with pytest.raises(ConfigError, match=r"problems\[0\]\.model.*Did you mean 'small'"):
+        load_experiment(cfg)
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    cfg = write(tmp_path, "problems:\n  - {model: small\n")
+    with pytest.raises(ConfigError, match="YAML syntax error at line"):
+        load_experiment(cfg)
+
+
+def test_range_and_unknown_top_level_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"reference\.chains.*>= 2"):
+        load_experiment(write(tmp_path, "problems: [{}]\nreference: {chains: 1}\n"))
+    with pytest.raises(ConfigError, match="refrence.*Did you mean 'reference'"):
+        load_experiment(write(tmp_path, "problems: [{}]\nrefrence: {chains: 4}\n"))
+
+
+def test_dln_with_bias_is_rejected():
+    with pytest.raises(ConfigError, match="model.bias"):
+        resolve_problem({"model": "dln", "overrides": {"model": {"bias": True}}})
+
+
+def test_yaml_scientific_notation_is_a_number():
+    spec = resolve_problem({"model": "small", "overrides": {"model": {"train": {"lr": "1e-3"}}}})
+    assert spec.model.train.lr == 1e-3
+
+
+def test_overrides_deep_merge_and_config_local_presets(tmp_path):
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    write(tmp_path / "conf" / "model", "family: mlp\ndepth: 1\nwidths: [2]\n", "mine.yaml")
+    cfg = write(
+        tmp_path,
+        """
+        problems:
+          - {model: small, overrides: {model: {depth: 3, train: {lr: 0.5}}}}
+          - {model: mine}
+    """,
+    )
+    exp = load_experiment(cfg)
+    a, b = exp.problems
+    assert a.model.depth == 3 and a.model.train.lr == 0.5
+    assert a.model.train.steps == 3000  # untouched sibling kept by the deep merge
+    assert b.model.widths == [2]
+
+
+def test_pid_is_stable_across_key_order_and_processes():
+    e1 = {
+        "model": "small",
+        "data": "base",
+        "seed": 5,
+        "overrides": {"model": {"depth": 3, "activation": "relu"}},
+    }
+    e2 = {
+        "overrides": {"model": {"activation": "relu", "depth": 3}},
+        "seed": 5,
+        "data": "base",
+        "model": "small",
+    }
+    pid = problem_id(resolve_problem(e1))
+    assert pid == problem_id(resolve_problem(e2))
+    assert pid.startswith("p_") and len(pid) == 14
+    code = (
+        "from lambda_hat.config import resolve_problem; from lambda_hat.problems import "
+        f"problem_id; print(problem_id(resolve_problem({e2!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
+    assert out.stdout.strip() == pid
+
+
+def test_pid_changes_with_any_resolved_value():
+    base = {"model": "small", "data": "base", "seed": 5}
+    pid = problem_id(resolve_problem(base))
+    variants = [
+        {**base, "seed": 6},
+        {**base, "overrides": {"data": {"noise": 0.2}}},
+        {**base, "overrides": {"model": {"train": {"lr": 0.02}}}},
+        {**base, "teacher": "rank1"},
+    ]
+    pids = {problem_id(resolve_problem(v)) for v in variants}
+    assert pid not in pids and len(pids) == len(variants)
+    # The same resolved values reached through an explicit override hash the same.
+    same = {**base, "overrides": {"data": {"noise": 0.1}}}
+    assert problem_id(resolve_problem(same)) == pid
