@@ -139,13 +139,17 @@ def failure_of(metrics: Mapping[str, Any] | None) -> dict | None:
     if not isinstance(failure, Mapping):
         status = metrics.get("status")
         return {"kind": "error", "message": f"metrics have status {status!r} and no failure"}
-    if failure.get("kind") not in FAILURE_KINDS:
-        return {
-            **failure,
-            "kind": "error",
-            "message": f"unknown failure kind {failure.get('kind')!r}: {failure.get('message')}",
-        }
-    return dict(failure)
+    out = dict(failure)
+    # the runner's spellings (lambda_hat.runner): exception_type, traceback = a file path
+    if out.get("exc_type") is None and out.get("exception_type") is not None:
+        out["exc_type"] = out["exception_type"]
+    tb = out.get("traceback")
+    if out.get("traceback_path") is None and isinstance(tb, str) and tb and "\n" not in tb:
+        out["traceback_path"] = out.pop("traceback")
+    if out.get("kind") not in FAILURE_KINDS:
+        out["message"] = f"unknown failure kind {out.get('kind')!r}: {out.get('message')}"
+        out["kind"] = "error"
+    return out
 
 
 def _as_float(x: Any) -> float | None:
@@ -165,9 +169,11 @@ def progress_of(failure: Mapping[str, Any]) -> float | None:
     fraction (0.001, 0.01, 0.1) would not. Other kinds use ``fraction_done`` as given.
     """
     step, total = _as_float(failure.get("step")), _as_float(failure.get("steps_total"))
+    frac = _as_float(failure.get("fraction_done"))
+    if total is None and step is not None and frac is not None and frac > 0:
+        total = step / frac  # the runner reports step and fraction_done = step / steps
     if failure.get("kind") == "diverged" and step is not None and total and total > 0:
         return min(1.0, max(0.0, math.log1p(max(step, 0.0)) / math.log1p(total)))
-    frac = _as_float(failure.get("fraction_done"))
     if frac is None and step is not None and total and total > 0:
         frac = step / total
     return None if frac is None else min(1.0, max(0.0, frac))
@@ -241,6 +247,17 @@ def _failure_attrs(failure: Mapping[str, Any]) -> dict[str, Any]:
         if failure.get(key) is not None:
             attrs[f"failure_{key}"] = failure[key]
     return attrs
+
+
+def _failure_from_attrs(attrs: Mapping[str, Any]) -> dict:
+    """The failure dict recorded in a trial's user attrs by :func:`tell` (inverse of
+    :func:`_failure_attrs`); a trial without them (FAIL by Optuna itself) is an ``error``."""
+    failure = {"kind": attrs.get("failure_kind") or "error", "message": ""}
+    failure["message"] = attrs.get("failure_message") or "failed without a recorded reason"
+    for key, value in attrs.items():
+        if key.startswith("failure_") and key not in ("failure_kind", "failure_message"):
+            failure[key.removeprefix("failure_")] = value
+    return failure
 
 
 def tell_args(
@@ -466,9 +483,16 @@ class FailureGuard:
         metrics: Mapping[str, Any] | None,
         metrics_path: str | None = None,
         params: Mapping[str, Any] | None = None,
+        told: TellArgs | None = None,
     ) -> Decision:
-        """Record one finished trial and return what the study should do next."""
+        """Record one finished trial and return what the study should do next.
+
+        Pass ``told`` (what :func:`tell` returned) so that a run whose metrics say ``ok`` but
+        whose objective could not be computed is recorded as the ``error`` it was told as.
+        """
         failure = failure_of(metrics)
+        if failure is None and told is not None and told.user_attrs.get("status") == "failed":
+            failure = _failure_from_attrs(told.user_attrs)
         rec = _Record(
             trial_number,
             failure,
@@ -507,6 +531,23 @@ class FailureGuard:
                 "stop",
                 f"{len(counted)} failed trials and no success: study stopped.\n{self.diagnosis()}",
             )
+        return self.decision
+
+    def replay(self, study: optuna.Study) -> Decision:
+        """Re-record a resumed study's finished trials (in trial order) from their user attrs,
+        so that a restarted driver keeps the counts, and a stopped study stays stopped."""
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if not t.state.is_finished():
+                continue
+            run_dir = t.user_attrs.get("run_dir")
+            path = f"{run_dir}/metrics.json" if run_dir else None
+            ok = t.state == TrialState.COMPLETE and t.user_attrs.get("status", "ok") == "ok"
+            metrics = (
+                {"status": "ok"}
+                if ok
+                else {"status": "failed", "failure": _failure_from_attrs(t.user_attrs)}
+            )
+            self.record(t.number, metrics, path, t.params)
         return self.decision
 
     def _systematic_message(self, recs: list[_Record], why: str) -> str:

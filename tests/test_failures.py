@@ -257,3 +257,48 @@ def test_constraints_make_tpe_propose_fewer_failing_points_than_fail_states():
     ours = sorted(_failing_late("constraints", s) for s in seeds)
     fail = sorted(_failing_late("fail", s) for s in seeds)
     assert sum(ours) < 0.6 * sum(fail), (ours, fail)
+
+
+# --- the runner's spellings, resume, and objective failures -----------------------------------
+
+
+def test_runner_spellings_are_understood():
+    runner_div = {
+        "status": "failed",
+        "failure": {"kind": "diverged", "message": "nan", "step": 10, "fraction_done": 0.001},
+    }
+    assert constraint_value(runner_div) == pytest.approx(constraint_value(diverged(10)))
+    runner_err = {
+        "status": "failed",
+        "failure": {
+            "kind": "error",
+            "message": "ModuleNotFoundError: No module named 'x'",
+            "exception_type": "ModuleNotFoundError",
+            "traceback": "/runs/r_1/traceback.txt",
+        },
+    }
+    decision = FailureGuard().record(1, runner_err, "/runs/r_1/metrics.json")
+    assert (
+        decision.action == "abort" and "traceback path: /runs/r_1/traceback.txt" in decision.message
+    )
+
+
+def test_replay_restores_the_guard_after_a_driver_restart():
+    study = optuna.create_study()
+    guard = FailureGuard(max_consecutive_failures=10)
+    told, _ = _loop(study, guard, lambda n, p: diverged(1 + n), n_trials=7)
+    fresh = FailureGuard(max_consecutive_failures=10)
+    assert fresh.replay(study).proceed and len(fresh.records) == 7
+    assert [r.failure["step"] for r in fresh.records] == [1 + n for n in told]
+    _, decision = _loop(study, fresh, lambda n, p: diverged(1 + n), n_trials=5)
+    assert decision.action == "stop" and len(study.get_trials()) == 10
+
+
+def test_an_ok_run_without_a_finite_objective_is_recorded_as_the_error_it_was_told_as():
+    study = optuna.create_study()
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    told = tell(study, trial, {"status": "ok", "llc_hat": None}, objective)
+    assert told.state == TrialState.FAIL
+    guard = FailureGuard()
+    guard.record(trial.number, {"status": "ok", "llc_hat": None}, told=told)
+    assert guard.n_success == 0 and guard.records[0].failure["kind"] == "error"
