@@ -118,10 +118,10 @@ def test_divergence_reported_by_the_function_passes_through(tmp_path):
 
 def test_native_hang_is_killed_as_timeout_with_progress(tmp_path):
     t0 = time.monotonic()
-    m = _run("native_hang", tmp_path, timeout=4.0, seconds=120)
+    m = _run("native_hang", tmp_path, timeout=6.0, seconds=120)  # slack for a slow import
     assert _kind(m) == "timeout"
     assert m["failure"]["fraction_done"] == 0.25 and m["failure"]["progress"] == {"step": 250}
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 20
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path):
