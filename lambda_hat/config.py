@@ -182,6 +182,18 @@ class OptunaConfig:
     allow_failed_reference: bool = _f(
         False, "tune problems whose HMC reference failed its quality gate"
     )
+    isolate: bool = _f(
+        True, "run each trial in a killable child process (hard timeout, crash containment)"
+    )
+    timeout_grace: float = _f(
+        1.5, "a trial is killed after method_budget_sec x timeout_grace (s)", ge=1
+    )
+    max_consecutive_failures: int | None = _f(
+        10, "stop a study after this many failures without any success; None: never", ge=1
+    )
+    infrastructure_retries: int = _f(
+        2, "resubmissions of a trial whose worker or node was lost", ge=0
+    )
 
 
 @dataclass(frozen=True)

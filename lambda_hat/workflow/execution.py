@@ -1,0 +1,302 @@
+"""Parsl: loading a config, the worker-side app bodies, and where a trial's files live.
+
+Workers receive a plain dict and return a plain dict (see :mod:`lambda_hat.workflow.tuning`
+for the contract). The app bodies are module-level functions, so Parsl ships them by reference
+and a worker imports this module like any other.
+
+A trial runs :data:`DEFAULT_TRIAL_TARGET` (``"module:function"``, called with the payload as
+keyword arguments) in a child process through :func:`lambda_hat.isolation.run_isolated`, which
+kills it past ``method_budget_sec × timeout_grace`` even inside compiled code and turns a
+crash into a failure kind, so a trial never takes down a worker. Whatever happens, the trial's
+``metrics.json`` exists in its run directory afterwards (the results table is built from it).
+
+JAX in workers: the persistent compilation cache lives in ``<artifacts>/.jax_cache``, shared by
+every worker and trial, so a repeated trial shape does not pay compile time again. Parsl's
+resource monitor is left off: it forks the worker, which can deadlock a process that has
+imported JAX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import runpy
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lambda_hat._io import atomic_write_json, read_json
+from lambda_hat.config import ConfigError
+from lambda_hat.hashing import content_hash
+from lambda_hat.isolation import run_isolated
+
+log = logging.getLogger("lambda_hat.workflow")
+
+DEFAULT_TRIAL_TARGET = "lambda_hat.workflow.execution:run_method_trial"
+#: Failure kinds whose metrics.json is reused as the trial's outcome (deterministic in the
+#: manifest); every other failure is run again when its manifest comes up again.
+REUSABLE_FAILURES = ("diverged",)
+
+
+# ------------------------------------------------------------------------ trial identity
+
+
+def trial_manifest(payload: dict) -> dict:
+    """What identifies a trial's result: problem, method, hyperparameters, budget, seed, target."""
+    return {
+        "pid": payload["pid"],
+        "method": payload["method"],
+        "hyperparams": payload["hyperparams"],
+        "budget_sec": payload["budget_sec"],
+        "seed": payload["seed"],
+        "target": payload.get("target", DEFAULT_TRIAL_TARGET),
+    }
+
+
+def trial_location(payload: dict) -> tuple[str, Path]:
+    """``(run_id, run_dir)``: ``r_<sha256(manifest)[:12]>`` under ``<artifacts>/runs/<pid>/<method>/``."""
+    run_id = content_hash(trial_manifest(payload), prefix="r_")
+    return run_id, Path(payload["artifacts"]) / "runs" / payload["pid"] / payload["method"] / run_id
+
+
+def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
+    """The run's metrics when they are a reusable outcome (ok, or a deterministic failure)."""
+    if not run_dir:
+        return None
+    metrics = read_json(Path(run_dir) / "metrics.json")
+    if metrics is None:
+        return None
+    if metrics.get("status") == "ok":
+        return metrics
+    kind = (metrics.get("failure") or {}).get("kind")
+    return metrics if metrics.get("status") == "failed" and kind in REUSABLE_FAILURES else None
+
+
+# ------------------------------------------------------------------------ worker side
+
+
+def worker_env(artifacts: str | Path) -> dict[str, str]:
+    """Environment for trial processes: the shared JAX compilation cache."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(Path(artifacts).resolve() / ".jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def _apply_env(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    if "jax" in sys.modules:  # a worker that already imported JAX: the env vars are read once
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
+
+
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_method_trial(**payload: Any) -> dict:
+    """Build (or load) the problem and run one trial of ``payload["method"]`` (the default
+    target; it runs inside the isolated child process)."""
+    from lambda_hat import runner
+    from lambda_hat.config import ProblemSpec, validate
+    from lambda_hat.problems import build_problem
+
+    problem = build_problem(validate(payload["spec"], ProblemSpec, "spec"), payload["artifacts"])
+    return runner.run_method_trial(
+        problem,
+        payload["method"],
+        payload["hyperparams"],
+        payload["budget_sec"],
+        payload["seed"],
+        ref=payload.get("ref"),
+        artifacts=payload["artifacts"],
+    )
+
+
+def execute_trial(payload: dict) -> dict:
+    """The trial app body: run the payload's target, write and return its metrics dict.
+
+    Never raises for a failure of the trial itself: exceptions, crashes and hard timeouts come
+    back as ``{"status": "failed", "failure": {"kind": ..., ...}}``.
+    """
+    start = time.time()
+    env = worker_env(payload["artifacts"])
+    _apply_env(env)
+    run_dir = Path(payload["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = payload.get("target", DEFAULT_TRIAL_TARGET)
+    kwargs = {k: v for k, v in payload.items() if k not in ("target", "isolate", "timeout_grace")}
+    if payload.get("isolate", True):
+        hard = float(payload["budget_sec"]) * float(payload.get("timeout_grace", 1.5))
+        metrics = run_isolated(target, kwargs, hard, workdir=run_dir / "isolation", env=env)
+    else:
+        metrics = _call_inline(target, kwargs, run_dir)
+    metrics = dict(metrics)
+    metrics.setdefault("host", socket.gethostname())
+    metrics.setdefault("started_at", start)
+    metrics.setdefault("finished_at", time.time())
+    metrics.setdefault("run_id", payload.get("run_id"))
+    metrics.setdefault("hyperparams", payload["hyperparams"])
+    written = read_json(run_dir / "metrics.json")
+    if written is None or written.get("status") != metrics.get("status"):
+        atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _call_inline(target: str, kwargs: dict, run_dir: Path) -> dict:
+    """Run ``target`` in this process (no isolation): an exception becomes an ``error``."""
+    try:
+        return _resolve(target)(**kwargs)
+    except Exception as exc:
+        tb_path = run_dir / "traceback.txt"
+        tb_path.write_text("".join(traceback.format_exception(exc)))
+        return {
+            "status": "failed",
+            "failure": {
+                "kind": "error",
+                "message": f"{type(exc).__name__}: {exc}",
+                "exc_type": type(exc).__name__,
+                "traceback_path": str(tb_path),
+            },
+        }
+
+
+def execute_reference(payload: dict) -> dict:
+    """The reference app body: build the problem and its HMC reference (cached by pid).
+
+    Returns the ref.json contents, or ``{"error": message, "traceback": ...}``.
+    """
+    _apply_env(worker_env(payload["artifacts"]))
+    try:
+        from lambda_hat.reference import reference_job
+
+        return reference_job(
+            payload["spec"],
+            payload["reference"],
+            payload["artifacts"],
+            payload.get("force", False),
+            verbose=None,
+        )
+    except Exception as exc:
+        return {
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        }
+
+
+# ------------------------------------------------------------------------ Parsl config
+
+
+def ensure_worker_path() -> None:
+    """Put this interpreter's bin directory on PATH: Parsl launches ``process_worker_pool.py``
+    by name, and users should not have to activate the virtual environment for that."""
+    bindir = os.path.dirname(sys.executable)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in parts:
+        os.environ["PATH"] = os.pathsep.join([bindir, *parts])
+
+
+def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
+    """A HighThroughputExecutor on this machine, one worker per core (``--local``).
+
+    Same as ``parsl_configs/local.py``; ``workers`` overrides the core count.
+    """
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    return Config(
+        executors=[
+            HighThroughputExecutor(
+                label="local",
+                address="127.0.0.1",
+                max_workers_per_node=workers or os.cpu_count() or 1,
+                cores_per_worker=1,
+                provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+            )
+        ],
+        run_dir=str(run_dir),
+        strategy="none",
+        usage_tracking=0,
+    )
+
+
+def load_parsl_config(path: str | Path):
+    """Run the Python file ``path`` and return its module-level ``config`` (Parsl's convention).
+
+    Raises :class:`ConfigError` (naming ``--parsl-config``) when the file cannot be run or
+    defines no Parsl ``Config``.
+    """
+    from parsl.config import Config
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            "--parsl-config", f"{path} does not exist.", "give the path of a .py file."
+        )
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as exc:
+        raise ConfigError(
+            "--parsl-config",
+            f"running {path} raised {type(exc).__name__}: {exc}.",
+            "fix the file; it must define `config = parsl.config.Config(...)`.",
+        ) from None
+    config = namespace.get("config")
+    if not isinstance(config, Config):
+        raise ConfigError(
+            "--parsl-config",
+            f"{path} defines no `config` of type parsl.config.Config.",
+            "add `config = Config(executors=[...])` at module level.",
+        )
+    if config.monitoring is not None:
+        log.warning(
+            "%s enables Parsl monitoring: its resource monitor forks workers, which can "
+            "deadlock JAX. Remove `monitoring=` if workers hang.",
+            path,
+        )
+    return config
+
+
+@contextlib.contextmanager
+def parsl_session(config, run_dir: str | Path | None = None) -> Iterator[None]:
+    """Load ``config`` for the duration of the block, then shut the executors down.
+
+    ``run_dir`` replaces Parsl's default ``runinfo`` (relative to the working directory) with a
+    directory under the results, so a run keeps its logs with its studies.
+    """
+    import parsl
+
+    ensure_worker_path()
+    if run_dir is not None and config.run_dir == "runinfo":
+        config.run_dir = str(run_dir)
+    dfk = parsl.load(config)
+    try:
+        yield
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+
+
+def trial_submitter():
+    """``submit(payload) -> AppFuture`` running :func:`execute_trial` on the loaded executors."""
+    from parsl import python_app
+
+    app = python_app(execute_trial)
+    return app
+
+
+def reference_submitter():
+    """``submit(payload) -> AppFuture`` running :func:`execute_reference`."""
+    from parsl import python_app
+
+    return python_app(execute_reference)

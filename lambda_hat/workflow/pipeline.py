@@ -1,0 +1,543 @@
+"""``parsl-optuna``: references, batched ask-and-tell tuning, Parquet — resumable, on Parsl.
+
+Stages, in order:
+
+0. **Check** (nothing is written): the experiment YAML with the CLI overrides, every problem's
+   presets, the methods' search-space overrides and warm-start trials, the sampler's package,
+   the Parsl config file. Any error prints one paragraph naming the field and the fix, exit 2.
+1. **References**: one Parsl app per problem, all in parallel; each builds the problem and its
+   HMC reference (cached by pid). A reference that fails its quality gate stops tuning for that
+   problem unless ``optuna.allow_failed_reference``.
+2. **Tuning**: one study per (problem, method), interleaved by :class:`tuning.Driver`.
+3. **Aggregation**: ``<results>/optuna_trials.parquet`` and the study pickles; a table of the
+   best hyperparameters per study.
+
+Exit codes: 0 done; 1 some problem or study could not be tuned to the end (reason logged);
+2 bad input, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from lambda_hat.config import (
+    ConfigError,
+    Experiment,
+    ExperimentConfig,
+    as_dict,
+    load_experiment,
+)
+from lambda_hat.failures import FailureGuard
+from lambda_hat.hashing import content_hash
+from lambda_hat.log import fmt_seconds, setup_logging
+from lambda_hat.workflow import execution, progress, results, studies, tuning
+
+log = logging.getLogger("lambda_hat.workflow")
+
+#: Keys of a search-space override mapping.
+_RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+@dataclass
+class Plan:
+    """Everything the run needs, checked before anything is written."""
+
+    exp: Experiment
+    pids: list[str]
+    spaces: dict[str, dict[str, BaseDistribution]]
+    fixed: dict[str, dict[str, Any]]
+    enqueue: dict[str, list[dict]]
+    parsl_config: Any
+    artifacts: Path
+    results: Path
+    trial_target: str
+
+    @property
+    def cfg(self) -> ExperimentConfig:
+        return self.exp.config
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def _methods_module():
+    from lambda_hat import methods
+
+    return methods
+
+
+def method_space(
+    method: str, overrides: Any, where: str
+) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+    """The method's search space with the user's overrides, and the fixed (untuned) values.
+
+    An override is a fixed value, ``{low, high[, log][, step]}`` or ``{choices: [...]}``.
+    """
+    methods = _methods_module()
+    space = dict(methods.search_space(method))
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(where, f"got {overrides!r}, expected a mapping of parameter overrides.")
+    known = set(methods.default_hyperparams(method))
+    fixed: dict[str, Any] = {}
+    for name, spec in overrides.items():
+        sub = f"{where}.{name}"
+        if name not in known:
+            raise ConfigError(
+                sub,
+                f"{method} has no hyperparameter {name!r}. Valid: {', '.join(sorted(known))}.",
+                "correct the name.",
+            )
+        if not isinstance(spec, dict):
+            fixed[name] = spec
+            space.pop(name, None)
+            continue
+        space[name] = _distribution(spec, space.get(name), sub)
+    if fixed:
+        methods.validate_hyperparams(method, fixed, where)
+    return space, fixed
+
+
+def _distribution(spec: dict, base: BaseDistribution | None, where: str) -> BaseDistribution:
+    keys = set(spec)
+    try:
+        if keys == {"choices"}:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ValueError("choices must be a non-empty list")
+            return CategoricalDistribution(spec["choices"])
+        if keys <= _RANGE_KEYS and {"low", "high"} <= keys:
+            low, high = spec["low"], spec["high"]
+            as_int = isinstance(base, IntDistribution) or (
+                base is None and all(isinstance(v, int) for v in (low, high))
+            )
+            if as_int:
+                return IntDistribution(
+                    int(low),
+                    int(high),
+                    log=bool(spec.get("log", False)),
+                    step=int(spec.get("step", 1)),
+                )
+            return FloatDistribution(
+                float(low), float(high), log=bool(spec.get("log", False)), step=spec.get("step")
+            )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            where, f"invalid range {spec!r}: {exc}.", "use low < high (low > 0 with log: true)."
+        ) from None
+    raise ConfigError(
+        where,
+        f"got {spec!r}.",
+        "write a fixed value, {low: .., high: .., log: true|false} or {choices: [...]}.",
+    )
+
+
+def check_plan(
+    exp: Experiment, parsl_config_path: str | None, local: bool, trial_target: str | None
+) -> Plan:
+    """Check everything that can be checked without writing a byte; raises ConfigError."""
+    from lambda_hat.problems import problem_id
+
+    cfg = exp.config
+    if not cfg.methods:
+        raise ConfigError(
+            "methods", "is empty.", "list methods to tune, e.g. [sgld, vi].", source=exp.source
+        )
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(
+            "methods",
+            f"lists a method twice: {cfg.methods}.",
+            "list each method once.",
+            source=exp.source,
+        )
+    oc = cfg.optuna
+    if len(set(oc.objectives)) != len(oc.objectives) or oc.objectives[0] != "error":
+        raise ConfigError(
+            "optuna.objectives",
+            f"got {oc.objectives}.",
+            "use [error] or [error, runtime].",
+            source=exp.source,
+        )
+    for key in ("search_space", "enqueue"):
+        for m in getattr(oc, key):
+            if m not in cfg.methods:
+                raise ConfigError(
+                    f"optuna.{key}.{m}",
+                    f"{m!r} is not in methods {cfg.methods}.",
+                    "add the method to methods or remove this entry.",
+                    source=exp.source,
+                )
+    try:
+        studies.check_sampler(oc)
+        spaces, fixed, enqueue = {}, {}, {}
+        for m in cfg.methods:
+            spaces[m], fixed[m] = method_space(
+                m, oc.search_space.get(m), f"optuna.search_space.{m}"
+            )
+            enqueue[m] = _check_enqueue(m, oc.enqueue.get(m), spaces[m], fixed[m])
+    except ConfigError as exc:
+        raise ConfigError(exc.where, exc.problem, exc.fix, source=exp.source) from None
+    if parsl_config_path and local:
+        raise ConfigError("--local", "is given together with --parsl-config.", "use one of them.")
+    paths = cfg.paths
+    artifacts, res = Path(paths.artifacts).resolve(), Path(paths.results).resolve()
+    parsl_config = (
+        execution.load_parsl_config(parsl_config_path)
+        if parsl_config_path
+        else execution.local_config(run_dir=res / "runinfo")
+    )
+    pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
+    return Plan(
+        exp,
+        pids,
+        spaces,
+        fixed,
+        enqueue,
+        parsl_config,
+        artifacts,
+        res,
+        trial_target or execution.DEFAULT_TRIAL_TARGET,
+    )
+
+
+def _check_enqueue(method: str, entries: Any, space: dict, fixed: dict) -> list[dict]:
+    where = f"optuna.enqueue.{method}"
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ConfigError(where, f"got {entries!r}, expected a list of hyperparameter mappings.")
+    out = []
+    for i, entry in enumerate(entries):
+        sub = f"{where}[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(sub, f"got {entry!r}, expected a mapping.")
+        extra = sorted(set(entry) - set(space))
+        if extra:
+            raise ConfigError(
+                f"{sub}.{extra[0]}",
+                "is not a searched hyperparameter.",
+                f"searched: {', '.join(space)}; fix others under optuna.search_space.{method}.",
+            )
+        _methods_module().validate_hyperparams(method, {**fixed, **entry}, sub)
+        out.append(dict(entry))
+    return out
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def run_references(plan: Plan) -> dict[str, dict]:
+    """Stage 1: every problem's reference as a Parsl app, in parallel. ``pid -> ref`` (or
+    ``{"error": ...}``)."""
+    submit = execution.reference_submitter()
+    ref_cfg = dataclasses.asdict(plan.cfg.reference)
+    futures = {}
+    seen = set()
+    for spec in plan.exp.problems:
+        from lambda_hat.problems import problem_id
+
+        pid = problem_id(spec)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        futures[pid] = submit(
+            {"spec": as_dict(spec), "reference": ref_cfg, "artifacts": str(plan.artifacts)}
+        )
+    log.info("references: %d problem(s) submitted", len(futures))
+    refs = {}
+    for pid, fut in futures.items():
+        try:
+            refs[pid] = fut.result()
+        except Exception as exc:
+            refs[pid] = {"error": f"{type(exc).__name__}: {exc}"}
+    return refs
+
+
+def _usable(pid: str, ref: dict, allow_failed: bool) -> str | None:
+    """Why tuning cannot use this reference, or None when it can."""
+    if "error" in ref:
+        return f"the reference could not be computed: {ref['error']}"
+    gate = ref.get("gate") or {}
+    if not gate.get("passed", False) and not allow_failed:
+        reasons = "; ".join(gate.get("reasons") or ["no reason recorded"])
+        return (
+            f"the HMC reference failed its quality gate ({reasons}). Raise reference.draws "
+            "or reference.warmup, or set optuna.allow_failed_reference: true to tune anyway."
+        )
+    return None
+
+
+def _trial_ref(ref: dict) -> dict:
+    return {k: v for k, v in ref.items() if k != "summary"}
+
+
+def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyTask]:
+    """One :class:`tuning.StudyTask` per usable (problem, method), studies created or loaded."""
+    oc = plan.cfg.optuna
+    specs = {}
+    from lambda_hat.problems import problem_id
+
+    for spec in plan.exp.problems:
+        specs.setdefault(problem_id(spec), spec)
+    tasks = []
+    for pid in plan.pids:
+        for method in plan.cfg.methods:
+            name = studies.study_name(pid, method)
+            seed = oc.seed + int(content_hash(name)[:7], 16)
+            study = studies.open_study(storage, pid, method, oc, seed)
+            base = {
+                "pid": pid,
+                "spec": as_dict(specs[pid]),
+                "method": method,
+                "budget_sec": oc.method_budget_sec,
+                "seed": oc.seed,
+                "ref": _trial_ref(refs[pid]),
+                "artifacts": str(plan.artifacts),
+                "target": plan.trial_target,
+                "isolate": oc.isolate,
+                "timeout_grace": oc.timeout_grace,
+            }
+            task = tuning.StudyTask(
+                pid=pid,
+                method=method,
+                study=study,
+                space=plan.spaces[method],
+                base_payload=base,
+                ref=refs[pid],
+                objective=oc.objective,
+                objectives=tuple(oc.objectives),
+                huber_delta=oc.huber_delta,
+                fixed=plan.fixed[method],
+                resolve=_resolver(method),
+                locate=_locator(plan, pid, method, refs[pid]),
+                guard=FailureGuard(max_consecutive_failures=oc.max_consecutive_failures),
+                max_retries=oc.infrastructure_retries,
+            )
+            if plan.enqueue[method] and not study.user_attrs.get("warm_start_enqueued"):
+                for params in plan.enqueue[method]:
+                    study.enqueue_trial(params, user_attrs={"warm_start": True})
+                study.set_user_attr("warm_start_enqueued", True)
+            tasks.append(task)
+    return tasks
+
+
+def _resolver(method: str):
+    methods = _methods_module()
+
+    def resolve(hp: dict) -> dict:
+        return methods.validate_hyperparams(method, hp)
+
+    return resolve
+
+
+def _locator(plan: Plan, pid: str, method: str, ref: dict):
+    """Where the trial's runner will write: the runner's own content address for the default
+    target, the generic one (:func:`execution.trial_location`) for any other."""
+    if plan.trial_target != execution.DEFAULT_TRIAL_TARGET:
+        return execution.trial_location
+    from lambda_hat import runner
+    from lambda_hat.problems import load_problem
+
+    problem = load_problem(plan.artifacts, pid)
+
+    def locate(payload: dict) -> tuple[str, Path]:
+        manifest = runner.trial_manifest(
+            problem, method, payload["hyperparams"], payload["budget_sec"], payload["seed"], ref
+        )
+        run_dir = runner.run_dir_for(plan.artifacts, pid, method, manifest)
+        return run_dir.name, run_dir
+
+    return locate
+
+
+def aggregate(plan: Plan, tasks: list[tuning.StudyTask]) -> Path:
+    """Stage 3: the Parquet table and the study pickles."""
+    rows = []
+    for t in tasks:
+        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref))
+        studies.export_pickle(t.study, plan.results, t.pid, t.method)
+    return results.write_parquet(rows, plan.results / results.PARQUET_NAME)
+
+
+def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
+    out = []
+    for t in tasks:
+        best = tuning.best_successful(t.study)
+        if best is None:
+            out.append(
+                {
+                    "study": t.name,
+                    "number": None,
+                    "note": t.stop_reason.splitlines()[0]
+                    if t.stop_reason
+                    else "no successful trial",
+                }
+            )
+            continue
+        out.append(
+            {
+                "study": t.name,
+                "number": best.number,
+                "objective": best.values[0],
+                "llc_hat": best.user_attrs.get("llc_hat"),
+                "llc_ref": t.ref.get("llc_ref"),
+                "params": best.params,
+            }
+        )
+    return out
+
+
+def execute(plan: Plan) -> int:
+    """Run stages 1-3 (after :func:`check_plan`). Returns the exit code."""
+    oc = plan.cfg.optuna
+    t0 = time.monotonic()
+    plan.results.mkdir(parents=True, exist_ok=True)
+    storage = studies.open_storage(oc, plan.results)
+    code = 0
+    with execution.parsl_session(plan.parsl_config, plan.results / "runinfo"):
+        refs = run_references(plan)
+        for pid in list(plan.pids):
+            why = _usable(pid, refs[pid], oc.allow_failed_reference)
+            if why:
+                log.error("problem %s is not tuned: %s", pid, why)
+                plan.pids.remove(pid)
+                code = 1
+        tasks = make_tasks(plan, storage, refs)
+        show = progress.Progress(tasks, oc.max_trials)
+        last_parquet = [time.monotonic()]
+
+        def tick() -> None:
+            show()
+            if time.monotonic() - last_parquet[0] > 60:
+                aggregate(plan, tasks)
+                last_parquet[0] = time.monotonic()
+
+        driver = tuning.Driver(
+            tasks,
+            execution.trial_submitter(),
+            max_trials=oc.max_trials,
+            batch_size=oc.batch_size,
+            on_tick=tick,
+            tick_sec=10.0,
+        )
+        for t in tasks:
+            driver.recover(t)
+        show()
+        driver.run()
+    show()
+    path = aggregate(plan, tasks)
+    print(progress.best_table(best_rows(tasks)))
+    for t in tasks:
+        if t.stop_reason:
+            log.error("study %s stopped early:\n%s", t.name, t.stop_reason)
+            code = 1
+        elif tuning.best_successful(t.study) is None:
+            log.error("study %s has no successful trial", t.name)
+            code = 1
+    log.info("wrote %s (%s)", path, fmt_seconds(time.monotonic() - t0))
+    return code
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="parsl-optuna",
+        description="HMC references, then Optuna tuning of SGLD / VI / MCLMC against them, "
+        "on Parsl. Re-run the same command to resume.",
+    )
+    p.add_argument("--config", required=True, help="experiment YAML")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local",
+        action="store_true",
+        help="run on this machine, one worker per core (the default)",
+    )
+    where.add_argument(
+        "--parsl-config",
+        metavar="FILE",
+        help="Python file defining a Parsl `config` (e.g. parsl_configs/slurm.py)",
+    )
+    p.add_argument("--max-trials", type=int, help="finished trials per (problem, method)")
+    p.add_argument("--batch-size", type=int, help="trials in flight at once, across studies")
+    p.add_argument("--hmc-budget", type=float, metavar="SEC", help="budget per HMC reference")
+    p.add_argument("--method-budget", type=float, metavar="SEC", help="budget per trial")
+    p.add_argument("--results", metavar="DIR", help="override paths.results")
+    p.add_argument("--artifacts", metavar="DIR", help="override paths.artifacts")
+    p.add_argument(
+        "--trial-target",
+        metavar="MODULE:FUNCTION",
+        help="replace the method runner, e.g. "
+        "lambda_hat.workflow.synthetic:synthetic_trial to check the plumbing",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the config and print the plan; write nothing"
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    o: dict[str, dict] = {"optuna": {}, "paths": {}}
+    for flag, key in (
+        ("max_trials", "max_trials"),
+        ("batch_size", "batch_size"),
+        ("hmc_budget", "hmc_budget_sec"),
+        ("method_budget", "method_budget_sec"),
+    ):
+        if getattr(args, flag) is not None:
+            o["optuna"][key] = getattr(args, flag)
+    for flag in ("results", "artifacts"):
+        if getattr(args, flag) is not None:
+            o["paths"][flag] = getattr(args, flag)
+    return {k: v for k, v in o.items() if v}
+
+
+def describe(plan: Plan) -> str:
+    oc = plan.cfg.optuna
+    lines = [
+        f"config {plan.exp.source}: {len(plan.pids)} problem(s) x {len(plan.cfg.methods)} "
+        f"method(s), {oc.max_trials} finished trials each, {oc.batch_size} in flight, "
+        f"sampler {oc.sampler}, objective {oc.objective} {oc.objectives}",
+        f"storage {oc.storage or plan.results / 'studies' / 'journal.log'}; "
+        f"artifacts {plan.artifacts}; trial target {plan.trial_target}",
+    ]
+    for pid, spec in zip(plan.pids, plan.exp.problems, strict=False):
+        lines.append(f"  problem {pid}: model {spec.model.family} data n={spec.data.n}")
+    for m in plan.cfg.methods:
+        space = ", ".join(f"{k}={v}" for k, v in plan.spaces[m].items())
+        lines.append(
+            f"  {m}: searched {space}" + (f"; fixed {plan.fixed[m]}" if plan.fixed[m] else "")
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``parsl-optuna``."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        exp = load_experiment(args.config, _overrides(args))
+        plan = check_plan(exp, args.parsl_config, args.local, args.trial_target)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("%s", describe(plan))
+    if args.dry_run:
+        return 0
+    return execute(plan)

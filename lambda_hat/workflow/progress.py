@@ -1,0 +1,108 @@
+"""What the driver shows: a progress table per study while it runs, the best trials at the end."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from lambda_hat.log import fmt_seconds
+
+log = logging.getLogger("lambda_hat.workflow")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def eta_seconds(remaining: int, finished_this_run: int, elapsed: float) -> float | None:
+    """Remaining trials at the rate seen so far in this run; None before the first finish."""
+    if remaining <= 0:
+        return 0.0
+    if finished_this_run <= 0 or elapsed <= 0:
+        return None
+    return remaining * elapsed / finished_this_run
+
+
+class Progress:
+    """Prints one line per study: finished / running / failed, best so far, ETA.
+
+    ``clock`` is the one time source (tests substitute it); ``emit`` receives the text.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence,
+        max_trials: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[[str], None] | None = None,
+    ):
+        self.tasks, self.max_trials, self.clock = tasks, max_trials, clock
+        self.emit = emit or (lambda text: log.info("progress\n%s", text))
+        self.start = clock()
+
+    def render(self) -> str:
+        elapsed = self.clock() - self.start
+        rows = []
+        for t in self.tasks:
+            remaining = 0 if t.stop_reason else self.max_trials - t.finished
+            eta = eta_seconds(remaining, t.finished_this_run, elapsed)
+            best = "-" if t.best_value is None else f"{t.best_value:.4g} (#{t.best_number})"
+            state = (
+                "stopped"
+                if t.stop_reason
+                else ("done" if remaining == 0 else ("?" if eta is None else fmt_seconds(eta)))
+            )
+            rows.append(
+                [
+                    t.name,
+                    f"{t.finished}/{self.max_trials}",
+                    str(t.running),
+                    str(t.failed),
+                    str(t.reused),
+                    best,
+                    state,
+                ]
+            )
+        return _table(["study", "finished", "running", "failed", "reused", "best", "ETA"], rows)
+
+    def __call__(self) -> None:
+        self.emit(self.render())
+
+
+def best_table(rows: list[dict]) -> str:
+    """The final table: best successful trial per (problem, method) and its hyperparameters.
+
+    ``rows`` are dicts with ``study``, ``number``, ``objective``, ``llc_hat``, ``llc_ref``,
+    ``params`` (or ``note`` when the study has no successful trial).
+    """
+    out = []
+    for r in rows:
+        if r.get("number") is None:
+            out.append([r["study"], "-", "-", "-", "-", r.get("note", "no successful trial")])
+            continue
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["params"].items()))
+        out.append(
+            [
+                r["study"],
+                f"#{r['number']}",
+                f"{r['objective']:.4g}",
+                _fmt(r.get("llc_hat")),
+                _fmt(r.get("llc_ref")),
+                params,
+            ]
+        )
+    return _table(["study", "trial", "objective", "llc_hat", "llc_ref", "hyperparameters"], out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)

@@ -1,0 +1,139 @@
+"""Study storage, samplers, crash recovery and pickle export.
+
+One Optuna study per (problem, method), named ``<pid>:<method>``, all in one storage: by
+default a journal file ``<results>/studies/journal.log`` (append-only, every write is one
+locked line, so a ``kill -9`` at any instant leaves a readable log; safe for several processes
+on one host), or any storage URL the user gives (``sqlite:///…``, ``postgresql://…``; use
+PostgreSQL when several hosts share one study, file locks over NFS are not reliable).
+
+Study pickles are exported to ``<results>/studies/optuna_llc/<pid>:<method>.pkl``. They hold
+an in-memory copy of the study, so loading one needs neither the journal nor this package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import pickle
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from lambda_hat._io import atomic_write_bytes
+from lambda_hat.config import ConfigError, OptunaConfig
+
+log = logging.getLogger("lambda_hat.workflow")
+
+#: Failure kinds that say nothing about the hyperparameters: the trial's slot is asked again and
+#: the trial does not count toward ``max_trials``.
+NON_COUNTING_KINDS = ("interrupted", "infrastructure")
+
+#: Samplers and the optional package each one needs.
+_SAMPLER_NEEDS = {"gp": "torch", "cmaes": "cmaes", "qmc": "scipy"}
+
+
+def study_name(pid: str, method: str) -> str:
+    """The study's name in the storage (also the pickle's file stem)."""
+    return f"{pid}:{method}"
+
+
+def studies_dir(results: str | Path) -> Path:
+    return Path(results) / "studies"
+
+
+def pickle_path(results: str | Path, pid: str, method: str) -> Path:
+    return studies_dir(results) / "optuna_llc" / f"{study_name(pid, method)}.pkl"
+
+
+def check_sampler(cfg: OptunaConfig) -> None:
+    """Raise :class:`ConfigError` when the chosen sampler's package is missing (before work)."""
+    need = _SAMPLER_NEEDS.get(cfg.sampler)
+    if need and importlib.util.find_spec(need) is None:
+        raise ConfigError(
+            "optuna.sampler",
+            f"{cfg.sampler!r} needs the Python package {need!r}, which is not installed.",
+            f"pip install {need}, or use sampler: tpe.",
+        )
+
+
+def make_sampler(cfg: OptunaConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler. TPE keeps Optuna 5's defaults ``multivariate=True`` and
+    ``constant_liar=True``: running trials count as bad, so a batch of parallel asks spreads
+    out instead of proposing the same point ``batch_size`` times."""
+    s = cfg.sampler
+    if s == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True
+        )
+    if s == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_asynchronous_seeding=False)
+    if s == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+    if s == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+    raise ValueError(f"unknown sampler {s!r}")
+
+
+def open_storage(cfg: OptunaConfig, results: str | Path) -> BaseStorage | str:
+    """The configured storage: a URL as given, or the default journal file (created)."""
+    if cfg.storage:
+        return cfg.storage
+    path = studies_dir(results) / "journal.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def directions(cfg: OptunaConfig) -> list[str]:
+    return ["minimize"] * len(cfg.objectives)
+
+
+def open_study(
+    storage: BaseStorage | str, pid: str, method: str, cfg: OptunaConfig, seed: int
+) -> optuna.Study:
+    """Create the study or load it (resume); refuse a stored study whose objectives differ."""
+    name = study_name(pid, method)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=directions(cfg),
+        sampler=make_sampler(cfg, seed),
+        load_if_exists=True,
+    )
+    if len(study.directions) != len(cfg.objectives):
+        raise ConfigError(
+            "optuna.objectives",
+            f"study {name!r} in the storage was created with {len(study.directions)} "
+            f"objective(s), the config asks for {cfg.objectives}.",
+            "keep the objectives of the stored run, or point paths.results / optuna.storage "
+            "at a new location.",
+        )
+    return study
+
+
+def failure_kind(trial: FrozenTrial) -> str | None:
+    return trial.user_attrs.get("failure_kind")
+
+
+def counts_as_finished(state: TrialState, kind: str | None) -> bool:
+    """True for a trial that ran to an outcome about its hyperparameters (``max_trials``)."""
+    if state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return state == TrialState.FAIL and kind not in NON_COUNTING_KINDS
+
+
+def export_pickle(study: optuna.Study, results: str | Path, pid: str, method: str) -> Path:
+    """Write a self-contained (in-memory storage) copy of ``study`` as a pickle, atomically."""
+    copy = optuna.create_study(
+        storage=InMemoryStorage(),
+        study_name=study.study_name,
+        directions=study.directions,
+    )
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    return atomic_write_bytes(pickle_path(results, pid, method), pickle.dumps(copy))

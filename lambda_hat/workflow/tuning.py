@@ -1,0 +1,414 @@
+"""The ask/tell driver: the only code that calls ``study.ask`` and ``study.tell``.
+
+Contract. The driver owns every study. Workers receive a plain dict (the *payload*: problem
+spec, method, hyperparameters, budget, seed, reference, run directory) and return a plain
+metrics dict; they never touch Optuna. All studies are interleaved: the driver keeps
+``batch_size`` trials in flight across them, so a study finishing its tail never idles the
+pool. After every completion it tells the trial, then refills the free slot from the study that
+has started the fewest trials.
+
+Counting. ``max_trials`` counts *finished* trials (see :func:`studies.counts_as_finished`):
+interrupted trials and lost workers do not count, their slots are asked again. Every trial that
+is asked is told exactly once (by :func:`_tell`), including trials whose future raised, and
+every submitted future is waited for, also in a study that was stopped.
+
+Content addressing. A trial's run directory is named by the hash of its manifest (problem,
+method, hyperparameters, budget, seed). If a valid ``metrics.json`` is already there the trial
+is told from it without running anything; two in-flight trials with the same manifest share one
+future.
+
+Resume. On start, trials still RUNNING in the storage (the previous driver died) are told from
+their ``metrics.json`` if their worker finished, otherwise told FAIL with failure kind
+``interrupted`` and their parameters are enqueued again, so the run ends with exactly
+``max_trials`` finished trials per study and no finished trial is lost or run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from lambda_hat import failures
+from lambda_hat.workflow import execution
+from lambda_hat.workflow.studies import counts_as_finished
+
+log = logging.getLogger("lambda_hat.workflow")
+
+#: A study whose trials were lost to the infrastructure this many times in a row is stopped.
+MAX_INFRASTRUCTURE_STREAK = 5
+
+
+@dataclass
+class StudyTask:
+    """One (problem, method) study and the driver's bookkeeping for it.
+
+    ``base_payload`` is the static part of every trial payload of this study (problem spec,
+    method, budget, seed, reference, artifacts, target); ``space`` the Optuna distributions;
+    ``fixed`` the untuned hyperparameters; ``resolve(hp)`` fills defaults (the full dict is what
+    a run is hashed by); ``locate(payload) -> (run_id, run_dir)`` is the content address, the
+    same one the trial's runner writes to.
+    """
+
+    pid: str
+    method: str
+    study: optuna.Study
+    space: dict[str, BaseDistribution]
+    base_payload: dict
+    ref: dict
+    objective: str = "abs"
+    objectives: tuple[str, ...] = ("error",)
+    huber_delta: float | None = None
+    fixed: dict = field(default_factory=dict)
+    resolve: Callable[[dict], dict] | None = None
+    locate: Callable[[dict], tuple[str, Path]] = execution.trial_location
+    guard: failures.FailureGuard | None = None
+    max_retries: int = 2
+    finished: int = 0
+    failed: int = 0
+    running: int = 0
+    reused: int = 0
+    finished_this_run: int = 0
+    infra_streak: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    stop_reason: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return f"{self.pid}:{self.method}"
+
+    def stop(self, reason: str) -> None:
+        """The per-study stop hook: ask no more trials (in-flight ones are still told)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.warning("study %s stopped: %s", self.name, reason)
+
+
+@dataclass
+class _Flight:
+    """Trials waiting on one future (more than one only for identical manifests)."""
+
+    members: list[tuple[StudyTask, optuna.Trial]]
+    run_dir: str
+    payload: dict
+    attempts: int = 1
+
+
+def objective_values(metrics: dict, task: StudyTask) -> list[float] | None:
+    """The objective(s) of a successful trial, or None when it has none (failed / non-finite).
+
+    ``abs`` is |λ̂ − λ̂_ref|. ``huber`` is the Huber loss scaled by 1/δ, so it keeps the units
+    of λ: e²/(2δ) for |e| ≤ δ and |e| − δ/2 beyond, with δ = ``huber_delta`` or 2 × the
+    reference's SE. ``runtime`` (second objective) is the trial's wall-clock seconds.
+    """
+    if metrics.get("status") != "ok":
+        return None
+    llc_hat, llc_ref = metrics.get("llc_hat"), task.ref.get("llc_ref")
+    if not _finite(llc_hat) or not _finite(llc_ref):
+        return None
+    err = abs(float(llc_hat) - float(llc_ref))
+    if task.objective == "huber":
+        delta = task.huber_delta or 2.0 * float(task.ref.get("se_ref") or 0.0)
+        if delta > 0:
+            err = err * err / (2 * delta) if err <= delta else err - delta / 2
+    values = []
+    for name in task.objectives:
+        if name == "error":
+            values.append(err)
+        else:
+            seconds = _seconds(metrics)
+            if seconds is None:
+                return None
+            values.append(seconds)
+    return values
+
+
+def _seconds(metrics: dict) -> float | None:
+    """The trial's wall-clock seconds (``seconds`` may be a number or ``{"total": ...}``)."""
+    seconds = metrics.get("seconds")
+    seconds = seconds.get("total") if isinstance(seconds, dict) else seconds
+    return float(seconds) if _finite(seconds) else None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    metrics: dict,
+    objective_fn: Callable[[dict], list[float]],
+) -> failures.TellArgs:
+    """Tell ``trial`` its outcome, exactly once; the one place outcomes reach Optuna.
+
+    A success is COMPLETE with its objective value(s). A failure is never ``inf`` (a constant
+    worst score makes TPE degrade to random search): parameter failures (diverged, timeout,
+    oom) are COMPLETE with a graded constraint so the sampler learns where they happen, other
+    kinds are FAIL (see :mod:`lambda_hat.failures`). The user attrs carry ``failure_kind``,
+    ``failure_message``, the ``metrics_path`` of the evidence and the headline numbers.
+    """
+    for key in ("llc_hat", "se_hat", "metrics_path", "reused"):
+        value = metrics.get(key)
+        if value is not None and (not isinstance(value, float) or math.isfinite(value)):
+            trial.set_user_attr(key, value)
+    seconds = _seconds(metrics)
+    if seconds is not None:
+        trial.set_user_attr("seconds", seconds)
+    return failures.tell(study, trial, metrics, objective_fn)
+
+
+def failure_metrics(kind: str, message: str, **extra: Any) -> dict:
+    """A metrics dict for a trial that produced none (lost worker, interrupted driver)."""
+    return failures.failed_metrics(kind, message, **extra)
+
+
+class Driver:
+    """Interleaved batched ask/tell over many studies.
+
+    ``submit(payload) -> Future`` sends one trial to the workers (a Parsl app in production, a
+    thread pool in tests); ``on_told(task, trial_number, metrics)`` runs after every tell and
+    ``on_tick()`` every ``tick_sec`` (progress display, periodic Parquet).
+    """
+
+    def __init__(
+        self,
+        tasks: list[StudyTask],
+        submit: Callable[[dict], Future],
+        *,
+        max_trials: int,
+        batch_size: int,
+        on_told: Callable[[StudyTask, int, dict], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
+        tick_sec: float = 5.0,
+    ):
+        self.tasks, self.submit = tasks, submit
+        self.max_trials, self.batch_size = max_trials, batch_size
+        self.on_told, self.on_tick, self.tick_sec = on_told, on_tick, tick_sec
+        self._flights: dict[Future, _Flight] = {}
+        self._by_dir: dict[str, Future] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def recover(self, task: StudyTask) -> None:
+        """Settle the trials a killed driver left RUNNING, then count the stored trials."""
+        for frozen in task.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial = optuna.Trial(task.study, frozen._trial_id)
+            run_dir = frozen.user_attrs.get("run_dir")
+            metrics = execution.load_valid_metrics(run_dir)
+            if metrics is not None:
+                log.info(
+                    "%s: trial %d finished while the driver was down; told from %s",
+                    task.name,
+                    frozen.number,
+                    run_dir,
+                )
+                self._settle(task, trial, dict(metrics, reused=True), count=False)
+                continue
+            self._settle(
+                task,
+                trial,
+                failure_metrics("interrupted", "the driver stopped while this trial ran"),
+                count=False,
+            )
+            task.study.enqueue_trial(frozen.params, user_attrs={"requeued_from": frozen.number})
+        for frozen in task.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+        ):
+            kind = frozen.user_attrs.get("failure_kind")
+            self._count(
+                task,
+                frozen.state,
+                kind,
+                frozen.values if kind is None else None,
+                frozen.number,
+                bool(frozen.user_attrs.get("reused")),
+            )
+
+    def _count(
+        self,
+        task: StudyTask,
+        state: TrialState,
+        kind: str | None,
+        values: list[float] | None,
+        number: int,
+        reused: bool,
+    ) -> None:
+        if kind is not None:
+            task.failed += 1
+        if counts_as_finished(state, kind):
+            task.finished += 1
+        task.reused += reused
+        if values and len(task.objectives) == 1:
+            if task.best_value is None or values[0] < task.best_value:
+                task.best_value, task.best_number = values[0], number
+
+    def _need(self, task: StudyTask) -> int:
+        if task.stop_reason is not None:
+            return 0
+        return self.max_trials - task.finished - task.running
+
+    def _next_task(self) -> StudyTask | None:
+        open_tasks = [t for t in self.tasks if self._need(t) > 0]
+        if not open_tasks:
+            return None
+        return min(open_tasks, key=lambda t: t.finished + t.running)
+
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        """Ask, submit and tell until every study has ``max_trials`` finished or is stopped."""
+        last_tick = time.monotonic()
+        while True:
+            self._refill()
+            if not self._flights:
+                break
+            done, _ = wait(list(self._flights), timeout=self.tick_sec, return_when=FIRST_COMPLETED)
+            for fut in done:
+                self._complete(fut)
+            if self.on_tick and time.monotonic() - last_tick >= self.tick_sec:
+                self.on_tick()
+                last_tick = time.monotonic()
+
+    def _refill(self) -> None:
+        while len(self._flights) < self.batch_size:
+            task = self._next_task()
+            if task is None:
+                return
+            self._ask_one(task)
+
+    def _ask_one(self, task: StudyTask) -> None:
+        trial = task.study.ask(task.space)
+        task.running += 1
+        try:
+            hp = {**task.fixed, **trial.params}
+            if task.resolve is not None:
+                hp = task.resolve(hp)
+            payload = dict(task.base_payload, hyperparams=hp)
+            run_id, run_dir = task.locate(payload)
+        except Exception as exc:  # e.g. a warm-start value the method rejects
+            task.running -= 1
+            self._settle(task, trial, failures.metrics_from_exception(exc))
+            return
+        payload.update(run_id=run_id, run_dir=str(run_dir))
+        trial.set_user_attr("run_id", run_id)
+        trial.set_user_attr("run_dir", str(run_dir))
+        reused = execution.load_valid_metrics(run_dir)
+        if reused is not None:
+            task.running -= 1
+            self._settle(task, trial, dict(reused, reused=True))
+            return
+        fut = self._by_dir.get(str(run_dir))
+        if fut is not None:
+            self._flights[fut].members.append((task, trial))
+            return
+        self._launch(_Flight([(task, trial)], str(run_dir), payload))
+
+    def _launch(self, flight: _Flight) -> None:
+        try:
+            fut = self.submit(flight.payload)
+        except Exception as exc:
+            fut = Future()
+            fut.set_exception(exc)
+        self._flights[fut] = flight
+        self._by_dir[flight.run_dir] = fut
+
+    def _complete(self, fut: Future) -> None:
+        flight = self._flights.pop(fut)
+        self._by_dir.pop(flight.run_dir, None)
+        try:
+            metrics = fut.result()
+            if not isinstance(metrics, dict):
+                raise TypeError(f"the trial returned {type(metrics).__name__}, not a dict")
+        except Exception as exc:
+            metrics = failures.metrics_from_exception(exc)
+            metrics["failure"]["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
+        task0 = flight.members[0][0]
+        if failures.is_retryable(metrics, flight.attempts, task0.max_retries):
+            log.warning(
+                "%s: trial %d lost to the infrastructure (%s); resubmitting (%d/%d)",
+                task0.name,
+                flight.members[0][1].number,
+                metrics["failure"].get("message"),
+                flight.attempts,
+                task0.max_retries,
+            )
+            flight.attempts += 1
+            self._launch(flight)
+            return
+        for task, trial in flight.members:
+            task.running -= 1
+            self._settle(task, trial, dict(metrics))
+
+    def _settle(
+        self, task: StudyTask, trial: optuna.Trial, metrics: dict, count: bool = True
+    ) -> None:
+        """Score, tell, count, and run the per-study hooks for one outcome.
+
+        ``count=False`` (crash recovery) tells without counting: :meth:`recover` counts every
+        stored trial afterwards in one pass.
+        """
+        run_dir = trial.user_attrs.get("run_dir")
+        if run_dir:
+            metrics.setdefault("metrics_path", str(Path(run_dir) / "metrics.json"))
+        values = objective_values(metrics, task)
+
+        def objective_fn(m: dict) -> list[float]:
+            if values is None:
+                raise ValueError("the trial reported no finite llc_hat to score")
+            return values
+
+        told = _tell(task.study, trial, metrics, objective_fn)
+        if not count:
+            return
+        kind = told.user_attrs.get("failure_kind")
+        self._count(
+            task,
+            told.state,
+            kind,
+            told.values if kind is None else None,
+            trial.number,
+            bool(metrics.get("reused")),
+        )
+        if counts_as_finished(told.state, kind):
+            task.finished_this_run += 1
+        task.infra_streak = task.infra_streak + 1 if kind == "infrastructure" else 0
+        if task.infra_streak >= MAX_INFRASTRUCTURE_STREAK:
+            task.stop(
+                f"{task.infra_streak} trials in a row were lost to the infrastructure "
+                f"(last: {(metrics.get('failure') or {}).get('message')}); check the "
+                "Parsl workers' logs under <results>/runinfo."
+            )
+        if task.guard is not None:
+            decision = task.guard.record(
+                trial.number, metrics, metrics.get("metrics_path"), trial.params
+            )
+            if not decision.proceed:
+                task.stop(decision.message)
+        if self.on_told:
+            self.on_told(task, trial.number, metrics)
+
+
+def best_successful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best successful trial (never a failure's placeholder), or None."""
+    return failures.best_successful(study)
+
+
+def run_dir_of(trial: optuna.trial.FrozenTrial) -> Path | None:
+    rd = trial.user_attrs.get("run_dir")
+    return Path(rd) if rd else None

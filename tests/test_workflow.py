@@ -1,0 +1,446 @@
+"""The ask/tell driver, storage, resume, Parquet and the CLI's input checks (no Parsl here).
+
+Trials are plain functions run on a thread pool: the driver only sees futures of dicts, the
+same contract the Parsl apps satisfy (``tests/test_workflow_parsl.py`` runs the real executor).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from lambda_hat._io import atomic_write_json
+from lambda_hat.config import ConfigError, OptunaConfig
+from lambda_hat.workflow import execution, pipeline, progress, results, studies, tuning
+from lambda_hat.workflow.synthetic import synthetic_llc, synthetic_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+REF = {"llc_ref": 1.5, "se_ref": 0.01}
+SPACE = {"x": FloatDistribution(0.1, 10.0, log=True), "y": FloatDistribution(0.5, 2.0)}
+
+
+def _task(storage, tmp_path, pid="p_a", method="sgld", cfg=None, **kw) -> tuning.StudyTask:
+    cfg = cfg or OptunaConfig(isolate=False, n_startup_trials=3)
+    study = studies.open_study(storage, pid, method, cfg, seed=1)
+    base = {
+        "pid": pid,
+        "method": method,
+        "budget_sec": 10.0,
+        "seed": 0,
+        "ref": REF,
+        "artifacts": str(tmp_path / "artifacts"),
+        "isolate": False,
+        "target": "lambda_hat.workflow.synthetic:synthetic_trial",
+    }
+    return tuning.StudyTask(
+        pid=pid,
+        method=method,
+        study=study,
+        space=dict(SPACE),
+        base_payload=base,
+        ref=REF,
+        objective=cfg.objective,
+        objectives=tuple(cfg.objectives),
+        huber_delta=cfg.huber_delta,
+        **kw,
+    )
+
+
+def _run(tasks, trial_fn, max_trials, batch_size, workers=2):
+    pool = ThreadPoolExecutor(workers)
+    try:
+        driver = tuning.Driver(
+            tasks, lambda p: pool.submit(trial_fn, p), max_trials=max_trials, batch_size=batch_size
+        )
+        for t in tasks:
+            driver.recover(t)
+        driver.run()
+    finally:
+        pool.shutdown()
+    return driver
+
+
+def _journal(tmp_path):
+    return studies.open_storage(OptunaConfig(), tmp_path / "results")
+
+
+def test_interleaved_batches_count_finished_trials_and_tell_every_trial(tmp_path):
+    storage = _journal(tmp_path)
+    tasks = [_task(storage, tmp_path, pid) for pid in ("p_a", "p_b", "p_c")]
+    lock, inflight, peak, studies_seen = threading.Lock(), [0], [0], []
+
+    def trial(payload):
+        with lock:
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+            studies_seen.append(payload["pid"])
+        time.sleep(0.3)
+        with lock:
+            inflight[0] -= 1
+        return execution.execute_trial(payload)
+
+    _run(tasks, trial, max_trials=7, batch_size=4, workers=4)
+    for t in tasks:
+        trials = t.study.get_trials()
+        assert [tr.state for tr in trials] == [TrialState.COMPLETE] * 7
+        assert t.finished == 7 and t.running == 0
+        assert t.best_value == pytest.approx(min(tr.value for tr in trials))
+    assert peak[0] == 4  # batch_size trials in flight at once
+    # interleaved: each window of 3 consecutive submissions spans all three studies at first
+    assert set(studies_seen[:3]) == {"p_a", "p_b", "p_c"}
+    value = tasks[0].study.best_trial
+    assert value.value == pytest.approx(abs(synthetic_llc(value.params, 1.5) - 1.5))
+
+
+def test_failures_are_told_with_kinds_never_inf_and_do_not_count_when_infrastructure(tmp_path):
+    storage = _journal(tmp_path)
+    task = _task(storage, tmp_path, max_retries=1)
+    calls = {"n": 0}
+
+    def trial(payload):
+        calls["n"] += 1
+        n = calls["n"]
+        if n == 1:
+            return {
+                "status": "failed",
+                "failure": {
+                    "kind": "diverged",
+                    "message": "NaN loss",
+                    "step": 10,
+                    "steps_total": 1000,
+                },
+            }
+        if n == 2:
+            return {
+                "status": "failed",
+                "failure": {"kind": "error", "message": "boom", "exc_type": "RuntimeError"},
+            }
+        if n in (3, 4):  # lost worker: retried once, then told as infrastructure, re-asked
+            raise ConnectionError("worker lost")
+        return synthetic_trial(**payload)
+
+    _run([task], trial, max_trials=5, batch_size=1, workers=1)
+    trials = task.study.get_trials()
+    kinds = [t.user_attrs.get("failure_kind") for t in trials]
+    assert kinds[:3] == ["diverged", "error", "infrastructure"]
+    assert trials[0].state == TrialState.COMPLETE  # a parameter failure teaches the sampler
+    assert trials[0].constraints["failure"] > 0
+    assert trials[1].state == TrialState.FAIL and trials[2].state == TrialState.FAIL
+    assert all(v is None or abs(v) < 1e300 for t in trials for v in (t.values or []))
+    assert task.finished == 5  # diverged + error + 3 successes; the lost trial does not count
+    assert len(trials) == 6 and calls["n"] == 7
+    best = tuning.best_successful(task.study)
+    assert best.user_attrs["status"] == "ok"
+
+
+def test_kill_resume_marks_interrupted_requeues_and_ends_with_exact_count(tmp_path):
+    storage = _journal(tmp_path)
+    task = _task(storage, tmp_path)
+    _run([task], execution.execute_trial, max_trials=3, batch_size=2)
+    # a driver that died with two trials in flight, one of which had finished its run
+    done_trial, lost_trial = task.study.ask(SPACE), task.study.ask(SPACE)
+    for trial in (done_trial, lost_trial):
+        payload = dict(task.base_payload, hyperparams=trial.params)
+        run_id, run_dir = execution.trial_location(payload)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_id", run_id)
+        if trial is done_trial:
+            execution.execute_trial(dict(payload, run_id=run_id, run_dir=str(run_dir)))
+
+    resumed = _task(storage, tmp_path)
+    submitted = []
+    _run(
+        [resumed],
+        lambda p: submitted.append(p) or execution.execute_trial(p),
+        max_trials=6,
+        batch_size=2,
+    )
+    trials = resumed.study.get_trials()
+    by_number = {t.number: t for t in trials}
+    assert by_number[done_trial.number].state == TrialState.COMPLETE
+    assert by_number[done_trial.number].user_attrs["reused"] is True
+    assert by_number[lost_trial.number].user_attrs["failure_kind"] == "interrupted"
+    finished = [
+        t for t in trials if studies.counts_as_finished(t.state, t.user_attrs.get("failure_kind"))
+    ]
+    assert len(finished) == 6 and resumed.finished == 6
+    assert not [t for t in trials if not t.state.is_finished()]
+    requeued = [t for t in trials if t.user_attrs.get("requeued_from") == lost_trial.number]
+    assert len(requeued) == 1 and requeued[0].params == lost_trial.params
+    ids = [t.user_attrs["run_id"] for t in finished]
+    assert len(ids) == len(set(ids))  # nothing finished twice
+    assert len(submitted) == 2  # 6 - 3 before - 1 told from disk = 2 runs, requeued included
+
+
+def test_finished_runs_are_reused_not_rerun(tmp_path):
+    storage = _journal(tmp_path)
+    task = _task(storage, tmp_path)
+    _run([task], execution.execute_trial, max_trials=3, batch_size=1)
+    params = [t.params for t in task.study.get_trials()]
+
+    other = studies.open_storage(OptunaConfig(), tmp_path / "results2")
+    again = _task(other, tmp_path)
+    for p in params:
+        again.study.enqueue_trial(p)
+    ran = []
+    _run([again], lambda p: ran.append(p) or execution.execute_trial(p), max_trials=3, batch_size=1)
+    assert ran == [] and again.reused == 3
+    assert [t.user_attrs["reused"] for t in again.study.get_trials()] == [True] * 3
+
+
+def test_identical_in_flight_manifests_share_one_future(tmp_path):
+    storage = _journal(tmp_path)
+    task = _task(storage, tmp_path)
+    task.space = {"c": CategoricalDistribution(["only"])}
+    futures: list[Future] = []
+
+    def submit(payload):
+        fut = Future()
+        fut.set_result(synthetic_trial(**payload))
+        futures.append(fut)
+        return fut
+
+    driver = tuning.Driver([task], submit, max_trials=4, batch_size=4)
+    driver._refill()
+    assert len(futures) == 1 and driver.in_flight() == 1  # 4 asks, one run
+    driver.run()
+    assert [t.state for t in task.study.get_trials()] == [TrialState.COMPLETE] * 4
+
+
+def test_parallel_tpe_uses_a_constant_liar_and_spreads_a_batch():
+    sampler = studies.make_sampler(OptunaConfig(), seed=0)
+    assert sampler._constant_liar is True
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(10):
+        t = study.ask(SPACE)
+        study.tell(t, (t.params["x"] - 1) ** 2)
+    batch = [study.ask(SPACE).params["x"] for _ in range(8)]  # asked, none told
+    assert len({round(x, 6) for x in batch}) == 8
+
+
+def test_huber_objective_keeps_units_and_defaults_to_twice_the_reference_se(tmp_path):
+    task = _task(_journal(tmp_path), tmp_path, cfg=OptunaConfig(objective="huber", isolate=False))
+    ok = {"status": "ok", "llc_hat": 1.5 + 0.01}  # |e| = 0.01 <= delta = 0.02
+    assert tuning.objective_values(ok, task) == [pytest.approx(0.01**2 / (2 * 0.02))]
+    far = {"status": "ok", "llc_hat": 1.5 - 1.0}
+    assert tuning.objective_values(far, task) == [pytest.approx(1.0 - 0.01)]
+    assert tuning.objective_values({"status": "failed"}, task) is None
+    assert tuning.objective_values({"status": "ok", "llc_hat": None}, task) is None
+
+
+def test_two_objectives_error_and_runtime(tmp_path):
+    cfg = OptunaConfig(objectives=["error", "runtime"], isolate=False)
+    task = _task(_journal(tmp_path), tmp_path, cfg=cfg)
+    m = {"status": "ok", "llc_hat": 2.0, "seconds": {"total": 3.0}}
+    assert tuning.objective_values(m, task) == [pytest.approx(0.5), 3.0]
+    _run([task], execution.execute_trial, max_trials=4, batch_size=2)
+    assert len(task.study.best_trials) >= 1
+
+
+def test_parquet_schema_and_the_readme_snippet(tmp_path):
+    storage = _journal(tmp_path)
+    tasks = [_task(storage, tmp_path, pid) for pid in ("p_a", "p_b")]
+    _run(tasks, execution.execute_trial, max_trials=5, batch_size=2)
+    rows = [r for t in tasks for r in results.study_rows(t.study, t.pid, t.method, t.ref)]
+    path = results.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
+
+    df = pd.read_parquet(path)
+    ok = df[df.status == "ok"]
+    best = ok.loc[ok.groupby(["pid", "method"]).objective.idxmin()]
+    curve = df.sort_values("trial_number").assign(
+        best_so_far=lambda d: d.groupby(["pid", "method"]).objective.cummin()
+    )
+    assert len(df) == 10 and set(best.pid) == {"p_a", "p_b"}
+    for t in tasks:
+        assert best.set_index("pid").loc[t.pid, "objective"] == pytest.approx(t.best_value)
+        c = curve[curve.pid == t.pid].best_so_far.to_numpy()
+        assert (c[1:] <= c[:-1]).all() and c[-1] == pytest.approx(t.best_value)
+    assert {"hp_x", "hp_y", "hyperparams", "trial_id", "llc_ref", "runtime_sec"} <= set(df)
+    assert df.hyperparams.iloc[0]["x"] == df.hp_x.iloc[0]
+    assert df.trial_id.str.startswith("r_").all()
+    assert (df.error == df.llc_hat - df.llc_ref).all()
+
+
+def test_mixed_hyperparameter_types_unify_to_one_arrow_type():
+    rows = [
+        {"hyperparams": {"a": 1, "b": "x"}},
+        {"hyperparams": {"a": 2.5, "b": 3}},
+        {"hyperparams": {"c": True}},
+    ]
+    table = results.to_table(rows)
+    assert str(table.schema.field("hp_a").type) == "double"
+    assert str(table.schema.field("hp_b").type) == "string"
+    assert table.column("hp_c").to_pylist() == [None, None, True]
+
+
+def test_pickle_export_is_self_contained(tmp_path):
+    storage = _journal(tmp_path)
+    task = _task(storage, tmp_path)
+    _run([task], execution.execute_trial, max_trials=3, batch_size=1)
+    path = studies.export_pickle(task.study, tmp_path / "results", task.pid, task.method)
+    assert path.name == "p_a:sgld.pkl"
+    loaded = pickle.loads(path.read_bytes())
+    assert len(loaded.trials) == 3
+    assert loaded.best_value == pytest.approx(task.study.best_value)
+
+
+def test_progress_shows_counts_best_and_eta():
+    clock = iter([0.0, 100.0]).__next__
+    t = tuning.StudyTask(pid="p_a", method="vi", study=None, space={}, base_payload={}, ref={})
+    t.finished, t.finished_this_run, t.running, t.failed = 4, 4, 2, 1
+    t.best_value, t.best_number = 0.0123, 3
+    text = progress.Progress([t], max_trials=10, clock=clock, emit=print).render()
+    assert "p_a:vi" in text and "4/10" in text and "0.0123 (#3)" in text
+    assert "2m30s" in text  # 6 remaining at 25 s each
+    assert progress.eta_seconds(0, 0, 0.0) == 0.0 and progress.eta_seconds(3, 0, 5.0) is None
+
+
+# ------------------------------------------------------------------------- CLI checks
+
+
+BAD_CONFIGS = {
+    "unknown method": ("methods: [sgld, hmcx]\n", "methods[1]"),
+    "negative budget": (
+        "methods: [sgld]\noptuna: {method_budget_sec: -5}\n",
+        "optuna.method_budget_sec",
+    ),
+    "typo'd key": ("methods: [sgld]\noptuna: {max_trails: 5}\n", "optuna.max_trails"),
+    "missing preset": ("methods: [sgld]\n", "problems[0].model"),
+    "yaml syntax": ("methods: [sgld\n", "YAML syntax error"),
+    "unknown search-space param": (
+        "methods: [sgld]\noptuna: {search_space: {sgld: {eta: 0.1}}}\n",
+        "optuna.search_space.sgld.eta",
+    ),
+    "bad range": (
+        "methods: [sgld]\noptuna: {search_space: {sgld: {eta0: {low: 1, high: 0}}}}\n",
+        "optuna.search_space.sgld.eta0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_exits_2_with_one_paragraph_and_writes_nothing(
+    case, tmp_path, capsys, monkeypatch
+):
+    body, where = BAD_CONFIGS[case]
+    model = "nosuchmodel" if case == "missing preset" else "linear"
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"problems: [{{model: {model}, data: small}}]\n" + body)
+    monkeypatch.chdir(tmp_path)
+    code = pipeline.main(["--config", str(cfg), "--local"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and where in err and "\n\n" not in err
+    assert "Fix" in err or "fix" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monkeypatch):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("problems: [{model: linear, data: small}]\nmethods: [sgld, vi]\n")
+    monkeypatch.chdir(tmp_path)
+    args = pipeline.build_parser().parse_args(
+        [
+            "--config",
+            str(cfg),
+            "--max-trials",
+            "7",
+            "--batch-size",
+            "3",
+            "--hmc-budget",
+            "30",
+            "--method-budget",
+            "20",
+        ]
+    )
+    from lambda_hat.config import load_experiment
+
+    exp = load_experiment(cfg, pipeline._overrides(args))
+    oc = exp.config.optuna
+    assert (oc.max_trials, oc.batch_size, oc.method_budget_sec) == (7, 3, 20.0)
+    assert exp.config.reference.budget_sec == 30.0
+    assert pipeline.main(["--config", str(cfg), "--dry-run"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_search_space_overrides_and_warm_start_are_checked():
+    space, fixed = pipeline.method_space(
+        "sgld",
+        {
+            "steps": 300,
+            "eta0": {"low": 1e-5, "high": 1e-3, "log": True},
+            "batch": {"choices": [32, 64]},
+        },
+        "optuna.search_space.sgld",
+    )
+    assert "steps" not in space and fixed == {"steps": 300}
+    assert space["eta0"].low == 1e-5 and space["eta0"].log
+    assert space["batch"].choices == (32, 64)
+    with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\].steps"):
+        pipeline._check_enqueue("sgld", [{"steps": 100}], space, fixed)
+    with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\]"):
+        pipeline._check_enqueue("sgld", [{"eta0": -1.0}], space, fixed)
+
+
+def test_parsl_config_file_is_loaded_or_rejected_clearly(tmp_path):
+    from parsl.executors import HighThroughputExecutor
+
+    cfg = execution.load_parsl_config(Path(__file__).parents[1] / "parsl_configs" / "local.py")
+    (htex,) = cfg.executors
+    assert isinstance(htex, HighThroughputExecutor) and cfg.monitoring is None
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="--parsl-config"):
+        execution.load_parsl_config(bad)
+
+
+def test_missing_sampler_package_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cmaes" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match="optuna.sampler"):
+        studies.check_sampler(OptunaConfig(sampler="cmaes"))
+
+
+def test_worker_path_puts_the_interpreter_bin_first(monkeypatch):
+    import os
+    import sys
+
+    monkeypatch.setenv("PATH", "/usr/bin")
+    execution.ensure_worker_path()
+    assert os.environ["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+
+
+def test_metrics_json_is_written_for_a_failed_inline_trial(tmp_path):
+    payload = {
+        "pid": "p_a",
+        "method": "sgld",
+        "hyperparams": {"x": 1.0},
+        "budget_sec": 5.0,
+        "seed": 0,
+        "artifacts": str(tmp_path),
+        "isolate": False,
+        "target": "lambda_hat.workflow.synthetic:no_such_function",
+    }
+    run_id, run_dir = execution.trial_location(payload)
+    m = execution.execute_trial(dict(payload, run_id=run_id, run_dir=str(run_dir)))
+    assert m["failure"]["kind"] == "error" and m["failure"]["exc_type"] == "AttributeError"
+    assert execution.load_valid_metrics(run_dir) is None  # an error is run again, not reused
+    assert (run_dir / "metrics.json").is_file()
+    atomic_write_json(
+        run_dir / "metrics.json", {"status": "failed", "failure": {"kind": "diverged"}}
+    )
+    assert execution.load_valid_metrics(run_dir)["failure"]["kind"] == "diverged"
