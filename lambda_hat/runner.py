@@ -1,0 +1,673 @@
+"""One trial of a cheap LLC method (SGLD, VI, MCLMC): the single entry point.
+
+:func:`run_method_trial` is what the tuning workflow and ``lambda-hat trial`` call. Contract:
+
+- It validates the hyperparameters first (a :class:`~lambda_hat.config.ConfigError` naming the
+  field is the only exception it raises, before any work or file).
+- It writes ``<artifacts>/runs/<pid>/<method>/<run id>/manifest.json`` (everything that
+  determines the run; ``run id = content_hash(manifest, "r_")``), then runs, then writes
+  ``metrics.json`` and ``trace.npz`` — all atomically. ``metrics.json`` is written in every
+  case and is strict JSON (no NaN/Infinity): a parameter-dependent problem (divergence, an
+  exception, a spent budget) becomes ``status: failed`` with a ``failure`` record, never an
+  exception. An exception's traceback is stored in ``traceback.txt`` beside it.
+- Work runs in compiled chunks (``lax.scan``, chains ``vmap``\\ ped, step keys
+  ``fold_in(chain key, step)`` so chunking never changes a result). Between chunks it checks
+  the wall clock against ``budget_sec`` and stops gracefully (``stopped_early``, estimate from
+  the draws so far), and checks for non-finite losses or parameters (``diverged`` + step).
+  Each chunk shape is compiled once with ``jit(...).lower(...).compile()``, so compile time is
+  reported apart from run time.
+
+The posterior is :class:`~lambda_hat.posterior.LLCPosterior` with β and γ taken from ``ref``
+(the HMC reference's settings, so that λ̂ and λ̂_HMC estimate the same quantity; defaults
+1/log n and 1 without one) — except SGLD, whose ``gamma`` hyperparameter is its own
+localization strength (see plans/methods.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lambda_hat import diagnostics, methods
+from lambda_hat._io import atomic_write_bytes, atomic_write_json, atomic_write_npz, read_json
+from lambda_hat.config import ConfigError
+from lambda_hat.estimator import estimate_llc
+from lambda_hat.hashing import content_hash
+from lambda_hat.log import fmt_seconds
+from lambda_hat.posterior import LLCPosterior
+from lambda_hat.problems import Problem
+from lambda_hat.samplers import mclmc as mclmc_mod
+from lambda_hat.samplers import sgld as sgld_mod
+from lambda_hat.samplers import vi as vi_mod
+
+__all__ = ["run_method_trial", "load_metrics", "run_dir_for", "trial_manifest", "add_cli"]
+
+log = logging.getLogger("lambda_hat.runner")
+
+RUN_SCHEMA = 1
+TARGET_CHUNKS = 20  # budget/divergence checks per run (fewer when units are few)
+MIN_DRAWS = 4  # kept draws per chain below which no estimate is made
+_clock = time.perf_counter  # the one clock (tests may substitute it)
+
+
+class _Diverged(Exception):
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
+
+
+# ----------------------------------------------------------------------------- run identity
+
+
+def _posterior_settings(problem: Problem, method: str, hp: dict, ref: dict | None) -> dict:
+    ref = ref or {}
+    beta = ref.get("beta")
+    beta = float(beta) if beta is not None else 1.0 / math.log(problem.n)
+    gamma = hp["gamma"] if method == "sgld" else ref.get("gamma")
+    gamma = float(gamma) if gamma is not None else 1.0
+    return {"n": int(problem.n), "beta": beta, "gamma": gamma}
+
+
+def trial_manifest(
+    problem: Problem,
+    method: str,
+    hyperparams: dict,
+    budget_sec: float | None,
+    seed: int,
+    ref: dict | None = None,
+) -> dict:
+    """Everything that determines a run (hyperparameters resolved; raises ConfigError)."""
+    hp = methods.validate_hyperparams(method, hyperparams)
+    return {
+        "schema": RUN_SCHEMA,
+        "pid": problem.pid,
+        "method": method,
+        "hyperparams": hp,
+        "seed": int(seed),
+        "budget_sec": None if budget_sec is None else float(budget_sec),
+        "posterior": _posterior_settings(problem, method, hp, ref),
+    }
+
+
+def run_dir_for(artifacts: str | Path, pid: str, method: str, manifest: dict) -> Path:
+    """``<artifacts>/runs/<pid>/<method>/r_<hash of manifest>``."""
+    return Path(artifacts) / "runs" / pid / method / content_hash(manifest, "r_")
+
+
+def load_metrics(run_dir: str | Path) -> dict | None:
+    """A finished run's metrics (None when missing, corrupt, or not a finished record)."""
+    m = read_json(Path(run_dir) / "metrics.json")
+    if m is None or m.get("status") not in ("ok", "failed"):
+        return None
+    return m
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.compile = 0.0
+        self.run = 0.0
+
+    def compiled(self, fn: Callable, *args) -> Callable:
+        t0 = _clock()
+        out = jax.jit(fn).lower(*args).compile()
+        self.compile += _clock() - t0
+        return out
+
+    def call(self, compiled: Callable, *args) -> Any:
+        t0 = _clock()
+        out = jax.block_until_ready(compiled(*args))
+        self.run += _clock() - t0
+        return out
+
+    def once(self, fn: Callable, *args) -> Any:
+        """Compile ``fn`` for ``args`` and run it (setup work: one executable, timed apart)."""
+        return self.call(self.compiled(fn, *args), *args)
+
+
+def _chunk_len(total: int) -> int:
+    return max(1, -(-total // TARGET_CHUNKS))
+
+
+def _drive(
+    chunk_fn,
+    carry,
+    total: int,
+    deadline: float,
+    timer: _Timer,
+    first_bad: Callable[[Any, Any], int | None],
+    unit_steps: int,
+):
+    """Run ``chunk_fn(carry, unit_indices)`` over ``total`` units in chunks.
+
+    Returns (carry, list of per-chunk infos (host arrays), units done, stopped_early).
+    Raises :class:`_Diverged` at the first chunk holding a non-finite unit.
+    """
+    compiled: dict[int, Callable] = {}
+    infos, done, size = [], 0, _chunk_len(total)
+    while done < total:
+        m = min(size, total - done)
+        idx = np.arange(done, done + m)
+        if m not in compiled:
+            compiled[m] = timer.compiled(chunk_fn, carry, idx)
+        carry, info = timer.call(compiled[m], carry, idx)
+        info = jax.device_get(info)
+        bad = first_bad(carry, info)
+        if bad is not None:
+            step = (done + bad + 1) * unit_steps
+            raise _Diverged(step, f"non-finite loss or parameters by step {step}")
+        infos.append(info)
+        done += m
+        if done < total and _clock() >= deadline:
+            return carry, infos, done, True
+    return carry, infos, done, False
+
+
+def _concat(infos: list, field: str) -> np.ndarray:
+    return np.concatenate(
+        [np.asarray(getattr(i, field) if hasattr(i, field) else i[field]) for i in infos], axis=1
+    )
+
+
+def _first_nonfinite(loss: np.ndarray, positions=None) -> int | None:
+    """Index along axis 1 of the first non-finite loss in any chain (or parameters)."""
+    bad = ~np.isfinite(loss).all(axis=0)
+    if positions is not None and not np.isfinite(np.asarray(positions)).all():
+        bad[-1] = True
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _chain_starts(post: LLCPosterior, key: jax.Array, chains: int) -> jax.Array:
+    """w* plus a small jitter (scale 0.1/√(nβ + γ)) so that chains differ."""
+    scale = 0.1 / jnp.sqrt(post.nbeta + post.gamma)
+    return post.w_star[None, :] + scale * jax.random.normal(key, (chains, post.d))
+
+
+def _kept(loss: np.ndarray, burnin_frac: float) -> tuple[np.ndarray, int]:
+    burn = int(burnin_frac * loss.shape[1])
+    return loss[:, burn:], burn
+
+
+# ---------------------------------------------------------------------------------- methods
+
+
+def _run_sgld(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+    C, steps, n = hp["chains"], hp["steps"], post.n
+    batch = min(hp["batch"], n)
+    E = hp["eval_every"]
+    if E is None:
+        E = min(-(-n // batch), max(1, steps // 100))
+    E = min(E, steps)
+    blocks = steps // E
+    kernel = sgld_mod.build_kernel(
+        post, batch, hp["precond_type"], hp["precond_decay"], hp["adam_beta1"], hp["precond_eps"]
+    )
+    block = sgld_mod.build_block(kernel, post, hp["eta0"], E)
+
+    def setup(key):
+        k_start, k_run = jax.random.split(key)
+        starts = _chain_starts(post, k_start, C)
+        return jax.vmap(sgld_mod.init)(starts), jax.random.split(k_run, C)
+
+    state, chain_keys = timer.once(setup, key)
+
+    def chunk(state, idx):
+        def one_chain(ck, s):
+            return jax.lax.scan(lambda s, b: block(ck, s, b), s, idx)
+
+        return jax.vmap(one_chain)(chain_keys, state)
+
+    def first_bad(state, info):
+        return _first_nonfinite(info[0], state.position)
+
+    state, infos, done, early = _drive(chunk, state, blocks, deadline, timer, first_bad, E)
+    loss = np.concatenate([i[0] for i in infos], axis=1)
+    accept = np.concatenate([i[1] for i in infos], axis=1)
+    kept, burn = _kept(loss, hp["burnin_frac"])
+    acc_kept = accept[:, burn:]
+    grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
+    return {
+        "loss": loss,
+        "kept": kept,
+        "burnin": burn,
+        "units_done": done,
+        "units_total": blocks,
+        "stopped_early": early,
+        "steps_done": done * E,
+        "steps_planned": blocks * E,
+        "work": {
+            "grad_evals": C * grads_per_chain,
+            "fge": C * grads_per_chain * batch / n,
+            "loss_evals": C * done,
+        },
+        "diagnostics": {
+            "mala_acceptance": _mean_or_none(acc_kept),
+            "mala_acceptance_per_chain": [_mean_or_none(a) for a in acc_kept],
+            "eval_every": E,
+            "batch": batch,
+        },
+        "trace": {"loss": loss, "mala_accept": accept},
+    }
+
+
+def _run_mclmc(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+    C, steps, d = hp["chains"], hp["steps"], post.d
+    if d < 2:
+        raise ConfigError("method", "MCLMC needs at least 2 parameters.", "use another method.")
+    tune_steps = 0
+
+    def setup(key):
+        k_start, k_mom, k_tune, k_run = jax.random.split(key, 4)
+        starts = _chain_starts(post, k_start, C)
+        states = mclmc_mod.init(post, jax.random.split(k_mom, C), starts)
+        return states, jax.random.split(k_tune, C), jax.random.split(k_run, C)
+
+    states, tune_keys, chain_keys = timer.once(setup, key)
+    if hp["tune"]:
+        tuner = mclmc_mod.build_tuner(
+            post, steps, hp["tune_frac"], hp["target_accept"], hp["step_size"], hp["L"]
+        )
+        chains = timer.once(tuner, tune_keys, states)
+        tune_steps = mclmc_mod.tuning_steps(steps, hp["tune_frac"])
+        if not np.isfinite(np.asarray(chains.state.position)).all():
+            raise _Diverged(tune_steps, "non-finite parameters during MCLMC tuning")
+    else:
+        chains = mclmc_mod.fixed_chains(states, hp["L"], hp["step_size"])
+    body = mclmc_mod.build_chunk(post)
+
+    def chunk(chains, idx):
+        keys = jax.vmap(lambda ck: jax.vmap(lambda i: jax.random.fold_in(ck, i))(idx))(chain_keys)
+        return body(keys, chains)
+
+    def first_bad(chains, info):
+        stuck = (~np.asarray(info.nonans)).mean() > 0.5
+        bad = _first_nonfinite(np.asarray(info.loss), chains.state.position)
+        return bad if bad is not None else (info.loss.shape[1] - 1 if stuck else None)
+
+    chains, infos, done, early = _drive(chunk, chains, steps, deadline, timer, first_bad, 1)
+    loss = _concat(infos, "loss")
+    energy = _concat(infos, "energy_change")
+    nonans = _concat(infos, "nonans")
+    kept, burn = _kept(loss, hp["burnin_frac"])
+    grads = C * mclmc_mod.GRADS_PER_STEP * (tune_steps + done)
+    return {
+        "loss": loss,
+        "kept": kept,
+        "burnin": burn,
+        "units_done": done,
+        "units_total": steps,
+        "stopped_early": early,
+        "steps_done": done,
+        "steps_planned": steps,
+        "work": {
+            "grad_evals": grads,
+            "fge": float(grads),
+            "loss_evals": 0,
+            "tuning_steps": tune_steps,
+        },
+        "diagnostics": {
+            "L": np.asarray(chains.L).tolist(),
+            "step_size": np.asarray(chains.step_size).tolist(),
+            "desired_energy_var": mclmc_mod.desired_energy_var(hp["target_accept"]),
+            "energy_var_per_dim": float(np.mean(energy[:, burn:] ** 2) / d),
+            "nan_steps": int((~nonans).sum()),
+        },
+        "trace": {"loss": loss, "energy_change": energy},
+    }
+
+
+def _run_vi(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+    C, steps, n, d = hp["chains"], hp["steps"], post.n, post.d
+    M, r, S = hp["M"], hp["r"], hp["mc_samples"]
+    batch = min(hp["batch_size"], n)
+    optimizer = vi_mod.build_optimizer(hp["lr"], steps)
+
+    def setup(key):
+        k_white, k_init, k_run, k_eval = jax.random.split(key, 4)
+        precision = vi_mod.whitening_precision(
+            post,
+            hp["whitening_mode"],
+            k_white,
+            hp["batch_size"],
+            hp["whiten_steps"],
+            hp["whiten_decay"],
+        )
+        params = jax.vmap(lambda k: vi_mod.init_params(k, d, M, r, hp["init_spread"]))(
+            jax.random.split(k_init, C)
+        )
+        state = jax.vmap(lambda p: vi_mod.init(p, optimizer))(params)
+        return precision, state, jax.random.split(k_run, C), jax.random.split(k_eval, C)
+
+    precision, state, chain_keys, eval_keys = timer.once(setup, key)
+    if not np.isfinite(np.asarray(precision)).all():
+        raise _Diverged(0, "non-finite whitening estimate at w*")
+    step = vi_mod.build_step(post, precision, optimizer, batch, S)
+
+    def chunk(state, idx):
+        def one_chain(ck, s):
+            return jax.lax.scan(lambda s, i: step(jax.random.fold_in(ck, i), s), s, idx)
+
+        return jax.vmap(one_chain)(chain_keys, state)
+
+    def first_bad(state, info):
+        leaves = jax.tree_util.tree_leaves(state.params)
+        finite = all(np.isfinite(np.asarray(x)).all() for x in leaves)
+        return _first_nonfinite(np.asarray(info.elbo), None if finite else np.array([np.nan]))
+
+    state, infos, done, early = _drive(chunk, state, steps, deadline, timer, first_bad, 1)
+    elbo = _concat(infos, "elbo")
+    evaluate = vi_mod.build_eval(post, precision, hp["eval_samples"])
+    loss = np.asarray(timer.once(jax.vmap(evaluate), eval_keys, state.params))
+    bad = _first_nonfinite(loss)
+    if bad is not None:
+        raise _Diverged(done, "non-finite L_n at a draw from the fitted q")
+    tail = max(1, elbo.shape[1] // 10)
+    grads = C * (done * M * S * batch + hp["whiten_steps"] * hp["batch_size"])
+    logits = np.asarray(state.params.logits)
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return {
+        "loss": loss,
+        "kept": loss,
+        "burnin": 0,
+        "units_done": done,
+        "units_total": steps,
+        "stopped_early": early,
+        "steps_done": done,
+        "steps_planned": steps,
+        "independent": True,
+        "work": {
+            "grad_evals": C * (done * M * S + hp["whiten_steps"]),
+            "fge": grads / n,
+            "loss_evals": C * hp["eval_samples"],
+        },
+        "diagnostics": {
+            "elbo_final": float(np.mean(elbo[:, -tail:])),
+            "elbo_final_per_chain": np.mean(elbo[:, -tail:], axis=1).tolist(),
+            "mixture_weights": weights.tolist(),
+        },
+        "trace": {"loss": loss, "elbo": elbo},
+    }
+
+
+_RUNNERS = {"sgld": _run_sgld, "mclmc": _run_mclmc, "vi": _run_vi}
+
+
+def _mean_or_none(x) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+# ------------------------------------------------------------------------------ the trial
+
+
+def run_method_trial(
+    problem: Problem,
+    method: str,
+    hyperparams: dict | None,
+    budget_sec: float | None,
+    seed: int,
+    ref: dict | None = None,
+    artifacts: str | Path = "artifacts",
+) -> dict:
+    """Run one trial of ``method`` on ``problem`` and return (and store) its metrics.
+
+    ``ref`` is a ref.json dict: its ``beta``/``gamma`` fix the posterior and, when it has
+    ``llc_ref``, the metrics gain ``llc_ref``, ``se_ref``, ``error = llc_hat − llc_ref`` and
+    ``abs_error``. Raises only :class:`ConfigError` for invalid hyperparameters (before any
+    work); every other problem is reported in the returned metrics (``status: failed``).
+    """
+    t_start = _clock()
+    manifest = trial_manifest(problem, method, hyperparams or {}, budget_sec, seed, ref)
+    run_dir = run_dir_for(artifacts, problem.pid, method, manifest)
+    run_id = run_dir.name
+    atomic_write_json(run_dir / "manifest.json", manifest)
+    hp, ps = manifest["hyperparams"], manifest["posterior"]
+    deadline = t_start + budget_sec if budget_sec is not None else math.inf
+    timer = _Timer()
+    metrics: dict[str, Any] = {
+        "schema": RUN_SCHEMA,
+        "run_id": run_id,
+        "pid": problem.pid,
+        "method": method,
+        "seed": int(seed),
+        "hyperparams": hp,
+        "status": "failed",
+        "failure": None,
+        "llc_hat": None,
+        "se_hat": None,
+        "llc_per_chain": None,
+        "stopped_early": False,
+        "fraction_done": 0.0,
+        "diagnostics": {},
+        "work": {},
+        "draws": {},
+        "posterior": dict(ps),
+    }
+    log.info("trial %s: %s on %s, %s", run_id, method, problem.pid, hp)
+    try:
+        post = problem.posterior(ps["beta"], ps["gamma"])
+        metrics["posterior"].update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)
+        out = _RUNNERS[method](post, hp, jax.random.PRNGKey(seed), deadline, timer)
+        _fill_result(metrics, out, post)
+        atomic_write_npz(run_dir / "trace.npz", **out["trace"])
+    except _Diverged as exc:
+        metrics["failure"] = {
+            "kind": "diverged",
+            "message": str(exc),
+            "step": exc.step,
+            "fraction_done": _fraction(exc.step, hp),
+        }
+    except Exception as exc:  # a trial never raises: the failure is the result
+        tb_path = run_dir / "traceback.txt"
+        atomic_write_bytes(tb_path, traceback.format_exc().encode())
+        metrics["failure"] = {
+            "kind": "error",
+            "message": f"{type(exc).__name__}: {exc}",
+            "exception_type": type(exc).__name__,
+            "traceback": str(tb_path),
+            "step": None,
+            "fraction_done": None,
+        }
+    except BaseException as exc:  # interrupted: still leave a valid record, then re-raise
+        metrics["failure"] = {
+            "kind": "interrupted",
+            "message": type(exc).__name__,
+            "step": None,
+            "fraction_done": None,
+        }
+        raise
+    finally:
+        if metrics["failure"] is not None:
+            metrics["status"] = "failed"
+            metrics["fraction_done"] = metrics["failure"].get("fraction_done")
+        metrics["seconds"] = {
+            "compile": timer.compile,
+            "run": timer.run,
+            "total": _clock() - t_start,
+        }
+        _add_objective(metrics, ref)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        metrics["run_dir"] = str(run_dir)
+    _log_result(metrics)
+    return metrics
+
+
+def _fraction(step: int | None, hp: dict) -> float | None:
+    return None if step is None else min(1.0, step / max(1, hp["steps"]))
+
+
+def _fill_result(metrics: dict, out: dict, post: LLCPosterior) -> None:
+    kept = out["kept"]
+    frac = out["units_done"] / max(1, out["units_total"])
+    metrics.update(stopped_early=out["stopped_early"], fraction_done=frac)
+    metrics["work"] = {
+        "steps": out["steps_done"],
+        "steps_planned": out["steps_planned"],
+        "chains": int(kept.shape[0]),
+        **out["work"],
+    }
+    metrics["draws"] = {
+        "chains": int(kept.shape[0]),
+        "kept_per_chain": int(kept.shape[1]),
+        "burnin_per_chain": out["burnin"],
+    }
+    metrics["diagnostics"] = dict(out["diagnostics"])
+    if kept.shape[1] < MIN_DRAWS:
+        metrics["failure"] = {
+            "kind": "timeout",
+            "message": f"budget spent with {kept.shape[1]} kept draws per chain (need {MIN_DRAWS})",
+            "step": out["steps_done"],
+            "fraction_done": frac,
+        }
+        return
+    est = estimate_llc(kept, post.loss_star, post.nbeta, independent=out.get("independent", False))
+    se = est["se_hat"]
+    if out.get("independent") and kept.shape[0] >= 2:
+        # Independent fits: the spread of their λ̂ also holds the optimization noise, which the
+        # Monte Carlo SE of the pooled draws does not see; report the larger of the two.
+        between = float(np.std(est["llc_per_chain"], ddof=1) / math.sqrt(kept.shape[0]))
+        metrics["diagnostics"].update(se_mc=se, se_between_fits=between)
+        se = max(se, between) if se is not None and math.isfinite(se) else between
+    metrics.update(llc_hat=est["llc_hat"], se_hat=se, llc_per_chain=est["llc_per_chain"])
+    metrics["diagnostics"].update(
+        rhat=est["rhat"],
+        ess_bulk=est["ess_bulk"],
+        ess_tail=est["ess_tail"],
+        chain_health=diagnostics.chain_health(
+            out["loss"] if out["burnin"] else kept, post.loss_star
+        ),
+    )
+    metrics["status"] = "ok"
+
+
+def _add_objective(metrics: dict, ref: dict | None) -> None:
+    if not ref or ref.get("llc_ref") is None:
+        return
+    metrics["llc_ref"] = float(ref["llc_ref"])
+    metrics["se_ref"] = None if ref.get("se_ref") is None else float(ref["se_ref"])
+    llc = metrics.get("llc_hat")
+    ok = llc is not None and math.isfinite(llc)
+    metrics["error"] = llc - metrics["llc_ref"] if ok else None
+    metrics["abs_error"] = abs(metrics["error"]) if ok else None
+
+
+def _log_result(m: dict) -> None:
+    secs = m["seconds"]
+    if m["status"] == "ok":
+        log.info(
+            "trial %s: λ̂ = %.4g ± %.2g%s (%s, compile %s)",
+            m["run_id"],
+            m["llc_hat"],
+            m["se_hat"] or float("nan"),
+            " [stopped early]" if m["stopped_early"] else "",
+            fmt_seconds(secs["total"]),
+            fmt_seconds(secs["compile"]),
+        )
+    else:
+        f = m["failure"]
+        log.warning("trial %s: failed (%s): %s", m["run_id"], f["kind"], f["message"])
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def add_cli(subparsers) -> None:
+    """``lambda-hat trial``: one run of one method on one problem."""
+    p = subparsers.add_parser(
+        "trial",
+        help="run one SGLD / VI / MCLMC trial on one problem",
+        description="Run one trial and write artifacts/runs/<pid>/<method>/<run id>/.",
+    )
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--problem", required=True, help="problem pid, or its index in the config")
+    p.add_argument("--method", required=True, choices=methods.METHODS)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter (repeatable), e.g. --set eta0=1e-4",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="wall-clock budget (s); default: optuna.method_budget_sec",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_trial)
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError("--set", f"got {item!r}.", "write NAME=VALUE, e.g. eta0=1e-4.")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _select_problem(exp, wanted: str, artifacts: str) -> Problem:
+    from lambda_hat.problems import build_problem, problem_id
+
+    specs = exp.problems
+    if wanted.isdigit():
+        i = int(wanted)
+        if i >= len(specs):
+            raise ConfigError(
+                "--problem",
+                f"index {i} out of range (config has {len(specs)}).",
+                f"use 0..{len(specs) - 1} or a pid.",
+            )
+        return build_problem(specs[i], artifacts)
+    for spec in specs:
+        if problem_id(spec) == wanted:
+            return build_problem(spec, artifacts)
+    pids = ", ".join(problem_id(s) for s in specs)
+    raise ConfigError(
+        "--problem",
+        f"no problem {wanted!r} in the config ({pids}).",
+        "use one of these pids or an index.",
+    )
+
+
+def _cmd_trial(args: argparse.Namespace) -> int:
+    from lambda_hat.config import load_experiment
+    from lambda_hat.reference import load_reference
+
+    exp = load_experiment(args.config)
+    cfg = exp.config
+    hp = methods.validate_hyperparams(args.method, _parse_sets(args.set), "--set")
+    problem = _select_problem(exp, args.problem, cfg.paths.artifacts)
+    ref = load_reference(problem, cfg.reference) or {
+        "beta": cfg.reference.beta,
+        "gamma": cfg.reference.gamma,
+    }
+    budget = args.budget if args.budget is not None else cfg.optuna.method_budget_sec
+    m = run_method_trial(problem, args.method, hp, budget, args.seed, ref, cfg.paths.artifacts)
+    llc = "n/a" if m["llc_hat"] is None else f"{m['llc_hat']:.4g} ± {m['se_hat'] or 0:.2g}"
+    line = f"{args.method} on {problem.pid}: {m['status']}, λ̂ = {llc}"
+    if m.get("llc_ref") is not None:
+        line += f" (HMC {m['llc_ref']:.4g} ± {m['se_ref'] or 0:.2g})"
+    if m["failure"]:
+        line += f"; {m['failure']['kind']}: {m['failure']['message']}"
+    print(line)
+    print(f"metrics: {Path(m['run_dir']) / 'metrics.json'}")
+    return 0 if m["status"] == "ok" else 1
