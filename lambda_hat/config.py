@@ -52,6 +52,9 @@ class TrainConfig:
 
     optimizer: Literal["adam", "sgd"] = _f("adam", "optax optimizer")
     lr: float = _f(0.01, "learning rate", gt=0)
+    schedule: Literal["cosine", "constant"] = _f(
+        "cosine", "cosine decays lr to lr/100 so w* settles in a minimum; constant keeps it"
+    )
     steps: int = _f(2000, "optimizer steps", ge=1)
     batch_size: int | None = _f(None, "minibatch size; None trains full-batch", ge=1)
 

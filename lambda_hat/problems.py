@@ -125,7 +125,8 @@ def _sample_inputs(key, data) -> jax.Array:
 def _train(spec: ProblemSpec, model: Model, X, y, w0, key) -> tuple[jax.Array, list[float]]:
     """Train w* with optax in a compiled scan, in chunks that report progress."""
     tc, noise, n = spec.model.train, spec.data.noise, spec.data.n
-    opt = optax.adam(tc.lr) if tc.optimizer == "adam" else optax.sgd(tc.lr)
+    lr = optax.cosine_decay_schedule(tc.lr, tc.steps, 0.01) if tc.schedule == "cosine" else tc.lr
+    opt = optax.adam(lr) if tc.optimizer == "adam" else optax.sgd(lr)
 
     def loss_fn(w, idx):
         Xb, yb = (X, y) if idx is None else (X[idx], y[idx])

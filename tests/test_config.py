@@ -86,7 +86,7 @@ def test_overrides_deep_merge_and_config_local_presets(tmp_path):
     exp = load_experiment(cfg)
     a, b = exp.problems
     assert a.model.depth == 3 and a.model.train.lr == 0.5
-    assert a.model.train.steps == 3000  # untouched sibling kept by the deep merge
+    assert a.model.train.steps == 6000  # untouched sibling kept by the deep merge
     assert b.model.widths == [2]
 
 
