@@ -210,7 +210,7 @@ def _run_sgld(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer)
     if E is None:
         E = min(-(-n // batch), max(1, steps // 100))
     E = min(E, steps)
-    blocks = steps // E
+    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
     kernel = sgld_mod.build_kernel(
         post, batch, hp["precond_type"], hp["precond_decay"], hp["adam_beta1"], hp["precond_eps"]
     )

@@ -9,16 +9,13 @@ import pytest
 from scipy.linalg import solve_discrete_lyapunov
 
 from lambda_hat import theory
-from lambda_hat.config import resolve_problem
-from lambda_hat.problems import build_problem
 from lambda_hat.runner import run_method_trial
 from lambda_hat.samplers import sgld
 
 
 @pytest.fixture(scope="module")
-def linear(tmp_path_factory):
-    spec = resolve_problem({"model": "linear", "data": "small"})
-    problem = build_problem(spec, tmp_path_factory.getbasetemp() / "shared_artifacts")
+def linear(linear_problem):
+    problem = linear_problem
     post = problem.posterior()
     H = np.asarray(jax.hessian(post.loss)(problem.w_star))
     return problem, post, H
