@@ -444,3 +444,14 @@ def test_metrics_json_is_written_for_a_failed_inline_trial(tmp_path):
         run_dir / "metrics.json", {"status": "failed", "failure": {"kind": "diverged"}}
     )
     assert execution.load_valid_metrics(run_dir)["failure"]["kind"] == "diverged"
+
+
+def test_a_resumed_study_does_not_replay_its_random_start_up(tmp_path):
+    storage = _journal(tmp_path)
+    cfg = OptunaConfig(isolate=False, n_startup_trials=10)
+    first = studies.open_study(storage, "p_a", "sgld", cfg, seed=7)
+    asked = [first.ask(SPACE) for _ in range(2)]
+    for t in asked:
+        first.tell(t, 1.0)
+    resumed = studies.open_study(storage, "p_a", "sgld", cfg, seed=7)
+    assert resumed.ask(SPACE).params not in [t.params for t in asked]

@@ -147,8 +147,9 @@ def execute_trial(payload: dict) -> dict:
     metrics.setdefault("run_id", payload.get("run_id"))
     metrics.setdefault("hyperparams", payload["hyperparams"])
     written = read_json(run_dir / "metrics.json")
-    if written is None or written.get("status") != metrics.get("status"):
-        atomic_write_json(run_dir / "metrics.json", metrics)
+    merged = {**(written or {}), **metrics}
+    if merged != written:
+        atomic_write_json(run_dir / "metrics.json", merged)
     return metrics
 
 

@@ -411,7 +411,16 @@ def execute(plan: Plan) -> int:
     with execution.parsl_session(plan.parsl_config, plan.results / "runinfo"):
         refs = run_references(plan)
         for pid in list(plan.pids):
-            why = _usable(pid, refs[pid], oc.allow_failed_reference)
+            ref = refs[pid]
+            if "error" not in ref:
+                log.info(
+                    "reference %s: llc_ref = %.4g ± %.2g, gate %s",
+                    pid,
+                    ref["llc_ref"],
+                    ref["se_ref"],
+                    "passed" if ref["gate"]["passed"] else "FAILED",
+                )
+            why = _usable(pid, ref, oc.allow_failed_reference)
             if why:
                 log.error("problem %s is not tuned: %s", pid, why)
                 plan.pids.remove(pid)
@@ -436,9 +445,9 @@ def execute(plan: Plan) -> int:
         )
         for t in tasks:
             driver.recover(t)
-        show()
+        show(force=True)
         driver.run()
-    show()
+    show(force=True)
     path = aggregate(plan, tasks)
     print(progress.best_table(best_rows(tasks)))
     for t in tasks:

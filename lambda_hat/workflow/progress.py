@@ -47,6 +47,8 @@ class Progress:
         self.tasks, self.max_trials, self.clock = tasks, max_trials, clock
         self.emit = emit or (lambda text: log.info("progress\n%s", text))
         self.start = clock()
+        self._last: tuple | None = None
+        self._last_at = -float("inf")
 
     def render(self) -> str:
         elapsed = self.clock() - self.start
@@ -73,8 +75,15 @@ class Progress:
             )
         return _table(["study", "finished", "running", "failed", "reused", "best", "ETA"], rows)
 
-    def __call__(self) -> None:
-        self.emit(self.render())
+    def __call__(self, force: bool = False) -> None:
+        """Show the table when a count changed, or every ``quiet_sec`` seconds regardless."""
+        key = tuple(
+            (t.finished, t.running, t.failed, t.best_value, t.stop_reason) for t in self.tasks
+        )
+        now = self.clock()
+        if force or key != self._last or now - self._last_at >= self.quiet_sec:
+            self._last, self._last_at = key, now
+            self.emit(self.render())
 
 
 def best_table(rows: list[dict]) -> str:

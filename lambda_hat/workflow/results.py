@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from optuna.trial import FrozenTrial, TrialState
 
 from lambda_hat._io import atomic_write_bytes, read_json, to_jsonable
+from lambda_hat.failures import NOT_LEARNED_KINDS
 
 PARQUET_NAME = "optuna_trials.parquet"
 
@@ -90,7 +91,9 @@ def trial_row(
 ) -> dict:
     """One Parquet row for ``trial`` (its metrics.json is read unless ``metrics`` is given)."""
     run_dir = trial.user_attrs.get("run_dir")
-    if metrics is None:
+    if trial.user_attrs.get("failure_kind") in NOT_LEARNED_KINDS:
+        metrics = {}  # the run directory holds the result of the trial that re-ran its slot
+    elif metrics is None:
         metrics = (read_json(Path(run_dir) / "metrics.json") if run_dir else None) or {}
     failure = metrics.get("failure") or {}
     status = metrics.get("status") or trial.user_attrs.get("status")

@@ -95,7 +95,11 @@ def directions(cfg: OptunaConfig) -> list[str]:
 def open_study(
     storage: BaseStorage | str, pid: str, method: str, cfg: OptunaConfig, seed: int
 ) -> optuna.Study:
-    """Create the study or load it (resume); refuse a stored study whose objectives differ."""
+    """Create the study or load it (resume); refuse a stored study whose objectives differ.
+
+    The sampler is seeded with ``seed`` plus the number of trials already stored, so that a
+    resumed study does not replay the random start-up proposals of the run before it.
+    """
     name = study_name(pid, method)
     study = optuna.create_study(
         storage=storage,
@@ -104,6 +108,9 @@ def open_study(
         sampler=make_sampler(cfg, seed),
         load_if_exists=True,
     )
+    stored = len(study.get_trials(deepcopy=False))
+    if stored:
+        study.sampler = make_sampler(cfg, seed + stored)
     if len(study.directions) != len(cfg.objectives):
         raise ConfigError(
             "optuna.objectives",

@@ -1,0 +1,112 @@
+"""Per-trial orchestration overhead of the workflow vs a plain Optuna ask/tell loop.
+
+Both loops run the same number of near-instant trials (the analytic synthetic objective) with
+the same sampler (Optuna 5 TPE, multivariate + constant liar, same seed and startup trials):
+
+- **plain**: ``study.ask(space)``, evaluate in-process, ``study.tell`` — in-memory storage;
+- **workflow**: :class:`lambda_hat.workflow.tuning.Driver` — ask, content-address the trial,
+  submit a Parsl app to a local HighThroughputExecutor, write metrics.json in the worker, tell
+  through :func:`lambda_hat.failures.tell` into the journal file, then build the Parquet table
+  from the metrics files and export the study pickle (aggregation).
+
+Printed: seconds per trial for both and their ratio (target: workflow < 50 ms/trial and within
+2x of plain). Parsl's start-up (once per run, ~seconds) is reported apart and not counted.
+
+    python bench/bench_orchestration.py [--trials 500] [--batch-size 4] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from lambda_hat.config import OptunaConfig
+from lambda_hat.workflow import execution, results, studies, tuning
+from lambda_hat.workflow.synthetic import synthetic_llc
+
+SPACE = {
+    "eta0": FloatDistribution(1e-6, 1e-1, log=True),
+    "gamma": FloatDistribution(0.3, 1.0),
+    "batch": CategoricalDistribution([32, 64, 128, 256]),
+    "steps": IntDistribution(500, 2000),
+}
+REF = {"llc_ref": 2.0, "se_ref": 0.01}
+
+
+def plain(trials: int, cfg: OptunaConfig, seed: int) -> float:
+    """Seconds for ``trials`` rounds of a plain Optuna ask/evaluate/tell loop."""
+    study = optuna.create_study(sampler=studies.make_sampler(cfg, seed))
+    t0 = time.perf_counter()
+    for _ in range(trials):
+        trial = study.ask(SPACE)
+        study.tell(trial, abs(synthetic_llc(trial.params, REF["llc_ref"]) - REF["llc_ref"]))
+    return time.perf_counter() - t0
+
+
+def workflow(trials: int, cfg: OptunaConfig, seed: int, workers: int, root: Path):
+    """(seconds for tuning + aggregation, Parsl start-up seconds) through the real workflow."""
+    storage = studies.open_storage(cfg, root / "results")
+    study = studies.open_study(storage, "p_bench", "sgld", cfg, seed)
+    base = {
+        "pid": "p_bench",
+        "method": "sgld",
+        "budget_sec": 60.0,
+        "seed": 0,
+        "ref": REF,
+        "artifacts": str(root / "artifacts"),
+        "isolate": False,
+        "target": "lambda_hat.workflow.synthetic:synthetic_trial",
+    }
+    task = tuning.StudyTask(
+        pid="p_bench", method="sgld", study=study, space=SPACE, base_payload=base, ref=REF
+    )
+    t_start = time.perf_counter()
+    config = execution.local_config(workers=workers, run_dir=root / "runinfo")
+    with execution.parsl_session(config):
+        submit = execution.trial_submitter()
+        submit(dict(base, hyperparams={}, run_id="warm", run_dir=str(root / "warm"))).result()
+        startup = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        driver = tuning.Driver([task], submit, max_trials=trials, batch_size=cfg.batch_size)
+        driver.recover(task)
+        driver.run()
+        rows = results.study_rows(study, task.pid, task.method, REF)
+        results.write_parquet(rows, root / "results" / results.PARQUET_NAME)
+        studies.export_pickle(study, root / "results", task.pid, task.method)
+        elapsed = time.perf_counter() - t0
+    assert task.finished == trials and len(rows) == trials
+    return elapsed, startup
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = OptunaConfig(batch_size=args.batch_size, isolate=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        wf, startup = workflow(args.trials, cfg, args.seed, args.workers, Path(tmp))
+    pl = plain(args.trials, cfg, args.seed)
+    n = args.trials
+    print(
+        f"trials: {n}, sampler: TPE (constant liar), batch {args.batch_size}, "
+        f"{args.workers} Parsl workers"
+    )
+    print(f"plain Optuna ask/tell (in-memory):   {1e3 * pl / n:7.2f} ms/trial  ({pl:.2f} s)")
+    print(
+        f"workflow (Parsl + journal + Parquet): {1e3 * wf / n:7.2f} ms/trial  ({wf:.2f} s; "
+        f"Parsl start-up {startup:.1f} s not counted)"
+    )
+    print(f"ratio workflow / plain: {wf / pl:.2f}x   (target: < 50 ms/trial and < 2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""``parsl-optuna`` end to end through the real Parsl local executor (subprocesses).
+
+One module-scoped artifacts directory: the first test computes the two tiny references and the
+real trials; the kill-and-resume test reuses the references and runs synthetic trials (each
+sleeps, so the driver can be killed with trials in flight).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from lambda_hat.workflow.studies import counts_as_finished
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "config" / "tiny_test.yaml"
+CLI = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("wf")
+
+
+def _cli(args, cwd, env=None, **kw):
+    return subprocess.Popen(
+        CLI + args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def _kill_leftovers(marker: str) -> None:
+    """SIGKILL the processes this test started that outlived their driver (Parsl's worker
+    pool, isolated trials): found by the test's own temporary path in their command line."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _studies(results: Path) -> dict[str, list]:
+    storage = JournalStorage(JournalFileBackend(str(results / "studies" / "journal.log")))
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).trials
+        for s in optuna.get_all_study_summaries(storage)
+    }
+
+
+@pytest.mark.slow
+def test_tiny_config_end_to_end_with_real_methods(shared):
+    results, artifacts = shared / "results", shared / "artifacts"
+    args = [
+        "--config",
+        str(TINY),
+        "--local",
+        "--results",
+        str(results),
+        "--artifacts",
+        str(artifacts),
+    ]
+    t0 = time.monotonic()
+    proc = _cli(args, shared)
+    out, _ = proc.communicate(timeout=900)
+    first = time.monotonic() - t0
+    assert proc.returncode == 0, out[-4000:]
+
+    by_study = _studies(results)
+    assert len(by_study) == 4  # 2 problems x 2 methods
+    for name, trials in by_study.items():
+        finished = [
+            t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))
+        ]
+        assert len(finished) == 3, name
+        assert all(t.state.is_finished() for t in trials)
+        pkl = results / "studies" / "optuna_llc" / f"{name}.pkl"
+        assert len(pickle.loads(pkl.read_bytes()).trials) == len(trials)
+
+    # the README snippet, as written, on the real table
+    df = pd.read_parquet(results / "optuna_trials.parquet")
+    ok = df[df.status == "ok"]
+    best = ok.loc[ok.groupby(["pid", "method"]).objective.idxmin()]
+    curve = df.sort_values("trial_number").assign(
+        best_so_far=lambda d: d.groupby(["pid", "method"]).objective.cummin()
+    )
+    assert len(df) == sum(len(t) for t in by_study.values())
+    assert set(best.method) == {"sgld", "vi"} and len(best) == 4
+    assert (best.objective - (best.llc_hat - best.llc_ref).abs()).abs().max() < 1e-9
+    assert curve.best_so_far.notna().any()
+    assert {"hp_eta0", "hp_lr", "hp_steps"} <= set(df)
+    assert (df[df.method == "sgld"].hp_steps == 300).all()  # fixed by the search-space override
+    assert df.runtime_sec[df.status == "ok"].gt(0).all()
+    print(f"first run {first:.0f}s")
+
+    # the same command again: everything is finished, nothing runs
+    t0 = time.monotonic()
+    proc = _cli(args, shared)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    again = _studies(results)
+    assert {k: len(v) for k, v in again.items()} == {k: len(v) for k, v in by_study.items()}
+    print(f"second run {time.monotonic() - t0:.0f}s")
+
+
+def test_sigkill_mid_tuning_then_rerun_finishes_exactly_max_trials(shared):
+    results, artifacts = shared / "resume_results", shared / "artifacts"
+    config = shared / "one_problem.yaml"  # the first problem of tiny_test.yaml
+    config.write_text(
+        "problems: [{model: linear, data: small, teacher: _null, seed: 0}]\n"
+        "methods: [sgld, vi]\n"
+        "reference: {chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}\n"
+        "optuna: {n_startup_trials: 2}\n"
+    )
+    args = [
+        "--config",
+        str(config),
+        "--local",
+        "--results",
+        str(results),
+        "--artifacts",
+        str(artifacts),
+        "--max-trials",
+        "6",
+        "--batch-size",
+        "2",
+        "--trial-target",
+        "lambda_hat.workflow.synthetic:synthetic_trial",
+    ]
+    env = {"LAMBDA_HAT_SYNTHETIC_SECONDS": "0.5"}
+    marker = str(shared)
+    proc = _cli(args, shared, env)
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list((artifacts / "runs").glob("*/*/*/metrics.json"))
+            synthetic = [p for p in runs if "synthetic" in p.read_text()]
+            if len(synthetic) >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the driver finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        _kill_leftovers(marker)
+    before = _studies(results)
+    assert any(t.state == TrialState.RUNNING for ts in before.values() for t in ts)
+
+    proc = _cli(args, shared, env)
+    out, _ = proc.communicate(timeout=400)
+    _kill_leftovers(marker)
+    assert proc.returncode == 0, out[-4000:]
+    after = _studies(results)
+    interrupted = 0
+    for name, trials in after.items():
+        assert all(t.state.is_finished() for t in trials), name
+        finished = [
+            t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))
+        ]
+        assert len(finished) == 6, name
+        ids = [t.user_attrs["run_id"] for t in finished]
+        assert len(ids) == len(set(ids)), name  # no finished trial twice
+        numbers = {t.number for t in before[name] if t.state.is_finished()}
+        kept = {t.number for t in trials if t.number in numbers}
+        assert kept == numbers  # no finished trial lost
+        interrupted += sum(t.user_attrs.get("failure_kind") == "interrupted" for t in trials)
+    assert (
+        interrupted + sum(t.user_attrs.get("reused", False) for ts in after.values() for t in ts)
+        >= 1
+    )
+    df = pd.read_parquet(results / "optuna_trials.parquet")
+    assert (df.groupby(["pid", "method"]).status.apply(lambda s: (s == "ok").sum()) == 6).all()
