@@ -72,7 +72,13 @@ def workflow(trials: int, cfg: OptunaConfig, seed: int, workers: int, root: Path
         submit(dict(base, hyperparams={}, run_id="warm", run_dir=str(root / "warm"))).result()
         startup = time.perf_counter() - t_start
         t0 = time.perf_counter()
-        driver = tuning.Driver([task], submit, max_trials=trials, batch_size=cfg.batch_size)
+        driver = tuning.Driver(
+            [task],
+            submit,
+            max_trials=trials,
+            batch_size=cfg.batch_size,
+            sync=lambda: studies.sync_storage(storage),
+        )
         driver.recover(task)
         driver.run()
         rows = results.study_rows(study, task.pid, task.method, REF)

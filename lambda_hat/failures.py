@@ -346,7 +346,11 @@ def tell(
         trial = optuna.Trial(
             study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial)
         )
-    args = tell_args(metrics, objective_fn, placeholder_values(study, fallback))
+    failure = failure_of(metrics)
+    learned = failure is not None and failure["kind"] in PARAMETER_KINDS
+    # placeholder_values reads every trial: only parameter failures need it (O(n) per tell)
+    placeholder = placeholder_values(study, fallback) if learned else fallback
+    args = tell_args(metrics, objective_fn, placeholder)
     for key, value in args.user_attrs.items():
         trial.set_user_attr(key, value)
     if args.constraint is not None:

@@ -442,6 +442,7 @@ def execute(plan: Plan) -> int:
             batch_size=oc.batch_size,
             on_tick=tick,
             tick_sec=10.0,
+            sync=lambda: studies.sync_storage(storage),
         )
         for t in tasks:
             driver.recover(t)

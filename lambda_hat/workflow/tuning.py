@@ -158,15 +158,13 @@ def _tell(
     worst score makes TPE degrade to random search): parameter failures (diverged, timeout,
     oom) are COMPLETE with a graded constraint so the sampler learns where they happen, other
     kinds are FAIL (see :mod:`lambda_hat.failures`). The user attrs carry ``failure_kind``,
-    ``failure_message``, the ``metrics_path`` of the evidence and the headline numbers.
+    ``failure_message``, ``llc_hat`` and ``reused``; everything else is in the trial's
+    ``metrics.json`` (user attr ``run_dir``): every attr is one journal write.
     """
-    for key in ("llc_hat", "se_hat", "metrics_path", "reused"):
-        value = metrics.get(key)
-        if value is not None and (not isinstance(value, float) or math.isfinite(value)):
-            trial.set_user_attr(key, value)
-    seconds = _seconds(metrics)
-    if seconds is not None:
-        trial.set_user_attr("seconds", seconds)
+    if _finite(metrics.get("llc_hat")):
+        trial.set_user_attr("llc_hat", float(metrics["llc_hat"]))
+    if metrics.get("reused"):
+        trial.set_user_attr("reused", True)
     return failures.tell(study, trial, metrics, objective_fn)
 
 
@@ -180,7 +178,8 @@ class Driver:
 
     ``submit(payload) -> Future`` sends one trial to the workers (a Parsl app in production, a
     thread pool in tests); ``on_told(task, trial_number, metrics)`` runs after every tell and
-    ``on_tick()`` every ``tick_sec`` (progress display, periodic Parquet).
+    ``on_tick()`` every ``tick_sec`` (progress display, periodic Parquet); ``sync()`` before
+    every wait (fsync of the journal: see :class:`studies.GroupCommitJournalBackend`).
     """
 
     def __init__(
@@ -193,10 +192,12 @@ class Driver:
         on_told: Callable[[StudyTask, int, dict], None] | None = None,
         on_tick: Callable[[], None] | None = None,
         tick_sec: float = 5.0,
+        sync: Callable[[], None] | None = None,
     ):
         self.tasks, self.submit = tasks, submit
         self.max_trials, self.batch_size = max_trials, batch_size
         self.on_told, self.on_tick, self.tick_sec = on_told, on_tick, tick_sec
+        self.sync = sync
         self._flights: dict[Future, _Flight] = {}
         self._by_dir: dict[str, Future] = {}
 
@@ -224,6 +225,8 @@ class Driver:
                 count=False,
             )
             task.study.enqueue_trial(frozen.params, user_attrs={"requeued_from": frozen.number})
+        if task.guard is not None and not task.guard.replay(task.study).proceed:
+            task.stop(task.guard.decision.message)
         for frozen in task.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
         ):
@@ -278,6 +281,8 @@ class Driver:
             self._refill()
             if not self._flights:
                 break
+            if self.sync is not None:
+                self.sync()
             done, _ = wait(list(self._flights), timeout=self.tick_sec, return_when=FIRST_COMPLETED)
             for fut in done:
                 self._complete(fut)
@@ -396,7 +401,7 @@ class Driver:
             )
         if task.guard is not None:
             decision = task.guard.record(
-                trial.number, metrics, metrics.get("metrics_path"), trial.params
+                trial.number, metrics, metrics.get("metrics_path"), trial.params, told=told
             )
             if not decision.proceed:
                 task.stop(decision.message)
