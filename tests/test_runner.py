@@ -98,11 +98,7 @@ SENSITIVITY = {
 
 @pytest.mark.parametrize(
     "method",
-    [
-        "sgld",
-        pytest.param("vi", marks=pytest.mark.slow),
-        pytest.param("mclmc", marks=pytest.mark.slow),
-    ],
+    [pytest.param(m, marks=pytest.mark.slow) for m in ("sgld", "vi", "mclmc")],
 )
 def test_every_searched_hyperparameter_changes_the_run(method, linear, tmp_path):
     base, changes = SENSITIVITY[method]
