@@ -304,6 +304,16 @@ def test_progress_shows_counts_best_and_eta():
     assert "2m30s" in text  # 6 remaining at 25 s each
     assert progress.eta_seconds(0, 0, 0.0) == 0.0 and progress.eta_seconds(3, 0, 5.0) is None
 
+    now, shown = [0.0], []
+    show = progress.Progress([t], max_trials=10, clock=lambda: now[0], emit=shown.append)
+    show()
+    show()  # nothing changed: quiet
+    t.finished += 1
+    show()
+    now[0] += progress.Progress.quiet_sec
+    show()
+    assert len(shown) == 3 and "5/10" in shown[1]
+
 
 # ------------------------------------------------------------------------- CLI checks
 

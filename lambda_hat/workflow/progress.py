@@ -36,6 +36,8 @@ class Progress:
     ``clock`` is the one time source (tests substitute it); ``emit`` receives the text.
     """
 
+    quiet_sec = 60.0  # a table that did not change is shown again after this long
+
     def __init__(
         self,
         tasks: Sequence,
