@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -541,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``parsl-optuna``."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    # Parsl starts its worker pool with fork+exec (subprocess), which is safe; JAX's fork hook
+    # warns about any fork in a process that imported it.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     try:
         exp = load_experiment(args.config, _overrides(args))
         plan = check_plan(exp, args.parsl_config, args.local, args.trial_target)
