@@ -281,14 +281,14 @@ class Driver:
             self._refill()
             if not self._flights:
                 break
+            if self.on_tick and time.monotonic() - last_tick >= self.tick_sec:
+                self.on_tick()  # after the refill, so the display counts the slots in use
+                last_tick = time.monotonic()
             if self.sync is not None:
                 self.sync()
             done, _ = wait(list(self._flights), timeout=self.tick_sec, return_when=FIRST_COMPLETED)
             for fut in done:
                 self._complete(fut)
-            if self.on_tick and time.monotonic() - last_tick >= self.tick_sec:
-                self.on_tick()
-                last_tick = time.monotonic()
 
     def _refill(self) -> None:
         while len(self._flights) < self.batch_size:
