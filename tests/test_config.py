@@ -1,5 +1,7 @@
 """Config loading: helpful errors before any work, stable and sensitive problem ids."""
 
+import hashlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -134,3 +136,21 @@ def test_pid_changes_with_any_resolved_value():
     # The same resolved values reached through an explicit override hash the same.
     same = {**base, "overrides": {"data": {"noise": 0.1}}}
     assert problem_id(resolve_problem(same)) == pid
+
+
+def test_pid_format_is_frozen():
+    """Stored artifacts are found by pid: the canonical form and hash must never drift."""
+    from lambda_hat.config import ProblemSpec, as_dict, validate
+    from lambda_hat.hashing import canonical_json
+
+    canonical = (
+        '{"data":{"input_dim":3,"n":200,"noise":0.1,"output_dim":1,"x_dist":"gauss"},'
+        '"model":{"activation":"tanh","bias":true,"depth":1,"family":"mlp","init_scale":1.0,'
+        '"target_params":null,"train":{"batch_size":null,"lr":0.05,"optimizer":"adam",'
+        '"schedule":"cosine","steps":4000},"widths":[4]},"seed":1,'
+        '"teacher":{"activation":null,"rank":null,"scale":1.0,"widths":null}}'
+    )
+    spec = validate(json.loads(canonical), ProblemSpec, "spec")
+    assert canonical_json(as_dict(spec)) == canonical
+    assert problem_id(spec) == "p_" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    assert problem_id(spec) == "p_904336546896"
