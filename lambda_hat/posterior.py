@@ -71,6 +71,27 @@ def make_posterior(
     """Build the posterior of a regression problem (``apply(w, X)`` the network)."""
     n = int(X.shape[0])
     beta = default_beta(n) if beta is None else float(beta)
+    post = regression_posterior(apply, X, y, noise, w_star, beta, float(gamma), math.nan)
+    return post._replace(loss_star=float(jax.jit(post.loss)(w_star)))
+
+
+def regression_posterior(
+    apply: Callable,
+    X: jax.Array,
+    y: jax.Array,
+    noise: float,
+    w_star: jax.Array,
+    beta,
+    gamma,
+    loss_star,
+) -> LLCPosterior:
+    """The posterior of a regression problem with every number given; computes nothing.
+
+    Every argument but ``apply`` and ``noise`` may be a traced array, so a compiled program can
+    take the data, w*, β, γ and L_n(w*) as *arguments* (one executable serves every posterior
+    of the same shapes) while still using this one definition of L_n and of the density.
+    """
+    n = int(X.shape[0])
 
     def loss(w):
         return gaussian_nll(apply(w, X), y, noise)
@@ -78,5 +99,4 @@ def make_posterior(
     def batch_loss(w, idx):
         return gaussian_nll(apply(w, X[idx]), y[idx], noise)
 
-    loss_star = float(jax.jit(loss)(w_star))
-    return LLCPosterior(n, beta, float(gamma), w_star, loss_star, loss, batch_loss)
+    return LLCPosterior(n, beta, gamma, w_star, loss_star, loss, batch_loss)

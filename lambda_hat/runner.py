@@ -30,9 +30,10 @@ import logging
 import math
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,18 +45,27 @@ from lambda_hat.config import ConfigError
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds
-from lambda_hat.posterior import LLCPosterior
+from lambda_hat.posterior import LLCPosterior, gaussian_nll, regression_posterior
 from lambda_hat.problems import Problem
 from lambda_hat.samplers import mclmc as mclmc_mod
 from lambda_hat.samplers import sgld as sgld_mod
 from lambda_hat.samplers import vi as vi_mod
 
-__all__ = ["run_method_trial", "load_metrics", "run_dir_for", "trial_manifest", "add_cli"]
+__all__ = [
+    "run_method_trial",
+    "load_metrics",
+    "run_dir_for",
+    "trial_manifest",
+    "chunk_capacity",
+    "clear_compiled_cache",
+    "add_cli",
+]
 
 log = logging.getLogger("lambda_hat.runner")
 
 RUN_SCHEMA = 1
-TARGET_CHUNKS = 20  # budget/divergence checks per run (fewer when units are few)
+TARGET_CHUNKS = 20  # budget/divergence checks per run: at most this many, at least half
+MIN_CHUNK = 16  # units per chunk at least (short runs: fewer chunks, fewer programs)
 MIN_DRAWS = 4  # kept draws per chain below which no estimate is made
 _clock = time.perf_counter  # the one clock (tests may substitute it)
 
@@ -112,19 +122,72 @@ def load_metrics(run_dir: str | Path) -> dict | None:
     return m
 
 
-# ------------------------------------------------------------------------------ the driver
+# ------------------------------------------------------------------- compiled-program cache
+
+# Compiled programs of this process, reused across trials: key = (what the program computes,
+# the static settings that shape it, the abstract signature of its arguments). Everything that
+# varies between trials of one (problem, method) — continuous hyperparameters, β, γ, w*, L_n(w*),
+# keys, step counts — is an *argument*, so a new trial finds its programs here and compiles
+# nothing. A program closes over the problem's ``apply`` and noise only, which its pid fixes.
+_COMPILED: OrderedDict[tuple, Any] = OrderedDict()
+CACHE_SIZE = 256  # programs kept per process (least recently used dropped first)
+
+
+def clear_compiled_cache() -> None:
+    """Forget this process's compiled trial programs (the next trial compiles afresh)."""
+    _COMPILED.clear()
+
+
+def _signature(args) -> tuple:
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    return (
+        tree,
+        tuple((np.shape(x), str(x.dtype), bool(getattr(x, "weak_type", False))) for x in leaves),
+    )
+
+
+def _f64(x) -> np.ndarray:
+    return np.asarray(x, np.float64)
+
+
+def _i64(x) -> np.ndarray:
+    return np.asarray(x, np.int64)
+
+
+def chunk_capacity(total: int) -> int:
+    """Units per compiled chunk: total / TARGET_CHUNKS rounded up to a power of two, >= 16.
+
+    The chunk program loops over a *traced* number of units (<= capacity), so a run of any
+    length uses the executable of its capacity bucket: varying ``steps`` between trials does
+    not create a new program for each value (a run has 10–20 chunks, fewer when short).
+    """
+    return max(MIN_CHUNK, 1 << math.ceil(math.log2(max(1, -(-total // TARGET_CHUNKS)))))
 
 
 class _Timer:
     def __init__(self) -> None:
         self.compile = 0.0
         self.run = 0.0
+        self.compiled_programs = 0
 
-    def compiled(self, fn: Callable, *args) -> Callable:
-        t0 = _clock()
-        out = jax.jit(fn).lower(*args).compile()
-        self.compile += _clock() - t0
-        return out
+    def compiled(self, key: tuple, fn: Callable, *args) -> Callable:
+        """The program ``fn`` for ``args`` from the process cache, compiled (and timed) once.
+
+        ``fn`` must close over nothing but what ``key`` names (static settings, the problem).
+        """
+        full = (key, _signature(args))
+        exe = _COMPILED.get(full)
+        if exe is None:
+            t0 = _clock()
+            exe = jax.jit(fn).lower(*args).compile()
+            self.compile += _clock() - t0
+            self.compiled_programs += 1
+            _COMPILED[full] = exe
+            while len(_COMPILED) > CACHE_SIZE:
+                _COMPILED.popitem(last=False)
+        else:
+            _COMPILED.move_to_end(full)
+        return exe
 
     def call(self, compiled: Callable, *args) -> Any:
         t0 = _clock()
@@ -132,39 +195,105 @@ class _Timer:
         self.run += _clock() - t0
         return out
 
-    def once(self, fn: Callable, *args) -> Any:
-        """Compile ``fn`` for ``args`` and run it (setup work: one executable, timed apart)."""
-        return self.call(self.compiled(fn, *args), *args)
+    def once(self, key: tuple, fn: Callable, *args) -> Any:
+        """Run the (cached) program ``fn`` on ``args``: setup work, one executable."""
+        return self.call(self.compiled(key, fn, *args), *args)
 
 
-def _chunk_len(total: int) -> int:
-    return max(1, -(-total // TARGET_CHUNKS))
+class _Target(NamedTuple):
+    """The trial's posterior: host numbers, and the same as arguments of compiled programs."""
+
+    post: LLCPosterior  # floats, for the estimator and host arithmetic
+    args: tuple  # (X, y, w*, β, γ, L_n(w*)): traced by every program
+    apply: Callable
+    noise: float
+    key: tuple  # (pid, n, d): what the closure over ``apply`` and ``noise`` depends on
+
+
+def _traced_posterior(target: _Target, args: tuple) -> LLCPosterior:
+    X, y, w_star, beta, gamma, loss_star = args
+    return regression_posterior(target.apply, X, y, target.noise, w_star, beta, gamma, loss_star)
+
+
+def _target(problem: Problem, beta: float, gamma: float, timer: _Timer) -> _Target:
+    """The posterior at (β, γ), L_n(w*) computed by a cached program (no per-trial trace)."""
+    apply, noise = problem.model.apply, float(problem.spec.data.noise)
+    key = (problem.pid, int(problem.n), int(problem.d))
+
+    def loss(X, y, w):
+        return gaussian_nll(apply(w, X), y, noise)
+
+    X, y, w_star = problem.X, problem.y, problem.w_star
+    loss_star = float(timer.once(("loss", key), loss, X, y, w_star))
+    post = regression_posterior(apply, X, y, noise, w_star, float(beta), float(gamma), loss_star)
+    args = (X, y, w_star, _f64(beta), _f64(gamma), _f64(loss_star))
+    return _Target(post, args, apply, noise, key)
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+def _fill(shape: jax.ShapeDtypeStruct, capacity: int) -> jax.Array:
+    out = (shape.shape[0], capacity, *shape.shape[1:])
+    if jnp.issubdtype(shape.dtype, jnp.floating):
+        return jnp.full(out, jnp.nan, shape.dtype)
+    return jnp.zeros(out, shape.dtype)
+
+
+def _units(unit: Callable, carry, first, m, capacity: int):
+    """``unit(carry, first + j)`` for j < m (traced), outputs into (C, capacity, ...) buffers."""
+    out_shapes = jax.eval_shape(unit, carry, first)[1]
+    bufs = jax.tree_util.tree_map(lambda s: _fill(s, capacity), out_shapes)
+
+    def body(j, c):
+        carry, bufs = c
+        carry, out = unit(carry, first + j)
+        bufs = jax.tree_util.tree_map(
+            lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j, 1), bufs, out
+        )
+        return carry, bufs
+
+    return jax.lax.fori_loop(0, m, body, (carry, bufs))
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _drive(
-    chunk_fn,
+    key: tuple,
+    unit: Callable,
+    consts,
     carry,
     total: int,
     deadline: float,
     timer: _Timer,
-    first_bad: Callable[[Any, Any], int | None],
+    first_bad: Callable[[Any, bool], int | None],
     unit_steps: int,
+    watch: Callable = lambda carry: carry,
 ):
-    """Run ``chunk_fn(carry, unit_indices)`` over ``total`` units in chunks.
+    """Run ``unit(consts, carry, unit_index) -> (carry, out)`` over ``total`` units in chunks.
 
-    Returns (carry, list of per-chunk infos (host arrays), units done, stopped_early).
-    Raises :class:`_Diverged` at the first chunk holding a non-finite unit.
+    One compiled chunk program (per ``key`` and capacity bucket) takes ``consts``, the carry,
+    the first unit and the number of units as arguments. Returns (carry, list of per-chunk
+    outputs as host arrays (C, m, ...), units done, stopped_early). Raises
+    :class:`_Diverged` at the first chunk holding a non-finite unit (``first_bad`` gets the
+    chunk's outputs and whether ``watch(carry)`` is all finite).
     """
-    compiled: dict[int, Callable] = {}
-    infos, done, size = [], 0, _chunk_len(total)
+    capacity = chunk_capacity(total)
+
+    def chunk(consts, carry, first, m):
+        carry, bufs = _units(lambda c, u: unit(consts, c, u), carry, first, m, capacity)
+        return carry, bufs, _all_finite(watch(carry))
+
+    exe = timer.compiled((*key, "chunk", capacity), chunk, consts, carry, _i64(0), _i64(0))
+    infos, done = [], 0
     while done < total:
-        m = min(size, total - done)
-        idx = np.arange(done, done + m)
-        if m not in compiled:
-            compiled[m] = timer.compiled(chunk_fn, carry, idx)
-        carry, info = timer.call(compiled[m], carry, idx)
-        info = jax.device_get(info)
-        bad = first_bad(carry, info)
+        m = min(capacity, total - done)
+        carry, bufs, finite = timer.call(exe, consts, carry, _i64(done), _i64(m))
+        info = jax.tree_util.tree_map(lambda b, m=m: np.asarray(b)[:, :m], jax.device_get(bufs))
+        bad = first_bad(info, bool(finite))
         if bad is not None:
             step = (done + bad + 1) * unit_steps
             raise _Diverged(step, f"non-finite loss or parameters by step {step}")
@@ -175,16 +304,17 @@ def _drive(
     return carry, infos, done, False
 
 
-def _concat(infos: list, field: str) -> np.ndarray:
+def _concat(infos: list, field) -> np.ndarray:
     return np.concatenate(
-        [np.asarray(getattr(i, field) if hasattr(i, field) else i[field]) for i in infos], axis=1
+        [np.asarray(getattr(i, field) if isinstance(field, str) else i[field]) for i in infos],
+        axis=1,
     )
 
 
-def _first_nonfinite(loss: np.ndarray, positions=None) -> int | None:
-    """Index along axis 1 of the first non-finite loss in any chain (or parameters)."""
+def _first_nonfinite(loss: np.ndarray, finite: bool = True) -> int | None:
+    """Index along axis 1 of the first non-finite loss in any chain (the last if not finite)."""
     bad = ~np.isfinite(loss).all(axis=0)
-    if positions is not None and not np.isfinite(np.asarray(positions)).all():
+    if not finite:
         bad[-1] = True
     return int(np.argmax(bad)) if bad.any() else None
 
@@ -201,9 +331,12 @@ def _kept(loss: np.ndarray, burnin_frac: float) -> tuple[np.ndarray, int]:
 
 
 # ---------------------------------------------------------------------------------- methods
+# Each method's programs are keyed by (method, program, problem key, discrete settings) and
+# take the posterior and every continuous hyperparameter as arguments.
 
 
-def _run_sgld(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+def _run_sgld(target: _Target, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+    post = target.post
     C, steps, n = hp["chains"], hp["steps"], post.n
     batch = min(hp["batch"], n)
     E = hp["eval_every"]
@@ -211,30 +344,48 @@ def _run_sgld(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer)
         E = min(-(-n // batch), max(1, steps // 100))
     E = min(E, steps)
     blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
-    kernel = sgld_mod.build_kernel(
-        post, batch, hp["precond_type"], hp["precond_decay"], hp["adam_beta1"], hp["precond_eps"]
-    )
-    block = sgld_mod.build_block(kernel, post, hp["eta0"], E)
+    precond = hp["precond_type"]
 
-    def setup(key):
+    def setup(args, key):
+        post = _traced_posterior(target, args)
         k_start, k_run = jax.random.split(key)
         starts = _chain_starts(post, k_start, C)
         return jax.vmap(sgld_mod.init)(starts), jax.random.split(k_run, C)
 
-    state, chain_keys = timer.once(setup, key)
+    state, chain_keys = timer.once(("sgld", "setup", target.key, C), setup, target.args, key)
+    consts = (
+        target.args,
+        _f64(hp["eta0"]),
+        _f64(hp["precond_decay"]),
+        _f64(hp["adam_beta1"]),
+        _f64(hp["precond_eps"]),
+        _i64(E),
+        chain_keys,
+    )
 
-    def chunk(state, idx):
-        def one_chain(ck, s):
-            return jax.lax.scan(lambda s, b: block(ck, s, b), s, idx)
+    def unit(consts, state, b):
+        args, eta, decay, beta1, eps, E, chain_keys = consts
+        post = _traced_posterior(target, args)
+        kernel = sgld_mod.build_kernel(post, batch, precond, decay, beta1, eps)
+        block = sgld_mod.build_block(kernel, post, eta, E)
+        return jax.vmap(block, in_axes=(0, 0, None))(chain_keys, state, b)
 
-        return jax.vmap(one_chain)(chain_keys, state)
+    def first_bad(info, finite):
+        return _first_nonfinite(info[0], finite)
 
-    def first_bad(state, info):
-        return _first_nonfinite(info[0], state.position)
-
-    state, infos, done, early = _drive(chunk, state, blocks, deadline, timer, first_bad, E)
-    loss = np.concatenate([i[0] for i in infos], axis=1)
-    accept = np.concatenate([i[1] for i in infos], axis=1)
+    state, infos, done, early = _drive(
+        ("sgld", target.key, C, batch, precond),
+        unit,
+        consts,
+        state,
+        blocks,
+        deadline,
+        timer,
+        first_bad,
+        E,
+        lambda s: s.position,
+    )
+    loss, accept = _concat(infos, 0), _concat(infos, 1)
     kept, burn = _kept(loss, hp["burnin_frac"])
     acc_kept = accept[:, burn:]
     grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
@@ -262,41 +413,86 @@ def _run_sgld(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer)
     }
 
 
-def _run_mclmc(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+def _run_mclmc(target: _Target, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+    post = target.post
     C, steps, d = hp["chains"], hp["steps"], post.d
     if d < 2:
         raise ConfigError("method", "MCLMC needs at least 2 parameters.", "use another method.")
     tune_steps = 0
 
-    def setup(key):
+    def setup(args, key):
+        post = _traced_posterior(target, args)
         k_start, k_mom, k_tune, k_run = jax.random.split(key, 4)
         starts = _chain_starts(post, k_start, C)
         states = mclmc_mod.init(post, jax.random.split(k_mom, C), starts)
         return states, jax.random.split(k_tune, C), jax.random.split(k_run, C)
 
-    states, tune_keys, chain_keys = timer.once(setup, key)
+    states, tune_keys, chain_keys = timer.once(
+        ("mclmc", "setup", target.key, C), setup, target.args, key
+    )
     if hp["tune"]:
-        tuner = mclmc_mod.build_tuner(
-            post, steps, hp["tune_frac"], hp["target_accept"], hp["step_size"], hp["L"]
+        sched = mclmc_mod.tune_schedule(steps, hp["tune_frac"])
+        capacity = 1 << math.ceil(math.log2(max(sched.n1 + sched.n2 + 1, sched.n3, 2)))
+        flags = (sched.n2 > 1, sched.n3 >= 2)
+
+        def tune(args, keys, states, counts, energy_var, step_size0):
+            post = _traced_posterior(target, args)
+            return mclmc_mod.build_tuner(post, capacity, *flags)(
+                keys, states, counts, energy_var, step_size0
+            )
+
+        step0 = hp["step_size"] if hp["step_size"] is not None else math.sqrt(d) * 0.25
+        tune_args = (
+            target.args,
+            tune_keys,
+            states,
+            tuple(_i64(x) for x in sched[:3]) + (_i64(sched.n3),),
+            _f64(mclmc_mod.desired_energy_var(hp["target_accept"])),
+            _f64(step0),
         )
-        chains = timer.once(tuner, tune_keys, states)
-        tune_steps = mclmc_mod.tuning_steps(steps, hp["tune_frac"])
+        chains, positions = timer.once(
+            ("mclmc", "tune", target.key, C, capacity, flags), tune, *tune_args
+        )
+        chains = timer.once(
+            ("mclmc", "finish_tuning", C, d, capacity, sched.n3),
+            lambda ch, pos, f: mclmc_mod.finish_tuning(ch, pos, sched.n3, f),
+            chains,
+            positions,
+            _f64(hp["L"]),
+        )
+        del positions
+        tune_steps = sched.total
         if not np.isfinite(np.asarray(chains.state.position)).all():
             raise _Diverged(tune_steps, "non-finite parameters during MCLMC tuning")
     else:
-        chains = mclmc_mod.fixed_chains(states, hp["L"], hp["step_size"])
-    body = mclmc_mod.build_chunk(post)
+        chains = mclmc_mod.fixed_chains(states, _f64(hp["L"]), _f64(hp["step_size"]))
 
-    def chunk(chains, idx):
-        keys = jax.vmap(lambda ck: jax.vmap(lambda i: jax.random.fold_in(ck, i))(idx))(chain_keys)
-        return body(keys, chains)
+    def unit(consts, chains, i):
+        args, chain_keys = consts
+        step = mclmc_mod.build_step(_traced_posterior(target, args))
+        keys = jax.vmap(lambda ck: jax.random.fold_in(ck, i))(chain_keys)
+        state, info = jax.vmap(step)(
+            keys, chains.state, chains.L, chains.step_size, chains.inverse_mass_matrix
+        )
+        return chains._replace(state=state), info
 
-    def first_bad(chains, info):
+    def first_bad(info, finite):
         stuck = (~np.asarray(info.nonans)).mean() > 0.5
-        bad = _first_nonfinite(np.asarray(info.loss), chains.state.position)
+        bad = _first_nonfinite(np.asarray(info.loss), finite)
         return bad if bad is not None else (info.loss.shape[1] - 1 if stuck else None)
 
-    chains, infos, done, early = _drive(chunk, chains, steps, deadline, timer, first_bad, 1)
+    chains, infos, done, early = _drive(
+        ("mclmc", target.key, C),
+        unit,
+        (target.args, chain_keys),
+        chains,
+        steps,
+        deadline,
+        timer,
+        first_bad,
+        1,
+        lambda ch: ch.state.position,
+    )
     loss = _concat(infos, "loss")
     energy = _concat(infos, "energy_change")
     nonans = _concat(infos, "nonans")
@@ -328,48 +524,75 @@ def _run_mclmc(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer
     }
 
 
-def _run_vi(post: LLCPosterior, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+def _run_vi(target: _Target, hp: dict, key, deadline: float, timer: _Timer) -> dict:
+    post = target.post
     C, steps, n, d = hp["chains"], hp["steps"], post.n, post.d
     M, r, S = hp["M"], hp["r"], hp["mc_samples"]
     batch = min(hp["batch_size"], n)
-    optimizer = vi_mod.build_optimizer(hp["lr"], steps)
+    mode, white_batch, white_steps = hp["whitening_mode"], hp["batch_size"], hp["whiten_steps"]
+    opt_args = (_f64(hp["lr"]), _f64(max(steps, 1)))
 
-    def setup(key):
+    def setup(args, key, decay, spread, opt_args):
+        post = _traced_posterior(target, args)
+        optimizer = vi_mod.build_optimizer(*opt_args)
         k_white, k_init, k_run, k_eval = jax.random.split(key, 4)
-        precision = vi_mod.whitening_precision(
-            post,
-            hp["whitening_mode"],
-            k_white,
-            hp["batch_size"],
-            hp["whiten_steps"],
-            hp["whiten_decay"],
-        )
-        params = jax.vmap(lambda k: vi_mod.init_params(k, d, M, r, hp["init_spread"]))(
+        precision = vi_mod.whitening_precision(post, mode, k_white, white_batch, white_steps, decay)
+        params = jax.vmap(lambda k: vi_mod.init_params(k, d, M, r, spread))(
             jax.random.split(k_init, C)
         )
         state = jax.vmap(lambda p: vi_mod.init(p, optimizer))(params)
         return precision, state, jax.random.split(k_run, C), jax.random.split(k_eval, C)
 
-    precision, state, chain_keys, eval_keys = timer.once(setup, key)
+    precision, state, chain_keys, eval_keys = timer.once(
+        ("vi", "setup", target.key, mode, white_batch, white_steps, C, M, r),
+        setup,
+        target.args,
+        key,
+        _f64(hp["whiten_decay"]),
+        _f64(hp["init_spread"]),
+        opt_args,
+    )
     if not np.isfinite(np.asarray(precision)).all():
         raise _Diverged(0, "non-finite whitening estimate at w*")
-    step = vi_mod.build_step(post, precision, optimizer, batch, S)
 
-    def chunk(state, idx):
-        def one_chain(ck, s):
-            return jax.lax.scan(lambda s, i: step(jax.random.fold_in(ck, i), s), s, idx)
+    def unit(consts, state, i):
+        args, precision, opt_args, chain_keys = consts
+        post = _traced_posterior(target, args)
+        step = vi_mod.build_step(post, precision, vi_mod.build_optimizer(*opt_args), batch, S)
+        return jax.vmap(lambda ck, s: step(jax.random.fold_in(ck, i), s))(chain_keys, state)
 
-        return jax.vmap(one_chain)(chain_keys, state)
+    def first_bad(info, finite):
+        return _first_nonfinite(np.asarray(info.elbo), finite)
 
-    def first_bad(state, info):
-        leaves = jax.tree_util.tree_leaves(state.params)
-        finite = all(np.isfinite(np.asarray(x)).all() for x in leaves)
-        return _first_nonfinite(np.asarray(info.elbo), None if finite else np.array([np.nan]))
-
-    state, infos, done, early = _drive(chunk, state, steps, deadline, timer, first_bad, 1)
+    state, infos, done, early = _drive(
+        ("vi", target.key, C, M, r, S, batch),
+        unit,
+        (target.args, precision, opt_args, chain_keys),
+        state,
+        steps,
+        deadline,
+        timer,
+        first_bad,
+        1,
+        lambda s: s.params,
+    )
     elbo = _concat(infos, "elbo")
-    evaluate = vi_mod.build_eval(post, precision, hp["eval_samples"])
-    loss = np.asarray(timer.once(jax.vmap(evaluate), eval_keys, state.params))
+    num = hp["eval_samples"]
+
+    def evaluate(args, precision, keys, params):
+        post = _traced_posterior(target, args)
+        return jax.vmap(vi_mod.build_eval(post, precision, num))(keys, params)
+
+    loss = np.asarray(
+        timer.once(
+            ("vi", "eval", target.key, C, M, r, num),
+            evaluate,
+            target.args,
+            precision,
+            eval_keys,
+            state.params,
+        )
+    )
     bad = _first_nonfinite(loss)
     if bad is not None:
         raise _Diverged(done, "non-finite L_n at a draw from the fitted q")
@@ -459,9 +682,10 @@ def run_method_trial(
     }
     log.info("trial %s: %s on %s, %s", run_id, method, problem.pid, hp)
     try:
-        post = problem.posterior(ps["beta"], ps["gamma"])
+        target = _target(problem, ps["beta"], ps["gamma"], timer)
+        post = target.post
         metrics["posterior"].update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)
-        out = _RUNNERS[method](post, hp, jax.random.PRNGKey(seed), deadline, timer)
+        out = _RUNNERS[method](target, hp, jax.random.PRNGKey(seed), deadline, timer)
         _fill_result(metrics, out, post)
         atomic_write_npz(run_dir / "trace.npz", **out["trace"])
     except _Diverged as exc:
@@ -499,6 +723,7 @@ def run_method_trial(
             "run": timer.run,
             "total": _clock() - t_start,
         }
+        metrics["compiled_programs"] = timer.compiled_programs
         _add_objective(metrics, ref)
         atomic_write_json(run_dir / "metrics.json", metrics)
         metrics["run_dir"] = str(run_dir)

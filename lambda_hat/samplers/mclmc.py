@@ -6,6 +6,13 @@ BlackJAX's unadjusted ``mclmc`` kernel with the default ``isokinetic_mclachlan``
 ``logdensity_fn=`` keyword, three return values) and *keeps its tuned state* as the start of
 sampling. The tuner's steps are counted as work.
 
+The tuner is BlackJAX 1.7.1's algorithm (``make_L_step_size_adaptation`` then
+``make_adaptation_L``, diagonal preconditioning on) restated so that its step *counts* are
+traced: the phases are ``fori_loop`` loops whose lengths are arguments, and their keys come from
+``split(key, capacity)`` (with JAX's partitionable threefry, ``split(k, N)[i]`` does not depend
+on N, so the keys are BlackJAX's). One compiled tuner then serves every ``steps`` up to its
+capacity; only the small ESS program of phase 3 depends on the exact phase length.
+
 ``target_accept`` enters through the tuner's energy-error target. For a Gaussian energy error
 of variance σ² a Metropolis test would accept with probability 2Φ(−σ/2); the desired energy
 variance per dimension is BlackJAX's default 5e-4 at ``target_accept = 0.9`` and scales with
@@ -20,8 +27,10 @@ from typing import NamedTuple
 import blackjax
 import jax
 import jax.numpy as jnp
-from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
+from blackjax.adaptation.mclmc_adaptation import handle_nans
+from blackjax.diagnostics import effective_sample_size
 from blackjax.mcmc.integrators import IntegratorState
+from blackjax.util import incremental_value_update
 
 from lambda_hat.posterior import LLCPosterior
 
@@ -30,9 +39,14 @@ __all__ = [
     "MCLMCInfo",
     "GRADS_PER_STEP",
     "desired_energy_var",
+    "TuneSchedule",
+    "tune_schedule",
     "tuning_steps",
     "init",
     "build_tuner",
+    "finish_tuning",
+    "fixed_chains",
+    "build_step",
     "build_chunk",
 ]
 
@@ -70,12 +84,33 @@ def _tune_fracs(tune_frac: float) -> tuple[float, float, float]:
     return (tune_frac / 3,) * 3
 
 
-def tuning_steps(num_steps: int, tune_frac: float) -> int:
-    """Integrator steps ``mclmc_find_L_and_step_size`` spends (diagonal preconditioning on)."""
+class TuneSchedule(NamedTuple):
+    """Phase lengths of ``mclmc_find_L_and_step_size`` for ``num_steps`` (BlackJAX's rounding).
+
+    n1: step-size steps; n2: step-size steps that also collect moments; readjust: step-size
+    steps after the mass matrix is set (0 unless n2 > 1); n3: L-from-ESS steps (0 unless >= 2).
+    """
+
+    n1: int
+    n2: int
+    readjust: int
+    n3: int
+
+    @property
+    def total(self) -> int:
+        return self.n1 + self.n2 + self.readjust + self.n3
+
+
+def tune_schedule(num_steps: int, tune_frac: float) -> TuneSchedule:
+    """The tuner's phase lengths (diagonal preconditioning on), as BlackJAX computes them."""
     f1, f2, f3 = _tune_fracs(tune_frac)
     n1, n2, n3 = round(num_steps * f1), round(num_steps * f2), round(num_steps * f3)
-    total = n1 + n2 + (round(n2 / 3) if n2 > 1 else 0)
-    return total + (n3 if n3 >= 2 else 0)
+    return TuneSchedule(n1, n2, round(n2 / 3) if n2 > 1 else 0, n3 if n3 >= 2 else 0)
+
+
+def tuning_steps(num_steps: int, tune_frac: float) -> int:
+    """Integrator steps ``mclmc_find_L_and_step_size`` spends (diagonal preconditioning on)."""
+    return tune_schedule(num_steps, tune_frac).total
 
 
 def init(posterior: LLCPosterior, keys: jax.Array, positions: jax.Array) -> IntegratorState:
@@ -85,67 +120,165 @@ def init(posterior: LLCPosterior, keys: jax.Array, positions: jax.Array) -> Inte
     )
 
 
-def build_tuner(
-    posterior: LLCPosterior,
-    num_steps: int,
-    tune_frac: float,
-    target_accept: float,
-    step_size0: float | None,
-    L_factor: float,
-):
-    """``tune(keys (C,), states) -> MCLMCChains``: per-chain BlackJAX tuning (unjitted).
+_DECAY = (150 - 1.0) / (150 + 1.0)  # BlackJAX's num_effective_samples = 150
+_TRUST = 1.5  # BlackJAX's trust_in_estimate
+_L_FACTOR = 0.4  # BlackJAX's l_factor (L from the autocorrelation time)
 
-    ``step_size0`` is the tuner's starting step size (None: BlackJAX's √d/4); the tuned L is
-    multiplied by ``L_factor``.
+
+def _adapt_step(kernel, logdensity, dim, energy_var):
+    """BlackJAX 1.7.1's step-size adaptation step (``predictor`` + moment update), verbatim."""
+
+    def step(carry, mask, rng_key):
+        previous_state, params, (time, x_average, step_size_max), streaming_avg = carry
+        rng_key, nan_key = jax.random.split(rng_key)
+        next_state, info = kernel(
+            rng_key, previous_state, logdensity, params.inverse_mass_matrix, params.L,
+            params.step_size,
+        )  # fmt: skip
+        success, state, step_size_max, energy_change = handle_nans(
+            previous_state,
+            next_state,
+            params.step_size,
+            step_size_max,
+            info.energy_change,
+            info.nonans,
+            nan_key,
+        )
+        xi = (jnp.square(energy_change) / (dim * energy_var)) + 1e-8
+        weight = jnp.exp(-0.5 * jnp.square(jnp.log(xi) / (6.0 * _TRUST)))
+        x_average = _DECAY * x_average + weight * (xi / jnp.power(params.step_size, 6.0))
+        time = _DECAY * time + weight
+        step_size = jnp.power(x_average / time, -1.0 / 6.0)
+        step_size = (step_size < step_size_max) * step_size + (
+            step_size > step_size_max
+        ) * step_size_max
+        params = params._replace(step_size=step_size)
+        x = state.position
+        streaming_avg = incremental_value_update(
+            expectation=jnp.array([x, jnp.square(x)]),
+            incremental_val=streaming_avg,
+            weight=mask * success * params.step_size,
+        )
+        return state, params, (time, x_average, step_size_max), streaming_avg
+
+    return step
+
+
+class _Params(NamedTuple):
+    L: jax.Array
+    step_size: jax.Array
+    inverse_mass_matrix: jax.Array
+
+
+def build_tuner(posterior: LLCPosterior, capacity: int, precondition: bool, phase3: bool):
+    """``tune(keys (C,), states, counts, energy_var, step_size0) -> (chains, positions)``.
+
+    BlackJAX's ``mclmc_find_L_and_step_size`` (diagonal preconditioning) per chain, vmapped,
+    with the phase lengths ``counts = (n1, n2, readjust, n3)`` traced (each < ``capacity``;
+    see :func:`tune_schedule`); ``precondition`` is ``n2 > 1`` and ``phase3`` is ``n3 >= 2``.
+    ``energy_var`` is the desired energy variance per dimension, ``step_size0`` the starting
+    step size. Returns the chains after phases 1–2 (L = √d when preconditioned, as BlackJAX)
+    and the (C, capacity, d) positions of phase 3, which :func:`finish_tuning` turns into L.
     """
     kernel = blackjax.mcmc.mclmc.build_kernel()
-    f1, f2, f3 = _tune_fracs(tune_frac)
     d = posterior.d
-    energy_var = desired_energy_var(target_accept)
+    zeros = jnp.zeros((d,))
 
-    def one_chain(key, state):
-        start = MCLMCAdaptationState(
-            jnp.sqrt(d) * 1.0,
-            jnp.sqrt(d) * 0.25 if step_size0 is None else jnp.asarray(step_size0, jnp.float64),
-            jnp.ones((d,)),
-        )
-        state, params, _ = blackjax.mclmc_find_L_and_step_size(
-            mclmc_kernel=kernel,
-            num_steps=num_steps,
-            state=state,
-            rng_key=key,
-            logdensity_fn=posterior.logdensity,
-            frac_tune1=f1,
-            frac_tune2=f2,
-            frac_tune3=f3,
-            desired_energy_var=energy_var,
-            params=start,
-        )
-        return state, params.L * L_factor, params.step_size, params.inverse_mass_matrix
+    def one_chain(key, state, counts, energy_var, step_size0):
+        n1, n2, readjust, n3 = counts
+        step = _adapt_step(kernel, posterior.logdensity, d, energy_var)
+        fresh = (jnp.zeros(()), jnp.zeros(()), jnp.asarray(jnp.inf))
+        avg0 = (jnp.zeros(()), jnp.array([zeros, zeros]))
+        part1_key, part2_key = jax.random.split(key, 2)
+        keys12 = jax.random.split(part1_key, capacity)  # == split(part1_key, n1 + n2 + 1)
+        params = _Params(jnp.sqrt(d) * 1.0, jnp.asarray(step_size0), jnp.ones((d,)))
 
-    def tune(keys, states):
-        return MCLMCChains(*jax.vmap(one_chain)(keys, states))
+        def phase12(i, carry):
+            return step(carry, (i >= n1).astype(zeros.dtype), keys12[i])
+
+        state, params, _, (_, average) = jax.lax.fori_loop(
+            0, n1 + n2, phase12, (state, params, fresh, avg0)
+        )
+        L, imm = params.L, params.inverse_mass_matrix
+        if precondition:
+            variances = average[1] - jnp.square(average[0])
+            imm = variances
+            params = params._replace(inverse_mass_matrix=imm)
+            L = jnp.sqrt(d) * jnp.ones(())
+            keys_r = jax.random.split(keys12[n1 + n2], capacity)
+
+            def again(i, carry):
+                return step(carry, jnp.ones(()), keys_r[i])
+
+            state, params, _, _ = jax.lax.fori_loop(
+                0, readjust, again, (state, params, fresh, avg0)
+            )
+        params = _Params(L, params.step_size, imm)
+        positions = jnp.zeros((capacity, d))
+        if phase3:
+            keys3 = jax.random.split(part2_key, capacity)
+
+            def sample(i, carry):
+                s, pos = carry
+                s, _ = kernel(keys3[i], s, posterior.logdensity, imm, params.L, params.step_size)
+                return s, pos.at[i].set(s.position)
+
+            state, positions = jax.lax.fori_loop(0, n3, sample, (state, positions))
+        return MCLMCChains(state, *params), positions
+
+    def tune(keys, states, counts, energy_var, step_size0):
+        return jax.vmap(one_chain, in_axes=(0, 0, None, None, None))(
+            keys, states, counts, energy_var, step_size0
+        )
 
     return tune
 
 
-def fixed_chains(states: IntegratorState, L: float, step_size: float) -> MCLMCChains:
+def finish_tuning(chains: MCLMCChains, positions: jax.Array, n3: int, L_factor) -> MCLMCChains:
+    """BlackJAX's phase 3 (L = 0.4 · step size · autocorrelation time, from the ESS of the
+    first ``n3`` phase-3 positions; unchanged when ``n3`` is 0), then L times ``L_factor``."""
+    if n3 == 0:
+        return chains._replace(L=chains.L * L_factor)
+
+    def one(pos, L, step_size):
+        ess = effective_sample_size(pos[None, :n3])
+        tau = n3 / ess
+        finite = jnp.isfinite(tau)
+        return jnp.where(jnp.any(finite), _L_FACTOR * step_size * jnp.mean(tau, where=finite), L)
+
+    L = jax.vmap(one)(positions, chains.L, chains.step_size)
+    return chains._replace(L=L * L_factor)
+
+
+def fixed_chains(states: IntegratorState, L, step_size) -> MCLMCChains:
     """Chains that sample with the given L and step size (no tuning, unit mass)."""
     C, d = states.position.shape
-    return MCLMCChains(states, jnp.full((C,), L), jnp.full((C,), step_size), jnp.ones((C, d)))
+    return MCLMCChains(
+        states,
+        jnp.full((C,), L, states.position.dtype),
+        jnp.full((C,), step_size, states.position.dtype),
+        jnp.ones((C, d), states.position.dtype),
+    )
+
+
+def build_step(posterior: LLCPosterior):
+    """``step(key, state, L, step_size, imm) -> (state, MCLMCInfo)``: one chain, one step."""
+    kernel = blackjax.mcmc.mclmc.build_kernel()
+
+    def step(key, state, L, step_size, imm):
+        s, info = kernel(key, state, posterior.logdensity, imm, L, step_size)
+        loss = posterior.loss_from_logdensity(s.position, s.logdensity)
+        return s, MCLMCInfo(loss, info.energy_change, info.nonans)
+
+    return step
 
 
 def build_chunk(posterior: LLCPosterior):
     """``chunk(keys (C, m), chains) -> (chains, MCLMCInfo)``: m MCLMC steps per chain."""
-    kernel = blackjax.mcmc.mclmc.build_kernel()
+    step = build_step(posterior)
 
     def one_chain(keys, state, L, step_size, imm):
-        def body(s, k):
-            s, info = kernel(k, s, posterior.logdensity, imm, L, step_size)
-            loss = posterior.loss_from_logdensity(s.position, s.logdensity)
-            return s, MCLMCInfo(loss, info.energy_change, info.nonans)
-
-        return jax.lax.scan(body, state, keys)
+        return jax.lax.scan(lambda s, k: step(k, s, L, step_size, imm), state, keys)
 
     def chunk(keys, chains: MCLMCChains):
         state, info = jax.vmap(one_chain)(

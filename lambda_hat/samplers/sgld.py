@@ -73,7 +73,8 @@ def build_kernel(
 ):
     """``kernel(key, state, step_size, measure_mala) -> (state, SGLDInfo)`` (unjitted).
 
-    ``measure_mala`` is a Python bool: when true the step also evaluates U_B and its gradient
+    The posterior's numbers, ``step_size``, ``decay``, ``beta1`` and ``eps`` may be traced;
+    ``batch`` and ``precond_type`` shape the program. ``measure_mala`` is a Python bool: when true the step also evaluates U_B and its gradient
     at the proposal on the same minibatch to compute the MALA acceptance probability.
     """
     if precond_type not in ("none", "rmsprop", "adam"):
@@ -142,23 +143,23 @@ def _mala_accept(loss_and_grad, posterior, idx, w, loss, g, new_w, P, step_size)
     return jnp.exp(jnp.minimum(0.0, log_ratio))
 
 
-def build_block(kernel, posterior: LLCPosterior, step_size: float, block_len: int):
+def build_block(kernel, posterior: LLCPosterior, step_size, block_len):
     """``block(chain_key, state, block_index) -> (state, (loss, mala_accept))``.
 
     A block is ``block_len`` steps whose last one measures the MALA acceptance; it then records
     the full-data L_n at the block's end (one draw of the thinned trace). Step keys are
     ``fold_in(chain_key, global step)``, so results do not depend on how blocks are chunked.
+    ``step_size`` and ``block_len`` may be traced (the steps run in a ``fori_loop``), so one
+    compiled program serves every step size and thinning.
     """
 
     def block(chain_key, state, block_index):
         first = block_index * block_len
 
-        def plain(s, i):
-            s, _ = kernel(jax.random.fold_in(chain_key, first + i), s, step_size)
-            return s, None
+        def plain(i, s):
+            return kernel(jax.random.fold_in(chain_key, first + i), s, step_size)[0]
 
-        if block_len > 1:
-            state, _ = jax.lax.scan(plain, state, jnp.arange(block_len - 1))
+        state = jax.lax.fori_loop(0, block_len - 1, plain, state)
         key = jax.random.fold_in(chain_key, first + block_len - 1)
         state, info = kernel(key, state, step_size, measure_mala=True)
         return state, (posterior.loss(state.position), info.mala_accept)

@@ -154,9 +154,20 @@ def sample(params: MFAParams, key: jax.Array, num: int) -> jax.Array:
     return jax.vmap(lambda m, a, b: _draw(params, m, a, b))(comps, e_d, e_r)
 
 
-def build_optimizer(lr: float, steps: int) -> optax.GradientTransformation:
-    """Adam with a cosine decay of the learning rate to 1% over the planned steps."""
-    return optax.adam(optax.cosine_decay_schedule(lr, max(steps, 1), alpha=0.01))
+def build_optimizer(lr, steps, alpha: float = 0.01) -> optax.GradientTransformation:
+    """Adam with a cosine decay of the learning rate to ``alpha`` × ``lr`` over ``steps``.
+
+    optax's ``cosine_decay_schedule`` written so that ``lr`` and ``steps`` may be traced (one
+    compiled VI program serves every learning rate and run length).
+    """
+
+    def schedule(count):
+        decay_steps = jnp.maximum(jnp.asarray(steps, jnp.float64), 1.0)
+        t = jnp.minimum(count, decay_steps)
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * t / decay_steps))
+        return lr * ((1 - alpha) * cosine + alpha)
+
+    return optax.adam(schedule)
 
 
 def init(params: MFAParams, optimizer: optax.GradientTransformation) -> VIState:
