@@ -16,6 +16,7 @@ success             ``COMPLETE``, objective value, constraint ``-1`` (feasible)
 ``crashed``         ``FAIL``; counted by the guard
 ``interrupted``     ``FAIL``, not counted (the driver died; the slot is re-asked)
 ``infrastructure``  retried (:func:`is_retryable`), then ``FAIL``; not counted
+``pruned``          ``PRUNED`` (stopped by the driver's pruner); not counted by the guard
 ==================  ====================================================================
 
 The constraint goes through Optuna 5's ``Trial.set_constraint`` (stored as the system attr
@@ -52,6 +53,7 @@ __all__ = [
     "INFRASTRUCTURE",
     "NOT_LEARNED_KINDS",
     "PARAMETER_KINDS",
+    "PRUNED",
     "SYSTEMATIC_EXC_TYPES",
     "Decision",
     "FailureGuard",
@@ -78,8 +80,13 @@ FAILURE_KINDS: tuple[str, ...] = (
     "error",
     "interrupted",
     "infrastructure",
+    "pruned",
 )
 """Every kind a failed trial can have (``metrics["failure"]["kind"]``)."""
+
+PRUNED = "pruned"
+"""Stopped early by the tuning driver's pruner: told ``PRUNED`` (Optuna then takes the last
+intermediate value as the trial's value, and TPE ranks pruned trials after complete ones)."""
 
 PARAMETER_KINDS: frozenset[str] = frozenset({"diverged", "timeout", "oom"})
 """Failures caused by the hyperparameters: told to the sampler so that it learns where they are."""
@@ -270,6 +277,7 @@ def tell_args(
     - success: ``COMPLETE`` with ``objective_fn(metrics)`` and constraint ``-1``;
     - ``diverged``/``timeout``/``oom``: ``COMPLETE`` with the finite ``placeholder`` (one value
       per objective; use :func:`placeholder_values`) and the graded :func:`constraint_value`;
+    - ``pruned``: ``PRUNED`` (no values: Optuna uses the last reported intermediate value);
     - every other kind: ``FAIL`` (not learned). Whether the study must abort is the guard's call.
 
     An objective that raises or is not finite turns the trial into an ``error`` ``FAIL``: nothing
@@ -298,6 +306,8 @@ def tell_args(
         constraint = constraint_value({"status": "failed", "failure": failure})
         attrs.update(constraint=constraint, objective_is_placeholder=True)
         return TellArgs(TrialState.COMPLETE, values, constraint, attrs)
+    if failure["kind"] == PRUNED:
+        return TellArgs(TrialState.PRUNED, None, None, attrs)
     return TellArgs(TrialState.FAIL, None, None, attrs)
 
 
@@ -452,8 +462,8 @@ class FailureGuard:
             the same ``error``/``crashed`` signature (same exception type, signal or exit code).
             Default 3.
 
-    ``interrupted`` and ``infrastructure`` failures are recorded for the diagnosis but do not
-    count. Import and config errors (:data:`SYSTEMATIC_EXC_TYPES`, or ``phase == "import"``)
+    ``interrupted``, ``infrastructure`` and ``pruned`` trials are recorded for the diagnosis but
+    do not count. Import and config errors (:data:`SYSTEMATIC_EXC_TYPES`, or ``phase == "import"``)
     abort at once. Once a study has stopped or aborted, every later call returns that decision.
     """
 
@@ -478,7 +488,7 @@ class FailureGuard:
         return [
             r
             for r in self.records
-            if r.failure is None or r.failure["kind"] not in NOT_LEARNED_KINDS
+            if r.failure is None or r.failure["kind"] not in (*NOT_LEARNED_KINDS, PRUNED)
         ]
 
     def record(
@@ -506,7 +516,7 @@ class FailureGuard:
         self.records.append(rec)
         if not self.decision.proceed:
             return self.decision
-        if failure is None or failure["kind"] in NOT_LEARNED_KINDS:
+        if failure is None or failure["kind"] in NOT_LEARNED_KINDS or failure["kind"] == PRUNED:
             return self.decision
         if failure["kind"] == "error" and (
             failure.get("exc_type") in SYSTEMATIC_EXC_TYPES or failure.get("phase") == "import"

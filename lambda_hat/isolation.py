@@ -19,8 +19,19 @@ runner's metrics shape back, a failure built by :func:`lambda_hat.failures.faile
 - ``error``: an exception escaped the target: ``exc_type``, ``message``, ``traceback_path``
   (``phase: "import"`` when the target itself could not be imported).
 
+- ``pruned``: the caller asked the trial to stop (:func:`request_stop`, e.g. the tuning driver's
+  pruner) and it did not return within the stop grace; the last reported ``llc_hat`` and
+  ``fraction_done`` are kept.
+
 Files in ``workdir`` (a fresh temporary directory when ``None``): ``payload.json``,
-``result.json``, ``progress.json``, ``traceback.txt``, ``child.log``.
+``result.json``, ``progress.json``, ``stop.json`` (a stop request), ``traceback.txt``,
+``child.log``.
+
+Progress and stop requests are the channel between a running trial and whoever watches it
+(the tuning driver reads ``progress.json`` through a filesystem it shares with the workers):
+the trial calls :func:`report_progress` between chunks of work and checks
+:func:`stop_requested` (one ``os.path.exists``); a requested stop ends the trial early with
+``status: failed``, kind ``pruned`` and the estimate so far.
 """
 
 from __future__ import annotations
@@ -43,27 +54,69 @@ from typing import Any
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.failures import failed_metrics
 
-__all__ = ["PROGRESS_ENV", "report_progress", "run_isolated"]
+__all__ = [
+    "PROGRESS_ENV",
+    "STOP_ENV",
+    "read_progress",
+    "report_progress",
+    "request_stop",
+    "run_isolated",
+    "stop_requested",
+]
 
 PROGRESS_ENV = "LAMBDA_HAT_PROGRESS_FILE"
 """Environment variable naming the progress file of the current isolated trial."""
+STOP_ENV = "LAMBDA_HAT_STOP_FILE"
+"""Environment variable naming the file whose existence asks the current trial to stop."""
+PROGRESS_NAME, STOP_NAME = "progress.json", "stop.json"
 
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM when allocating")
 _POLL_SEC = 0.02
 _TERM_GRACE_SEC = 1.0
 _LOG_TAIL_CHARS = 2000
+_STOP_POLL_SEC = 0.25
+_history: dict[str, list] = {}  # progress file -> [[fraction_done, llc_hat], ...] so far
 
 
 def report_progress(fraction_done: float, **info: Any) -> None:
     """Record how much of its work the current trial has done (no-op outside isolation).
 
     Call it from the trial every so often (e.g. after each chunk of steps); a ``timeout`` then
-    carries the last ``fraction_done`` and ``info``. The write is atomic, so a kill mid-write
-    leaves the previous report intact.
+    carries the last ``fraction_done`` and ``info``. An intermediate estimate passed as
+    ``llc_hat`` is also appended to ``history`` (``[[fraction_done, llc_hat], ...]``), so that
+    a reader polling now and then (the tuning driver's pruner) sees every intermediate estimate.
+    The write is atomic, so a kill mid-write leaves the previous report intact.
     """
     path = os.environ.get(PROGRESS_ENV)
-    if path:
-        atomic_write_json(path, {"fraction_done": float(fraction_done), **info})
+    if not path:
+        return
+    record: dict[str, Any] = {"fraction_done": float(fraction_done), **info}
+    if info.get("llc_hat") is not None:
+        points = _history.setdefault(path, [])
+        if points and points[-1][0] > fraction_done:  # a new trial reusing the path
+            points.clear()
+        points.append([float(fraction_done), float(info["llc_hat"])])
+        record["history"] = points
+    atomic_write_json(path, record)
+
+
+def stop_requested() -> bool:
+    """Whether whoever runs this trial asked it to stop (e.g. pruned); False outside isolation.
+
+    One ``os.path.exists``: cheap enough to call between every chunk of work.
+    """
+    path = os.environ.get(STOP_ENV)
+    return bool(path) and os.path.exists(path)
+
+
+def request_stop(workdir: str | os.PathLike, **info: Any) -> Path:
+    """Ask the trial running in ``workdir`` to stop (it sees :func:`stop_requested`)."""
+    return atomic_write_json(Path(workdir) / STOP_NAME, {"requested_at": time.time(), **info})
+
+
+def read_progress(workdir: str | os.PathLike) -> dict | None:
+    """The last :func:`report_progress` of the trial in ``workdir`` (None when there is none)."""
+    return read_json(Path(workdir) / PROGRESS_NAME)
 
 
 def _resolve(target: str):
@@ -157,14 +210,21 @@ def _log_tail(path: Path) -> str:
         return ""
 
 
-def _wait(pid: int, deadline: float) -> tuple[int, Any] | None:
-    """Reap ``pid`` (returning its wait status and rusage) or ``None`` at ``deadline``."""
+def _wait(pid: int, deadline: float, stop_file: Path | None = None) -> tuple[int, Any] | None:
+    """Reap ``pid`` (returning its wait status and rusage) or ``None`` at ``deadline``, or as
+    soon as ``stop_file`` exists (checked every ``_STOP_POLL_SEC``)."""
+    next_stop_check = time.monotonic() + _STOP_POLL_SEC
     while True:
         reaped, status, rusage = os.wait4(pid, os.WNOHANG)
         if reaped == pid:
             return status, rusage
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             return None
+        if stop_file is not None and now >= next_stop_check:
+            if stop_file.exists():
+                return None
+            next_stop_check = now + _STOP_POLL_SEC
         time.sleep(_POLL_SEC)
 
 
@@ -175,6 +235,7 @@ def run_isolated(
     workdir: str | os.PathLike | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    stop_grace_sec: float | None = None,
 ) -> dict:
     """Call ``target(**payload)`` in a killable child process; always return a metrics dict.
 
@@ -186,6 +247,10 @@ def run_isolated(
         workdir: where the exchange files, traceback and child log go; a new temporary
             directory when ``None`` (kept, since failures point into it).
         env: extra environment variables for the child.
+        stop_grace_sec: after a stop request (:func:`request_stop` on ``workdir``) the child
+            has this long to return by itself (a trial that checks :func:`stop_requested`
+            returns its estimate so far) before it is killed and reported ``pruned``; default
+            10% of ``hard_timeout_sec``, at least 5 s.
 
     Returns:
         The target's return value on success; otherwise a failed-metrics dict (see the module
@@ -195,15 +260,23 @@ def run_isolated(
         raise ValueError(f"hard_timeout_sec must be > 0, got {hard_timeout_sec}")
     wd = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lh_trial_"))
     wd.mkdir(parents=True, exist_ok=True)
-    result_path, progress_path, log_path = (
+    result_path, progress_path, stop_path, log_path = (
         wd / "result.json",
-        wd / "progress.json",
+        wd / PROGRESS_NAME,
+        wd / STOP_NAME,
         wd / "child.log",
     )
-    for stale in (result_path, progress_path):
+    for stale in (result_path, progress_path, stop_path):
         stale.unlink(missing_ok=True)
     atomic_write_json(wd / "payload.json", dict(payload))
-    child_env = {**os.environ, **(env or {}), PROGRESS_ENV: str(progress_path)}
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        PROGRESS_ENV: str(progress_path),
+        STOP_ENV: str(stop_path),
+    }
+    if stop_grace_sec is None:
+        stop_grace_sec = max(5.0, 0.1 * hard_timeout_sec)
     oom_before = _oom_kills()
     start = time.monotonic()
     with log_path.open("wb") as log:
@@ -215,11 +288,15 @@ def run_isolated(
             env=child_env,
             start_new_session=True,
         )
-    timed_out = False
+    timed_out = stopped = False
     try:
-        waited = _wait(proc.pid, start + hard_timeout_sec)
+        waited = _wait(proc.pid, start + hard_timeout_sec, stop_path)
+        if waited is None and time.monotonic() < start + hard_timeout_sec:  # stop requested
+            grace_end = min(start + hard_timeout_sec, time.monotonic() + stop_grace_sec)
+            waited = _wait(proc.pid, grace_end)
+            stopped = waited is None
         if waited is None:
-            timed_out = True
+            timed_out = not stopped
             _kill_group(proc.pid, signal.SIGTERM)
             waited = _wait(proc.pid, time.monotonic() + _TERM_GRACE_SEC)
             if waited is None:
@@ -242,6 +319,17 @@ def run_isolated(
         if result.get("status") == "failed" and isinstance(result.get("failure"), dict):
             result["failure"] = {**common, **result["failure"]}
         return result
+    if stopped:
+        progress = read_json(progress_path) or {}
+        metrics = failed_metrics(
+            "pruned",
+            f"stopped on request; killed after a grace of {stop_grace_sec:g} s",
+            fraction_done=progress.get("fraction_done"),
+            step=progress.get("step"),
+            **common,
+        )
+        metrics["llc_hat"] = progress.get("llc_hat")
+        return metrics
     if timed_out:
         progress = read_json(progress_path) or {}
         extra = {k: v for k, v in progress.items() if k != "fraction_done"}
