@@ -197,6 +197,20 @@ class OptunaConfig:
     infrastructure_retries: int = _f(
         2, "resubmissions of a trial whose worker or node was lost", ge=0
     )
+    pruner: Literal["none", "median", "percentile", "hyperband"] = _f(
+        "median",
+        "stop trials whose intermediate LLC estimate is worse than other trials' at the same "
+        "fraction of their work (single objective only)",
+    )
+    pruner_warmup: float = _f(
+        0.3, "fraction of its work a trial does before it may be pruned", ge=0, lt=1
+    )
+    pruner_startup_trials: int = _f(
+        5, "finished trials a study needs before median/percentile pruning starts", ge=0
+    )
+    pruner_percentile: float = _f(
+        25.0, "percentile pruner: keep trials within this best percentage at a step", gt=0, lt=100
+    )
 
 
 @dataclass(frozen=True)

@@ -465,3 +465,141 @@ def test_a_resumed_study_does_not_replay_its_random_start_up(tmp_path):
         first.tell(t, 1.0)
     resumed = studies.open_study(storage, "p_a", "sgld", cfg, seed=7)
     assert resumed.ask(SPACE).params not in [t.params for t in asked]
+
+
+# --- pruning, absurd estimates, the journal --------------------------------------------------
+
+
+def _pruning_task(storage, tmp_path, pruner="median"):
+    cfg = OptunaConfig(
+        isolate=False, pruner=pruner, pruner_startup_trials=2, pruner_warmup=0.3, seed=1
+    )
+    return _task(storage, tmp_path, cfg=cfg, prune=studies.prunes(cfg))
+
+
+def test_trials_with_bad_intermediate_estimates_are_pruned_and_count_as_finished(
+    tmp_path, monkeypatch
+):
+    """Real channel: execute_trial (inline) -> synthetic_trial's report_progress / stop_requested
+    -> the driver's poll, MedianPruner, stop request -> ``pruned`` metrics -> told PRUNED."""
+    monkeypatch.setenv("LAMBDA_HAT_SYNTHETIC_SECONDS", "0.5")  # 10 chunks of 50 ms
+    task = _pruning_task(_journal(tmp_path), tmp_path)
+    good = [{"x": 1.0, "y": 1.0}, {"x": 1.02, "y": 1.0}, {"x": 1.0, "y": 1.005}]  # 3rd < median
+    bad = [{"x": 8.0, "y": 1.0}, {"x": 9.0, "y": 0.6}, {"x": 10.0, "y": 2.0}]
+    for params in good + bad:
+        task.study.enqueue_trial(params)
+    pool = ThreadPoolExecutor(1)
+    try:
+        driver = tuning.Driver(
+            [task],
+            lambda p: pool.submit(execution.execute_trial, p),
+            max_trials=6,
+            batch_size=1,
+            poll_sec=0.01,
+        )
+        driver.recover(task)
+        driver.run()
+    finally:
+        pool.shutdown()
+    trials = task.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] * 3
+    assert task.finished == 6 and len(trials) == 6  # pruned trials count toward max_trials
+    for t in trials[:3]:
+        assert sorted(t.intermediate_values) == list(range(1, tuning.PRUNING_STEPS + 1))
+    for t in trials[3:]:
+        metrics = execution.read_json(Path(t.user_attrs["run_dir"]) / "metrics.json")
+        assert metrics["status"] == "failed" and metrics["failure"]["kind"] == "pruned"
+        assert 3 <= metrics["work"]["steps"] < metrics["work"]["steps_planned"] == 10
+        assert metrics["llc_hat"] == pytest.approx(synthetic_llc(t.params, REF["llc_ref"]))
+        assert max(t.intermediate_values) >= 3  # not before the warm-up (30% of the work)
+        assert t.value == pytest.approx(abs(metrics["llc_hat"] - REF["llc_ref"]))
+        assert t.user_attrs["failure_kind"] == "pruned"
+    rows = pd.DataFrame(results.study_rows(task.study, task.pid, task.method, REF))
+    assert list(rows.status) == ["ok"] * 3 + ["failed"] * 3
+    assert list(rows.failure_kind[3:]) == ["pruned"] * 3
+
+
+def test_pruner_config_and_multi_objective_studies_do_not_prune():
+    steps = tuning.PRUNING_STEPS
+    med = studies.make_pruner(OptunaConfig(), steps)
+    assert isinstance(med, optuna.pruners.MedianPruner) and med._n_warmup_steps == 3
+    pct = studies.make_pruner(OptunaConfig(pruner="percentile", pruner_percentile=10), steps)
+    assert isinstance(pct, optuna.pruners.PercentilePruner) and pct._percentile == 10
+    hb = studies.make_pruner(OptunaConfig(pruner="hyperband"), steps)
+    assert isinstance(hb, optuna.pruners.HyperbandPruner) and hb._max_resource == steps
+    assert isinstance(
+        studies.make_pruner(OptunaConfig(pruner="none"), steps), optuna.pruners.NopPruner
+    )
+    assert studies.prunes(OptunaConfig()) and not studies.prunes(OptunaConfig(pruner="none"))
+    assert not studies.prunes(OptunaConfig(objectives=["error", "runtime"]))
+    with pytest.raises(ConfigError, match="optuna.pruner"):
+        from lambda_hat.config import validate
+
+        validate({"pruner": "sometimes"}, OptunaConfig, "optuna")
+
+
+def test_a_trial_that_ignores_the_stop_request_is_killed_and_reported_pruned(tmp_path):
+    from lambda_hat import isolation
+
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    workdir = tmp_path / "trial"
+    timer = threading.Timer(1.5, isolation.request_stop, args=(workdir,))
+    timer.start()
+    t0 = time.monotonic()
+    m = isolation.run_isolated(
+        "test_isolation:native_hang", {"seconds": 60}, 60.0, workdir, env=env, stop_grace_sec=0.5
+    )
+    timer.join()
+    assert m["failure"]["kind"] == "pruned" and m["failure"]["fraction_done"] == 0.25
+    assert time.monotonic() - t0 < 10
+
+
+def test_absurd_or_non_finite_ok_estimates_are_told_as_diverged(tmp_path):
+    ok = {"status": "ok", "llc_hat": 1.9e294, "posterior": {"d": 21}}
+    screened = execution.screen_estimate(ok, REF)
+    assert screened["status"] == "failed" and screened["failure"]["kind"] == "diverged"
+    assert "implausible" in screened["failure"]["message"]
+    bound = execution.IMPLAUSIBLE_FACTOR * 21 / 2  # d/2 = 10.5 > llc_ref = 1.5
+    assert execution.screen_estimate(dict(ok, llc_hat=0.99 * bound), REF)["status"] == "ok"
+    assert execution.screen_estimate(dict(ok, llc_hat=-1.01 * bound), REF)["status"] == "failed"
+    no_d = {"status": "ok", "llc_hat": 16.0}  # bound 10 x llc_ref = 15
+    assert execution.screen_estimate(no_d, REF)["status"] == "failed"
+    assert execution.screen_estimate(no_d, {})["status"] == "ok"  # nothing to compare with
+
+    storage = _journal(tmp_path)
+    task = _task(storage, tmp_path)
+    calls = {"n": 0}
+
+    def trial(payload):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return {"status": "ok", "llc_hat": 1.9e294, "posterior": {"d": 21}}
+        return synthetic_trial(**payload)
+
+    _run([task], trial, max_trials=3, batch_size=1, workers=1)
+    first = task.study.get_trials()[0]
+    assert first.state == TrialState.COMPLETE and first.constraints["failure"] > 0
+    assert first.user_attrs["failure_kind"] == "diverged"
+    assert tuning.best_successful(task.study).number != 0
+    row = results.trial_row(first, task.pid, task.method, REF, metrics={"status": "ok"})
+    assert row["status"] == "failed" and row["objective"] is None
+
+
+def test_journal_reads_back_its_own_writes_and_other_writers(tmp_path):
+    """The group-commit backend serves its own appends from memory, but sees another
+    process's appends (here: Optuna's stock backend on the same file) and stays loadable."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = tmp_path / "journal.log"
+    ours = studies.Journal(path)
+    study = optuna.create_study(storage=ours, study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    stock = JournalStorage(JournalFileBackend(str(path)))
+    other = optuna.load_study(study_name="s", storage=stock)
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)  # a foreign writer
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert len(study.trials) == 6 and len({t.number for t in study.trials}) == 6
+    ours.sync()
+    fresh = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [t.params for t in fresh.trials] == [t.params for t in study.trials]

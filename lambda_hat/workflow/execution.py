@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import os
 import runpy
 import socket
@@ -34,7 +35,7 @@ from typing import Any
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.config import ConfigError
 from lambda_hat.hashing import content_hash
-from lambda_hat.isolation import run_isolated
+from lambda_hat.isolation import PROGRESS_ENV, PROGRESS_NAME, STOP_ENV, STOP_NAME, run_isolated
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -42,6 +43,8 @@ DEFAULT_TRIAL_TARGET = "lambda_hat.workflow.execution:run_method_trial"
 #: Failure kinds whose metrics.json is reused as the trial's outcome (deterministic in the
 #: manifest); every other failure is run again when its manifest comes up again.
 REUSABLE_FAILURES = ("diverged",)
+#: A "successful" λ̂ with |λ̂| above this many times max(d/2, |λ̂_ref|) is a blown-up chain.
+IMPLAUSIBLE_FACTOR = 10.0
 
 
 # ------------------------------------------------------------------------ trial identity
@@ -63,6 +66,46 @@ def trial_location(payload: dict) -> tuple[str, Path]:
     """``(run_id, run_dir)``: ``r_<sha256(manifest)[:12]>`` under ``<artifacts>/runs/<pid>/<method>/``."""
     run_id = content_hash(trial_manifest(payload), prefix="r_")
     return run_id, Path(payload["artifacts"]) / "runs" / payload["pid"] / payload["method"] / run_id
+
+
+def trial_workdir(run_dir: str | Path) -> Path:
+    """The isolation directory of a run: payload, result, ``progress.json``, ``stop.json``."""
+    return Path(run_dir) / "isolation"
+
+
+def screen_estimate(metrics: dict, ref: dict | None) -> dict:
+    """``metrics``, or a ``diverged`` failure when a successful λ̂ is not finite or absurd.
+
+    The true LLC is at most d/2, and a reference is a good estimate of the same quantity, so a
+    λ̂ with |λ̂| > ``IMPLAUSIBLE_FACTOR`` × max(d/2, |λ̂_ref|) comes from chains that blew up
+    without overflowing (a run reported λ̂ ≈ 1.9e294 as ok): scoring it as a success would put
+    an astronomic value into the sampler. It becomes ``diverged`` (a parameter failure the
+    sampler learns from); the estimate stays in ``llc_hat``. Without d or a reference only
+    non-finite values are caught.
+    """
+    if metrics.get("status") != "ok":
+        return metrics
+    llc = metrics.get("llc_hat")
+    if isinstance(llc, bool) or not isinstance(llc, int | float) or not math.isfinite(llc):
+        why = f"llc_hat = {llc!r} is not a finite number"
+    else:
+        d = (metrics.get("posterior") or {}).get("d")
+        scales = [float(d) / 2] if isinstance(d, int | float) and d > 0 else []
+        llc_ref = (ref or {}).get("llc_ref")
+        if isinstance(llc_ref, int | float) and math.isfinite(llc_ref) and llc_ref != 0:
+            scales.append(abs(float(llc_ref)))
+        if not scales or abs(llc) <= IMPLAUSIBLE_FACTOR * max(scales):
+            return metrics
+        why = (
+            f"llc_hat = {llc:.4g} is implausible: |llc_hat| > {IMPLAUSIBLE_FACTOR:g} x "
+            f"max(d/2, |llc_ref|) = {IMPLAUSIBLE_FACTOR * max(scales):.4g} (the LLC is at most "
+            "d/2): the chains blew up without overflowing"
+        )
+    return {
+        **metrics,
+        "status": "failed",
+        "failure": {"kind": "diverged", "message": why, "screened": True},
+    }
 
 
 def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
@@ -137,10 +180,10 @@ def execute_trial(payload: dict) -> dict:
     kwargs = {k: v for k, v in payload.items() if k not in ("target", "isolate", "timeout_grace")}
     if payload.get("isolate", True):
         hard = float(payload["budget_sec"]) * float(payload.get("timeout_grace", 1.5))
-        metrics = run_isolated(target, kwargs, hard, workdir=run_dir / "isolation", env=env)
+        metrics = run_isolated(target, kwargs, hard, workdir=trial_workdir(run_dir), env=env)
     else:
         metrics = _call_inline(target, kwargs, run_dir)
-    metrics = dict(metrics)
+    metrics = screen_estimate(dict(metrics), payload.get("ref"))
     metrics.setdefault("host", socket.gethostname())
     metrics.setdefault("started_at", start)
     metrics.setdefault("finished_at", time.time())
@@ -154,7 +197,17 @@ def execute_trial(payload: dict) -> dict:
 
 
 def _call_inline(target: str, kwargs: dict, run_dir: Path) -> dict:
-    """Run ``target`` in this process (no isolation): an exception becomes an ``error``."""
+    """Run ``target`` in this process (no isolation): an exception becomes an ``error``.
+
+    The progress and stop files are the isolated ones (set through the environment: a Parsl
+    worker process runs one task at a time).
+    """
+    workdir = trial_workdir(run_dir)
+    channel = {PROGRESS_ENV: workdir / PROGRESS_NAME, STOP_ENV: workdir / STOP_NAME}
+    for path in channel.values():
+        path.unlink(missing_ok=True)
+    saved = {k: os.environ.get(k) for k in channel}
+    os.environ.update({k: str(v) for k, v in channel.items()})
     try:
         return _resolve(target)(**kwargs)
     except Exception as exc:
@@ -169,6 +222,12 @@ def _call_inline(target: str, kwargs: dict, run_dir: Path) -> dict:
                 "traceback_path": str(tb_path),
             },
         }
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def execute_reference(payload: dict) -> dict:

@@ -299,7 +299,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
         for method in plan.cfg.methods:
             name = studies.study_name(pid, method)
             seed = oc.seed + int(content_hash(name)[:7], 16)
-            study = studies.open_study(storage, pid, method, oc, seed)
+            study = studies.open_study(storage, pid, method, oc, seed, tuning.PRUNING_STEPS)
             base = {
                 "pid": pid,
                 "spec": as_dict(specs[pid]),
@@ -327,6 +327,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 locate=_locator(plan, pid, method, refs[pid]),
                 guard=FailureGuard(max_consecutive_failures=oc.max_consecutive_failures),
                 max_retries=oc.infrastructure_retries,
+                prune=studies.prunes(oc),
             )
             if plan.enqueue[method] and not study.user_attrs.get("warm_start_enqueued"):
                 for params in plan.enqueue[method]:
@@ -524,7 +525,8 @@ def describe(plan: Plan) -> str:
     lines = [
         f"config {plan.exp.source}: {len(plan.pids)} problem(s) x {len(plan.cfg.methods)} "
         f"method(s), {oc.max_trials} finished trials each, {oc.batch_size} in flight, "
-        f"sampler {oc.sampler}, objective {oc.objective} {oc.objectives}",
+        f"sampler {oc.sampler}, objective {oc.objective} {oc.objectives}, pruner "
+        f"{oc.pruner if studies.prunes(oc) else 'none'}",
         f"storage {oc.storage or plan.results / 'studies' / 'journal.log'}; "
         f"artifacts {plan.artifacts}; trial target {plan.trial_target}",
     ]

@@ -97,6 +97,8 @@ def trial_row(
         metrics = (read_json(Path(run_dir) / "metrics.json") if run_dir else None) or {}
     failure = metrics.get("failure") or {}
     status = metrics.get("status") or trial.user_attrs.get("status")
+    if trial.user_attrs.get("failure_kind"):  # e.g. an absurd "ok" estimate told as diverged
+        status = "failed"
     if status is None:
         status = "ok" if trial.state == TrialState.COMPLETE else "failed"
     llc_hat, llc_ref = _float(metrics.get("llc_hat")), _float(ref.get("llc_ref"))

@@ -5,7 +5,10 @@ workflow (references, Parsl, studies, resume, Parquet) with trials that cost mic
 it to check a new cluster config, or to measure orchestration overhead (``bench/``). Its
 ``llc_hat`` is ``llc_ref + Σ_i 0.01·ln(|h_i|)²`` over the numeric hyperparameters ``h_i``, so the
 optimum is where every numeric hyperparameter is 1 (or the closest bound).
-``LAMBDA_HAT_SYNTHETIC_SECONDS`` (environment of the workers) makes each trial sleep that long.
+``LAMBDA_HAT_SYNTHETIC_SECONDS`` (environment of the workers) makes each trial sleep that long,
+in ten chunks like the runner's: after each it reports its (exact) estimate with
+:func:`lambda_hat.isolation.report_progress` and stops early, as ``pruned``, when asked to
+(:func:`lambda_hat.isolation.stop_requested`), so pruning can be checked end to end too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ import math
 import os
 import time
 from typing import Any
+
+from lambda_hat.isolation import report_progress, stop_requested
+
+CHUNKS = 10
 
 
 def synthetic_llc(hyperparams: dict, llc_ref: float) -> float:
@@ -29,10 +36,25 @@ def synthetic_trial(*, hyperparams: dict, ref: dict | None = None, **_: Any) -> 
     """Metrics of a successful trial, in the runner's shape, computed analytically."""
     start = time.perf_counter()
     sleep = float(os.environ.get("LAMBDA_HAT_SYNTHETIC_SECONDS", "0") or 0)
-    if sleep > 0:
-        time.sleep(sleep)
     llc_ref = float((ref or {}).get("llc_ref") or 1.0)
     llc_hat = synthetic_llc(hyperparams, llc_ref)
+    if sleep > 0:
+        for chunk in range(1, CHUNKS + 1):
+            time.sleep(sleep / CHUNKS)
+            report_progress(chunk / CHUNKS, step=chunk, llc_hat=llc_hat)
+            if chunk < CHUNKS and stop_requested():
+                return {
+                    "status": "failed",
+                    "failure": {
+                        "kind": "pruned",
+                        "message": "stopped on request",
+                        "step": chunk,
+                        "fraction_done": chunk / CHUNKS,
+                    },
+                    "llc_hat": llc_hat,
+                    "work": {"steps": chunk, "steps_planned": CHUNKS},
+                    "seconds": time.perf_counter() - start,
+                }
     return {
         "status": "ok",
         "llc_hat": llc_hat,
@@ -40,5 +62,6 @@ def synthetic_trial(*, hyperparams: dict, ref: dict | None = None, **_: Any) -> 
         "error": llc_hat - llc_ref,
         "abs_error": abs(llc_hat - llc_ref),
         "seconds": time.perf_counter() - start,
+        "work": {"steps": CHUNKS, "steps_planned": CHUNKS},
         "diagnostics": {"synthetic": True},
     }

@@ -17,6 +17,17 @@ method, hyperparameters, budget, seed). If a valid ``metrics.json`` is already t
 is told from it without running anything; two in-flight trials with the same manifest share one
 future.
 
+Pruning. A study with ``prune`` set reports intermediate objectives to Optuna while its trials
+run: the driver polls each in-flight trial's ``progress.json`` (``report_progress`` in the
+runner, in the run directory on a filesystem the driver shares with the workers), maps the
+intermediate LLC estimates onto :data:`PRUNING_STEPS` steps (the estimate available at k/10 of
+the trial's work), calls ``trial.report`` and ``trial.should_prune`` (the study's pruner), and
+when the pruner says so writes a stop request into the run directory
+(:func:`lambda_hat.isolation.request_stop`). The runner stops at its next chunk boundary and
+returns ``status: failed``, kind ``pruned``, with its estimate so far (a trial that does not
+check is killed after a grace period); the trial is told ``PRUNED``, which TPE learns from,
+and counts as finished.
+
 Resume. On start, trials still RUNNING in the storage (the previous driver died) are told from
 their ``metrics.json`` if their worker finished, otherwise told FAIL with failure kind
 ``interrupted`` and their parameters are enqueued again, so the run ends with exactly
@@ -39,7 +50,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from lambda_hat import failures
+from lambda_hat import failures, isolation
 from lambda_hat.workflow import execution
 from lambda_hat.workflow.studies import counts_as_finished
 
@@ -47,6 +58,10 @@ log = logging.getLogger("lambda_hat.workflow")
 
 #: A study whose trials were lost to the infrastructure this many times in a row is stopped.
 MAX_INFRASTRUCTURE_STREAK = 5
+#: Intermediate objectives are reported at steps 1..PRUNING_STEPS: step k is the estimate the
+#: trial had when it first reached k / PRUNING_STEPS of its work, so trials of different lengths
+#: are compared at the same fraction of their own work.
+PRUNING_STEPS = 10
 
 
 @dataclass
@@ -74,6 +89,7 @@ class StudyTask:
     locate: Callable[[dict], tuple[str, Path]] = execution.trial_location
     guard: failures.FailureGuard | None = None
     max_retries: int = 2
+    prune: bool = False
     finished: int = 0
     failed: int = 0
     running: int = 0
@@ -104,6 +120,12 @@ class _Flight:
     run_dir: str
     payload: dict
     attempts: int = 1
+    reported: int = 0  # last pruning step reported to the members' trials
+    stop_requested: bool = False
+
+    @property
+    def pruned_members(self) -> list[tuple[StudyTask, optuna.Trial]]:
+        return [(t, tr) for t, tr in self.members if t.prune]
 
 
 def objective_values(metrics: dict, task: StudyTask) -> list[float] | None:
@@ -179,7 +201,8 @@ class Driver:
     ``submit(payload) -> Future`` sends one trial to the workers (a Parsl app in production, a
     thread pool in tests); ``on_told(task, trial_number, metrics)`` runs after every tell and
     ``on_tick()`` every ``tick_sec`` (progress display, periodic Parquet); ``sync()`` before
-    every wait (fsync of the journal: see :class:`studies.GroupCommitJournalBackend`).
+    every wait (fsync of the journal: see :class:`studies.GroupCommitJournalBackend`). In-flight
+    trials of pruning studies are polled every ``poll_sec``.
     """
 
     def __init__(
@@ -193,11 +216,12 @@ class Driver:
         on_tick: Callable[[], None] | None = None,
         tick_sec: float = 5.0,
         sync: Callable[[], None] | None = None,
+        poll_sec: float = 2.0,
     ):
         self.tasks, self.submit = tasks, submit
         self.max_trials, self.batch_size = max_trials, batch_size
         self.on_told, self.on_tick, self.tick_sec = on_told, on_tick, tick_sec
-        self.sync = sync
+        self.sync, self.poll_sec = sync, poll_sec
         self._flights: dict[Future, _Flight] = {}
         self._by_dir: dict[str, Future] = {}
 
@@ -276,7 +300,9 @@ class Driver:
 
     def run(self) -> None:
         """Ask, submit and tell until every study has ``max_trials`` finished or is stopped."""
-        last_tick = time.monotonic()
+        last_tick = last_poll = time.monotonic()
+        pruning = any(t.prune for t in self.tasks)
+        timeout = min(self.tick_sec, self.poll_sec) if pruning else self.tick_sec
         while True:
             self._refill()
             if not self._flights:
@@ -284,9 +310,12 @@ class Driver:
             if self.on_tick and time.monotonic() - last_tick >= self.tick_sec:
                 self.on_tick()  # after the refill, so the display counts the slots in use
                 last_tick = time.monotonic()
+            if pruning and time.monotonic() - last_poll >= self.poll_sec:
+                self.poll_progress()
+                last_poll = time.monotonic()
             if self.sync is not None:
                 self.sync()
-            done, _ = wait(list(self._flights), timeout=self.tick_sec, return_when=FIRST_COMPLETED)
+            done, _ = wait(list(self._flights), timeout=timeout, return_when=FIRST_COMPLETED)
             for fut in done:
                 self._complete(fut)
 
@@ -333,6 +362,59 @@ class Driver:
         self._flights[fut] = flight
         self._by_dir[flight.run_dir] = fut
 
+    # ------------------------------------------------------------------ pruning
+
+    def poll_progress(self) -> None:
+        """Report in-flight trials' new intermediate estimates; ask those to prune to stop."""
+        for flight in list(self._flights.values()):
+            members = flight.pruned_members
+            if not members:
+                continue
+            workdir = execution.trial_workdir(flight.run_dir)
+            if flight.stop_requested:
+                if not (workdir / isolation.STOP_NAME).exists():  # a re-run cleared a stale one
+                    isolation.request_stop(workdir, reason="pruned")
+                continue
+            if not self._report(flight, isolation.read_progress(workdir)):
+                continue
+            if all(trial.should_prune() for _, trial in members):
+                isolation.request_stop(workdir, reason="pruned", step=flight.reported)
+                flight.stop_requested = True
+                log.info(
+                    "%s: trial %d pruned at %d/%d of its work; asked it to stop",
+                    members[0][0].name,
+                    members[0][1].number,
+                    flight.reported,
+                    PRUNING_STEPS,
+                )
+
+    def _report(self, flight: _Flight, progress: dict | None, final: dict | None = None) -> bool:
+        """``trial.report`` the pruning steps newly reached; True when any was reported.
+
+        Step k gets the first intermediate estimate made at or after k/``PRUNING_STEPS`` of the
+        work; ``final`` (a successful trial's metrics) fills the steps its history lacks.
+        """
+        points = list((progress or {}).get("history") or [])
+        if final is not None and final.get("status") == "ok":
+            points.append([1.0, final.get("llc_hat")])
+        before = flight.reported
+        for fraction, llc_hat in points:
+            if not (_finite(fraction) and _finite(llc_hat)):
+                continue
+            step = min(PRUNING_STEPS, math.floor(fraction * PRUNING_STEPS + 1e-9))
+            if step <= flight.reported:
+                continue
+            for task, trial in flight.pruned_members:
+                values = objective_values({"status": "ok", "llc_hat": llc_hat}, task)
+                if values is None:
+                    continue
+                for k in range(flight.reported + 1, step + 1):
+                    trial.report(values[0], k)
+            flight.reported = step
+        return flight.reported > before
+
+    # ------------------------------------------------------------------ outcomes
+
     def _complete(self, fut: Future) -> None:
         flight = self._flights.pop(fut)
         self._by_dir.pop(flight.run_dir, None)
@@ -343,6 +425,10 @@ class Driver:
         except Exception as exc:
             metrics = failures.metrics_from_exception(exc)
             metrics["failure"]["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
+        kind = (failures.failure_of(metrics) or {}).get("kind")
+        if flight.pruned_members and kind not in failures.INFRASTRUCTURE:
+            workdir = execution.trial_workdir(flight.run_dir)
+            self._report(flight, isolation.read_progress(workdir), final=metrics)
         task0 = flight.members[0][0]
         if failures.is_retryable(metrics, flight.attempts, task0.max_retries):
             log.warning(
@@ -371,6 +457,7 @@ class Driver:
         run_dir = trial.user_attrs.get("run_dir")
         if run_dir:
             metrics.setdefault("metrics_path", str(Path(run_dir) / "metrics.json"))
+        metrics = execution.screen_estimate(metrics, task.ref)
         values = objective_values(metrics, task)
 
         def objective_fn(m: dict) -> list[float]:
