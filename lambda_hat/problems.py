@@ -99,10 +99,8 @@ class Problem:
 
 def theoretical_llc(spec: ProblemSpec, model: Model, w_teacher) -> dict | None:
     """The learning coefficient λ when theory gives it, with where it comes from."""
-    if len(model.layer_widths) == 2 and (spec.model.family == "dln" or not spec.model.bias):
+    if len(model.layer_widths) == 2:  # no hidden layer: linear/affine regression is regular
         return {"lambda": theory.regular_llc(model.d), "source": "regular model: d/2"}
-    if len(model.layer_widths) == 2:
-        return {"lambda": theory.regular_llc(model.d), "source": "regular model (affine): d/2"}
     if spec.model.family == "dln":
         tm = teacher_model(spec)
         r = theory.numerical_rank(product_matrix(tm, jnp.asarray(w_teacher)))
@@ -201,18 +199,12 @@ def build_problem(
     model = student_model(spec)
     log.info("problem %s: building %s, d=%d, n=%d", pid, model.layer_widths, model.d, spec.data.n)
     g = _generate(spec)
-    loss_star = float(
-        jax.jit(lambda w: gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise))(
-            g["w_star"]
-        )
-    )
-    grad_norm = float(
-        jnp.linalg.norm(
-            jax.grad(lambda w: gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise))(
-                g["w_star"]
-            )
-        )
-    )
+
+    def loss(w):
+        return gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise)
+
+    loss_star, grad = jax.jit(jax.value_and_grad(loss))(g["w_star"])
+    loss_star, grad_norm = float(loss_star), float(jnp.linalg.norm(grad))
     info = {
         "schema": PROBLEM_SCHEMA,
         "pid": pid,

@@ -37,7 +37,7 @@ from lambda_hat.config import (
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.log import Progress, fmt_seconds, setup_logging
-from lambda_hat.problems import Problem, build_problem
+from lambda_hat.problems import Problem, build_problem, problem_id
 from lambda_hat.samplers import hmc
 
 log = logging.getLogger("lambda_hat.reference")
@@ -361,8 +361,6 @@ def format_table(refs: list[dict]) -> str:
 
 
 def _select(problems: list[ProblemSpec], wanted: list[str] | None) -> list[ProblemSpec]:
-    from lambda_hat.problems import problem_id
-
     if not wanted:
         return problems
     out = []
