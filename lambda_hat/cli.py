@@ -14,7 +14,7 @@ import sys
 from lambda_hat.config import ConfigError
 from lambda_hat.log import setup_logging
 
-_COMMAND_MODULES = ["lambda_hat.reference", "lambda_hat.runner"]
+_COMMAND_MODULES = ["lambda_hat.reference", "lambda_hat.runner", "lambda_hat.plots"]
 
 
 def build_parser() -> argparse.ArgumentParser:

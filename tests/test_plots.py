@@ -1,0 +1,165 @@
+"""``lambda-hat plots``: the PNGs are written, valid and complete, the numbers drawn are the
+stored ones (running λ̂ ends at ref.json's λ̂_ref, best-so-far is the Parquet's cummin), and
+missing or broken inputs are skipped with a log line, never a crash."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lambda_hat import plots
+from lambda_hat._io import read_json
+from lambda_hat.cli import main
+from lambda_hat.config import load_experiment
+from lambda_hat.problems import build_problem, problem_dir, problem_id
+from lambda_hat.reference import ensure_reference
+from lambda_hat.workflow.results import PARQUET_NAME, write_parquet
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONFIG = """\
+problems:
+  - {{model: linear, data: small, teacher: _null, seed: 0}}
+  - {{model: linear, data: small, teacher: _null, seed: 1}}
+methods: [sgld, vi]
+reference: {{chains: 2, draws: 200, warmup: 100, rhat_max: 1.1, ess_min: 50}}
+paths: {{artifacts: {root}/artifacts, results: {root}/results}}
+"""
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def _row(pid, method, number, llc_ref, se_ref, llc_hat=None, kind=None, state="COMPLETE"):
+    ok = kind is None and state == "COMPLETE"
+    return {
+        "pid": pid,
+        "method": method,
+        "trial_id": f"r_{pid}_{method}_{number}",
+        "trial_number": number,
+        "state": state,
+        "status": "ok" if ok else "failed",
+        "hyperparams": {"eta0": 1e-4 * (number + 1)},
+        "llc_hat": llc_hat,
+        "se_hat": 0.05 if llc_hat is not None else None,
+        "llc_ref": llc_ref,
+        "se_ref": se_ref,
+        "objective": abs(llc_hat - llc_ref) if ok else None,
+        "error": llc_hat - llc_ref if llc_hat is not None else None,
+        "failure_kind": kind,
+        "failure_message": f"{kind} on purpose" if kind else None,
+    }
+
+
+# λ̂ of the sgld trials on the referenced problem, as offsets from λ̂_ref (None: failed)
+SGLD = [0.6, -0.4, 0.5, "diverged", 0.1, -0.3, "timeout", 0.05, "error", -0.2, 40.0]
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """A config of two problems, a real (short) HMC reference for the first, a Parquet table."""
+    root = tmp_path_factory.mktemp("campaign")
+    cfg = root / "c.yaml"
+    cfg.write_text(CONFIG.format(root=root))
+    exp = load_experiment(cfg)
+    problem = build_problem(exp.problems[0], exp.config.paths.artifacts)
+    ref = ensure_reference(problem, exp.config.reference)
+    pid_a, pid_b = problem.pid, problem_id(exp.problems[1])
+    lr, se = ref["llc_ref"], ref["se_ref"]
+    rows = [
+        _row(pid_a, "sgld", i, lr, se, None, x)
+        if isinstance(x, str)
+        else _row(pid_a, "sgld", i, lr, se, lr + x)
+        for i, x in enumerate(SGLD)
+    ]
+    rows.append(_row(pid_a, "sgld", len(SGLD), lr, se, state="RUNNING", kind="interrupted"))
+    rows += [
+        _row(pid_a, "vi", i, lr, se, None, k, "FAIL" if k in ("crashed", "pruned") else "COMPLETE")
+        for i, k in enumerate(["crashed", "oom", "pruned"])
+    ]
+    rows += [_row(pid_b, "sgld", i, 1.4, 0.05, 1.4 + d) for i, d in enumerate([0.3, -0.02, 0.1])]
+    rows.append(_row("p_notinconfig", "sgld", 0, 1.0, 0.1, 1.0))
+    write_parquet(rows, root / "results" / PARQUET_NAME)
+    return {"cfg": cfg, "root": root, "ref": ref, "pid_a": pid_a, "pid_b": pid_b}
+
+
+def test_plots_cli_writes_every_figure_as_a_valid_png(campaign, capsys):
+    out = campaign["root"] / "plots"
+    assert main(["plots", "--config", str(campaign["cfg"]), "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    a, b = campaign["pid_a"], campaign["pid_b"]
+    expected = {
+        f"reference_{a}.png",
+        f"study_{a}_sgld.png",
+        f"study_{a}_vi.png",
+        f"study_{b}_sgld.png",
+        "summary.png",
+    }
+    listed = {line.rsplit("/", 1)[-1] for line in stdout.split()}
+    assert listed == expected
+    assert {p.name for p in out.iterdir()} == expected  # no temp files left behind
+    for name in expected:
+        w, h = _png_size(out / name)
+        assert 600 <= w <= 3000 and 300 <= h <= 3000, (name, w, h)
+        assert (out / name).stat().st_size > 20_000, name  # something was drawn
+    assert _png_size(out / f"reference_{a}.png") == (12 * plots.DPI, round(4.6 * plots.DPI))
+    assert f"problem {b}: no valid reference" in stderr and "lambda-hat reference" in stderr
+    assert "p_notinconfig" in stderr  # rows of other problems are ignored, loudly
+
+
+def test_running_llc_ends_at_the_stored_reference(campaign):
+    ref = campaign["ref"]
+    path = problem_dir(load_experiment(campaign["cfg"]).config.paths.artifacts, ref["pid"])
+    stored = read_json(path / "ref.json")
+    with np.load(path / "ref_trace.npz") as z:
+        loss = z["loss"]
+    per_chain, pooled = plots.running_llc(loss, stored["loss_star"], stored["nbeta"])
+    assert per_chain.shape == (2, 200) and pooled.shape == (200,)
+    assert pooled[-1] == pytest.approx(stored["llc_ref"], abs=1e-9, rel=1e-9)
+    np.testing.assert_allclose(per_chain[:, -1], stored["llc_per_chain"], rtol=1e-9, atol=1e-9)
+    # the first point is one draw: nβ·(L_n(w_1) − L_n(w*)) per chain
+    np.testing.assert_allclose(
+        per_chain[:, 0], stored["nbeta"] * (loss[:, 0] - stored["loss_star"]), rtol=1e-12
+    )
+
+
+def test_best_so_far_and_best_trials_follow_the_parquet(campaign):
+    df = pd.read_parquet(campaign["root"] / "results" / PARQUET_NAME)
+    a = campaign["pid_a"]
+    numbers, best = plots.best_so_far(df[(df.pid == a) & (df.method == "sgld")])
+    ok = [(i, abs(x)) for i, x in enumerate(SGLD) if not isinstance(x, str)]
+    assert numbers.tolist() == [i for i, _ in ok]  # failed and running trials are not scored
+    np.testing.assert_allclose(best, np.minimum.accumulate([e for _, e in ok]), atol=1e-12)
+    np.testing.assert_allclose(best, [0.6, 0.4, 0.4, 0.1, 0.1, 0.05, 0.05, 0.05], atol=1e-12)
+    top = plots.best_trials(df).set_index(["pid", "method"])
+    assert int(top.loc[(a, "sgld"), "trial_number"]) == 7
+    assert int(top.loc[(campaign["pid_b"], "sgld"), "trial_number"]) == 1
+    assert (a, "vi") not in top.index  # every vi trial failed
+
+
+def test_missing_and_broken_inputs_are_skipped_not_fatal(campaign, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.format(root=tmp_path))
+    assert main(["plots", "--config", str(cfg)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert stdout == ""
+    assert "no Parquet yet" in stderr and "run parsl-optuna first" in stderr
+    assert "no plots written" in stderr
+    # a trace that does not match its ref.json, and a torn Parquet table
+    src = problem_dir(campaign["root"] / "artifacts", campaign["pid_a"])
+    dst = problem_dir(tmp_path / "artifacts", campaign["pid_a"])
+    dst.mkdir(parents=True)
+    (dst / "ref.json").write_bytes((src / "ref.json").read_bytes())
+    np.savez(dst / "ref_trace.npz", loss=np.zeros((2, 7)))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / PARQUET_NAME).write_bytes(b"PAR1 torn")
+    assert main(["plots", "--config", str(cfg)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert stdout == ""
+    assert "has shape (2, 7)" in stderr and f"cannot read {tmp_path / 'results'}" in stderr
+    assert not (tmp_path / "results" / "plots").exists()
