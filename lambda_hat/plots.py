@@ -181,15 +181,14 @@ def _limits(
     """Axis limits covering ``values`` and every value in ``keep``.
 
     ``values`` are trimmed to their central 98% (many points, e.g. running means), or with
-    ``robust`` to within 8 median absolute deviations of their median (a few trials, where one
+    ``robust`` to within 5 interquartile ranges of their quartiles (a few trials, where one
     absurd estimate would otherwise squash the rest); what is cut off is the caller's to mark.
     """
     v = values[np.isfinite(values)]
     pts = list(keep)
     if v.size and robust:
-        med = np.median(v)
-        mad = np.median(np.abs(v - med))
-        inside = v[np.abs(v - med) <= 8 * mad] if mad > 0 else v
+        q1, q3 = np.percentile(v, [25, 75])
+        inside = v[(v >= q1 - 5 * (q3 - q1)) & (v <= q3 + 5 * (q3 - q1))]
         pts += [inside.min(), inside.max()]
     elif v.size:
         pts += list(np.percentile(v, [1, 99]))
@@ -202,9 +201,9 @@ def model_label(ref: dict, problem_info: dict | None) -> str:
     """``'mlp 3-4-1 tanh'`` from problem.json (or the spec stored in ref.json)."""
     model = (ref.get("spec") or {}).get("model") or {}
     widths = (problem_info or {}).get("layer_widths")
-    arch = "-".join(str(w) for w in widths) if widths else f"d={ref.get('d')}"
+    arch = " " + "-".join(str(w) for w in widths) if widths else ""
     act = f" {model.get('activation')}" if model.get("family") == "mlp" else ""
-    return f"{model.get('family', '?')} {arch}{act}"
+    return f"{model.get('family', '?')}{arch}{act}"
 
 
 def plot_reference(
@@ -296,6 +295,8 @@ def _mark_failures(ax: Axes, failed: pd.DataFrame) -> None:
 
 def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "objective") -> bytes:
     """PNG of one (problem, method) study from its Parquet rows (see the module doc)."""
+    from matplotlib.ticker import MaxNLocator
+
     study = study.sort_values("trial_number")
     pid, method = study.pid.iloc[0], study.method.iloc[0]
     finished = study[~study.state.isin(["RUNNING", "WAITING"])]
@@ -350,7 +351,8 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
         keep = [v for v in (llc_ref,) if v is not None]
         if se_ref:
             keep += [llc_ref - 2 * se_ref, llc_ref + 2 * se_ref]
-        lo, hi = _limits(ok.llc_hat.to_numpy(float), keep, robust=True)
+        ends = np.concatenate([ok.llc_hat - se, ok.llc_hat + se]).astype(float)
+        lo, hi = _limits(ends, keep, robust=True)
         ax_llc.set_ylim(lo, hi)
         _mark_off_scale(ax_llc, ok, lo, hi)
         top = best_trials(ok)
@@ -369,6 +371,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
         _no_success(ax_llc, 0.9)
     if not finished.empty:  # markers in axes coordinates do not widen the x range by themselves
         ax_llc.set_xlim(finished.trial_number.min() - 0.5, finished.trial_number.max() + 0.5)
+    ax_llc.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_llc.set_xlabel("trial number")
     ax_llc.set_ylabel(LAMBDA_HAT)
     ax_llc.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)

@@ -4,6 +4,7 @@ missing or broken inputs are skipped with a log line, never a crash."""
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -11,11 +12,12 @@ import pandas as pd
 import pytest
 
 from lambda_hat import plots
-from lambda_hat._io import read_json
+from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
-from lambda_hat.config import load_experiment
+from lambda_hat.config import as_dict, load_experiment
+from lambda_hat.estimator import estimate_llc
 from lambda_hat.problems import build_problem, problem_dir, problem_id
-from lambda_hat.reference import ensure_reference
+from lambda_hat.reference import REF_SCHEMA, ensure_reference, evaluate_gate, reference_settings
 from lambda_hat.workflow.results import PARQUET_NAME, write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,16 +62,56 @@ def _row(pid, method, number, llc_ref, se_ref, llc_hat=None, kind=None, state="C
 SGLD = [0.6, -0.4, 0.5, "diverged", 0.1, -0.3, "timeout", 0.05, "error", -0.2, 40.0]
 
 
+def _fake_reference(exp, spec, chains: int = 2, draws: int = 300) -> dict:
+    """ref.json + ref_trace.npz in the layout ``compute_reference`` writes, from exact draws of
+    nβ·(L_n − L_n(w*)) ~ ½χ²₃ (a regular model with d = 3, λ = 1.5) instead of NUTS: the plots
+    see a real reference's files without the ~20 s of NUTS compilation (the slow test has that).
+    """
+    cfg, n = exp.config.reference, spec.data.n
+    nbeta, loss_star = n / math.log(n), 0.49
+    loss = loss_star + 0.5 * np.random.default_rng(0).chisquare(3, (chains, draws)) / nbeta
+    est = estimate_llc(loss, loss_star, nbeta)
+    pid = problem_id(spec)
+    ref = {
+        "schema": REF_SCHEMA,
+        "pid": pid,
+        "llc_ref": est["llc_hat"],
+        "se_ref": est["se_hat"],
+        "llc_per_chain": est["llc_per_chain"],
+        "rhat": est["rhat"],
+        "ess_bulk": est["ess_bulk"],
+        "ess_tail": est["ess_tail"],
+        "divergences": 0,
+        "chains": chains,
+        "draws_per_chain": draws,
+        "stopped_early": False,
+        "beta": 1 / math.log(n),
+        "gamma": cfg.gamma,
+        "nbeta": nbeta,
+        "n": n,
+        "d": 3,
+        "loss_star": loss_star,
+        "theory": {"lambda": 1.5, "source": "regular model: d/2"},
+        "llc_theory": 1.5,
+        "settings": reference_settings(cfg),
+        "spec": as_dict(spec),
+    }
+    ref["gate"] = evaluate_gate(ref, cfg)
+    path = problem_dir(exp.config.paths.artifacts, pid)
+    atomic_write_npz(path / "ref_trace.npz", loss=loss, acceptance_rate=np.ones_like(loss))
+    atomic_write_json(path / "ref.json", ref)
+    return ref
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    """A config of two problems, a real (short) HMC reference for the first, a Parquet table."""
+    """A config of two problems, a reference for the first only, and a Parquet table."""
     root = tmp_path_factory.mktemp("campaign")
     cfg = root / "c.yaml"
     cfg.write_text(CONFIG.format(root=root))
     exp = load_experiment(cfg)
-    problem = build_problem(exp.problems[0], exp.config.paths.artifacts)
-    ref = ensure_reference(problem, exp.config.reference)
-    pid_a, pid_b = problem.pid, problem_id(exp.problems[1])
+    ref = _fake_reference(exp, exp.problems[0])
+    pid_a, pid_b = ref["pid"], problem_id(exp.problems[1])
     lr, se = ref["llc_ref"], ref["se_ref"]
     rows = [
         _row(pid_a, "sgld", i, lr, se, None, x)
@@ -112,20 +154,43 @@ def test_plots_cli_writes_every_figure_as_a_valid_png(campaign, capsys):
     assert "p_notinconfig" in stderr  # rows of other problems are ignored, loudly
 
 
-def test_running_llc_ends_at_the_stored_reference(campaign):
-    ref = campaign["ref"]
-    path = problem_dir(load_experiment(campaign["cfg"]).config.paths.artifacts, ref["pid"])
-    stored = read_json(path / "ref.json")
-    with np.load(path / "ref_trace.npz") as z:
+def _check_running_llc(artifacts, pid: str) -> None:
+    """The running λ̂ drawn ends at ref.json's λ̂_ref and λ̂ per chain, to 1e-9."""
+    stored = read_json(problem_dir(artifacts, pid) / "ref.json")
+    with np.load(problem_dir(artifacts, pid) / "ref_trace.npz") as z:
         loss = z["loss"]
     per_chain, pooled = plots.running_llc(loss, stored["loss_star"], stored["nbeta"])
-    assert per_chain.shape == (2, 200) and pooled.shape == (200,)
+    assert per_chain.shape == loss.shape and pooled.shape == loss.shape[1:]
     assert pooled[-1] == pytest.approx(stored["llc_ref"], abs=1e-9, rel=1e-9)
     np.testing.assert_allclose(per_chain[:, -1], stored["llc_per_chain"], rtol=1e-9, atol=1e-9)
-    # the first point is one draw: nβ·(L_n(w_1) − L_n(w*)) per chain
+    # the first point is one draw per chain: nβ·(L_n(w_1) − L_n(w*))
     np.testing.assert_allclose(
         per_chain[:, 0], stored["nbeta"] * (loss[:, 0] - stored["loss_star"]), rtol=1e-12
     )
+
+
+def test_running_llc_ends_at_the_stored_reference(campaign):
+    _check_running_llc(campaign["root"] / "artifacts", campaign["pid_a"])
+    assert campaign["ref"]["llc_ref"] == pytest.approx(1.5, abs=4 * campaign["ref"]["se_ref"])
+
+
+@pytest.mark.slow
+def test_plots_of_a_real_hmc_reference(tmp_path, capsys):
+    """A real (short) NUTS reference through ``ensure_reference``: its files plot, and the
+    running λ̂ ends at its λ̂_ref (~25 s on the shared 2 cores, 16 s of it NUTS compilation)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.format(root=tmp_path))
+    exp = load_experiment(cfg)
+    problem = build_problem(exp.problems[0], exp.config.paths.artifacts)
+    ref = ensure_reference(problem, exp.config.reference)
+    assert main(["plots", "--config", str(cfg)]) == 0
+    stdout, stderr = capsys.readouterr()
+    png = tmp_path / "results" / "plots" / f"reference_{problem.pid}.png"
+    assert stdout.split() == [str(png)]
+    assert _png_size(png) == (12 * plots.DPI, round(4.6 * plots.DPI))
+    assert "no Parquet yet" in stderr
+    _check_running_llc(exp.config.paths.artifacts, problem.pid)
+    assert ref["chains"] == 2 and ref["draws_per_chain"] == 200
 
 
 def test_best_so_far_and_best_trials_follow_the_parquet(campaign):
@@ -140,6 +205,11 @@ def test_best_so_far_and_best_trials_follow_the_parquet(campaign):
     assert int(top.loc[(a, "sgld"), "trial_number"]) == 7
     assert int(top.loc[(campaign["pid_b"], "sgld"), "trial_number"]) == 1
     assert (a, "vi") not in top.index  # every vi trial failed
+    # the λ̂ axis covers every sane trial and the reference band; the absurd one is marked instead
+    ok = df[(df.pid == a) & (df.status == "ok")].llc_hat.to_numpy()
+    lr = campaign["ref"]["llc_ref"]
+    lo, hi = plots._limits(ok, [lr], robust=True)
+    assert lo < lr - 0.4 and lr + 0.6 < hi < lr + 40
 
 
 def test_missing_and_broken_inputs_are_skipped_not_fatal(campaign, tmp_path, capsys):
