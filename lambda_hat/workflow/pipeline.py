@@ -444,12 +444,13 @@ def execute(plan: Plan) -> int:
             batch_size=oc.batch_size,
             on_tick=tick,
             tick_sec=10.0,
-            sync=lambda: studies.sync_storage(storage),
+            sync=lambda: studies.sync_storage(storage, wait=False),
         )
         for t in tasks:
             driver.recover(t)
         show(force=True)
         driver.run()
+    studies.sync_storage(storage)
     show(force=True)
     path = aggregate(plan, tasks)
     print(progress.best_table(best_rows(tasks)))

@@ -392,10 +392,11 @@ class Driver:
         """``trial.report`` the pruning steps newly reached; True when any was reported.
 
         Step k gets the first intermediate estimate made at or after k/``PRUNING_STEPS`` of the
-        work; ``final`` (a successful trial's metrics) fills the steps its history lacks.
+        work; ``final`` (a successful trial's metrics) fills the steps its history lacks. A
+        trial that reported no history gets no intermediate values (nothing to compare with).
         """
         points = list((progress or {}).get("history") or [])
-        if final is not None and final.get("status") == "ok":
+        if points and final is not None and final.get("status") == "ok":
             points.append([1.0, final.get("llc_hat")])
         before = flight.reported
         for fraction, llc_hat in points:
