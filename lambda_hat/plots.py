@@ -57,6 +57,7 @@ _KIND_STYLE = dict(
         strict=True,
     )
 )
+_REF_NUMBERS = ("llc_ref", "nbeta", "loss_star", "chains", "draws_per_chain")
 _PARQUET_COLUMNS = (
     "pid",
     "method",
@@ -421,7 +422,7 @@ def plot_summary(
     pids = list(refs)
     cols = min(3, len(pids))
     rows = math.ceil(len(pids) / cols)
-    fig, axes = _figure(5.2 * cols, (0.55 * len(methods) + 2.0) * rows, rows, cols)
+    fig, axes = _figure(max(7.5, 5.2 * cols), (0.55 * len(methods) + 2.0) * rows, rows, cols)
     for ax in axes.ravel()[len(pids) :]:
         ax.set_visible(False)
     legend: dict[str, Any] = {}
@@ -447,6 +448,7 @@ def plot_summary(
                 ha="center",
                 fontsize=8,
             )
+        ax.margins(x=0.12)
         ax.set_yticks(ys, methods)
         ax.set_ylim(-0.7, len(methods) - 0.3)
         ax.invert_yaxis()
@@ -462,13 +464,35 @@ def plot_summary(
         legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend), fontsize=8
     )
     fig.suptitle(
-        f"best trial per method (smallest objective, {LAMBDA_HAT} ± SE) vs the HMC reference",
+        f"best trial per method ({LAMBDA_HAT} ± SE) vs the HMC reference",
         fontsize=11,
     )
     return _png(fig)
 
 
 # ------------------------------------------------------------------------------- the command
+
+
+def _read_reference(path: Path, pid: str) -> dict | None:
+    """ref.json of ``pid`` if it holds the numbers the plots need, else None (logged)."""
+    ref = read_json(path / "ref.json")
+    if ref is None:
+        log.info("problem %s: no reference in %s: run `lambda-hat reference` first", pid, path)
+        return None
+    bad = [k for k in _REF_NUMBERS if not _finite(ref.get(k))]
+    if ref.get("pid") != pid or bad:
+        log.warning(
+            "problem %s: %s is not a usable reference (%s); re-run `lambda-hat reference --force`",
+            pid,
+            path / "ref.json",
+            f"pid {ref.get('pid')}" if ref.get("pid") != pid else "no " + ", ".join(bad),
+        )
+        return None
+    return ref
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _load_trace(path: Path, ref: dict) -> np.ndarray | None:
@@ -523,7 +547,7 @@ def _objective_label(exp: Experiment) -> str:
 
 def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
     """Write every plot the stored outputs of ``exp`` allow; return the paths written."""
-    from lambda_hat.reference import evaluate_gate
+    from lambda_hat.reference import evaluate_gate, reference_settings
 
     out = Path(out)
     artifacts, results = Path(exp.config.paths.artifacts), Path(exp.config.paths.results)
@@ -533,16 +557,17 @@ def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
     for spec in exp.problems:
         pid = problem_id(spec)
         path = problem_dir(artifacts, pid)
-        ref = read_json(path / "ref.json")
-        refs[pid] = ref
-        if ref is None or ref.get("pid") != pid or ref.get("nbeta") is None:
-            log.info(
-                "problem %s: no valid reference under %s: run `lambda-hat reference` first",
-                pid,
-                path,
-            )
-            refs[pid] = None
+        ref = refs[pid] = _read_reference(path, pid)
+        if ref is None:
             continue
+        if ref.get("settings") != reference_settings(exp.config.reference):
+            log.warning(
+                "reference %s: ref.json was made with other reference settings than this "
+                "config's (%s vs %s); plotting it as stored",
+                pid,
+                ref.get("settings"),
+                reference_settings(exp.config.reference),
+            )
         info = read_json(path / "problem.json")
         labels[pid] = model_label(ref, info)
         loss = _load_trace(path / "ref_trace.npz", ref)
@@ -552,11 +577,13 @@ def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
         if not math.isclose(pooled[-1], ref["llc_ref"], rel_tol=1e-9, abs_tol=1e-9):
             log.warning(
                 "reference %s: ref_trace.npz gives λ̂ = %.10g but ref.json says %.10g; the trace "
-                "does not belong to this ref.json (re-run `lambda-hat reference --force`)",
+                "does not belong to this ref.json, skipping its plot (re-run `lambda-hat "
+                "reference --force`)",
                 pid,
                 pooled[-1],
                 ref["llc_ref"],
             )
+            continue
         gate = evaluate_gate(ref, exp.config.reference)
         png = plot_reference(ref, loss, gate, info)
         written.append(atomic_write_bytes(out / f"reference_{pid}.png", png))

@@ -150,7 +150,7 @@ def test_plots_cli_writes_every_figure_as_a_valid_png(campaign, capsys):
         assert 600 <= w <= 3000 and 300 <= h <= 3000, (name, w, h)
         assert (out / name).stat().st_size > 20_000, name  # something was drawn
     assert _png_size(out / f"reference_{a}.png") == (12 * plots.DPI, round(4.6 * plots.DPI))
-    assert f"problem {b}: no valid reference" in stderr and "lambda-hat reference" in stderr
+    assert f"problem {b}: no reference" in stderr and "lambda-hat reference" in stderr
     assert "p_notinconfig" in stderr  # rows of other problems are ignored, loudly
 
 
@@ -220,16 +220,25 @@ def test_missing_and_broken_inputs_are_skipped_not_fatal(campaign, tmp_path, cap
     assert stdout == ""
     assert "no Parquet yet" in stderr and "run parsl-optuna first" in stderr
     assert "no plots written" in stderr
-    # a trace that does not match its ref.json, and a torn Parquet table
-    src = problem_dir(campaign["root"] / "artifacts", campaign["pid_a"])
-    dst = problem_dir(tmp_path / "artifacts", campaign["pid_a"])
-    dst.mkdir(parents=True)
-    (dst / "ref.json").write_bytes((src / "ref.json").read_bytes())
-    np.savez(dst / "ref_trace.npz", loss=np.zeros((2, 7)))
+    # a trace that does not match its ref.json, a reference without numbers, a torn Parquet
+    a, b = campaign["pid_a"], campaign["pid_b"]
+    stored = read_json(problem_dir(campaign["root"] / "artifacts", a) / "ref.json")
+    atomic_write_json(problem_dir(tmp_path / "artifacts", a) / "ref.json", stored)
+    np.savez(problem_dir(tmp_path / "artifacts", a) / "ref_trace.npz", loss=np.zeros((2, 7)))
+    atomic_write_json(
+        problem_dir(tmp_path / "artifacts", b) / "ref.json", {**stored, "pid": b, "llc_ref": None}
+    )
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / PARQUET_NAME).write_bytes(b"PAR1 torn")
     assert main(["plots", "--config", str(cfg)]) == 0
     stdout, stderr = capsys.readouterr()
     assert stdout == ""
     assert "has shape (2, 7)" in stderr and f"cannot read {tmp_path / 'results'}" in stderr
+    assert f"problem {b}:" in stderr and "not a usable reference (no llc_ref)" in stderr
+    # same shape, other numbers: the trace is not this reference's
+    loss = np.full((stored["chains"], stored["draws_per_chain"]), stored["loss_star"] + 0.1)
+    np.savez(problem_dir(tmp_path / "artifacts", a) / "ref_trace.npz", loss=loss)
+    assert main(["plots", "--config", str(cfg)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert stdout == "" and "does not belong to this ref.json" in stderr
     assert not (tmp_path / "results" / "plots").exists()
