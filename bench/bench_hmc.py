@@ -51,17 +51,21 @@ def main() -> None:
     setup_logging()
     with tempfile.TemporaryDirectory() as art:
         problem = build_problem(resolve_problem({"model": "small", "data": "base"}), art)
-        cfg = ReferenceConfig(chains=args.chains, draws=args.draws, warmup=args.warmup,
-                              chunk=args.draws)
+        cfg = ReferenceConfig(
+            chains=args.chains, draws=args.draws, warmup=args.warmup, chunk=args.draws
+        )
         ref = compute_reference(problem, cfg)
         post = problem.posterior(cfg.beta, cfg.gamma)
         hmc_rate = ref["grad_evals"]["sampling"] / ref["seconds"]["sampling"]
-        hmc_all = ref["grad_evals"]["total"] / (ref["seconds"]["sampling"]
-                                                + ref["seconds"]["warmup"])
+        hmc_all = ref["grad_evals"]["total"] / (
+            ref["seconds"]["sampling"] + ref["seconds"]["warmup"]
+        )
         per_chain_steps = min(ref["grad_evals"]["sampling"] // args.chains, 50_000)
         bare = bare_grad_rate(post, args.chains, per_chain_steps)
-    print(f"problem {problem.pid}: d={problem.d}, n={problem.n}, {args.chains} chains, "
-          f"{args.draws} draws, backend {jax.default_backend()}")
+    print(
+        f"problem {problem.pid}: d={problem.d}, n={problem.n}, {args.chains} chains, "
+        f"{args.draws} draws, backend {jax.default_backend()}"
+    )
     print(f"HMC sampling          : {hmc_rate:12.0f} grad evals/s")
     print(f"HMC warm-up+sampling  : {hmc_all:12.0f} grad evals/s")
     print(f"bare compiled loop    : {bare:12.0f} grad evals/s")
