@@ -93,7 +93,7 @@ def report_progress(fraction_done: float, **info: Any) -> None:
     record: dict[str, Any] = {"fraction_done": float(fraction_done), **info}
     if info.get("llc_hat") is not None:
         points = _history.setdefault(path, [])
-        if points and points[-1][0] > fraction_done:  # a new trial reusing the path
+        if points and points[-1][0] >= fraction_done:  # a new trial reusing the path
             points.clear()
         points.append([float(fraction_done), float(info["llc_hat"])])
         record["history"] = points

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 import traceback
 from collections import OrderedDict
@@ -39,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lambda_hat import diagnostics, methods
+from lambda_hat import diagnostics, isolation, methods
 from lambda_hat._io import atomic_write_bytes, atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.config import ConfigError
 from lambda_hat.estimator import estimate_llc
@@ -74,6 +75,22 @@ class _Diverged(Exception):
     def __init__(self, step: int, message: str):
         super().__init__(message)
         self.step = step
+
+
+class _Pruned(Exception):
+    """The tuning driver asked the trial to stop (``isolation.stop_requested``)."""
+
+    def __init__(self, step: int, steps_planned: int, llc_hat: float | None):
+        super().__init__(f"stopped on request (pruned) at step {step} of {steps_planned}")
+        self.step, self.steps_planned, self.llc_hat = step, steps_planned, llc_hat
+
+
+def _partial_llc(loss: np.ndarray, post, burnin_frac: float) -> float | None:
+    """λ̂ from the L_n draws so far (burn-in dropped), for progress reports; None if too few."""
+    kept, _ = _kept(loss, burnin_frac)
+    if kept.shape[1] < MIN_DRAWS:
+        return None
+    return float(estimate_llc(kept, post.loss_star, post.nbeta)["llc_hat"])
 
 
 # ----------------------------------------------------------------------------- run identity
@@ -272,6 +289,7 @@ def _drive(
     first_bad: Callable[[Any, bool], int | None],
     unit_steps: int,
     watch: Callable = lambda carry: carry,
+    estimate: Callable[[list], float | None] | None = None,
 ):
     """Run ``unit(consts, carry, unit_index) -> (carry, out)`` over ``total`` units in chunks.
 
@@ -279,7 +297,9 @@ def _drive(
     the first unit and the number of units as arguments. Returns (carry, list of per-chunk
     outputs as host arrays (C, m, ...), units done, stopped_early). Raises
     :class:`_Diverged` at the first chunk holding a non-finite unit (``first_bad`` gets the
-    chunk's outputs and whether ``watch(carry)`` is all finite).
+    chunk's outputs and whether ``watch(carry)`` is all finite). Under isolation, each chunk
+    reports its progress and ``estimate(infos)`` (the λ̂ so far) to the tuning driver, and a
+    stop request raises :class:`_Pruned` (see ``plans/workflow.md``, pruning).
     """
     capacity = chunk_capacity(total)
 
@@ -299,6 +319,11 @@ def _drive(
             raise _Diverged(step, f"non-finite loss or parameters by step {step}")
         infos.append(info)
         done += m
+        if os.environ.get(isolation.PROGRESS_ENV):
+            llc = estimate(infos) if estimate is not None else None
+            isolation.report_progress(done / total, step=done * unit_steps, llc_hat=llc)
+            if done < total and isolation.stop_requested():
+                raise _Pruned(done * unit_steps, total * unit_steps, llc)
         if done < total and _clock() >= deadline:
             return carry, infos, done, True
     return carry, infos, done, False
@@ -384,6 +409,7 @@ def _run_sgld(target: _Target, hp: dict, key, deadline: float, timer: _Timer) ->
         first_bad,
         E,
         lambda s: s.position,
+        lambda infos: _partial_llc(_concat(infos, 0), post, hp["burnin_frac"]),
     )
     loss, accept = _concat(infos, 0), _concat(infos, 1)
     kept, burn = _kept(loss, hp["burnin_frac"])
@@ -492,6 +518,7 @@ def _run_mclmc(target: _Target, hp: dict, key, deadline: float, timer: _Timer) -
         first_bad,
         1,
         lambda ch: ch.state.position,
+        lambda infos: _partial_llc(_concat(infos, "loss"), post, hp["burnin_frac"]),
     )
     loss = _concat(infos, "loss")
     energy = _concat(infos, "energy_change")
@@ -688,6 +715,15 @@ def run_method_trial(
         out = _RUNNERS[method](target, hp, jax.random.PRNGKey(seed), deadline, timer)
         _fill_result(metrics, out, post)
         atomic_write_npz(run_dir / "trace.npz", **out["trace"])
+    except _Pruned as exc:
+        metrics["failure"] = {
+            "kind": "pruned",
+            "message": str(exc),
+            "step": exc.step,
+            "fraction_done": exc.step / max(1, exc.steps_planned),
+        }
+        metrics["llc_hat"] = exc.llc_hat
+        metrics["work"] = {"steps": exc.step, "steps_planned": exc.steps_planned}
     except _Diverged as exc:
         metrics["failure"] = {
             "kind": "diverged",
