@@ -603,3 +603,29 @@ def test_journal_reads_back_its_own_writes_and_other_writers(tmp_path):
     ours.sync()
     fresh = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
     assert [t.params for t in fresh.trials] == [t.params for t in study.trials]
+
+
+def test_the_runner_reports_its_estimate_between_chunks_and_stops_on_request(
+    linear_problem, tmp_path, monkeypatch
+):
+    from lambda_hat import isolation, runner
+
+    progress, stop = tmp_path / isolation.PROGRESS_NAME, tmp_path / isolation.STOP_NAME
+    monkeypatch.setenv(isolation.PROGRESS_ENV, str(progress))
+    monkeypatch.setenv(isolation.STOP_ENV, str(stop))
+    hp = {"eta0": 1e-4, "batch": 32, "steps": 1600, "eval_every": 5, "chains": 2}
+    blocks = runner.chunk_capacity(320)  # 5-step blocks per chunk
+    isolation.request_stop(tmp_path)
+    m = runner.run_method_trial(linear_problem, "sgld", hp, 600.0, 0, artifacts=tmp_path / "a")
+    assert m["status"] == "failed" and m["failure"]["kind"] == "pruned"
+    assert m["work"]["steps"] == 5 * blocks < m["work"]["steps_planned"] == 1600
+    assert m["failure"]["fraction_done"] == pytest.approx(blocks / 320)
+    history = isolation.read_progress(tmp_path)["history"]
+    assert history == [[pytest.approx(blocks / 320), pytest.approx(m["llc_hat"])]]
+    assert 0.5 < m["llc_hat"] < 3.0  # exact 1.4996 (plans/methods.md); a first-chunk estimate
+
+    stop.unlink()  # no request: one point per chunk, the last one the final estimate
+    m = runner.run_method_trial(linear_problem, "sgld", hp, 600.0, 1, artifacts=tmp_path / "a")
+    history = isolation.read_progress(tmp_path)["history"]
+    assert m["status"] == "ok" and len(history) == -(-320 // blocks)
+    assert history[-1] == [1.0, pytest.approx(m["llc_hat"])]
