@@ -504,6 +504,8 @@ def test_trials_with_bad_intermediate_estimates_are_pruned_and_count_as_finished
     trials = task.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] * 3
     assert task.finished == 6 and len(trials) == 6  # pruned trials count toward max_trials
+    assert task.pruned == 3 and task.failed == 0
+    assert "pruned" in progress.Progress([task], 6, emit=print).render()
     for t in trials[:3]:
         assert sorted(t.intermediate_values) == list(range(1, tuning.PRUNING_STEPS + 1))
     for t in trials[3:]:
@@ -543,15 +545,21 @@ def test_a_trial_that_ignores_the_stop_request_is_killed_and_reported_pruned(tmp
 
     env = {"PYTHONPATH": str(Path(__file__).parent)}
     workdir = tmp_path / "trial"
-    timer = threading.Timer(1.5, isolation.request_stop, args=(workdir,))
-    timer.start()
+
+    def stop_once_it_reports():  # as the driver does: after a progress report
+        while isolation.read_progress(workdir) is None:
+            time.sleep(0.05)
+        isolation.request_stop(workdir)
+
+    watcher = threading.Thread(target=stop_once_it_reports, daemon=True)
+    watcher.start()
     t0 = time.monotonic()
     m = isolation.run_isolated(
         "test_isolation:native_hang", {"seconds": 60}, 60.0, workdir, env=env, stop_grace_sec=0.5
     )
-    timer.join()
+    watcher.join()
     assert m["failure"]["kind"] == "pruned" and m["failure"]["fraction_done"] == 0.25
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30  # not the 60 s the trial would sleep
 
 
 def test_absurd_or_non_finite_ok_estimates_are_told_as_diverged(tmp_path):
@@ -562,7 +570,7 @@ def test_absurd_or_non_finite_ok_estimates_are_told_as_diverged(tmp_path):
     bound = execution.IMPLAUSIBLE_FACTOR * 21 / 2  # d/2 = 10.5 > llc_ref = 1.5
     assert execution.screen_estimate(dict(ok, llc_hat=0.99 * bound), REF)["status"] == "ok"
     assert execution.screen_estimate(dict(ok, llc_hat=-1.01 * bound), REF)["status"] == "failed"
-    no_d = {"status": "ok", "llc_hat": 16.0}  # bound 10 x llc_ref = 15
+    no_d = {"status": "ok", "llc_hat": 1600.0}  # bound 1000 x llc_ref = 1500
     assert execution.screen_estimate(no_d, REF)["status"] == "failed"
     assert execution.screen_estimate(no_d, {})["status"] == "ok"  # nothing to compare with
 
@@ -605,6 +613,7 @@ def test_journal_reads_back_its_own_writes_and_other_writers(tmp_path):
     assert [t.params for t in fresh.trials] == [t.params for t in study.trials]
 
 
+@pytest.mark.slow  # compiles SGLD: 5-20 s on the shared machine, plus the linear problem
 def test_the_runner_reports_its_estimate_between_chunks_and_stops_on_request(
     linear_problem, tmp_path, monkeypatch
 ):

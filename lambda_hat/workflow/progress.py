@@ -31,7 +31,7 @@ def eta_seconds(remaining: int, finished_this_run: int, elapsed: float) -> float
 
 
 class Progress:
-    """Prints one line per study: finished / running / failed, best so far, ETA.
+    """Prints one line per study: finished / running / failed / pruned, best so far, ETA.
 
     ``clock`` is the one time source (tests substitute it); ``emit`` receives the text.
     """
@@ -70,17 +70,21 @@ class Progress:
                     f"{t.finished}/{self.max_trials}",
                     str(t.running),
                     str(t.failed),
+                    str(t.pruned),
                     str(t.reused),
                     best,
                     state,
                 ]
             )
-        return _table(["study", "finished", "running", "failed", "reused", "best", "ETA"], rows)
+        return _table(
+            ["study", "finished", "running", "failed", "pruned", "reused", "best", "ETA"], rows
+        )
 
     def __call__(self, force: bool = False) -> None:
         """Show the table when a count changed, or every ``quiet_sec`` seconds regardless."""
         key = tuple(
-            (t.finished, t.running, t.failed, t.best_value, t.stop_reason) for t in self.tasks
+            (t.finished, t.running, t.failed, t.pruned, t.best_value, t.stop_reason)
+            for t in self.tasks
         )
         now = self.clock()
         if force or key != self._last or now - self._last_at >= self.quiet_sec:

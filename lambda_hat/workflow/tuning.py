@@ -92,6 +92,7 @@ class StudyTask:
     prune: bool = False
     finished: int = 0
     failed: int = 0
+    pruned: int = 0
     running: int = 0
     reused: int = 0
     finished_this_run: int = 0
@@ -273,7 +274,9 @@ class Driver:
         number: int,
         reused: bool,
     ) -> None:
-        if kind is not None:
+        if kind == failures.PRUNED:
+            task.pruned += 1
+        elif kind is not None:
             task.failed += 1
         if counts_as_finished(state, kind):
             task.finished += 1
