@@ -10,12 +10,16 @@
   case and is strict JSON (no NaN/Infinity): a parameter-dependent problem (divergence, an
   exception, a spent budget) becomes ``status: failed`` with a ``failure`` record, never an
   exception. An exception's traceback is stored in ``traceback.txt`` beside it.
-- Work runs in compiled chunks (``lax.scan``, chains ``vmap``\\ ped, step keys
-  ``fold_in(chain key, step)`` so chunking never changes a result). Between chunks it checks
-  the wall clock against ``budget_sec`` and stops gracefully (``stopped_early``, estimate from
-  the draws so far), and checks for non-finite losses or parameters (``diverged`` + step).
-  Each chunk shape is compiled once with ``jit(...).lower(...).compile()``, so compile time is
-  reported apart from run time.
+- Work runs in compiled chunks (a ``fori_loop`` over a traced number of units, chains
+  ``vmap``\\ ped, step keys ``fold_in(chain key, step)`` so chunking never changes a result).
+  Between chunks it checks the wall clock against ``budget_sec`` and stops gracefully
+  (``stopped_early``, estimate from the draws so far), and checks for non-finite losses or
+  parameters (``diverged`` + step). Programs are compiled with ``jit(...).lower(...).compile()``
+  (compile time is reported apart from run time) and **reused by later trials in the process**:
+  the data, w*, β, γ, L_n(w*) and every continuous hyperparameter are traced arguments, and
+  programs are cached under the method, the problem, the discrete hyperparameters and a
+  power-of-two chunk capacity (:func:`chunk_capacity`), so a trial with other step sizes,
+  learning rates or ``steps`` traces and compiles nothing (``tests/test_compilation.py``).
 
 The posterior is :class:`~lambda_hat.posterior.LLCPosterior` with β and γ taken from ``ref``
 (the HMC reference's settings, so that λ̂ and λ̂_HMC estimate the same quantity; defaults
