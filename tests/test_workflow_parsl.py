@@ -194,4 +194,5 @@ def test_sigkill_mid_tuning_then_rerun_finishes_exactly_max_trials(shared):
         >= 1
     )
     df = pd.read_parquet(results / "optuna_trials.parquet")
-    assert (df.groupby(["pid", "method"]).status.apply(lambda s: (s == "ok").sum()) == 6).all()
+    ok = df.groupby(["pid", "method"]).status.apply(lambda s: (s == "ok").sum())
+    assert (ok == 6).all(), df[["method", "trial_number", "state", "status", "failure_kind"]]
