@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import numpy as np
 import pytest
 
 from lambda_hat.config import resolve_problem
@@ -47,3 +49,11 @@ def linear_problem_2(artifacts):
 def tiny_mlp_problem(artifacts):
     """A 3-4-1 tanh MLP on 200 samples (d = 21)."""
     return build_problem(resolve_problem({"model": "tiny", "data": "small", "seed": 1}), artifacts)
+
+
+@pytest.fixture(scope="session")
+def linear(linear_problem):
+    """(problem, its posterior at the default β and γ, the exact Hessian of L_n at w*)."""
+    post = linear_problem.posterior()
+    H = np.asarray(jax.hessian(post.loss)(linear_problem.w_star))
+    return linear_problem, post, H

@@ -14,14 +14,6 @@ from lambda_hat.runner import run_method_trial
 from lambda_hat.samplers import mclmc
 
 
-@pytest.fixture(scope="module")
-def linear(linear_problem):
-    problem = linear_problem
-    post = problem.posterior()
-    H = np.asarray(jax.hessian(post.loss)(problem.w_star))
-    return problem, post, H
-
-
 def test_mclmc_reproduces_exact_llc(linear, tmp_path):
     problem, post, H = linear
     m = run_method_trial(problem, "mclmc", {"steps": 2000}, None, 0, artifacts=tmp_path)

@@ -13,14 +13,6 @@ from lambda_hat.runner import run_method_trial
 from lambda_hat.samplers import sgld
 
 
-@pytest.fixture(scope="module")
-def linear(linear_problem):
-    problem = linear_problem
-    post = problem.posterior()
-    H = np.asarray(jax.hessian(post.loss)(problem.w_star))
-    return problem, post, H
-
-
 def minibatch_ula_llc(post, H, F, eps, batch):
     """Stationary λ̂ of minibatch SGLD on a quadratic L_n, gradient noise Cov = F/batch.
 

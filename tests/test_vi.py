@@ -12,14 +12,6 @@ from lambda_hat.runner import run_method_trial
 from lambda_hat.samplers import vi
 
 
-@pytest.fixture(scope="module")
-def linear(linear_problem):
-    problem = linear_problem
-    post = problem.posterior()
-    H = np.asarray(jax.hessian(post.loss)(problem.w_star))
-    return problem, post, H
-
-
 def test_gaussian_vi_reproduces_exact_llc_by_maximizing_the_elbo(linear, tmp_path):
     problem, post, H = linear
     hp = {"M": 1, "r": 3, "steps": 2000, "batch_size": 256, "eval_samples": 1024}
