@@ -100,3 +100,11 @@ def regression_posterior(
         return gaussian_nll(apply(w, X[idx]), y[idx], noise)
 
     return LLCPosterior(n, beta, gamma, w_star, loss_star, loss, batch_loss)
+
+
+def chain_starts(posterior: LLCPosterior, key: jax.Array, num_chains: int) -> jax.Array:
+    """Chain starts for every sampler: w* plus a small jitter (scale 0.1/√(nβ + γ)), so that
+    chains differ and R-hat has something to compare, while all start in w*'s basin."""
+    scale = 0.1 / jnp.sqrt(posterior.nbeta + posterior.gamma)
+    noise = jax.random.normal(key, (num_chains, posterior.w_star.shape[0])) * scale
+    return posterior.w_star[None, :] + noise

@@ -37,6 +37,7 @@ from lambda_hat.config import (
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.log import Progress, fmt_seconds, setup_logging
+from lambda_hat.posterior import chain_starts
 from lambda_hat.problems import Problem, build_problem, problem_id
 from lambda_hat.samplers import hmc
 
@@ -149,7 +150,7 @@ def compute_reference(problem: Problem, cfg: ReferenceConfig) -> dict:
         post.gamma,
     )
 
-    positions = hmc.init_positions(post, k_init, C)
+    positions = chain_starts(post, k_init, C)
     warm_keys = jax.random.split(k_warm, C)
     warm_fn = hmc.build_warmup(post, cfg.warmup, cfg.target_accept, cfg.max_tree_depth)
     warm, compile_warm = _timed_compile(warm_fn, warm_keys, positions)

@@ -50,7 +50,7 @@ from lambda_hat.config import ConfigError
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds
-from lambda_hat.posterior import LLCPosterior, gaussian_nll, regression_posterior
+from lambda_hat.posterior import LLCPosterior, chain_starts, gaussian_nll, regression_posterior
 from lambda_hat.problems import Problem
 from lambda_hat.samplers import mclmc as mclmc_mod
 from lambda_hat.samplers import sgld as sgld_mod
@@ -348,12 +348,6 @@ def _first_nonfinite(loss: np.ndarray, finite: bool = True) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def _chain_starts(post: LLCPosterior, key: jax.Array, chains: int) -> jax.Array:
-    """w* plus a small jitter (scale 0.1/√(nβ + γ)) so that chains differ."""
-    scale = 0.1 / jnp.sqrt(post.nbeta + post.gamma)
-    return post.w_star[None, :] + scale * jax.random.normal(key, (chains, post.d))
-
-
 def _kept(loss: np.ndarray, burnin_frac: float) -> tuple[np.ndarray, int]:
     burn = int(burnin_frac * loss.shape[1])
     return loss[:, burn:], burn
@@ -378,7 +372,7 @@ def _run_sgld(target: _Target, hp: dict, key, deadline: float, timer: _Timer) ->
     def setup(args, key):
         post = _traced_posterior(target, args)
         k_start, k_run = jax.random.split(key)
-        starts = _chain_starts(post, k_start, C)
+        starts = chain_starts(post, k_start, C)
         return jax.vmap(sgld_mod.init)(starts), jax.random.split(k_run, C)
 
     state, chain_keys = timer.once(("sgld", "setup", target.key, C), setup, target.args, key)
@@ -453,7 +447,7 @@ def _run_mclmc(target: _Target, hp: dict, key, deadline: float, timer: _Timer) -
     def setup(args, key):
         post = _traced_posterior(target, args)
         k_start, k_mom, k_tune, k_run = jax.random.split(key, 4)
-        starts = _chain_starts(post, k_start, C)
+        starts = chain_starts(post, k_start, C)
         states = mclmc_mod.init(post, jax.random.split(k_mom, C), starts)
         return states, jax.random.split(k_tune, C), jax.random.split(k_run, C)
 

@@ -19,7 +19,7 @@ from blackjax.mcmc.hmc import HMCState
 
 from lambda_hat.posterior import LLCPosterior
 
-__all__ = ["NUTSChains", "ChunkInfo", "init_positions", "build_warmup", "build_sample_chunk"]
+__all__ = ["NUTSChains", "ChunkInfo", "build_warmup", "build_sample_chunk"]
 
 
 class NUTSChains(NamedTuple):
@@ -37,13 +37,6 @@ class ChunkInfo(NamedTuple):
     acceptance_rate: jax.Array
     is_divergent: jax.Array
     num_integration_steps: jax.Array  # gradient evaluations spent on the draw
-
-
-def init_positions(posterior: LLCPosterior, key: jax.Array, num_chains: int) -> jax.Array:
-    """Chain starts: w* plus a small jitter so that chains differ (scale 0.1/√(nβ + γ))."""
-    scale = 0.1 / jnp.sqrt(posterior.nbeta + posterior.gamma)
-    noise = jax.random.normal(key, (num_chains, posterior.d)) * scale
-    return posterior.w_star[None, :] + noise
 
 
 def build_warmup(
