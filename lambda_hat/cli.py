@@ -1,20 +1,170 @@
-"""``lambda-hat``: the command-line entry point.
+"""``lambda-hat``: the command-line entry point and every sub-command.
 
-Each sub-command lives in the module named for its stage; that module exposes
-``add_cli(subparsers)`` which registers its parser and sets ``func`` to a handler taking the
-parsed arguments and returning an exit code. Exit code 2 means bad input (nothing was done).
+``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs).
+Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
+failed (a reference gate, a failed trial), 2 bad input (nothing was done).
+``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.workflow`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from pathlib import Path
 
-from lambda_hat.config import ConfigError
+import yaml
+
+from lambda_hat import methods, plots, reference, runner
+from lambda_hat.config import ConfigError, ProblemSpec, load_experiment
 from lambda_hat.log import setup_logging
+from lambda_hat.problems import build_problem, problem_id
 
-_COMMAND_MODULES = ["lambda_hat.reference", "lambda_hat.runner", "lambda_hat.plots"]
+
+def select_problems(specs: list[ProblemSpec], wanted: list[str] | None) -> list[ProblemSpec]:
+    """The problems named by index or pid (all of them when ``wanted`` is empty)."""
+    if not wanted:
+        return specs
+    out = []
+    pids = [problem_id(p) for p in specs]
+    for w in wanted:
+        if w.isdigit() and int(w) < len(specs):
+            out.append(specs[int(w)])
+        elif w in pids:
+            out.append(specs[pids.index(w)])
+        else:
+            raise ConfigError(
+                "--problem",
+                f"{w!r} is neither an index nor a pid of this config ({', '.join(pids)}).",
+                "pass an index (0, 1, ...) or a pid.",
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------ reference
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.budget is not None:
+        overrides["reference"] = {"budget_sec": args.budget}
+    exp = load_experiment(args.config, overrides)
+    specs = select_problems(exp.problems, args.problem)
+    cfg = exp.config.reference
+    refs = reference.run_references(
+        specs, cfg, exp.config.paths.artifacts, args.force, args.verbose
+    )
+    print(reference.format_table(refs))
+    failed = [r["pid"] for r in refs if not r["gate"]["passed"]]
+    if failed:
+        print(
+            f"\nWARNING: {len(failed)} reference(s) failed the quality gate: "
+            f"{', '.join(failed)} (see the log above for why)."
+        )
+    return 1 if failed else 0
+
+
+def _add_reference(sub) -> None:
+    p = sub.add_parser(
+        "reference",
+        help="compute (or reuse) HMC reference LLCs",
+        description="Compute the HMC reference LLC of every problem in "
+        "the config (cached by pid in artifacts/problems/<pid>/ref.json).",
+    )
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+    p.add_argument("--problem", action="append", help="only this pid or index (repeatable)")
+    p.add_argument("--budget", type=float, help="wall-clock budget per reference, seconds")
+    p.set_defaults(func=_cmd_reference)
+
+
+# ---------------------------------------------------------------------------------- trial
+
+
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError("--set", f"got {item!r}.", "write NAME=VALUE, e.g. eta0=1e-4.")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_trial(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.config)
+    cfg = exp.config
+    hp = methods.validate_hyperparams(args.method, _parse_sets(args.set), "--set")
+    (spec,) = select_problems(exp.problems, [args.problem])
+    problem = build_problem(spec, cfg.paths.artifacts)
+    ref = reference.load_reference(problem, cfg.reference) or {
+        "beta": cfg.reference.beta,
+        "gamma": cfg.reference.gamma,
+    }
+    budget = args.budget if args.budget is not None else cfg.optuna.method_budget_sec
+    m = runner.run_method_trial(
+        problem, args.method, hp, budget, args.seed, ref, cfg.paths.artifacts
+    )
+    llc = "n/a" if m["llc_hat"] is None else f"{m['llc_hat']:.4g} ± {m['se_hat'] or 0:.2g}"
+    line = f"{args.method} on {problem.pid}: {m['status']}, λ̂ = {llc}"
+    if m.get("llc_ref") is not None:
+        line += f" (HMC {m['llc_ref']:.4g} ± {m['se_ref'] or 0:.2g})"
+    if m["failure"]:
+        line += f"; {m['failure']['kind']}: {m['failure']['message']}"
+    print(line)
+    print(f"metrics: {Path(m['run_dir']) / 'metrics.json'}")
+    return 0 if m["status"] == "ok" else 1
+
+
+def _add_trial(sub) -> None:
+    p = sub.add_parser(
+        "trial",
+        help="run one SGLD / VI / MCLMC trial on one problem",
+        description="Run one trial and write artifacts/runs/<pid>/<method>/<run id>/.",
+    )
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--problem", required=True, help="problem pid, or its index in the config")
+    p.add_argument("--method", required=True, choices=methods.METHODS)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter (repeatable), e.g. --set eta0=1e-4",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="wall-clock budget (s); default: optuna.method_budget_sec",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_trial)
+
+
+# ---------------------------------------------------------------------------------- plots
+
+
+def _cmd_plots(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.config)
+    out = args.out or Path(exp.config.paths.results) / "plots"
+    for path in plots.make_plots(exp, out):
+        print(path)
+    return 0
+
+
+def _add_plots(sub) -> None:
+    p = sub.add_parser(
+        "plots",
+        help="plot references, studies and a summary as PNGs",
+        description="Plot what `lambda-hat reference` and `parsl-optuna` wrote for this config "
+        "(HMC references, one figure per study, a summary); missing inputs are skipped.",
+    )
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
+    p.set_defaults(func=_cmd_plots)
+
+
+# ----------------------------------------------------------------------------------- main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).add_cli(sub)
+    for add in (_add_reference, _add_trial, _add_plots):
+        add(sub)
     return parser
 
 

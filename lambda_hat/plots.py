@@ -20,7 +20,6 @@ The numbers drawn come from small pure functions (:func:`running_llc`, :func:`be
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import math
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lambda_hat._io import atomic_write_bytes, read_json
-from lambda_hat.config import Experiment, load_experiment
+from lambda_hat.config import Experiment
 from lambda_hat.failures import FAILURE_KINDS
 from lambda_hat.problems import problem_dir, problem_id
 from lambda_hat.workflow.results import PARQUET_NAME
@@ -612,23 +611,3 @@ def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
     if not written:
         log.info("no plots written: nothing to plot yet")
     return written
-
-
-def _cmd_plots(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.config)
-    out = args.out or Path(exp.config.paths.results) / "plots"
-    for path in make_plots(exp, out):
-        print(path)
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "plots",
-        help="plot references, studies and a summary as PNGs",
-        description="Plot what `lambda-hat reference` and `parsl-optuna` wrote for this config "
-        "(HMC references, one figure per study, a summary); missing inputs are skipped.",
-    )
-    p.add_argument("--config", required=True, help="experiment YAML")
-    p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
-    p.set_defaults(func=_cmd_plots)

@@ -27,6 +27,25 @@ def gaussian_nll(pred: jax.Array, y: jax.Array, noise: float) -> jax.Array:
     return 0.5 * jnp.mean(jnp.sum((y - pred) ** 2, axis=-1)) / noise**2
 
 
+def regression_loss(apply: Callable, noise: float) -> Callable:
+    """L(w, X, y): the mean Gaussian NLL of the network ``apply(w, X)`` on the rows (X, y).
+
+    The one definition of L_n: the posterior, the training of w* and every compiled program
+    that takes the data as arguments use it.
+    """
+
+    def loss(w, X, y):
+        return gaussian_nll(apply(w, X), y, noise)
+
+    return loss
+
+
+def minibatch_indices(key: jax.Array, n: int, batch: int | None) -> jax.Array | None:
+    """``batch`` row indices drawn with replacement; ``None`` (the full data) when ``batch`` is
+    None or ``>= n``. The one minibatch draw of every sampler and of the training of w*."""
+    return None if batch is None or batch >= n else jax.random.randint(key, (batch,), 0, n)
+
+
 class LLCPosterior(NamedTuple):
     """The sampling target of every method, and the numbers the estimator needs."""
 
@@ -92,12 +111,13 @@ def regression_posterior(
     of the same shapes) while still using this one definition of L_n and of the density.
     """
     n = int(X.shape[0])
+    rows = regression_loss(apply, noise)
 
     def loss(w):
-        return gaussian_nll(apply(w, X), y, noise)
+        return rows(w, X, y)
 
     def batch_loss(w, idx):
-        return gaussian_nll(apply(w, X[idx]), y[idx], noise)
+        return rows(w, X[idx], y[idx])
 
     return LLCPosterior(n, beta, gamma, w_star, loss_star, loss, batch_loss)
 

@@ -10,7 +10,6 @@ A reference that misses its quality gate (rank-normalized R-hat > ``rhat_max`` o
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import dataclasses
 import importlib.metadata
@@ -18,27 +17,25 @@ import logging
 import math
 import multiprocessing
 import os
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from lambda_hat import __version__
+from lambda_hat import __version__, engine
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.config import (
-    ConfigError,
     ProblemSpec,
     ReferenceConfig,
     as_dict,
-    load_experiment,
     validate,
 )
 from lambda_hat.diagnostics import chain_health
+from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.log import Progress, fmt_seconds, setup_logging
 from lambda_hat.posterior import chain_starts
-from lambda_hat.problems import Problem, build_problem, problem_id
+from lambda_hat.problems import Problem, build_problem
 from lambda_hat.samplers import hmc
 
 log = logging.getLogger("lambda_hat.reference")
@@ -125,23 +122,74 @@ def _versions() -> dict:
     return out
 
 
-def _timed_compile(fn, *args):
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, time.perf_counter() - t0
+def _warmup(problem: Problem, post, cfg: ReferenceConfig, k_init, k_warm, timer: Timer):
+    """Window adaptation per chain, vmapped; the adapted states start sampling."""
+    C = cfg.chains
+    positions = chain_starts(post, k_init, C)
+    warm_keys = jax.random.split(k_warm, C)
+    warm_fn = hmc.build_warmup(post, cfg.warmup, cfg.target_accept, cfg.max_tree_depth)
+    key = ("hmc", "warmup", problem.pid, post.beta, post.gamma, C, cfg.warmup, cfg.target_accept)
+    warm = timer.compiled((*key, cfg.max_tree_depth), warm_fn, warm_keys, positions)
+    t0 = engine.clock()
+    chains, warm_grads, warm_div = timer.call(warm, warm_keys, positions)
+    sec_warm = engine.clock() - t0
+    log.info(
+        "reference %s: warm-up done in %s (compile %s); step sizes %s",
+        problem.pid,
+        fmt_seconds(sec_warm),
+        fmt_seconds(timer.compile),
+        np.array2string(np.asarray(chains.step_size), precision=3),
+    )
+    return chains, int(np.asarray(warm_grads).sum()), int(np.asarray(warm_div).sum()), sec_warm
+
+
+def _sample(problem: Problem, post, cfg: ReferenceConfig, chains, k_sample, deadline, timer):
+    """NUTS draws in chunks through the engine's loop (budget checked before each chunk)."""
+    C = cfg.chains
+    chunk_fn = hmc.build_sample_chunk(post, cfg.max_tree_depth)
+    key = ("hmc", "sample", problem.pid, post.beta, post.gamma, C, cfg.max_tree_depth)
+    progress = Progress(log, f"reference {problem.pid}", cfg.draws, "draws per chain")
+
+    def run_chunk(chains, done, this):
+        keys = jax.random.split(jax.random.fold_in(k_sample, done), C * this).reshape(C, this, -1)
+        exe = timer.compiled(key, chunk_fn, keys, chains)
+        chains, info = timer.call(exe, keys, chains)
+        return chains, jax.tree.map(np.asarray, info), True
+
+    def on_chunk(done, info):
+        progress.update(done, f"acceptance {float(info.acceptance_rate.mean()):.2f}")
+
+    out = engine.drive(
+        run_chunk,
+        chains,
+        cfg.draws,
+        min(cfg.chunk, cfg.draws),
+        deadline,
+        on_chunk=on_chunk,
+        predict_budget=True,
+    )
+    if out.stopped_early:
+        log.warning(
+            "reference %s: budget %s spent after %d/%d draws; stopping early",
+            problem.pid,
+            fmt_seconds(cfg.budget_sec),
+            out.done,
+            cfg.draws,
+        )
+    return out
 
 
 def compute_reference(problem: Problem, cfg: ReferenceConfig) -> dict:
     """Run NUTS on the problem's LLC posterior and write ref.json (+ ref_trace.npz)."""
-    t_start = time.perf_counter()
+    t_start = engine.clock()
+    deadline = t_start + cfg.budget_sec if cfg.budget_sec is not None else math.inf
     post = problem.posterior(cfg.beta, cfg.gamma)
-    C = cfg.chains
-    key = jax.random.PRNGKey(cfg.seed)
-    k_init, k_warm, k_sample = jax.random.split(key, 3)
+    timer = Timer()
+    k_init, k_warm, k_sample = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
     log.info(
         "reference %s: NUTS %d chains x %d draws (+%d warm-up), d=%d, n=%d, nβ=%.4g, γ=%g",
         problem.pid,
-        C,
+        cfg.chains,
         cfg.draws,
         cfg.warmup,
         post.d,
@@ -149,65 +197,29 @@ def compute_reference(problem: Problem, cfg: ReferenceConfig) -> dict:
         post.nbeta,
         post.gamma,
     )
-
-    positions = chain_starts(post, k_init, C)
-    warm_keys = jax.random.split(k_warm, C)
-    warm_fn = hmc.build_warmup(post, cfg.warmup, cfg.target_accept, cfg.max_tree_depth)
-    warm, compile_warm = _timed_compile(warm_fn, warm_keys, positions)
-    t0 = time.perf_counter()
-    chains, warm_grads, warm_div = warm(warm_keys, positions)
-    jax.block_until_ready(chains)
-    sec_warm = time.perf_counter() - t0
-    log.info(
-        "reference %s: warm-up done in %s (compile %s); step sizes %s",
-        problem.pid,
-        fmt_seconds(sec_warm),
-        fmt_seconds(compile_warm),
-        np.array2string(np.asarray(chains.step_size), precision=3),
+    chains, grads_warm, div_warm, sec_warm = _warmup(problem, post, cfg, k_init, k_warm, timer)
+    run_warm = timer.run
+    out = _sample(problem, post, cfg, chains, k_sample, deadline, timer)
+    info = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *out.infos)
+    seconds = {
+        "compile": timer.compile,
+        "warmup": sec_warm,
+        "sampling": timer.run - run_warm,
+        "total": engine.clock() - t_start,
+    }
+    ref = _record(problem, post, cfg, out, info, grads_warm, div_warm, seconds)
+    atomic_write_npz(
+        problem.path / "ref_trace.npz", loss=info.loss, acceptance_rate=info.acceptance_rate
     )
+    atomic_write_json(ref_path(problem), ref)
+    _report(problem, ref)
+    return ref
 
-    chunk_fn = hmc.build_sample_chunk(post, cfg.max_tree_depth)
-    m = min(cfg.chunk, cfg.draws)
-    keys0 = jax.random.split(k_sample, C * m).reshape(C, m, -1)
-    chunk, compile_chunk = _timed_compile(chunk_fn, keys0, chains)
-    tail_chunk = None
 
-    infos, done, stopped_early, sec_sample = [], 0, False, 0.0
-    progress = Progress(log, f"reference {problem.pid}", cfg.draws, "draws per chain")
-    while done < cfg.draws:
-        elapsed = time.perf_counter() - t_start
-        this = min(m, cfg.draws - done)
-        per_draw = sec_sample / done if done else 0.0
-        if done and cfg.budget_sec is not None and elapsed + per_draw * this > cfg.budget_sec:
-            stopped_early = True
-            log.warning(
-                "reference %s: budget %s spent after %d/%d draws; stopping early",
-                problem.pid,
-                fmt_seconds(cfg.budget_sec),
-                done,
-                cfg.draws,
-            )
-            break
-        keys = jax.random.split(jax.random.fold_in(k_sample, done), C * this).reshape(C, this, -1)
-        if this == m:
-            fn = chunk
-        else:
-            if tail_chunk is None:
-                tail_chunk, extra = _timed_compile(chunk_fn, keys, chains)
-                compile_chunk += extra
-            fn = tail_chunk
-        t0 = time.perf_counter()
-        chains, info = fn(keys, chains)
-        info = jax.tree.map(np.asarray, info)
-        sec_sample += time.perf_counter() - t0
-        infos.append(info)
-        done += this
-        progress.update(done, f"acceptance {float(info.acceptance_rate.mean()):.2f}")
-
-    info = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *infos)
+def _record(problem, post, cfg, out, info, grads_warm, div_warm, seconds) -> dict:
+    """The ref.json contents."""
     est = estimate_llc(info.loss, post.loss_star, post.nbeta)
     grads_sample = int(info.num_integration_steps.sum())
-    grads_warm = int(np.asarray(warm_grads).sum())
     theory = problem.info.get("theory")
     ref = {
         "schema": REF_SCHEMA,
@@ -219,25 +231,20 @@ def compute_reference(problem: Problem, cfg: ReferenceConfig) -> dict:
         "ess_bulk": est["ess_bulk"],
         "ess_tail": est["ess_tail"],
         "divergences": int(info.is_divergent.sum()),
-        "divergences_warmup": int(np.asarray(warm_div).sum()),
+        "divergences_warmup": div_warm,
         "acceptance_rate": float(info.acceptance_rate.mean()),
-        "step_size": np.asarray(chains.step_size).tolist(),
-        "chains": C,
-        "draws_per_chain": done,
+        "step_size": np.asarray(out.carry.step_size).tolist(),
+        "chains": cfg.chains,
+        "draws_per_chain": out.done,
         "warmup": cfg.warmup,
-        "stopped_early": stopped_early,
+        "stopped_early": out.stopped_early,
         "budget_sec": cfg.budget_sec,
         "grad_evals": {
             "warmup": grads_warm,
             "sampling": grads_sample,
             "total": grads_warm + grads_sample,
         },
-        "seconds": {
-            "compile": compile_warm + compile_chunk,
-            "warmup": sec_warm,
-            "sampling": sec_sample,
-            "total": time.perf_counter() - t_start,
-        },
+        "seconds": seconds,
         "beta": post.beta,
         "gamma": post.gamma,
         "nbeta": post.nbeta,
@@ -253,11 +260,6 @@ def compute_reference(problem: Problem, cfg: ReferenceConfig) -> dict:
         "backend": jax.default_backend(),
     }
     ref["gate"] = evaluate_gate(ref, cfg)
-    atomic_write_npz(
-        problem.path / "ref_trace.npz", loss=info.loss, acceptance_rate=info.acceptance_rate
-    )
-    atomic_write_json(ref_path(problem), ref)
-    _report(problem, ref)
     return ref
 
 
@@ -359,54 +361,3 @@ def format_table(refs: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def _select(problems: list[ProblemSpec], wanted: list[str] | None) -> list[ProblemSpec]:
-    if not wanted:
-        return problems
-    out = []
-    pids = [problem_id(p) for p in problems]
-    for w in wanted:
-        if w.isdigit() and int(w) < len(problems):
-            out.append(problems[int(w)])
-        elif w in pids:
-            out.append(problems[pids.index(w)])
-        else:
-            raise ConfigError(
-                "--problem",
-                f"{w!r} is neither an index nor a pid of this config ({', '.join(pids)}).",
-                "pass an index (0, 1, ...) or a pid.",
-            )
-    return out
-
-
-def _cmd_reference(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.budget is not None:
-        overrides["reference"] = {"budget_sec": args.budget}
-    exp = load_experiment(args.config, overrides)
-    specs = _select(exp.problems, args.problem)
-    cfg = exp.config.reference
-    refs = run_references(specs, cfg, exp.config.paths.artifacts, args.force, args.verbose)
-    print(format_table(refs))
-    failed = [r["pid"] for r in refs if not r["gate"]["passed"]]
-    if failed:
-        print(
-            f"\nWARNING: {len(failed)} reference(s) failed the quality gate: "
-            f"{', '.join(failed)} (see the log above for why)."
-        )
-    return 1 if failed else 0
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "reference",
-        help="compute (or reuse) HMC reference LLCs",
-        description="Compute the HMC reference LLC of every problem in "
-        "the config (cached by pid in artifacts/problems/<pid>/ref.json).",
-    )
-    p.add_argument("--config", required=True, help="experiment YAML")
-    p.add_argument("--force", action="store_true", help="recompute even if cached")
-    p.add_argument("--problem", action="append", help="only this pid or index (repeatable)")
-    p.add_argument("--budget", type=float, help="wall-clock budget per reference, seconds")
-    p.set_defaults(func=_cmd_reference)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lambda_hat import runner
+from lambda_hat import engine
 from lambda_hat.runner import run_method_trial
 
 # Two trials per method: every continuous hyperparameter differs, and so does ``steps`` (within
@@ -65,7 +65,7 @@ def trial(problem, method, hp, path, seed=0):
 
 @pytest.mark.parametrize("method", ["sgld", "vi", "mclmc"])
 def test_second_trial_traces_the_loss_zero_times(method, linear_problem, tmp_path):
-    runner.clear_compiled_cache()
+    engine.clear_compiled_cache()
     counting = Counting(linear_problem)
     first, second = TRIALS[method]
     m1, t1 = trial(counting.problem, method, first, tmp_path)
@@ -87,9 +87,9 @@ def test_second_trial_traces_the_loss_zero_times(method, linear_problem, tmp_pat
 
 
 def test_chunk_capacity_buckets_run_lengths():
-    caps = {runner.chunk_capacity(n) for n in range(5000, 10001)}
+    caps = {engine.chunk_capacity(n) for n in range(5000, 10001)}
     assert caps == {256, 512}  # 5k..10k steps share two chunk programs
-    assert {runner.chunk_capacity(n) for n in range(1, 321)} == {runner.MIN_CHUNK}
+    assert {engine.chunk_capacity(n) for n in range(1, 321)} == {engine.MIN_CHUNK}
     for n in (400, 4000, 123457):
-        c = runner.chunk_capacity(n)
-        assert c & (c - 1) == 0 and n / runner.TARGET_CHUNKS <= c < 2 * n / runner.TARGET_CHUNKS
+        c = engine.chunk_capacity(n)
+        assert c & (c - 1) == 0 and n / engine.TARGET_CHUNKS <= c < 2 * n / engine.TARGET_CHUNKS

@@ -10,10 +10,11 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat import methods, runner
+from lambda_hat import engine, methods
 from lambda_hat.cli import main as cli_main
 from lambda_hat.config import ConfigError, ReferenceConfig
-from lambda_hat.runner import load_metrics, run_dir_for, run_method_trial
+from lambda_hat.runner import run_method_trial
+from lambda_hat.runs import load_metrics, run_dir_for
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +131,8 @@ def test_budget_stop_keeps_the_draws_so_far_and_scores_against_the_ref(linear, t
     ref = {"llc_ref": 1.5, "se_ref": 0.01, "beta": None, "gamma": 1.0}
     m = run_method_trial(linear, "sgld", hp, 1e-9, 0, ref=ref, artifacts=tmp_path)
     assert m["status"] == "ok" and m["stopped_early"]
-    blocks = runner.chunk_capacity(320)  # one chunk of 5-step blocks, then the budget stops it
-    assert blocks == runner.MIN_CHUNK
+    blocks = engine.chunk_capacity(320)  # one chunk of 5-step blocks, then the budget stops it
+    assert blocks == engine.MIN_CHUNK
     assert m["fraction_done"] == pytest.approx(blocks / 320)
     assert m["work"]["steps"] == 5 * blocks and m["work"]["steps_planned"] == 1600
     assert m["draws"]["kept_per_chain"] == blocks - int(0.2 * blocks)
@@ -161,7 +162,7 @@ def test_an_exception_becomes_a_failed_trial(linear, tmp_path, monkeypatch):
     def boom(*args):
         raise FloatingPointError("synthetic failure")
 
-    monkeypatch.setitem(runner._RUNNERS, "sgld", boom)
+    monkeypatch.setitem(methods.REGISTRY, "sgld", methods.REGISTRY["sgld"]._replace(run=boom))
     m = run_method_trial(linear, "sgld", {"steps": 100}, None, 0, artifacts=tmp_path)
     assert m["status"] == "failed" and m["failure"]["kind"] == "error"
     assert m["failure"]["exception_type"] == "FloatingPointError"

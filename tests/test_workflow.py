@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config import ConfigError, OptunaConfig
-from lambda_hat.workflow import execution, pipeline, progress, results, studies, tuning
+from lambda_hat.workflow import execution, pipeline, plan, progress, results, studies, tuning
 from lambda_hat.workflow.synthetic import synthetic_llc, synthetic_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -384,7 +384,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
 
 
 def test_search_space_overrides_and_warm_start_are_checked():
-    space, fixed = pipeline.method_space(
+    space, fixed = plan.method_space(
         "sgld",
         {
             "steps": 300,
@@ -397,9 +397,9 @@ def test_search_space_overrides_and_warm_start_are_checked():
     assert space["eta0"].low == 1e-5 and space["eta0"].log
     assert space["batch"].choices == (32, 64)
     with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\].steps"):
-        pipeline._check_enqueue("sgld", [{"steps": 100}], space, fixed)
+        plan._check_enqueue("sgld", [{"steps": 100}], space, fixed)
     with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\]"):
-        pipeline._check_enqueue("sgld", [{"eta0": -1.0}], space, fixed)
+        plan._check_enqueue("sgld", [{"eta0": -1.0}], space, fixed)
 
 
 def test_parsl_config_file_is_loaded_or_rejected_clearly(tmp_path):
@@ -617,13 +617,13 @@ def test_journal_reads_back_its_own_writes_and_other_writers(tmp_path):
 def test_the_runner_reports_its_estimate_between_chunks_and_stops_on_request(
     linear_problem, tmp_path, monkeypatch
 ):
-    from lambda_hat import isolation, runner
+    from lambda_hat import engine, isolation, runner
 
     progress, stop = tmp_path / isolation.PROGRESS_NAME, tmp_path / isolation.STOP_NAME
     monkeypatch.setenv(isolation.PROGRESS_ENV, str(progress))
     monkeypatch.setenv(isolation.STOP_ENV, str(stop))
     hp = {"eta0": 1e-4, "batch": 32, "steps": 1600, "eval_every": 5, "chains": 2}
-    blocks = runner.chunk_capacity(320)  # 5-step blocks per chunk
+    blocks = engine.chunk_capacity(320)  # 5-step blocks per chunk
     isolation.request_stop(tmp_path)
     m = runner.run_method_trial(linear_problem, "sgld", hp, 600.0, 0, artifacts=tmp_path / "a")
     assert m["status"] == "failed" and m["failure"]["kind"] == "pruned"

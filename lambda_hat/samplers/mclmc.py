@@ -47,7 +47,6 @@ __all__ = [
     "finish_tuning",
     "fixed_chains",
     "build_step",
-    "build_chunk",
 ]
 
 GRADS_PER_STEP = 2  # isokinetic McLachlan: two gradient evaluations per step
@@ -271,19 +270,3 @@ def build_step(posterior: LLCPosterior):
         return s, MCLMCInfo(loss, info.energy_change, info.nonans)
 
     return step
-
-
-def build_chunk(posterior: LLCPosterior):
-    """``chunk(keys (C, m), chains) -> (chains, MCLMCInfo)``: m MCLMC steps per chain."""
-    step = build_step(posterior)
-
-    def one_chain(keys, state, L, step_size, imm):
-        return jax.lax.scan(lambda s, k: step(k, s, L, step_size, imm), state, keys)
-
-    def chunk(keys, chains: MCLMCChains):
-        state, info = jax.vmap(one_chain)(
-            keys, chains.state, chains.L, chains.step_size, chains.inverse_mass_matrix
-        )
-        return chains._replace(state=state), info
-
-    return chunk

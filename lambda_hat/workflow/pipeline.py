@@ -24,224 +24,23 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-
-from lambda_hat.config import (
-    ConfigError,
-    Experiment,
-    ExperimentConfig,
-    as_dict,
-    load_experiment,
-)
+from lambda_hat import methods, runs
+from lambda_hat.config import ConfigError, ProblemSpec, as_dict, load_experiment
 from lambda_hat.failures import FailureGuard
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
+from lambda_hat.problems import problem_id
 from lambda_hat.workflow import execution, progress, results, studies, tuning
+from lambda_hat.workflow.plan import Plan, check_plan
 
 log = logging.getLogger("lambda_hat.workflow")
-
-#: Keys of a search-space override mapping.
-_RANGE_KEYS = {"low", "high", "log", "step"}
-
-
-@dataclass
-class Plan:
-    """Everything the run needs, checked before anything is written."""
-
-    exp: Experiment
-    pids: list[str]
-    spaces: dict[str, dict[str, BaseDistribution]]
-    fixed: dict[str, dict[str, Any]]
-    enqueue: dict[str, list[dict]]
-    parsl_config: Any
-    artifacts: Path
-    results: Path
-    trial_target: str
-
-    @property
-    def cfg(self) -> ExperimentConfig:
-        return self.exp.config
-
-
-# ---------------------------------------------------------------------------------- checks
-
-
-def _methods_module():
-    from lambda_hat import methods
-
-    return methods
-
-
-def method_space(
-    method: str, overrides: Any, where: str
-) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
-    """The method's search space with the user's overrides, and the fixed (untuned) values.
-
-    An override is a fixed value, ``{low, high[, log][, step]}`` or ``{choices: [...]}``.
-    """
-    methods = _methods_module()
-    space = dict(methods.search_space(method))
-    if overrides is None:
-        overrides = {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(where, f"got {overrides!r}, expected a mapping of parameter overrides.")
-    known = set(methods.default_hyperparams(method))
-    fixed: dict[str, Any] = {}
-    for name, spec in overrides.items():
-        sub = f"{where}.{name}"
-        if name not in known:
-            raise ConfigError(
-                sub,
-                f"{method} has no hyperparameter {name!r}. Valid: {', '.join(sorted(known))}.",
-                "correct the name.",
-            )
-        if not isinstance(spec, dict):
-            fixed[name] = spec
-            space.pop(name, None)
-            continue
-        space[name] = _distribution(spec, space.get(name), sub)
-    if fixed:
-        methods.validate_hyperparams(method, fixed, where)
-    return space, fixed
-
-
-def _distribution(spec: dict, base: BaseDistribution | None, where: str) -> BaseDistribution:
-    keys = set(spec)
-    try:
-        if keys == {"choices"}:
-            if not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise ValueError("choices must be a non-empty list")
-            return CategoricalDistribution(spec["choices"])
-        if keys <= _RANGE_KEYS and {"low", "high"} <= keys:
-            low, high = spec["low"], spec["high"]
-            as_int = isinstance(base, IntDistribution) or (
-                base is None and all(isinstance(v, int) for v in (low, high))
-            )
-            if as_int:
-                return IntDistribution(
-                    int(low),
-                    int(high),
-                    log=bool(spec.get("log", False)),
-                    step=int(spec.get("step", 1)),
-                )
-            return FloatDistribution(
-                float(low), float(high), log=bool(spec.get("log", False)), step=spec.get("step")
-            )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            where, f"invalid range {spec!r}: {exc}.", "use low < high (low > 0 with log: true)."
-        ) from None
-    raise ConfigError(
-        where,
-        f"got {spec!r}.",
-        "write a fixed value, {low: .., high: .., log: true|false} or {choices: [...]}.",
-    )
-
-
-def check_plan(
-    exp: Experiment, parsl_config_path: str | None, local: bool, trial_target: str | None
-) -> Plan:
-    """Check everything that can be checked without writing a byte; raises ConfigError."""
-    from lambda_hat.problems import problem_id
-
-    cfg = exp.config
-    if not cfg.methods:
-        raise ConfigError(
-            "methods", "is empty.", "list methods to tune, e.g. [sgld, vi].", source=exp.source
-        )
-    if len(set(cfg.methods)) != len(cfg.methods):
-        raise ConfigError(
-            "methods",
-            f"lists a method twice: {cfg.methods}.",
-            "list each method once.",
-            source=exp.source,
-        )
-    oc = cfg.optuna
-    if len(set(oc.objectives)) != len(oc.objectives) or oc.objectives[0] != "error":
-        raise ConfigError(
-            "optuna.objectives",
-            f"got {oc.objectives}.",
-            "use [error] or [error, runtime].",
-            source=exp.source,
-        )
-    for key in ("search_space", "enqueue"):
-        for m in getattr(oc, key):
-            if m not in cfg.methods:
-                raise ConfigError(
-                    f"optuna.{key}.{m}",
-                    f"{m!r} is not in methods {cfg.methods}.",
-                    "add the method to methods or remove this entry.",
-                    source=exp.source,
-                )
-    try:
-        studies.check_sampler(oc)
-        spaces, fixed, enqueue = {}, {}, {}
-        for m in cfg.methods:
-            spaces[m], fixed[m] = method_space(
-                m, oc.search_space.get(m), f"optuna.search_space.{m}"
-            )
-            enqueue[m] = _check_enqueue(m, oc.enqueue.get(m), spaces[m], fixed[m])
-    except ConfigError as exc:
-        raise ConfigError(exc.where, exc.problem, exc.fix, source=exp.source) from None
-    if parsl_config_path and local:
-        raise ConfigError("--local", "is given together with --parsl-config.", "use one of them.")
-    paths = cfg.paths
-    artifacts, res = Path(paths.artifacts).resolve(), Path(paths.results).resolve()
-    parsl_config = (
-        execution.load_parsl_config(parsl_config_path)
-        if parsl_config_path
-        else execution.local_config(run_dir=res / "runinfo")
-    )
-    pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
-    return Plan(
-        exp,
-        pids,
-        spaces,
-        fixed,
-        enqueue,
-        parsl_config,
-        artifacts,
-        res,
-        trial_target or execution.DEFAULT_TRIAL_TARGET,
-    )
-
-
-def _check_enqueue(method: str, entries: Any, space: dict, fixed: dict) -> list[dict]:
-    where = f"optuna.enqueue.{method}"
-    if entries is None:
-        return []
-    if not isinstance(entries, list):
-        raise ConfigError(where, f"got {entries!r}, expected a list of hyperparameter mappings.")
-    out = []
-    for i, entry in enumerate(entries):
-        sub = f"{where}[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(sub, f"got {entry!r}, expected a mapping.")
-        extra = sorted(set(entry) - set(space))
-        if extra:
-            raise ConfigError(
-                f"{sub}.{extra[0]}",
-                "is not a searched hyperparameter.",
-                f"searched: {', '.join(space)}; fix others under optuna.search_space.{method}.",
-            )
-        _methods_module().validate_hyperparams(method, {**fixed, **entry}, sub)
-        out.append(dict(entry))
-    return out
-
 
 # ---------------------------------------------------------------------------------- stages
 
 
-def run_references(plan: Plan) -> dict[str, dict]:
+def reference_stage(plan: Plan) -> dict[str, dict]:
     """Stage 1: every problem's reference as a Parsl app, in parallel. ``pid -> ref`` (or
     ``{"error": ...}``)."""
     submit = execution.reference_submitter()
@@ -249,8 +48,6 @@ def run_references(plan: Plan) -> dict[str, dict]:
     futures = {}
     seen = set()
     for spec in plan.exp.problems:
-        from lambda_hat.problems import problem_id
-
         pid = problem_id(spec)
         if pid in seen:
             continue
@@ -290,8 +87,6 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
     """One :class:`tuning.StudyTask` per usable (problem, method), studies created or loaded."""
     oc = plan.cfg.optuna
     specs = {}
-    from lambda_hat.problems import problem_id
-
     for spec in plan.exp.problems:
         specs.setdefault(problem_id(spec), spec)
     tasks = []
@@ -324,7 +119,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 huber_delta=oc.huber_delta,
                 fixed=plan.fixed[method],
                 resolve=_resolver(method),
-                locate=_locator(plan, pid, method, refs[pid]),
+                locate=_locator(plan, specs[pid], method, refs[pid]),
                 guard=FailureGuard(max_consecutive_failures=oc.max_consecutive_failures),
                 max_retries=oc.infrastructure_retries,
                 prune=studies.prunes(oc),
@@ -338,29 +133,31 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
 
 
 def _resolver(method: str):
-    methods = _methods_module()
-
     def resolve(hp: dict) -> dict:
         return methods.validate_hyperparams(method, hp)
 
     return resolve
 
 
-def _locator(plan: Plan, pid: str, method: str, ref: dict):
+def _locator(plan: Plan, spec: ProblemSpec, method: str, ref: dict):
     """Where the trial's runner will write: the runner's own content address for the default
-    target, the generic one (:func:`execution.trial_location`) for any other."""
+    target (from plain values, no problem arrays), the generic one
+    (:func:`execution.trial_location`) for any other."""
     if plan.trial_target != execution.DEFAULT_TRIAL_TARGET:
         return execution.trial_location
-    from lambda_hat import runner
-    from lambda_hat.problems import load_problem
-
-    problem = load_problem(plan.artifacts, pid)
+    pid = problem_id(spec)
 
     def locate(payload: dict) -> tuple[str, Path]:
-        manifest = runner.trial_manifest(
-            problem, method, payload["hyperparams"], payload["budget_sec"], payload["seed"], ref
+        manifest = runs.manifest(
+            pid,
+            spec.data.n,
+            method,
+            payload["hyperparams"],
+            payload["budget_sec"],
+            payload["seed"],
+            ref,
         )
-        run_dir = runner.run_dir_for(plan.artifacts, pid, method, manifest)
+        run_dir = runs.run_dir_for(plan.artifacts, pid, method, manifest)
         return run_dir.name, run_dir
 
     return locate
@@ -411,7 +208,7 @@ def execute(plan: Plan) -> int:
     storage = studies.open_storage(oc, plan.results)
     code = 0
     with execution.parsl_session(plan.parsl_config, plan.results / "runinfo"):
-        refs = run_references(plan)
+        refs = reference_stage(plan)
         for pid in list(plan.pids):
             ref = refs[pid]
             if "error" not in ref:
@@ -550,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     try:
         exp = load_experiment(args.config, _overrides(args))
-        plan = check_plan(exp, args.parsl_config, args.local, args.trial_target)
+        plan = check_plan(exp, args.parsl_config, args.trial_target)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

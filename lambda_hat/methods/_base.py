@@ -1,0 +1,83 @@
+"""What every method adapter shares: the :class:`Method` record, the traced posterior target,
+and the small helpers that turn chunk outputs into the adapter's result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from lambda_hat.engine import Timer, f64
+from lambda_hat.estimator import estimate_llc
+from lambda_hat.posterior import LLCPosterior, regression_loss, regression_posterior
+
+MIN_DRAWS = 4  # kept draws per chain below which no estimate is made
+
+
+class Method(NamedTuple):
+    """One cheap LLC method, in the spirit of Optax's ``GradientTransformation``.
+
+    ``hyper`` is the hyperparameter schema (a frozen dataclass checked by
+    :func:`lambda_hat.config.validate`); ``space()`` the default Optuna search space;
+    ``run(target, hp, key, deadline, timer)`` the adapter that runs the sampler and returns a
+    :data:`RunOutput` dict; ``culprits`` maps a failure kind to the hyperparameters that
+    usually cause it, most likely first (the all-fail guard's diagnosis); ``check(hp, where)``
+    cross-field checks beyond the schema (raise ConfigError) or None.
+    """
+
+    name: str
+    hyper: type
+    space: Callable[[], dict]
+    run: Callable[..., dict]
+    culprits: Mapping[str, tuple[str, ...]]
+    check: Callable[[Any, str], None] | None = None
+
+
+class Target(NamedTuple):
+    """A trial's posterior: host numbers, and the same as arguments of compiled programs."""
+
+    post: LLCPosterior  # floats, for the estimator and host arithmetic
+    args: tuple  # (X, y, w*, β, γ, L_n(w*)): traced by every program
+    apply: Callable
+    noise: float
+    key: tuple  # (pid, n, d): what the closure over ``apply`` and ``noise`` depends on
+
+
+def traced_posterior(target: Target, args: tuple) -> LLCPosterior:
+    """The posterior inside a compiled program, from its traced ``args``."""
+    X, y, w_star, beta, gamma, loss_star = args
+    return regression_posterior(target.apply, X, y, target.noise, w_star, beta, gamma, loss_star)
+
+
+def make_target(
+    pid: str, apply: Callable, noise: float, X, y, w_star, beta: float, gamma: float, timer: Timer
+) -> Target:
+    """The posterior at (β, γ), L_n(w*) computed by a cached program (no per-trial trace)."""
+    key = (pid, int(X.shape[0]), int(w_star.shape[0]))
+    loss = regression_loss(apply, noise)
+    loss_star = float(timer.once(("loss", key), lambda X, y, w: loss(w, X, y), X, y, w_star))
+    post = regression_posterior(apply, X, y, noise, w_star, float(beta), float(gamma), loss_star)
+    args = (X, y, w_star, f64(beta), f64(gamma), f64(loss_star))
+    return Target(post, args, apply, noise, key)
+
+
+def kept(loss: np.ndarray, burnin_frac: float) -> tuple[np.ndarray, int]:
+    """The draws after burn-in and the number of burn-in draws per chain."""
+    burn = int(burnin_frac * loss.shape[1])
+    return loss[:, burn:], burn
+
+
+def partial_llc(loss: np.ndarray, post: LLCPosterior, burnin_frac: float) -> float | None:
+    """λ̂ from the L_n draws so far (burn-in dropped), for progress reports; None if too few."""
+    draws, _ = kept(loss, burnin_frac)
+    if draws.shape[1] < MIN_DRAWS:
+        return None
+    return float(estimate_llc(draws, post.loss_star, post.nbeta)["llc_hat"])
+
+
+def mean_or_none(x) -> float | None:
+    """The mean of the finite entries of ``x`` (None when there are none)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None

@@ -1,0 +1,189 @@
+"""MCLMC: hyperparameters, search space and the adapter onto :mod:`lambda_hat.samplers.mclmc`.
+
+With ``tune`` (default) each chain runs the traced restatement of BlackJAX's
+``mclmc_find_L_and_step_size`` (step size, L and a diagonal mass matrix per chain) and keeps
+its tuned state; the tuner's steps count as work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
+
+from lambda_hat.config import ConfigError, _f
+from lambda_hat.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite, i64
+from lambda_hat.methods._base import Method, Target, kept, partial_llc, traced_posterior
+from lambda_hat.posterior import chain_starts
+from lambda_hat.samplers import mclmc as mclmc_kernel
+
+
+@dataclass(frozen=True)
+class MCLMCHyper:
+    """Microcanonical Langevin Monte Carlo (BlackJAX ``mclmc``, isokinetic McLachlan).
+
+    With ``tune`` (default) BlackJAX's ``mclmc_find_L_and_step_size`` adapts the step size,
+    L and a diagonal mass matrix per chain: ``step_size`` is then its starting step size,
+    ``target_accept`` sets its energy-error target and ``L`` multiplies the tuned L. With
+    ``tune: false`` ``step_size`` and ``L`` are used as given and ``target_accept`` is unused.
+    """
+
+    step_size: float | None = _f(None, "step size (tuner's start; None: sqrt(d)/4)", gt=0)
+    target_accept: float = _f(
+        0.9, "Metropolis acceptance one step's energy error would have (tuner target)", gt=0, lt=1
+    )
+    L: float = _f(1.0, "momentum decoherence length (tuned: a multiplier of the tuned L)", gt=0)
+    steps: int = _f(1000, "sampling steps per chain after tuning, burn-in included", ge=2)
+    tune: bool = _f(True, "run BlackJAX's tuner first (its steps count as work)")
+    tune_frac: float = _f(0.3, "tuning steps as a fraction of steps (split in 3 phases)", gt=0)
+    burnin_frac: float = _f(0.1, "fraction of the sampling steps discarded", ge=0, lt=1)
+    chains: int = _f(4, "independent chains, vmapped (each tuned on its own)", ge=1)
+
+
+def space() -> dict:
+    """step_size log 1e-4..1e-1; target_accept 0.6..0.95; L 0.5..3.0; steps 200..2000."""
+    return {
+        "step_size": FloatDistribution(1e-4, 1e-1, log=True),
+        "target_accept": FloatDistribution(0.6, 0.95),
+        "L": FloatDistribution(0.5, 3.0),
+        "steps": IntDistribution(200, 2000),
+    }
+
+
+def check(hp: MCLMCHyper, where: str) -> None:
+    """A fixed (untuned) run needs its step size."""
+    if not hp.tune and hp.step_size is None:
+        raise ConfigError(
+            f"{where}.step_size", "is required when tune is false.", "set step_size or tune: true."
+        )
+
+
+def _tune(target: Target, hp: dict, states, tune_keys, timer: Timer):
+    """Per-chain tuning (step size, L, mass matrix): the tuned chains and the tuner's steps."""
+    C, d = hp["chains"], target.post.d
+    sched = mclmc_kernel.tune_schedule(hp["steps"], hp["tune_frac"])
+    capacity = 1 << math.ceil(math.log2(max(sched.n1 + sched.n2 + 1, sched.n3, 2)))
+    flags = (sched.n2 > 1, sched.n3 >= 2)
+
+    def tune(args, keys, states, counts, energy_var, step_size0):
+        post = traced_posterior(target, args)
+        return mclmc_kernel.build_tuner(post, capacity, *flags)(
+            keys, states, counts, energy_var, step_size0
+        )
+
+    step0 = hp["step_size"] if hp["step_size"] is not None else math.sqrt(d) * 0.25
+    tune_args = (
+        target.args,
+        tune_keys,
+        states,
+        tuple(i64(x) for x in sched[:3]) + (i64(sched.n3),),
+        f64(mclmc_kernel.desired_energy_var(hp["target_accept"])),
+        f64(step0),
+    )
+    chains, positions = timer.once(
+        ("mclmc", "tune", target.key, C, capacity, flags), tune, *tune_args
+    )
+    chains = timer.once(
+        ("mclmc", "finish_tuning", C, d, capacity, sched.n3),
+        lambda ch, pos, f: mclmc_kernel.finish_tuning(ch, pos, sched.n3, f),
+        chains,
+        positions,
+        f64(hp["L"]),
+    )
+    if not np.isfinite(np.asarray(chains.state.position)).all():
+        raise Diverged(sched.total, "non-finite parameters during MCLMC tuning")
+    return chains, sched.total
+
+
+def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
+    """Run the MCLMC chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
+    post = target.post
+    C, steps, d = hp["chains"], hp["steps"], post.d
+    if d < 2:
+        raise ConfigError("method", "MCLMC needs at least 2 parameters.", "use another method.")
+
+    def setup(args, key):
+        post = traced_posterior(target, args)
+        k_start, k_mom, k_tune, k_run = jax.random.split(key, 4)
+        starts = chain_starts(post, k_start, C)
+        states = mclmc_kernel.init(post, jax.random.split(k_mom, C), starts)
+        return states, jax.random.split(k_tune, C), jax.random.split(k_run, C)
+
+    states, tune_keys, chain_keys = timer.once(
+        ("mclmc", "setup", target.key, C), setup, target.args, key
+    )
+    if hp["tune"]:
+        chains, tune_steps = _tune(target, hp, states, tune_keys, timer)
+    else:
+        chains = mclmc_kernel.fixed_chains(states, f64(hp["L"]), f64(hp["step_size"]))
+        tune_steps = 0
+
+    def unit(consts, chains, i):
+        args, chain_keys = consts
+        step = mclmc_kernel.build_step(traced_posterior(target, args))
+        keys = jax.vmap(lambda ck: jax.random.fold_in(ck, i))(chain_keys)
+        state, info = jax.vmap(step)(
+            keys, chains.state, chains.L, chains.step_size, chains.inverse_mass_matrix
+        )
+        return chains._replace(state=state), info
+
+    def first_bad(info, finite):
+        stuck = (~np.asarray(info.nonans)).mean() > 0.5
+        bad = first_nonfinite(np.asarray(info.loss), finite)
+        return bad if bad is not None else (info.loss.shape[1] - 1 if stuck else None)
+
+    chains, infos, done, early = drive_units(
+        timer,
+        ("mclmc", target.key, C),
+        unit,
+        (target.args, chain_keys),
+        chains,
+        steps,
+        deadline,
+        first_bad,
+        1,
+        lambda ch: ch.state.position,
+        lambda infos: partial_llc(concat(infos, "loss"), post, hp["burnin_frac"]),
+    )
+    loss = concat(infos, "loss")
+    energy = concat(infos, "energy_change")
+    nonans = concat(infos, "nonans")
+    draws, burn = kept(loss, hp["burnin_frac"])
+    grads = C * mclmc_kernel.GRADS_PER_STEP * (tune_steps + done)
+    return {
+        "loss": loss,
+        "kept": draws,
+        "burnin": burn,
+        "units_done": done,
+        "units_total": steps,
+        "stopped_early": early,
+        "steps_done": done,
+        "steps_planned": steps,
+        "work": {
+            "grad_evals": grads,
+            "fge": float(grads),
+            "loss_evals": 0,
+            "tuning_steps": tune_steps,
+        },
+        "diagnostics": {
+            "L": np.asarray(chains.L).tolist(),
+            "step_size": np.asarray(chains.step_size).tolist(),
+            "desired_energy_var": mclmc_kernel.desired_energy_var(hp["target_accept"]),
+            "energy_var_per_dim": float(np.mean(energy[:, burn:] ** 2) / d),
+            "nan_steps": int((~nonans).sum()),
+        },
+        "trace": {"loss": loss, "energy_change": energy},
+    }
+
+
+METHOD = Method(
+    name="mclmc",
+    hyper=MCLMCHyper,
+    space=space,
+    run=run,
+    culprits={"diverged": ("step_size", "L"), "timeout": ("steps", "chains"), "oom": ("chains",)},
+    check=check,
+)

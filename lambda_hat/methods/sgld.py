@@ -1,0 +1,152 @@
+"""SGLD: hyperparameters, search space and the adapter onto :mod:`lambda_hat.samplers.sgld`.
+
+Literature convention (science.md): Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ with
+ε = ``eta0`` and P the diagonal preconditioner. The chains run in blocks of ``eval_every``
+steps; each block ends with one full-data L_n draw (the estimator's) and one MALA-acceptance
+probe (the health signal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import jax
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from lambda_hat.config import _f
+from lambda_hat.engine import Timer, concat, drive_units, f64, first_nonfinite, i64
+from lambda_hat.methods._base import (
+    Method,
+    Target,
+    kept,
+    mean_or_none,
+    partial_llc,
+    traced_posterior,
+)
+from lambda_hat.posterior import chain_starts
+from lambda_hat.samplers import sgld as sgld_kernel
+
+Precond = Literal["none", "rmsprop", "adam"]
+
+
+@dataclass(frozen=True)
+class SGLDHyper:
+    """Stochastic-gradient Langevin dynamics (literature convention, see science.md):
+
+    Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ,  ε = ``eta0``, P the preconditioner.
+    """
+
+    eta0: float = _f(1e-5, "step size ε (constant)", gt=0)
+    gamma: float = _f(1.0, "SGLD's own localization strength γ (sampled posterior)", ge=0)
+    batch: int = _f(128, "minibatch size (rows drawn with replacement; >= n: full batch)", ge=1)
+    precond_type: Precond = _f("none", "diagonal preconditioner from loss-gradient moments")
+    steps: int = _f(10000, "SGLD steps per chain, burn-in included", ge=2)
+    burnin_frac: float = _f(0.2, "fraction of the steps discarded as burn-in", ge=0, lt=1)
+    chains: int = _f(4, "independent chains, vmapped", ge=1)
+    eval_every: int | None = _f(
+        None, "steps between full-data L_n draws (thinning); None: one per epoch (n/batch)", ge=1
+    )
+    precond_decay: float = _f(0.99, "EMA decay of the squared-gradient moment", gt=0, lt=1)
+    adam_beta1: float = _f(0.9, "EMA decay of the gradient moment (adam only)", ge=0, lt=1)
+    precond_eps: float = _f(1e-8, "added to sqrt(v) in the preconditioner", gt=0)
+
+
+def space() -> dict:
+    """eta0 log 1e-6..1e-1; gamma 0.3..1.0; batch {32,64,128,256}; precond_type; steps 5k..20k."""
+    return {
+        "eta0": FloatDistribution(1e-6, 1e-1, log=True),
+        "gamma": FloatDistribution(0.3, 1.0),
+        "batch": CategoricalDistribution([32, 64, 128, 256]),
+        "precond_type": CategoricalDistribution(["none", "rmsprop", "adam"]),
+        "steps": IntDistribution(5000, 20000),
+    }
+
+
+def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
+    """Run the SGLD chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
+    post = target.post
+    C, steps, n = hp["chains"], hp["steps"], post.n
+    batch = min(hp["batch"], n)
+    E = hp["eval_every"]
+    if E is None:
+        E = min(-(-n // batch), max(1, steps // 100))
+    E = min(E, steps)
+    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
+    precond = hp["precond_type"]
+
+    def setup(args, key):
+        post = traced_posterior(target, args)
+        k_start, k_run = jax.random.split(key)
+        starts = chain_starts(post, k_start, C)
+        return jax.vmap(sgld_kernel.init)(starts), jax.random.split(k_run, C)
+
+    state, chain_keys = timer.once(("sgld", "setup", target.key, C), setup, target.args, key)
+    consts = (
+        target.args,
+        f64(hp["eta0"]),
+        f64(hp["precond_decay"]),
+        f64(hp["adam_beta1"]),
+        f64(hp["precond_eps"]),
+        i64(E),
+        chain_keys,
+    )
+
+    def unit(consts, state, b):
+        args, eta, decay, beta1, eps, E, chain_keys = consts
+        post = traced_posterior(target, args)
+        kernel = sgld_kernel.build_kernel(post, batch, precond, decay, beta1, eps)
+        block = sgld_kernel.build_block(kernel, post, eta, E)
+        return jax.vmap(block, in_axes=(0, 0, None))(chain_keys, state, b)
+
+    def first_bad(info, finite):
+        return first_nonfinite(info[0], finite)
+
+    state, infos, done, early = drive_units(
+        timer,
+        ("sgld", target.key, C, batch, precond),
+        unit,
+        consts,
+        state,
+        blocks,
+        deadline,
+        first_bad,
+        E,
+        lambda s: s.position,
+        lambda infos: partial_llc(concat(infos, 0), post, hp["burnin_frac"]),
+    )
+    loss, accept = concat(infos, 0), concat(infos, 1)
+    draws, burn = kept(loss, hp["burnin_frac"])
+    acc_kept = accept[:, burn:]
+    grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
+    return {
+        "loss": loss,
+        "kept": draws,
+        "burnin": burn,
+        "units_done": done,
+        "units_total": blocks,
+        "stopped_early": early,
+        "steps_done": done * E,
+        "steps_planned": blocks * E,
+        "work": {
+            "grad_evals": C * grads_per_chain,
+            "fge": C * grads_per_chain * batch / n,
+            "loss_evals": C * done,
+        },
+        "diagnostics": {
+            "mala_acceptance": mean_or_none(acc_kept),
+            "mala_acceptance_per_chain": [mean_or_none(a) for a in acc_kept],
+            "eval_every": E,
+            "batch": batch,
+        },
+        "trace": {"loss": loss, "mala_accept": accept},
+    }
+
+
+METHOD = Method(
+    name="sgld",
+    hyper=SGLDHyper,
+    space=space,
+    run=run,
+    culprits={"diverged": ("eta0",), "timeout": ("steps", "chains"), "oom": ("batch", "chains")},
+)

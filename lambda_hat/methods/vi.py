@@ -1,0 +1,182 @@
+"""VI: hyperparameters, search space and the adapter onto :mod:`lambda_hat.samplers.vi`.
+
+A mixture of factor analyzers q(w) = Σ π_m N(μ_m, D_m + U_m U_mᵀ) in whitened coordinates,
+ELBO maximized by Adam; ``chains`` independent fits, vmapped, then ``eval_samples`` draws from
+each fitted q give E_q[L_n].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import jax
+import numpy as np
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from lambda_hat.config import _f
+from lambda_hat.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite
+from lambda_hat.methods._base import Method, Target, traced_posterior
+from lambda_hat.samplers import vi as vi_kernel
+
+Precond = Literal["none", "rmsprop", "adam"]
+
+
+@dataclass(frozen=True)
+class VIHyper:
+    """Mixture of factor analyzers q(w) = Σ π_m N(μ_m, D_m + U_m U_mᵀ), ELBO maximized."""
+
+    lr: float = _f(1e-2, "Adam learning rate (cosine-decayed to 1% over the steps)", gt=0)
+    M: int = _f(4, "mixture components", ge=1)
+    r: int = _f(2, "rank of each component's factor loading U_m (0: diagonal)", ge=0)
+    whitening_mode: Precond = _f(
+        "adam", "diagonal whitening of the coordinates from loss-gradient moments at w*"
+    )
+    steps: int = _f(5000, "optimizer steps", ge=1)
+    batch_size: int = _f(128, "minibatch for the ELBO gradient (>= n: full batch)", ge=1)
+    chains: int = _f(4, "independent fits, vmapped (their spread gives R-hat)", ge=1)
+    mc_samples: int = _f(1, "reparameterized draws per component per step", ge=1)
+    eval_samples: int = _f(256, "draws from q per fit for E_q[L_n] (full-data passes)", ge=2)
+    whiten_steps: int = _f(200, "minibatch gradients at w* used to estimate the whitening", ge=1)
+    whiten_decay: float = _f(0.99, "EMA decay of the whitening moments", gt=0, lt=1)
+    init_spread: float = _f(0.5, "spread of the initial component means (whitened units)", ge=0)
+
+
+def space() -> dict:
+    """lr log 1e-5..5e-2; M {4,8,16}; r {1,2,4}; whitening_mode; steps 2k..20k; batch_size."""
+    return {
+        "lr": FloatDistribution(1e-5, 5e-2, log=True),
+        "M": CategoricalDistribution([4, 8, 16]),
+        "r": CategoricalDistribution([1, 2, 4]),
+        "whitening_mode": CategoricalDistribution(["none", "rmsprop", "adam"]),
+        "steps": IntDistribution(2000, 20000),
+        "batch_size": CategoricalDistribution([32, 64, 128, 256]),
+    }
+
+
+def _setup(target: Target, hp: dict, key, opt_args, timer: Timer):
+    """Whitening at w*, initial mixtures, optimizer states and the per-fit keys."""
+    C, d, M, r = hp["chains"], target.post.d, hp["M"], hp["r"]
+    mode, white_batch, white_steps = hp["whitening_mode"], hp["batch_size"], hp["whiten_steps"]
+
+    def setup(args, key, decay, spread, opt_args):
+        post = traced_posterior(target, args)
+        optimizer = vi_kernel.build_optimizer(*opt_args)
+        k_white, k_init, k_run, k_eval = jax.random.split(key, 4)
+        precision = vi_kernel.whitening_precision(
+            post, mode, k_white, white_batch, white_steps, decay
+        )
+        params = jax.vmap(lambda k: vi_kernel.init_params(k, d, M, r, spread))(
+            jax.random.split(k_init, C)
+        )
+        state = jax.vmap(lambda p: vi_kernel.init(p, optimizer))(params)
+        return precision, state, jax.random.split(k_run, C), jax.random.split(k_eval, C)
+
+    return timer.once(
+        ("vi", "setup", target.key, mode, white_batch, white_steps, C, M, r),
+        setup,
+        target.args,
+        key,
+        f64(hp["whiten_decay"]),
+        f64(hp["init_spread"]),
+        opt_args,
+    )
+
+
+def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
+    """Fit the mixtures on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
+    post = target.post
+    C, steps, n = hp["chains"], hp["steps"], post.n
+    M, r, S = hp["M"], hp["r"], hp["mc_samples"]
+    batch = min(hp["batch_size"], n)
+    opt_args = (f64(hp["lr"]), f64(max(steps, 1)))
+    precision, state, chain_keys, eval_keys = _setup(target, hp, key, opt_args, timer)
+    if not np.isfinite(np.asarray(precision)).all():
+        raise Diverged(0, "non-finite whitening estimate at w*")
+
+    def unit(consts, state, i):
+        args, precision, opt_args, chain_keys = consts
+        post = traced_posterior(target, args)
+        step = vi_kernel.build_step(post, precision, vi_kernel.build_optimizer(*opt_args), batch, S)
+        return jax.vmap(lambda ck, s: step(jax.random.fold_in(ck, i), s))(chain_keys, state)
+
+    def first_bad(info, finite):
+        return first_nonfinite(np.asarray(info.elbo), finite)
+
+    state, infos, done, early = drive_units(
+        timer,
+        ("vi", target.key, C, M, r, S, batch),
+        unit,
+        (target.args, precision, opt_args, chain_keys),
+        state,
+        steps,
+        deadline,
+        first_bad,
+        1,
+        lambda s: s.params,
+    )
+    elbo = concat(infos, "elbo")
+    num = hp["eval_samples"]
+
+    def evaluate(args, precision, keys, params):
+        post = traced_posterior(target, args)
+        return jax.vmap(vi_kernel.build_eval(post, precision, num))(keys, params)
+
+    loss = np.asarray(
+        timer.once(
+            ("vi", "eval", target.key, C, M, r, num),
+            evaluate,
+            target.args,
+            precision,
+            eval_keys,
+            state.params,
+        )
+    )
+    if first_nonfinite(loss) is not None:
+        raise Diverged(done, "non-finite L_n at a draw from the fitted q")
+    return _output(hp, n, done, early, elbo, loss, state)
+
+
+def _output(hp: dict, n: int, done: int, early: bool, elbo, loss, state) -> dict:
+    C, M, S, steps = hp["chains"], hp["M"], hp["mc_samples"], hp["steps"]
+    batch = min(hp["batch_size"], n)
+    tail = max(1, elbo.shape[1] // 10)
+    grads = C * (done * M * S * batch + hp["whiten_steps"] * hp["batch_size"])
+    logits = np.asarray(state.params.logits)
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return {
+        "loss": loss,
+        "kept": loss,
+        "burnin": 0,
+        "units_done": done,
+        "units_total": steps,
+        "stopped_early": early,
+        "steps_done": done,
+        "steps_planned": steps,
+        "independent": True,
+        "work": {
+            "grad_evals": C * (done * M * S + hp["whiten_steps"]),
+            "fge": grads / n,
+            "loss_evals": C * hp["eval_samples"],
+        },
+        "diagnostics": {
+            "elbo_final": float(np.mean(elbo[:, -tail:])),
+            "elbo_final_per_chain": np.mean(elbo[:, -tail:], axis=1).tolist(),
+            "mixture_weights": weights.tolist(),
+        },
+        "trace": {"loss": loss, "elbo": elbo},
+    }
+
+
+METHOD = Method(
+    name="vi",
+    hyper=VIHyper,
+    space=space,
+    run=run,
+    culprits={
+        "diverged": ("lr",),
+        "timeout": ("steps", "M", "eval_samples", "chains"),
+        "oom": ("batch_size", "M", "r"),
+    },
+)

@@ -1,0 +1,202 @@
+"""The checked plan of a ``parsl-optuna`` run: stage 0, before anything is written.
+
+The experiment YAML with the CLI overrides, every problem's presets, the methods'
+search-space overrides (:func:`method_space`) and warm-start trials, the sampler's package and
+the Parsl config file are checked; any error is a :class:`ConfigError` naming the field and
+the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from lambda_hat import methods
+from lambda_hat.config import ConfigError, Experiment, ExperimentConfig
+from lambda_hat.problems import problem_id
+from lambda_hat.workflow import execution, studies
+
+#: Keys of a search-space override mapping.
+_RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+@dataclass
+class Plan:
+    """Everything the run needs, checked before anything is written."""
+
+    exp: Experiment
+    pids: list[str]
+    spaces: dict[str, dict[str, BaseDistribution]]
+    fixed: dict[str, dict[str, Any]]
+    enqueue: dict[str, list[dict]]
+    parsl_config: Any
+    artifacts: Path
+    results: Path
+    trial_target: str
+
+    @property
+    def cfg(self) -> ExperimentConfig:
+        return self.exp.config
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def method_space(
+    method: str, overrides: Any, where: str
+) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+    """The method's search space with the user's overrides, and the fixed (untuned) values.
+
+    An override is a fixed value, ``{low, high[, log][, step]}`` or ``{choices: [...]}``.
+    """
+    space = dict(methods.search_space(method))
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(where, f"got {overrides!r}, expected a mapping of parameter overrides.")
+    known = set(methods.default_hyperparams(method))
+    fixed: dict[str, Any] = {}
+    for name, spec in overrides.items():
+        sub = f"{where}.{name}"
+        if name not in known:
+            raise ConfigError(
+                sub,
+                f"{method} has no hyperparameter {name!r}. Valid: {', '.join(sorted(known))}.",
+                "correct the name.",
+            )
+        if not isinstance(spec, dict):
+            fixed[name] = spec
+            space.pop(name, None)
+            continue
+        space[name] = _distribution(spec, space.get(name), sub)
+    if fixed:
+        methods.validate_hyperparams(method, fixed, where)
+    return space, fixed
+
+
+def _distribution(spec: dict, base: BaseDistribution | None, where: str) -> BaseDistribution:
+    keys = set(spec)
+    try:
+        if keys == {"choices"}:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ValueError("choices must be a non-empty list")
+            return CategoricalDistribution(spec["choices"])
+        if keys <= _RANGE_KEYS and {"low", "high"} <= keys:
+            low, high = spec["low"], spec["high"]
+            as_int = isinstance(base, IntDistribution) or (
+                base is None and all(isinstance(v, int) for v in (low, high))
+            )
+            if as_int:
+                return IntDistribution(
+                    int(low),
+                    int(high),
+                    log=bool(spec.get("log", False)),
+                    step=int(spec.get("step", 1)),
+                )
+            return FloatDistribution(
+                float(low), float(high), log=bool(spec.get("log", False)), step=spec.get("step")
+            )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            where, f"invalid range {spec!r}: {exc}.", "use low < high (low > 0 with log: true)."
+        ) from None
+    raise ConfigError(
+        where,
+        f"got {spec!r}.",
+        "write a fixed value, {low: .., high: .., log: true|false} or {choices: [...]}.",
+    )
+
+
+def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str | None) -> Plan:
+    """Check everything that can be checked without writing a byte; raises ConfigError.
+
+    ``parsl_config_path`` None means the local default (``--local``)."""
+    cfg = exp.config
+    if not cfg.methods:
+        raise ConfigError(
+            "methods", "is empty.", "list methods to tune, e.g. [sgld, vi].", source=exp.source
+        )
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(
+            "methods",
+            f"lists a method twice: {cfg.methods}.",
+            "list each method once.",
+            source=exp.source,
+        )
+    oc = cfg.optuna
+    if len(set(oc.objectives)) != len(oc.objectives) or oc.objectives[0] != "error":
+        raise ConfigError(
+            "optuna.objectives",
+            f"got {oc.objectives}.",
+            "use [error] or [error, runtime].",
+            source=exp.source,
+        )
+    for key in ("search_space", "enqueue"):
+        for m in getattr(oc, key):
+            if m not in cfg.methods:
+                raise ConfigError(
+                    f"optuna.{key}.{m}",
+                    f"{m!r} is not in methods {cfg.methods}.",
+                    "add the method to methods or remove this entry.",
+                    source=exp.source,
+                )
+    try:
+        studies.check_sampler(oc)
+        spaces, fixed, enqueue = {}, {}, {}
+        for m in cfg.methods:
+            spaces[m], fixed[m] = method_space(
+                m, oc.search_space.get(m), f"optuna.search_space.{m}"
+            )
+            enqueue[m] = _check_enqueue(m, oc.enqueue.get(m), spaces[m], fixed[m])
+    except ConfigError as exc:
+        raise ConfigError(exc.where, exc.problem, exc.fix, source=exp.source) from None
+    paths = cfg.paths
+    artifacts, res = Path(paths.artifacts).resolve(), Path(paths.results).resolve()
+    parsl_config = (
+        execution.load_parsl_config(parsl_config_path)
+        if parsl_config_path
+        else execution.local_config(run_dir=res / "runinfo")
+    )
+    pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
+    return Plan(
+        exp,
+        pids,
+        spaces,
+        fixed,
+        enqueue,
+        parsl_config,
+        artifacts,
+        res,
+        trial_target or execution.DEFAULT_TRIAL_TARGET,
+    )
+
+
+def _check_enqueue(method: str, entries: Any, space: dict, fixed: dict) -> list[dict]:
+    where = f"optuna.enqueue.{method}"
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ConfigError(where, f"got {entries!r}, expected a list of hyperparameter mappings.")
+    out = []
+    for i, entry in enumerate(entries):
+        sub = f"{where}[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(sub, f"got {entry!r}, expected a mapping.")
+        extra = sorted(set(entry) - set(space))
+        if extra:
+            raise ConfigError(
+                f"{sub}.{extra[0]}",
+                "is not a searched hyperparameter.",
+                f"searched: {', '.join(space)}; fix others under optuna.search_space.{method}.",
+            )
+        methods.validate_hyperparams(method, {**fixed, **entry}, sub)
+        out.append(dict(entry))
+    return out
