@@ -40,10 +40,14 @@ def regression_loss(apply: Callable, noise: float) -> Callable:
     return loss
 
 
+def draw_rows(key: jax.Array, n: int, batch: int) -> jax.Array:
+    """``batch`` row indices in [0, n) drawn with replacement: the one minibatch draw."""
+    return jax.random.randint(key, (batch,), 0, n)
+
+
 def minibatch_indices(key: jax.Array, n: int, batch: int | None) -> jax.Array | None:
-    """``batch`` row indices drawn with replacement; ``None`` (the full data) when ``batch`` is
-    None or ``>= n``. The one minibatch draw of every sampler and of the training of w*."""
-    return None if batch is None or batch >= n else jax.random.randint(key, (batch,), 0, n)
+    """:func:`draw_rows`, or ``None`` (the full data) when ``batch`` is None or ``>= n``."""
+    return None if batch is None or batch >= n else draw_rows(key, n, batch)
 
 
 class LLCPosterior(NamedTuple):

@@ -26,7 +26,7 @@ from lambda_hat.config import ProblemSpec, as_dict, validate
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import Progress
 from lambda_hat.models import Model, build_model, init_params, product_matrix, widths_for_budget
-from lambda_hat.posterior import LLCPosterior, gaussian_nll, make_posterior
+from lambda_hat.posterior import LLCPosterior, make_posterior, minibatch_indices, regression_loss
 
 log = logging.getLogger("lambda_hat.problems")
 
@@ -126,13 +126,14 @@ def _train(spec: ProblemSpec, model: Model, X, y, w0, key) -> tuple[jax.Array, l
     lr = optax.cosine_decay_schedule(tc.lr, tc.steps, 0.01) if tc.schedule == "cosine" else tc.lr
     opt = optax.adam(lr) if tc.optimizer == "adam" else optax.sgd(lr)
 
+    rows = regression_loss(model.apply, noise)
+
     def loss_fn(w, idx):
-        Xb, yb = (X, y) if idx is None else (X[idx], y[idx])
-        return gaussian_nll(model.apply(w, Xb), yb, noise)
+        return rows(w, X, y) if idx is None else rows(w, X[idx], y[idx])
 
     def step(carry, k):
         w, opt_state = carry
-        idx = None if tc.batch_size is None else jax.random.randint(k, (tc.batch_size,), 0, n)
+        idx = minibatch_indices(k, n, tc.batch_size)
         loss, g = jax.value_and_grad(loss_fn)(w, idx)
         updates, opt_state = opt.update(g, opt_state, w)
         return (optax.apply_updates(w, updates), opt_state), loss
@@ -200,10 +201,8 @@ def build_problem(
     log.info("problem %s: building %s, d=%d, n=%d", pid, model.layer_widths, model.d, spec.data.n)
     g = _generate(spec)
 
-    def loss(w):
-        return gaussian_nll(model.apply(w, g["X"]), g["y"], spec.data.noise)
-
-    loss_star, grad = jax.jit(jax.value_and_grad(loss))(g["w_star"])
+    loss = regression_loss(model.apply, spec.data.noise)
+    loss_star, grad = jax.jit(jax.value_and_grad(loss))(g["w_star"], g["X"], g["y"])
     loss_star, grad_norm = float(loss_star), float(jnp.linalg.norm(grad))
     info = {
         "schema": PROBLEM_SCHEMA,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lambda_hat.posterior import LLCPosterior
+from lambda_hat.posterior import LLCPosterior, draw_rows, minibatch_indices
 
 __all__ = [
     "MFAParams",
@@ -90,7 +90,7 @@ def whitening_precision(
 
     def body(carry, k):
         m, v = carry
-        g = grad(w_star, jax.random.randint(k, (batch,), 0, posterior.n))
+        g = grad(w_star, draw_rows(k, posterior.n, batch))
         return (decay * m + (1 - decay) * g, decay * v + (1 - decay) * g**2), None
 
     zeros = jnp.zeros_like(w_star)
@@ -213,7 +213,7 @@ def build_step(
 
     def step(key, state: VIState):
         k_batch, k_mc = jax.random.split(key)
-        idx = None if batch >= n else jax.random.randint(k_batch, (batch,), 0, n)
+        idx = minibatch_indices(k_batch, n, batch)
         value, grads = jax.value_and_grad(elbo)(state.params, k_mc, idx)
         neg = jax.tree_util.tree_map(jnp.negative, grads)  # ascend the ELBO
         updates, opt_state = optimizer.update(neg, state.opt_state, state.params)
