@@ -11,8 +11,8 @@ import argparse
 import importlib
 import sys
 
-from lambda_hat.config import ConfigError
 from lambda_hat.log import setup_logging
+from lambda_hat.schema import ConfigError
 
 _COMMAND_MODULES = ["lambda_hat.reference", "lambda_hat.runner", "lambda_hat.plots"]
 

@@ -1,6 +1,6 @@
 """The cheap LLC methods (SGLD, VI, MCLMC): their hyperparameters, defaults and search spaces.
 
-One typed schema per method, checked with :func:`lambda_hat.config.validate` (unknown names are
+One typed schema per method, checked with :func:`lambda_hat.schema.validate` (unknown names are
 rejected with the list of valid ones, numbers are range-checked and coerced). The tuning
 workflow asks :func:`search_space` what to sample and :func:`validate_hyperparams` for the fully
 resolved dict that is hashed into a run id; the runner reads exactly the fields below, so a
@@ -21,7 +21,6 @@ MCLMC    step_size log 1e-4..1e-1; target_accept 0.6..0.95; L 0.5..3.0; steps 20
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Literal
 
 from optuna.distributions import (
@@ -31,14 +30,15 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from lambda_hat.config import ConfigError, _f, validate
+from lambda_hat.schema import ConfigError, config_dataclass, validate
+from lambda_hat.schema import field as _f
 
 METHODS: tuple[str, ...] = ("sgld", "vi", "mclmc")
 
 Precond = Literal["none", "rmsprop", "adam"]
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SGLDHyper:
     """Stochastic-gradient Langevin dynamics (literature convention, see science.md):
 
@@ -60,7 +60,7 @@ class SGLDHyper:
     precond_eps: float = _f(1e-8, "added to sqrt(v) in the preconditioner", gt=0)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class VIHyper:
     """Mixture of factor analyzers q(w) = Σ π_m N(μ_m, D_m + U_m U_mᵀ), ELBO maximized."""
 
@@ -80,7 +80,7 @@ class VIHyper:
     init_spread: float = _f(0.5, "spread of the initial component means (whitened units)", ge=0)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class MCLMCHyper:
     """Microcanonical Langevin Monte Carlo (BlackJAX ``mclmc``, isokinetic McLachlan).
 

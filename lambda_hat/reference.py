@@ -26,20 +26,14 @@ import numpy as np
 
 from lambda_hat import __version__
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
-from lambda_hat.config import (
-    ConfigError,
-    ProblemSpec,
-    ReferenceConfig,
-    as_dict,
-    load_experiment,
-    validate,
-)
+from lambda_hat.config import ProblemSpec, ReferenceConfig, load_experiment
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.log import Progress, fmt_seconds, setup_logging
 from lambda_hat.posterior import chain_starts
 from lambda_hat.problems import Problem, build_problem, problem_id
 from lambda_hat.samplers import hmc
+from lambda_hat.schema import ConfigError, as_dict, validate
 
 log = logging.getLogger("lambda_hat.reference")
 

@@ -46,7 +46,6 @@ import numpy as np
 
 from lambda_hat import diagnostics, isolation, methods
 from lambda_hat._io import atomic_write_bytes, atomic_write_json, atomic_write_npz, read_json
-from lambda_hat.config import ConfigError
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds
@@ -55,6 +54,7 @@ from lambda_hat.problems import Problem
 from lambda_hat.samplers import mclmc as mclmc_mod
 from lambda_hat.samplers import sgld as sgld_mod
 from lambda_hat.samplers import vi as vi_mod
+from lambda_hat.schema import ConfigError
 
 __all__ = [
     "run_method_trial",

@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
-from lambda_hat.config import ConfigError, load_experiment, resolve_problem
+from lambda_hat.config import load_experiment, resolve_problem
 from lambda_hat.problems import problem_id
+from lambda_hat.schema import ConfigError
 
 
 def write(tmp_path, text, name="x.yaml"):
@@ -140,8 +141,9 @@ def test_pid_changes_with_any_resolved_value():
 
 def test_pid_format_is_frozen():
     """Stored artifacts are found by pid: the canonical form and hash must never drift."""
-    from lambda_hat.config import ProblemSpec, as_dict, validate
+    from lambda_hat.config import ProblemSpec
     from lambda_hat.hashing import canonical_json
+    from lambda_hat.schema import as_dict, validate
 
     canonical = (
         '{"data":{"input_dim":3,"n":200,"noise":0.1,"output_dim":1,"x_dist":"gauss"},'

@@ -35,16 +35,11 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from lambda_hat.config import (
-    ConfigError,
-    Experiment,
-    ExperimentConfig,
-    as_dict,
-    load_experiment,
-)
+from lambda_hat.config import Experiment, ExperimentConfig, load_experiment
 from lambda_hat.failures import FailureGuard
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
+from lambda_hat.schema import ConfigError, as_dict
 from lambda_hat.workflow import execution, progress, results, studies, tuning
 
 log = logging.getLogger("lambda_hat.workflow")
