@@ -91,11 +91,6 @@ def as_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 
 
-def schema_fields(cls: type) -> dict[str, pydantic.fields.FieldInfo]:
-    """The fields of a schema class, in declaration order (name -> pydantic ``FieldInfo``)."""
-    return dict(cls.__pydantic_fields__)
-
-
 # ----------------------------------------------------------------------- the YAML 1.1 rules
 
 
@@ -111,11 +106,12 @@ def _yaml_scalars(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if number is value:
             raise
         out = handler(number)
-    pairs = zip(value, out, strict=False) if isinstance(value, list) else [(value, out)]
-    for i, (given, got) in enumerate(pairs):
-        if isinstance(given, bool) != isinstance(got, bool):
-            index = i if isinstance(value, list) else None
-            raise PydanticCustomError("yaml_bool", "bool and number mixed", {"index": index})
+    if isinstance(value, list) and isinstance(out, list):
+        for i, (given, got) in enumerate(zip(value, out, strict=False)):
+            if isinstance(given, bool) != isinstance(got, bool):
+                raise PydanticCustomError("yaml_bool", "bool and number mixed", {"index": i})
+    elif isinstance(value, bool) != isinstance(out, bool):
+        raise PydanticCustomError("yaml_bool", "bool and number mixed", {"index": None})
     return out
 
 
