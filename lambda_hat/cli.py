@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from lambda_hat import methods, plots, reference, runner
-from lambda_hat.config import ConfigError, ProblemSpec, load_experiment
+from lambda_hat.config import ProblemSpec, load_experiment
 from lambda_hat.log import setup_logging
 from lambda_hat.problems import build_problem, problem_id
+from lambda_hat.schema import ConfigError
 
 
 def select_problems(specs: list[ProblemSpec], wanted: list[str] | None) -> list[ProblemSpec]:

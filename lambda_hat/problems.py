@@ -22,11 +22,12 @@ import optax
 
 from lambda_hat import theory
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
-from lambda_hat.config import ProblemSpec, as_dict, validate
+from lambda_hat.config import ProblemSpec
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import Progress
 from lambda_hat.models import Model, build_model, init_params, product_matrix, widths_for_budget
 from lambda_hat.posterior import LLCPosterior, make_posterior, minibatch_indices, regression_loss
+from lambda_hat.schema import as_dict, validate
 
 log = logging.getLogger("lambda_hat.problems")
 

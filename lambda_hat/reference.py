@@ -24,12 +24,7 @@ import numpy as np
 
 from lambda_hat import __version__, engine
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
-from lambda_hat.config import (
-    ProblemSpec,
-    ReferenceConfig,
-    as_dict,
-    validate,
-)
+from lambda_hat.config import ProblemSpec, ReferenceConfig
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
@@ -37,6 +32,7 @@ from lambda_hat.log import Progress, fmt_seconds, setup_logging
 from lambda_hat.posterior import chain_starts
 from lambda_hat.problems import Problem, build_problem
 from lambda_hat.samplers import hmc
+from lambda_hat.schema import as_dict, validate
 
 log = logging.getLogger("lambda_hat.reference")
 

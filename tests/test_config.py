@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
-from lambda_hat.config import ConfigError, load_experiment, resolve_problem
+from lambda_hat.config import load_experiment, resolve_problem
 from lambda_hat.problems import problem_id
+from lambda_hat.schema import ConfigError
 
 
 def write(tmp_path, text, name="x.yaml"):
@@ -140,8 +141,9 @@ def test_pid_changes_with_any_resolved_value():
 
 def test_pid_format_is_frozen():
     """Stored artifacts are found by pid: the canonical form and hash must never drift."""
-    from lambda_hat.config import ProblemSpec, as_dict, validate
+    from lambda_hat.config import ProblemSpec
     from lambda_hat.hashing import canonical_json
+    from lambda_hat.schema import as_dict, validate
 
     canonical = (
         '{"data":{"input_dim":3,"n":200,"noise":0.1,"output_dim":1,"x_dist":"gauss"},'
@@ -154,3 +156,38 @@ def test_pid_format_is_frozen():
     assert canonical_json(as_dict(spec)) == canonical
     assert problem_id(spec) == "p_" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
     assert problem_id(spec) == "p_904336546896"
+
+
+def test_yaml_1_1_scalars_keep_their_meaning(tmp_path):
+    """PyYAML reads 1e3 as a string: still a number, also for an integer; bools never count."""
+    spec = resolve_problem(
+        {"model": "tiny", "overrides": {"model": {"widths": [3.0, "2"], "train": {"steps": "1e3"}}}}
+    )
+    assert spec.model.train.steps == 1000 and type(spec.model.train.steps) is int
+    assert spec.model.widths == [3, 2] and all(type(w) is int for w in spec.model.widths)
+    bad = [
+        ({"depth": True}, "depth: got True, expected an integer"),
+        ({"bias": 1}, "bias: got 1, expected true or false"),
+        ({"bias": "yes"}, "bias: got 'yes', expected true or false"),
+        ({"widths": [True]}, r"widths\[0\]: got True, expected an integer"),
+    ]
+    for model, message in bad:
+        with pytest.raises(ConfigError, match=rf"problems\[0\]\.overrides\.model\.{message}"):
+            resolve_problem({"model": "tiny", "overrides": {"model": model}}, "problems[0]")
+    # An empty section (``reference:`` with nothing under it) means all defaults.
+    exp = load_experiment(write(tmp_path, "problems: [{}]\nreference:\noptuna:\n"))
+    assert exp.config.reference.chains == 4 and exp.config.optuna.max_trials == 100
+
+
+def test_error_names_bound_help_and_fix_and_reports_unknown_keys_first(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(write(tmp_path, "problems: [{}]\noptuna: {pruner_percentile: '1e3'}\n"))
+    assert str(exc.value).endswith(
+        "optuna.pruner_percentile: got 1000.0, must be < 100. Fix: set a value < 100 "
+        "(percentile pruner: keep trials within this best percentage at a step)."
+    )
+    text = "problems: [{model: nope}]\nreference: {chains: 1, zzz: 1}\npaths: {results: 3}\n"
+    with pytest.raises(ConfigError, match=r"reference\.zzz: unknown key\. Valid keys here: chains"):
+        load_experiment(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"methods\[1\]: got 'sgdl'.*Did you mean 'sgld'"):
+        load_experiment(write(tmp_path, "problems: [{}]\nmethods: [vi, sgdl]\n"))

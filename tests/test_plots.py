@@ -14,10 +14,11 @@ import pytest
 from lambda_hat import plots
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
-from lambda_hat.config import as_dict, load_experiment
+from lambda_hat.config import load_experiment
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.problems import build_problem, problem_dir, problem_id
 from lambda_hat.reference import REF_SCHEMA, ensure_reference, evaluate_gate, reference_settings
+from lambda_hat.schema import as_dict
 from lambda_hat.workflow.results import PARQUET_NAME, write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,9 +12,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from lambda_hat import engine, methods
 from lambda_hat.cli import main as cli_main
-from lambda_hat.config import ConfigError, ReferenceConfig
+from lambda_hat.config import ReferenceConfig
 from lambda_hat.runner import run_method_trial
 from lambda_hat.runs import load_metrics, run_dir_for
+from lambda_hat.schema import ConfigError
 
 
 @pytest.fixture(scope="module")

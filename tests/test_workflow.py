@@ -19,7 +19,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_json
-from lambda_hat.config import ConfigError, OptunaConfig
+from lambda_hat.config import OptunaConfig
+from lambda_hat.schema import ConfigError
 from lambda_hat.workflow import execution, pipeline, plan, progress, results, studies, tuning
 from lambda_hat.workflow.synthetic import synthetic_llc, synthetic_trial
 
@@ -535,7 +536,7 @@ def test_pruner_config_and_multi_objective_studies_do_not_prune():
     assert studies.prunes(OptunaConfig()) and not studies.prunes(OptunaConfig(pruner="none"))
     assert not studies.prunes(OptunaConfig(objectives=["error", "runtime"]))
     with pytest.raises(ConfigError, match="optuna.pruner"):
-        from lambda_hat.config import validate
+        from lambda_hat.schema import validate
 
         validate({"pruner": "sometimes"}, OptunaConfig, "optuna")
 

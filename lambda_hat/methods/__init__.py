@@ -23,9 +23,9 @@ import dataclasses
 
 from optuna.distributions import BaseDistribution
 
-from lambda_hat.config import ConfigError, validate
 from lambda_hat.methods import mclmc, sgld, vi
 from lambda_hat.methods._base import Method
+from lambda_hat.schema import ConfigError, validate
 
 __all__ = [
     "METHODS",

@@ -8,20 +8,19 @@ its tuned state; the tuner's steps count as work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import jax
 import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from lambda_hat.config import ConfigError, _f
 from lambda_hat.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite, i64
 from lambda_hat.methods._base import Method, Target, kept, partial_llc, traced_posterior
 from lambda_hat.posterior import chain_starts
 from lambda_hat.samplers import mclmc as mclmc_kernel
+from lambda_hat.schema import ConfigError, config_dataclass, field
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class MCLMCHyper:
     """Microcanonical Langevin Monte Carlo (BlackJAX ``mclmc``, isokinetic McLachlan).
 
@@ -31,16 +30,16 @@ class MCLMCHyper:
     ``tune: false`` ``step_size`` and ``L`` are used as given and ``target_accept`` is unused.
     """
 
-    step_size: float | None = _f(None, "step size (tuner's start; None: sqrt(d)/4)", gt=0)
-    target_accept: float = _f(
+    step_size: float | None = field(None, "step size (tuner's start; None: sqrt(d)/4)", gt=0)
+    target_accept: float = field(
         0.9, "Metropolis acceptance one step's energy error would have (tuner target)", gt=0, lt=1
     )
-    L: float = _f(1.0, "momentum decoherence length (tuned: a multiplier of the tuned L)", gt=0)
-    steps: int = _f(1000, "sampling steps per chain after tuning, burn-in included", ge=2)
-    tune: bool = _f(True, "run BlackJAX's tuner first (its steps count as work)")
-    tune_frac: float = _f(0.3, "tuning steps as a fraction of steps (split in 3 phases)", gt=0)
-    burnin_frac: float = _f(0.1, "fraction of the sampling steps discarded", ge=0, lt=1)
-    chains: int = _f(4, "independent chains, vmapped (each tuned on its own)", ge=1)
+    L: float = field(1.0, "momentum decoherence length (tuned: a multiplier of the tuned L)", gt=0)
+    steps: int = field(1000, "sampling steps per chain after tuning, burn-in included", ge=2)
+    tune: bool = field(True, "run BlackJAX's tuner first (its steps count as work)")
+    tune_frac: float = field(0.3, "tuning steps as a fraction of steps (split in 3 phases)", gt=0)
+    burnin_frac: float = field(0.1, "fraction of the sampling steps discarded", ge=0, lt=1)
+    chains: int = field(4, "independent chains, vmapped (each tuned on its own)", ge=1)
 
 
 def space() -> dict:

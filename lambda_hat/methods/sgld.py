@@ -8,13 +8,11 @@ probe (the health signal).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import jax
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.config import _f
 from lambda_hat.engine import Timer, concat, drive_units, f64, first_nonfinite, i64
 from lambda_hat.methods._base import (
     Method,
@@ -26,30 +24,31 @@ from lambda_hat.methods._base import (
 )
 from lambda_hat.posterior import chain_starts
 from lambda_hat.samplers import sgld as sgld_kernel
+from lambda_hat.schema import config_dataclass, field
 
 Precond = Literal["none", "rmsprop", "adam"]
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SGLDHyper:
     """Stochastic-gradient Langevin dynamics (literature convention, see science.md):
 
     Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ,  ε = ``eta0``, P the preconditioner.
     """
 
-    eta0: float = _f(1e-5, "step size ε (constant)", gt=0)
-    gamma: float = _f(1.0, "SGLD's own localization strength γ (sampled posterior)", ge=0)
-    batch: int = _f(128, "minibatch size (rows drawn with replacement; >= n: full batch)", ge=1)
-    precond_type: Precond = _f("none", "diagonal preconditioner from loss-gradient moments")
-    steps: int = _f(10000, "SGLD steps per chain, burn-in included", ge=2)
-    burnin_frac: float = _f(0.2, "fraction of the steps discarded as burn-in", ge=0, lt=1)
-    chains: int = _f(4, "independent chains, vmapped", ge=1)
-    eval_every: int | None = _f(
+    eta0: float = field(1e-5, "step size ε (constant)", gt=0)
+    gamma: float = field(1.0, "SGLD's own localization strength γ (sampled posterior)", ge=0)
+    batch: int = field(128, "minibatch size (rows drawn with replacement; >= n: full batch)", ge=1)
+    precond_type: Precond = field("none", "diagonal preconditioner from loss-gradient moments")
+    steps: int = field(10000, "SGLD steps per chain, burn-in included", ge=2)
+    burnin_frac: float = field(0.2, "fraction of the steps discarded as burn-in", ge=0, lt=1)
+    chains: int = field(4, "independent chains, vmapped", ge=1)
+    eval_every: int | None = field(
         None, "steps between full-data L_n draws (thinning); None: one per epoch (n/batch)", ge=1
     )
-    precond_decay: float = _f(0.99, "EMA decay of the squared-gradient moment", gt=0, lt=1)
-    adam_beta1: float = _f(0.9, "EMA decay of the gradient moment (adam only)", ge=0, lt=1)
-    precond_eps: float = _f(1e-8, "added to sqrt(v) in the preconditioner", gt=0)
+    precond_decay: float = field(0.99, "EMA decay of the squared-gradient moment", gt=0, lt=1)
+    adam_beta1: float = field(0.9, "EMA decay of the gradient moment (adam only)", ge=0, lt=1)
+    precond_eps: float = field(1e-8, "added to sqrt(v) in the preconditioner", gt=0)
 
 
 def space() -> dict:

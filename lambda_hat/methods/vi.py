@@ -7,39 +7,38 @@ each fitted q give E_q[L_n].
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import jax
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.config import _f
 from lambda_hat.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite
 from lambda_hat.methods._base import Method, Target, traced_posterior
 from lambda_hat.samplers import vi as vi_kernel
+from lambda_hat.schema import config_dataclass, field
 
 Precond = Literal["none", "rmsprop", "adam"]
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class VIHyper:
     """Mixture of factor analyzers q(w) = Σ π_m N(μ_m, D_m + U_m U_mᵀ), ELBO maximized."""
 
-    lr: float = _f(1e-2, "Adam learning rate (cosine-decayed to 1% over the steps)", gt=0)
-    M: int = _f(4, "mixture components", ge=1)
-    r: int = _f(2, "rank of each component's factor loading U_m (0: diagonal)", ge=0)
-    whitening_mode: Precond = _f(
+    lr: float = field(1e-2, "Adam learning rate (cosine-decayed to 1% over the steps)", gt=0)
+    M: int = field(4, "mixture components", ge=1)
+    r: int = field(2, "rank of each component's factor loading U_m (0: diagonal)", ge=0)
+    whitening_mode: Precond = field(
         "adam", "diagonal whitening of the coordinates from loss-gradient moments at w*"
     )
-    steps: int = _f(5000, "optimizer steps", ge=1)
-    batch_size: int = _f(128, "minibatch for the ELBO gradient (>= n: full batch)", ge=1)
-    chains: int = _f(4, "independent fits, vmapped (their spread gives R-hat)", ge=1)
-    mc_samples: int = _f(1, "reparameterized draws per component per step", ge=1)
-    eval_samples: int = _f(256, "draws from q per fit for E_q[L_n] (full-data passes)", ge=2)
-    whiten_steps: int = _f(200, "minibatch gradients at w* used to estimate the whitening", ge=1)
-    whiten_decay: float = _f(0.99, "EMA decay of the whitening moments", gt=0, lt=1)
-    init_spread: float = _f(0.5, "spread of the initial component means (whitened units)", ge=0)
+    steps: int = field(5000, "optimizer steps", ge=1)
+    batch_size: int = field(128, "minibatch for the ELBO gradient (>= n: full batch)", ge=1)
+    chains: int = field(4, "independent fits, vmapped (their spread gives R-hat)", ge=1)
+    mc_samples: int = field(1, "reparameterized draws per component per step", ge=1)
+    eval_samples: int = field(256, "draws from q per fit for E_q[L_n] (full-data passes)", ge=2)
+    whiten_steps: int = field(200, "minibatch gradients at w* used to estimate the whitening", ge=1)
+    whiten_decay: float = field(0.99, "EMA decay of the whitening moments", gt=0, lt=1)
+    init_spread: float = field(0.5, "spread of the initial component means (whitened units)", ge=0)
 
 
 def space() -> dict:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from lambda_hat._io import atomic_write_json, read_json
-from lambda_hat.config import ConfigError
 from lambda_hat.hashing import content_hash
 from lambda_hat.isolation import PROGRESS_ENV, PROGRESS_NAME, STOP_ENV, STOP_NAME, run_isolated
+from lambda_hat.schema import ConfigError
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -153,8 +153,9 @@ def run_method_trial(**payload: Any) -> dict:
     """Build (or load) the problem and run one trial of ``payload["method"]`` (the default
     target; it runs inside the isolated child process)."""
     from lambda_hat import runner
-    from lambda_hat.config import ProblemSpec, validate
+    from lambda_hat.config import ProblemSpec
     from lambda_hat.problems import build_problem
+    from lambda_hat.schema import validate
 
     problem = build_problem(validate(payload["spec"], ProblemSpec, "spec"), payload["artifacts"])
     return runner.run_method_trial(

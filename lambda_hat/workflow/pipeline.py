@@ -27,11 +27,12 @@ import warnings
 from pathlib import Path
 
 from lambda_hat import methods, runs
-from lambda_hat.config import ConfigError, ProblemSpec, as_dict, load_experiment
+from lambda_hat.config import ProblemSpec, load_experiment
 from lambda_hat.failures import FailureGuard
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.problems import problem_id
+from lambda_hat.schema import ConfigError, as_dict
 from lambda_hat.workflow import execution, progress, results, studies, tuning
 from lambda_hat.workflow.plan import Plan, check_plan
 

@@ -20,8 +20,9 @@ from optuna.distributions import (
 )
 
 from lambda_hat import methods
-from lambda_hat.config import ConfigError, Experiment, ExperimentConfig
+from lambda_hat.config import Experiment, ExperimentConfig
 from lambda_hat.problems import problem_id
+from lambda_hat.schema import ConfigError
 from lambda_hat.workflow import execution, studies
 
 #: Keys of a search-space override mapping.

@@ -28,7 +28,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from lambda_hat._io import atomic_write_bytes
-from lambda_hat.config import ConfigError, OptunaConfig
+from lambda_hat.config import OptunaConfig
+from lambda_hat.schema import ConfigError
 
 log = logging.getLogger("lambda_hat.workflow")
 
