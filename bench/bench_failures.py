@@ -10,7 +10,7 @@ Each strategy gets the same trial budget with the same TPE sampler and seed:
 
 - ``worst``: a failure is told as ``COMPLETE`` with the worst value (``inf``), what users did;
 - ``fail``: a failure is told as Optuna's ``FAIL`` state (ignored by the sampler);
-- ``lambda_hat``: :func:`lambda_hat.failures.tell` (graded constraint, finite placeholder).
+- ``lambda_hat``: :func:`lambda_hat.workflow.tell.tell` (graded constraint, finite placeholder).
 
 Prints, per strategy, the median over seeds of the number of failed trials in the second half
 of the run and of the best objective found, plus the ratios against ``lambda_hat``.
@@ -28,7 +28,8 @@ import warnings
 
 import optuna
 
-from lambda_hat.failures import failed_metrics, tell
+from lambda_hat.outcome import failed_metrics
+from lambda_hat.workflow.tell import tell
 
 STEPS = 10_000
 STRATEGIES = ("worst", "fail", "lambda_hat")

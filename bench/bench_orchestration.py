@@ -10,7 +10,7 @@ the same sampler (Optuna 5 TPE, multivariate + constant liar, same seed and star
   when it is asked what the workflow asks it;
 - **workflow**: :class:`lambda_hat.workflow.tuning.Driver` — ask, content-address the trial,
   submit a Parsl app to a local HighThroughputExecutor, write metrics.json in the worker, tell
-  through :func:`lambda_hat.failures.tell` into the journal file, then build the Parquet table
+  through :func:`lambda_hat.workflow.tell.tell` into the journal file, then build the Parquet table
   from the metrics files and export the study pickle (aggregation). The default pruner is on
   (progress files are polled; the synthetic trials report none).
 
@@ -32,9 +32,8 @@ from pathlib import Path
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat import failures
 from lambda_hat.config import OptunaConfig
-from lambda_hat.workflow import execution, results, studies, tuning
+from lambda_hat.workflow import execution, results, studies, tell, tuning
 from lambda_hat.workflow.synthetic import synthetic_llc
 
 SPACE = {
@@ -65,7 +64,7 @@ def plain_same_work(trials: int, cfg: OptunaConfig, seed: int) -> float:
         while len(pending) < cfg.batch_size:
             pending.append(study.ask(SPACE))
         trial = pending.pop(0)
-        trial.set_constraint(failures.CONSTRAINT_KEY, failures.SUCCESS_CONSTRAINT)
+        trial.set_constraint(tell.CONSTRAINT_KEY, tell.SUCCESS_CONSTRAINT)
         study.tell(trial, abs(synthetic_llc(trial.params, REF["llc_ref"]) - REF["llc_ref"]))
     return time.perf_counter() - t0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -41,6 +42,15 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot store {type(obj).__name__} as JSON: {obj!r}")
+
+
+def finite_float(x: Any) -> float | None:
+    """``x`` as a float when it is a finite real number, else ``None`` (bools and strings are
+    not numbers here: a JSON ``true`` must not read as 1.0). The one finite-number check."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

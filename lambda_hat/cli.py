@@ -64,18 +64,26 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+    """A sub-command parser with the ``--config`` every command takes, handled by ``func``."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.set_defaults(func=func)
+    return p
+
+
 def _add_reference(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "reference",
-        help="compute (or reuse) HMC reference LLCs",
-        description="Compute the HMC reference LLC of every problem in "
+        _cmd_reference,
+        "compute (or reuse) HMC reference LLCs",
+        "Compute the HMC reference LLC of every problem in "
         "the config (cached by pid in artifacts/problems/<pid>/ref.json).",
     )
-    p.add_argument("--config", required=True, help="experiment YAML")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.add_argument("--problem", action="append", help="only this pid or index (repeatable)")
     p.add_argument("--budget", type=float, help="wall-clock budget per reference, seconds")
-    p.set_defaults(func=_cmd_reference)
 
 
 # ---------------------------------------------------------------------------------- trial
@@ -117,12 +125,13 @@ def _cmd_trial(args: argparse.Namespace) -> int:
 
 
 def _add_trial(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "trial",
-        help="run one SGLD / VI / MCLMC trial on one problem",
-        description="Run one trial and write artifacts/runs/<pid>/<method>/<run id>/.",
+        _cmd_trial,
+        "run one SGLD / VI / MCLMC trial on one problem",
+        "Run one trial and write artifacts/runs/<pid>/<method>/<run id>/.",
     )
-    p.add_argument("--config", required=True, help="experiment YAML")
     p.add_argument("--problem", required=True, help="problem pid, or its index in the config")
     p.add_argument("--method", required=True, choices=methods.METHODS)
     p.add_argument(
@@ -139,7 +148,6 @@ def _add_trial(sub) -> None:
         help="wall-clock budget (s); default: optuna.method_budget_sec",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_trial)
 
 
 # ---------------------------------------------------------------------------------- plots
@@ -154,15 +162,15 @@ def _cmd_plots(args: argparse.Namespace) -> int:
 
 
 def _add_plots(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "plots",
-        help="plot references, studies and a summary as PNGs",
-        description="Plot what `lambda-hat reference` and `parsl-optuna` wrote for this config "
+        _cmd_plots,
+        "plot references, studies and a summary as PNGs",
+        "Plot what `lambda-hat reference` and `parsl-optuna` wrote for this config "
         "(HMC references, one figure per study, a summary); missing inputs are skipped.",
     )
-    p.add_argument("--config", required=True, help="experiment YAML")
     p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
-    p.set_defaults(func=_cmd_plots)
 
 
 # ----------------------------------------------------------------------------------- main

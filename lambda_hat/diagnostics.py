@@ -8,15 +8,14 @@ shape and ~1.5 s after, an overhead every trial would pay; ArviZ takes ~5 ms.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from arviz_stats.base import array_stats
 
+from lambda_hat._io import finite_float
+
 
 def _finite_or_none(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+    return finite_float(float(x))
 
 
 def convergence(loss_draws) -> dict:

@@ -7,7 +7,8 @@ Python, and a trial that segfaults or is OOM-killed takes its process with it. P
 group), passes the payload and the result through files written atomically with
 :mod:`lambda_hat._io`, waits, and kills the whole group once ``hard_timeout_sec`` is spent. The
 caller (a Parsl worker or the driver) never dies with the trial: whatever happens, it gets the
-runner's metrics shape back, a failure built by :func:`lambda_hat.failures.failed_metrics`:
+runner's metrics shape back, a failure built by :func:`lambda_hat.outcome.failed_metrics`
+(an exception in the child through :func:`lambda_hat.outcome.from_exception`):
 
 - ``timeout``: killed after ``hard_timeout_sec``; ``fraction_done`` from the progress file if
   the child reported any (:func:`report_progress`);
@@ -46,13 +47,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from lambda_hat._io import atomic_write_json, read_json
-from lambda_hat.failures import failed_metrics
+from lambda_hat.outcome import failed_metrics, from_exception
 
 __all__ = [
     "PROGRESS_ENV",
@@ -60,6 +60,7 @@ __all__ = [
     "read_progress",
     "report_progress",
     "request_stop",
+    "resolve_target",
     "run_isolated",
     "stop_requested",
 ]
@@ -70,7 +71,6 @@ STOP_ENV = "LAMBDA_HAT_STOP_FILE"
 """Environment variable naming the file whose existence asks the current trial to stop."""
 PROGRESS_NAME, STOP_NAME = "progress.json", "stop.json"
 
-_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM when allocating")
 _POLL_SEC = 0.02
 _TERM_GRACE_SEC = 1.0
 _LOG_TAIL_CHARS = 2000
@@ -119,7 +119,10 @@ def read_progress(workdir: str | os.PathLike) -> dict | None:
     return read_json(Path(workdir) / PROGRESS_NAME)
 
 
-def _resolve(target: str):
+def resolve_target(target: str) -> Callable[..., Any]:
+    """The function named by ``target`` (``"package.module:function"``; the function part may be
+    dotted, ``module:Class.method``). Raises ``ValueError`` for a malformed target, the import's
+    own error for a missing module or attribute, ``TypeError`` when it is not callable."""
     module_name, sep, func_name = target.partition(":")
     if not sep or not module_name or not func_name:
         raise ValueError(f"target must look like 'package.module:function', got {target!r}")
@@ -131,21 +134,9 @@ def _resolve(target: str):
     return func
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or any(m in str(exc) for m in _OOM_MARKERS)
-
-
 def _exception_metrics(exc: BaseException, phase: str, tb_path: Path) -> dict:
-    tb_text = "".join(traceback.format_exception(exc))
-    tb_path.write_text(tb_text)
-    kind = "oom" if _is_oom(exc) else "error"
     return failed_metrics(
-        kind,
-        f"{type(exc).__name__}: {exc}",
-        exc_type=type(exc).__name__,
-        phase=phase,
-        traceback_path=str(tb_path),
-        traceback=tb_text[-_LOG_TAIL_CHARS:],
+        **from_exception(exc, phase=phase, traceback_path=tb_path, traceback_chars=_LOG_TAIL_CHARS)
     )
 
 
@@ -163,7 +154,7 @@ def _child_main(argv: list[str] | None = None) -> int:
         atomic_write_json(result_path, failed_metrics("error", "payload.json missing or corrupt"))
         return 0
     try:
-        func = _resolve(args.target)
+        func = resolve_target(args.target)
     except BaseException as exc:  # noqa: BLE001 - every failure must become metrics
         atomic_write_json(result_path, _exception_metrics(exc, "import", tb_path))
         return 0
@@ -260,21 +251,13 @@ def run_isolated(
         raise ValueError(f"hard_timeout_sec must be > 0, got {hard_timeout_sec}")
     wd = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lh_trial_"))
     wd.mkdir(parents=True, exist_ok=True)
-    result_path, progress_path, stop_path, log_path = (
-        wd / "result.json",
-        wd / PROGRESS_NAME,
-        wd / STOP_NAME,
-        wd / "child.log",
-    )
+    result_path, progress_path = wd / "result.json", wd / PROGRESS_NAME
+    stop_path, log_path = wd / STOP_NAME, wd / "child.log"
     for stale in (result_path, progress_path, stop_path):
         stale.unlink(missing_ok=True)
     atomic_write_json(wd / "payload.json", dict(payload))
-    child_env = {
-        **os.environ,
-        **(env or {}),
-        PROGRESS_ENV: str(progress_path),
-        STOP_ENV: str(stop_path),
-    }
+    child_env = {**os.environ, **(env or {}), PROGRESS_ENV: str(progress_path)}
+    child_env[STOP_ENV] = str(stop_path)
     if stop_grace_sec is None:
         stop_grace_sec = max(5.0, 0.1 * hard_timeout_sec)
     oom_before = _oom_kills()
@@ -288,12 +271,58 @@ def run_isolated(
             env=child_env,
             start_new_session=True,
         )
+    timed_out, stopped = _supervise(proc, start + hard_timeout_sec, stop_path, stop_grace_sec)
+    elapsed = time.monotonic() - start
+    common = {"elapsed_sec": round(elapsed, 3), "log_path": str(log_path)}
+
+    result = read_json(result_path)
+    if result is not None:  # the target finished, even if the process then hung or died on exit
+        if result.get("status") == "failed" and isinstance(result.get("failure"), dict):
+            result["failure"] = {**common, **result["failure"]}
+        return result
+    if stopped:
+        return _pruned_metrics(read_json(progress_path) or {}, stop_grace_sec, common)
+    if timed_out:
+        progress = read_json(progress_path) or {}
+        extra = {k: v for k, v in progress.items() if k != "fraction_done"}
+        return failed_metrics(
+            "timeout",
+            f"killed after the hard limit of {hard_timeout_sec:g} s",
+            fraction_done=progress.get("fraction_done"),
+            hard_timeout_sec=hard_timeout_sec,
+            progress=extra or None,
+            **common,
+        )
+    return _death_metrics(proc.returncode, oom_before, _log_tail(log_path), common)
+
+
+def _pruned_metrics(progress: dict, stop_grace_sec: float, common: dict) -> dict:
+    """A child killed after a stop request: ``pruned``, with its last reported estimate."""
+    metrics = failed_metrics(
+        "pruned",
+        f"stopped on request; killed after a grace of {stop_grace_sec:g} s",
+        fraction_done=progress.get("fraction_done"),
+        step=progress.get("step"),
+        **common,
+    )
+    metrics["llc_hat"] = progress.get("llc_hat")
+    return metrics
+
+
+def _supervise(
+    proc: subprocess.Popen, deadline: float, stop_path: Path, stop_grace_sec: float
+) -> tuple[bool, bool]:
+    """Wait for the child until ``deadline`` (or a stop request plus its grace), killing its
+    group past it; reap it and set ``proc.returncode``. Returns ``(timed_out, stopped)``.
+
+    If the caller is interrupted meanwhile (``KeyboardInterrupt``, a signal), the child's group
+    is killed before the exception goes on: a trial never outlives whoever runs it.
+    """
     timed_out = stopped = False
     try:
-        waited = _wait(proc.pid, start + hard_timeout_sec, stop_path)
-        if waited is None and time.monotonic() < start + hard_timeout_sec:  # stop requested
-            grace_end = min(start + hard_timeout_sec, time.monotonic() + stop_grace_sec)
-            waited = _wait(proc.pid, grace_end)
+        waited = _wait(proc.pid, deadline, stop_path)
+        if waited is None and time.monotonic() < deadline:  # stop requested
+            waited = _wait(proc.pid, min(deadline, time.monotonic() + stop_grace_sec))
             stopped = waited is None
         if waited is None:
             timed_out = not stopped
@@ -311,55 +340,29 @@ def run_isolated(
     status, _rusage = waited
     proc.returncode = os.waitstatus_to_exitcode(status)
     _kill_group(proc.pid, signal.SIGKILL)  # grandchildren left behind by the trial
-    elapsed = time.monotonic() - start
-    common = {"elapsed_sec": round(elapsed, 3), "log_path": str(log_path)}
+    return timed_out, stopped
 
-    result = read_json(result_path)
-    if result is not None:  # the target finished, even if the process then hung or died on exit
-        if result.get("status") == "failed" and isinstance(result.get("failure"), dict):
-            result["failure"] = {**common, **result["failure"]}
-        return result
-    if stopped:
-        progress = read_json(progress_path) or {}
-        metrics = failed_metrics(
-            "pruned",
-            f"stopped on request; killed after a grace of {stop_grace_sec:g} s",
-            fraction_done=progress.get("fraction_done"),
-            step=progress.get("step"),
-            **common,
-        )
-        metrics["llc_hat"] = progress.get("llc_hat")
-        return metrics
-    if timed_out:
-        progress = read_json(progress_path) or {}
-        extra = {k: v for k, v in progress.items() if k != "fraction_done"}
-        return failed_metrics(
-            "timeout",
-            f"killed after the hard limit of {hard_timeout_sec:g} s",
-            fraction_done=progress.get("fraction_done"),
-            hard_timeout_sec=hard_timeout_sec,
-            progress=extra or None,
-            **common,
-        )
-    tail = _log_tail(log_path)
-    code = proc.returncode
-    if code < 0:
-        sig = -code
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        oom_after = _oom_kills()
-        if sig == signal.SIGKILL and None not in (oom_before, oom_after) and oom_after > oom_before:
-            return failed_metrics(
-                "oom",
-                f"killed by SIGKILL while the cgroup's oom_kill counter rose "
-                f"({oom_before} -> {oom_after}): the kernel OOM killer",
-                signal=sig,
-                signal_name=name,
-                log_tail=tail,
-                **common,
-            )
+
+def _death_metrics(code: int, oom_before: int | None, tail: str, common: dict) -> dict:
+    """The failure of a child that exited with ``code`` without writing a result: ``crashed``
+    (a signal, or a non-zero exit), or ``oom`` for a SIGKILL while the cgroup's ``oom_kill``
+    counter rose."""
+    if code >= 0:
         return failed_metrics(
             "crashed",
-            f"trial process died by {name}",
+            f"trial process exited with code {code} without writing a result",
+            exit_code=code,
+            log_tail=tail,
+            **common,
+        )
+    sig = -code
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+    oom_after = _oom_kills()
+    if sig == signal.SIGKILL and None not in (oom_before, oom_after) and oom_after > oom_before:
+        return failed_metrics(
+            "oom",
+            f"killed by SIGKILL while the cgroup's oom_kill counter rose "
+            f"({oom_before} -> {oom_after}): the kernel OOM killer",
             signal=sig,
             signal_name=name,
             log_tail=tail,
@@ -367,8 +370,9 @@ def run_isolated(
         )
     return failed_metrics(
         "crashed",
-        f"trial process exited with code {code} without writing a result",
-        exit_code=code,
+        f"trial process died by {name}",
+        signal=sig,
+        signal_name=name,
         log_tail=tail,
         **common,
     )

@@ -10,7 +10,8 @@
   writes ``metrics.json`` and ``trace.npz`` — all atomically. ``metrics.json`` is written in
   every case and is strict JSON (no NaN/Infinity): a parameter-dependent problem (divergence,
   an exception, a spent budget) becomes ``status: failed`` with a ``failure`` record, never an
-  exception. An exception's traceback is stored in ``traceback.txt`` beside it.
+  exception (:func:`lambda_hat.outcome.from_exception`). An exception's traceback is stored in
+  ``traceback.txt`` beside it.
 
 The posterior is :class:`~lambda_hat.posterior.LLCPosterior` with β and γ taken from ``ref``
 (the HMC reference's settings, so that λ̂ and λ̂_HMC estimate the same quantity; defaults
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ import jax
 import numpy as np
 
 from lambda_hat import diagnostics, engine, methods, runs
-from lambda_hat._io import atomic_write_bytes, atomic_write_json, atomic_write_npz
+from lambda_hat._io import atomic_write_json, atomic_write_npz
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.log import fmt_seconds
 from lambda_hat.methods._base import MIN_DRAWS, make_target
+from lambda_hat.outcome import estimate_error, from_exception
 from lambda_hat.posterior import LLCPosterior
 from lambda_hat.problems import Problem
 
@@ -113,6 +114,7 @@ def run_method_trial(
             "kind": "pruned",
             "message": str(exc),
             "step": exc.step,
+            "steps_planned": exc.steps_planned,
             "fraction_done": exc.step / max(1, exc.steps_planned),
         }
         metrics["llc_hat"] = exc.llc_hat
@@ -125,7 +127,7 @@ def run_method_trial(
             "fraction_done": min(1.0, exc.step / max(1, hp["steps"])),
         }
     except Exception as exc:  # a trial never raises: the failure is the result
-        metrics["failure"] = _error_failure(exc, run_dir)
+        metrics["failure"] = from_exception(exc, traceback_path=run_dir / "traceback.txt")
     except BaseException as exc:  # interrupted: still leave a valid record, then re-raise
         metrics["failure"] = {
             "kind": "interrupted",
@@ -138,19 +140,6 @@ def run_method_trial(
         _finish(metrics, timer, t_start, ref, run_dir)
     _log_result(metrics)
     return metrics
-
-
-def _error_failure(exc: Exception, run_dir: Path) -> dict:
-    tb_path = run_dir / "traceback.txt"
-    atomic_write_bytes(tb_path, traceback.format_exc().encode())
-    return {
-        "kind": "error",
-        "message": f"{type(exc).__name__}: {exc}",
-        "exception_type": type(exc).__name__,
-        "traceback": str(tb_path),
-        "step": None,
-        "fraction_done": None,
-    }
 
 
 def _finish(metrics: dict, timer: engine.Timer, t_start: float, ref, run_dir: Path) -> None:
@@ -218,10 +207,8 @@ def _add_objective(metrics: dict, ref: dict | None) -> None:
         return
     metrics["llc_ref"] = float(ref["llc_ref"])
     metrics["se_ref"] = None if ref.get("se_ref") is None else float(ref["se_ref"])
-    llc = metrics.get("llc_hat")
-    ok = llc is not None and math.isfinite(llc)
-    metrics["error"] = llc - metrics["llc_ref"] if ok else None
-    metrics["abs_error"] = abs(metrics["error"]) if ok else None
+    metrics["error"] = estimate_error(metrics.get("llc_hat"), metrics["llc_ref"])
+    metrics["abs_error"] = None if metrics["error"] is None else abs(metrics["error"])
 
 
 def _log_result(m: dict) -> None:

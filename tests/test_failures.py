@@ -1,4 +1,5 @@
-"""Failure kinds, graded constraints, tell_args/tell, FailureGuard and best_successful."""
+"""Failure kinds (lambda_hat.outcome), graded constraints, tell_args/tell and best_successful
+(lambda_hat.workflow.tell), FailureGuard (lambda_hat.workflow.guard)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lambda_hat.failures import (
-    CONSTRAINT_KEY,
+from lambda_hat.methods import METHODS, culprits, default_hyperparams
+from lambda_hat.outcome import (
     FAILURE_KINDS,
-    FailureGuard,
+    KINDS,
+    estimate_error,
+    failed_metrics,
+    failure_of,
+    finite_float,
+    from_exception,
+    is_retryable,
+)
+from lambda_hat.workflow.guard import FailureGuard
+from lambda_hat.workflow.studies import counts_as_finished
+from lambda_hat.workflow.tell import (
+    CONSTRAINT_KEY,
     best_successful,
     constraint_value,
     describe_best,
-    failed_metrics,
-    is_retryable,
-    metrics_from_exception,
     tell,
     tell_args,
 )
@@ -71,14 +80,14 @@ def test_malformed_metrics_count_as_error():
 
 
 def test_retry_only_infrastructure_and_only_up_to_the_count():
-    lost = metrics_from_exception(type("WorkerLost", (Exception,), {})("node gone"))
+    lost = failed_metrics(**from_exception(type("WorkerLost", (Exception,), {})("node gone")))
     assert lost["failure"]["kind"] == "infrastructure"
     assert is_retryable(lost, attempts=1, max_retries=2)
     assert is_retryable(lost, attempts=2, max_retries=2)
     assert not is_retryable(lost, attempts=3, max_retries=2)
     assert not is_retryable(lost, attempts=1, max_retries=0)
     assert not is_retryable(diverged(5), attempts=1)
-    assert metrics_from_exception(KeyError("x"))["failure"]["kind"] == "error"
+    assert failed_metrics(**from_exception(KeyError("x")))["failure"]["kind"] == "error"
 
 
 # --- telling Optuna -------------------------------------------------------------------------
@@ -302,3 +311,90 @@ def test_an_ok_run_without_a_finite_objective_is_recorded_as_the_error_it_was_to
     guard = FailureGuard()
     guard.record(trial.number, {"status": "ok", "llc_hat": None}, told=told)
     assert guard.n_success == 0 and guard.records[0].failure["kind"] == "error"
+
+
+# --- the one vocabulary: kinds table, exception conversion, spellings, culprits ---------------
+
+
+def test_the_kinds_table_gives_each_kind_its_consequences():
+    def having(prop):
+        return {k.name for k in KINDS.values() if prop(k)}
+
+    assert having(lambda k: k.told == "COMPLETE") == {"diverged", "timeout", "oom"}
+    assert having(lambda k: k.told == "PRUNED") == {"pruned"}
+    assert having(lambda k: not k.finished) == {"interrupted", "infrastructure"}
+    assert having(lambda k: not k.guarded) == {"interrupted", "infrastructure", "pruned"}
+    assert having(lambda k: k.reusable) == {"diverged"} and having(lambda k: k.retried) == {
+        "infrastructure"
+    }
+    assert having(lambda k: k.learned) == {"diverged", "timeout", "oom", "pruned"}
+    assert FAILURE_KINDS == tuple(KINDS)
+    assert not counts_as_finished(TrialState.FAIL, "infrastructure")
+    assert counts_as_finished(TrialState.FAIL, "error") and counts_as_finished(
+        TrialState.FAIL, None
+    )
+
+
+def test_from_exception_is_the_one_conversion(tmp_path):
+    try:
+        raise KeyError("x")
+    except KeyError as exc:
+        f = from_exception(exc, phase="run", traceback_path=tmp_path / "tb.txt", step=7)
+    assert f == {
+        "kind": "error",
+        "message": "KeyError: 'x'",
+        "exc_type": "KeyError",
+        "phase": "run",
+        "traceback_path": str(tmp_path / "tb.txt"),
+        "step": 7,
+    }
+    assert (tmp_path / "tb.txt").read_text().endswith("KeyError: 'x'\n")
+    assert from_exception(MemoryError("no"))["kind"] == "oom"
+    assert from_exception(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))["kind"] == "oom"
+    tail = from_exception(ValueError("v" * 50), traceback_chars=20)["traceback"]
+    assert tail == "v" * 19 + "\n"
+
+
+def test_old_and_new_spellings_are_told_the_same():
+    new = failed_metrics("diverged", "non-finite loss", step=100, steps_planned=10_000)
+    old = diverged(100)  # steps_total
+    assert failure_of(old)["steps_planned"] == 10_000 and "steps_total" not in failure_of(old)
+    assert tell_args(old, objective) == tell_args(new, objective)
+    assert tell_args(new, objective).user_attrs["failure_steps_planned"] == 10_000
+    assert constraint_value(new) == pytest.approx(
+        0.05 + 0.95 * (1 - math.log1p(100) / math.log1p(10_000))
+    )
+    runner_err = {
+        "status": "failed",
+        "failure": {"kind": "error", "message": "m", "exception_type": "E"},
+    }
+    assert failure_of(runner_err)["exc_type"] == "E"
+
+
+def test_estimate_error_and_the_finite_check():
+    assert estimate_error(1.75, 1.5) == 0.25 and estimate_error(1.25, 1.5) == -0.25
+    for bad in (None, float("nan"), float("inf"), True, "1.5"):
+        assert estimate_error(bad, 1.5) is None and estimate_error(1.5, bad) is None
+    assert finite_float(3) == 3.0 and finite_float(True) is None and finite_float("2") is None
+
+
+def test_the_method_culprits_break_ties_in_the_suggestion():
+    # lr and init_spread grow together, so both explain the 4 divergences equally well;
+    # without culprits the first name wins, with VI's culprits the step size (lr) does
+    records = []
+    for i in range(8):
+        params = {"init_spread": 0.1 * (i + 1), "lr": 1e-4 * (i + 1)}
+        m = diverged(10) if i >= 4 else OK
+        records.append((i, m, params))
+    plain, vi = FailureGuard(), FailureGuard(culprits=culprits("vi"))
+    for g in (plain, vi):
+        for i, m, params in records:
+            g.record(i, m, None, params)
+    assert plain.suggestion().startswith("init_spread >= 0.5 diverged every time (4 of 8")
+    assert vi.suggestion() == (
+        "lr >= 0.0005 diverged every time (4 of 8 trials): move lr's upper bound to 0.0004"
+    )
+    for method in METHODS:
+        by_kind = culprits(method)
+        names = set(default_hyperparams(method))
+        assert all(set(c) <= names for c in by_kind.values()), method

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from lambda_hat import isolation
-from lambda_hat.failures import FAILURE_KINDS, failed_metrics
 from lambda_hat.isolation import report_progress, run_isolated
+from lambda_hat.outcome import FAILURE_KINDS, failed_metrics
 
 ENV = {
     "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lambda_hat import plots
+from lambda_hat import figures
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
 from lambda_hat.config import load_experiment
@@ -150,7 +150,7 @@ def test_plots_cli_writes_every_figure_as_a_valid_png(campaign, capsys):
         w, h = _png_size(out / name)
         assert 600 <= w <= 3000 and 300 <= h <= 3000, (name, w, h)
         assert (out / name).stat().st_size > 20_000, name  # something was drawn
-    assert _png_size(out / f"reference_{a}.png") == (12 * plots.DPI, round(4.6 * plots.DPI))
+    assert _png_size(out / f"reference_{a}.png") == (12 * figures.DPI, round(4.6 * figures.DPI))
     assert f"problem {b}: no reference" in stderr and "lambda-hat reference" in stderr
     assert "p_notinconfig" in stderr  # rows of other problems are ignored, loudly
 
@@ -160,7 +160,7 @@ def _check_running_llc(artifacts, pid: str) -> None:
     stored = read_json(problem_dir(artifacts, pid) / "ref.json")
     with np.load(problem_dir(artifacts, pid) / "ref_trace.npz") as z:
         loss = z["loss"]
-    per_chain, pooled = plots.running_llc(loss, stored["loss_star"], stored["nbeta"])
+    per_chain, pooled = figures.running_llc(loss, stored["loss_star"], stored["nbeta"])
     assert per_chain.shape == loss.shape and pooled.shape == loss.shape[1:]
     assert pooled[-1] == pytest.approx(stored["llc_ref"], abs=1e-9, rel=1e-9)
     np.testing.assert_allclose(per_chain[:, -1], stored["llc_per_chain"], rtol=1e-9, atol=1e-9)
@@ -188,7 +188,7 @@ def test_plots_of_a_real_hmc_reference(tmp_path, capsys):
     stdout, stderr = capsys.readouterr()
     png = tmp_path / "results" / "plots" / f"reference_{problem.pid}.png"
     assert stdout.split() == [str(png)]
-    assert _png_size(png) == (12 * plots.DPI, round(4.6 * plots.DPI))
+    assert _png_size(png) == (12 * figures.DPI, round(4.6 * figures.DPI))
     assert "no Parquet yet" in stderr
     _check_running_llc(exp.config.paths.artifacts, problem.pid)
     assert ref["chains"] == 2 and ref["draws_per_chain"] == 200
@@ -197,19 +197,19 @@ def test_plots_of_a_real_hmc_reference(tmp_path, capsys):
 def test_best_so_far_and_best_trials_follow_the_parquet(campaign):
     df = pd.read_parquet(campaign["root"] / "results" / PARQUET_NAME)
     a = campaign["pid_a"]
-    numbers, best = plots.best_so_far(df[(df.pid == a) & (df.method == "sgld")])
+    numbers, best = figures.best_so_far(df[(df.pid == a) & (df.method == "sgld")])
     ok = [(i, abs(x)) for i, x in enumerate(SGLD) if not isinstance(x, str)]
     assert numbers.tolist() == [i for i, _ in ok]  # failed and running trials are not scored
     np.testing.assert_allclose(best, np.minimum.accumulate([e for _, e in ok]), atol=1e-12)
     np.testing.assert_allclose(best, [0.6, 0.4, 0.4, 0.1, 0.1, 0.05, 0.05, 0.05], atol=1e-12)
-    top = plots.best_trials(df).set_index(["pid", "method"])
+    top = figures.best_trials(df).set_index(["pid", "method"])
     assert int(top.loc[(a, "sgld"), "trial_number"]) == 7
     assert int(top.loc[(campaign["pid_b"], "sgld"), "trial_number"]) == 1
     assert (a, "vi") not in top.index  # every vi trial failed
     # the λ̂ axis covers every sane trial and the reference band; the absurd one is marked instead
     ok = df[(df.pid == a) & (df.status == "ok")].llc_hat.to_numpy()
     lr = campaign["ref"]["llc_ref"]
-    lo, hi = plots._limits(ok, [lr], robust=True)
+    lo, hi = figures._limits(ok, [lr], robust=True)
     assert lo < lr - 0.4 and lr + 0.6 < hi < lr + 40
 
 

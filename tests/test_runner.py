@@ -166,8 +166,8 @@ def test_an_exception_becomes_a_failed_trial(linear, tmp_path, monkeypatch):
     monkeypatch.setitem(methods.REGISTRY, "sgld", methods.REGISTRY["sgld"]._replace(run=boom))
     m = run_method_trial(linear, "sgld", {"steps": 100}, None, 0, artifacts=tmp_path)
     assert m["status"] == "failed" and m["failure"]["kind"] == "error"
-    assert m["failure"]["exception_type"] == "FloatingPointError"
-    assert "synthetic failure" in Path(m["failure"]["traceback"]).read_text()
+    assert m["failure"]["exc_type"] == "FloatingPointError"
+    assert "synthetic failure" in Path(m["failure"]["traceback_path"]).read_text()
     assert strict_json(Path(m["run_dir"]) / "metrics.json")["status"] == "failed"
 
 

@@ -18,11 +18,13 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from lambda_hat import outcome
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config import OptunaConfig
 from lambda_hat.schema import ConfigError
 from lambda_hat.workflow import execution, pipeline, plan, progress, results, studies, tuning
 from lambda_hat.workflow.synthetic import synthetic_llc, synthetic_trial
+from lambda_hat.workflow.tell import best_successful
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -140,7 +142,7 @@ def test_failures_are_told_with_kinds_never_inf_and_do_not_count_when_infrastruc
     assert all(v is None or abs(v) < 1e300 for t in trials for v in (t.values or []))
     assert task.finished == 5  # diverged + error + 3 successes; the lost trial does not count
     assert len(trials) == 6 and calls["n"] == 7
-    best = tuning.best_successful(task.study)
+    best = best_successful(task.study)
     assert best.user_attrs["status"] == "ok"
 
 
@@ -565,15 +567,15 @@ def test_a_trial_that_ignores_the_stop_request_is_killed_and_reported_pruned(tmp
 
 def test_absurd_or_non_finite_ok_estimates_are_told_as_diverged(tmp_path):
     ok = {"status": "ok", "llc_hat": 1.9e294, "posterior": {"d": 21}}
-    screened = execution.screen_estimate(ok, REF)
+    screened = outcome.screen_estimate(ok, REF)
     assert screened["status"] == "failed" and screened["failure"]["kind"] == "diverged"
     assert "implausible" in screened["failure"]["message"]
-    bound = execution.IMPLAUSIBLE_FACTOR * 21 / 2  # d/2 = 10.5 > llc_ref = 1.5
-    assert execution.screen_estimate(dict(ok, llc_hat=0.99 * bound), REF)["status"] == "ok"
-    assert execution.screen_estimate(dict(ok, llc_hat=-1.01 * bound), REF)["status"] == "failed"
+    bound = outcome.IMPLAUSIBLE_FACTOR * 21 / 2  # d/2 = 10.5 > llc_ref = 1.5
+    assert outcome.screen_estimate(dict(ok, llc_hat=0.99 * bound), REF)["status"] == "ok"
+    assert outcome.screen_estimate(dict(ok, llc_hat=-1.01 * bound), REF)["status"] == "failed"
     no_d = {"status": "ok", "llc_hat": 1600.0}  # bound 1000 x llc_ref = 1500
-    assert execution.screen_estimate(no_d, REF)["status"] == "failed"
-    assert execution.screen_estimate(no_d, {})["status"] == "ok"  # nothing to compare with
+    assert outcome.screen_estimate(no_d, REF)["status"] == "failed"
+    assert outcome.screen_estimate(no_d, {})["status"] == "ok"  # nothing to compare with
 
     storage = _journal(tmp_path)
     task = _task(storage, tmp_path)
@@ -589,7 +591,7 @@ def test_absurd_or_non_finite_ok_estimates_are_told_as_diverged(tmp_path):
     first = task.study.get_trials()[0]
     assert first.state == TrialState.COMPLETE and first.constraints["failure"] > 0
     assert first.user_attrs["failure_kind"] == "diverged"
-    assert tuning.best_successful(task.study).number != 0
+    assert best_successful(task.study).number != 0
     row = results.trial_row(first, task.pid, task.method, REF, metrics={"status": "ok"})
     assert row["status"] == "failed" and row["objective"] is None
 

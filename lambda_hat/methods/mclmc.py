@@ -183,6 +183,6 @@ METHOD = Method(
     hyper=MCLMCHyper,
     space=space,
     run=run,
-    culprits={"diverged": ("step_size", "L"), "timeout": ("steps", "chains"), "oom": ("chains",)},
+    culprits={"diverged": ("step_size",), "timeout": ("steps",), "oom": ()},
     check=check,
 )

@@ -147,5 +147,5 @@ METHOD = Method(
     hyper=SGLDHyper,
     space=space,
     run=run,
-    culprits={"diverged": ("eta0",), "timeout": ("steps", "chains"), "oom": ("batch", "chains")},
+    culprits={"diverged": ("eta0",), "timeout": ("steps",), "oom": ("batch",)},
 )

@@ -175,7 +175,7 @@ METHOD = Method(
     run=run,
     culprits={
         "diverged": ("lr",),
-        "timeout": ("steps", "M", "eval_samples", "chains"),
+        "timeout": ("steps", "whiten_steps", "M"),
         "oom": ("batch_size", "M", "r"),
     },
 )

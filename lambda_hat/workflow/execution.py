@@ -19,35 +19,32 @@ imported JAX.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import math
 import os
 import runpy
 import socket
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.hashing import content_hash
-from lambda_hat.isolation import PROGRESS_ENV, PROGRESS_NAME, STOP_ENV, STOP_NAME, run_isolated
+from lambda_hat.isolation import (
+    PROGRESS_ENV,
+    PROGRESS_NAME,
+    STOP_ENV,
+    STOP_NAME,
+    resolve_target,
+    run_isolated,
+)
+from lambda_hat.outcome import KINDS, TRACEBACK_CHARS, failed_metrics, from_exception
 from lambda_hat.schema import ConfigError
 
 log = logging.getLogger("lambda_hat.workflow")
 
 DEFAULT_TRIAL_TARGET = "lambda_hat.workflow.execution:run_method_trial"
-#: Failure kinds whose metrics.json is reused as the trial's outcome (deterministic in the
-#: manifest); every other failure is run again when its manifest comes up again.
-REUSABLE_FAILURES = ("diverged",)
-#: A "successful" λ̂ with |λ̂| above this many times max(d/2, |λ̂_ref|) is a blown-up chain.
-#: Not 10: a short or badly initialized VI fit legitimately reads 100x too high on the tiny
-#: linear problem (λ̂ ≈ 130-175 for d = 3), and that is a bad estimate the sampler must see as
-#: one, not a divergence.
-IMPLAUSIBLE_FACTOR = 1000.0
 
 
 # ------------------------------------------------------------------------ trial identity
@@ -76,43 +73,10 @@ def trial_workdir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "isolation"
 
 
-def screen_estimate(metrics: dict, ref: dict | None) -> dict:
-    """``metrics``, or a ``diverged`` failure when a successful λ̂ is not finite or absurd.
-
-    The true LLC is at most d/2, and a reference is a good estimate of the same quantity, so a
-    λ̂ with |λ̂| > ``IMPLAUSIBLE_FACTOR`` × max(d/2, |λ̂_ref|) comes from chains that blew up
-    without overflowing (a run reported λ̂ ≈ 1.9e294 as ok): scoring it as a success would put
-    an astronomic value into the sampler. It becomes ``diverged`` (a parameter failure the
-    sampler learns from); the estimate stays in ``llc_hat``. Without d or a reference only
-    non-finite values are caught.
-    """
-    if metrics.get("status") != "ok":
-        return metrics
-    llc = metrics.get("llc_hat")
-    if isinstance(llc, bool) or not isinstance(llc, int | float) or not math.isfinite(llc):
-        why = f"llc_hat = {llc!r} is not a finite number"
-    else:
-        d = (metrics.get("posterior") or {}).get("d")
-        scales = [float(d) / 2] if isinstance(d, int | float) and d > 0 else []
-        llc_ref = (ref or {}).get("llc_ref")
-        if isinstance(llc_ref, int | float) and math.isfinite(llc_ref) and llc_ref != 0:
-            scales.append(abs(float(llc_ref)))
-        if not scales or abs(llc) <= IMPLAUSIBLE_FACTOR * max(scales):
-            return metrics
-        why = (
-            f"llc_hat = {llc:.4g} is implausible: |llc_hat| > {IMPLAUSIBLE_FACTOR:g} x "
-            f"max(d/2, |llc_ref|) = {IMPLAUSIBLE_FACTOR * max(scales):.4g} (the LLC is at most "
-            "d/2): the chains blew up without overflowing"
-        )
-    return {
-        **metrics,
-        "status": "failed",
-        "failure": {"kind": "diverged", "message": why, "screened": True},
-    }
-
-
 def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
-    """The run's metrics when they are a reusable outcome (ok, or a deterministic failure)."""
+    """The run's metrics when they are a reusable outcome: ok, or a failure whose kind is
+    *reusable* (:data:`lambda_hat.outcome.KINDS`: deterministic in the manifest); every other
+    failure is run again when its manifest comes up again."""
     if not run_dir:
         return None
     metrics = read_json(Path(run_dir) / "metrics.json")
@@ -120,8 +84,8 @@ def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
         return None
     if metrics.get("status") == "ok":
         return metrics
-    kind = (metrics.get("failure") or {}).get("kind")
-    return metrics if metrics.get("status") == "failed" and kind in REUSABLE_FAILURES else None
+    kind = KINDS.get((metrics.get("failure") or {}).get("kind"))
+    return metrics if metrics.get("status") == "failed" and kind and kind.reusable else None
 
 
 # ------------------------------------------------------------------------ worker side
@@ -142,11 +106,6 @@ def _apply_env(env: dict[str, str]) -> None:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
-
-
-def _resolve(target: str):
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def run_method_trial(**payload: Any) -> dict:
@@ -173,7 +132,14 @@ def execute_trial(payload: dict) -> dict:
     """The trial app body: run the payload's target, write and return its metrics dict.
 
     Never raises for a failure of the trial itself: exceptions, crashes and hard timeouts come
-    back as ``{"status": "failed", "failure": {"kind": ..., ...}}``.
+    back as ``{"status": "failed", "failure": {"kind": ..., ...}}``. The outcome is judged by
+    the driver (:func:`lambda_hat.outcome.screen_estimate` runs there, once).
+
+    The run's ``metrics.json`` is written here as well as by the runner, for two reasons: a
+    trial killed past its hard limit, crashed or OOM-killed never got to write one (the record
+    then exists only here), and the worker adds what only it knows: ``host`` and the wall-clock
+    ``started_at``/``finished_at`` of the whole isolated run, which the Parquet table shows.
+    Keys the target wrote are kept; the file is rewritten only when something was added.
     """
     start = time.time()
     env = worker_env(payload["artifacts"])
@@ -187,7 +153,7 @@ def execute_trial(payload: dict) -> dict:
         metrics = run_isolated(target, kwargs, hard, workdir=trial_workdir(run_dir), env=env)
     else:
         metrics = _call_inline(target, kwargs, run_dir)
-    metrics = screen_estimate(dict(metrics), payload.get("ref"))
+    metrics = dict(metrics)
     metrics.setdefault("host", socket.gethostname())
     metrics.setdefault("started_at", start)
     metrics.setdefault("finished_at", time.time())
@@ -213,19 +179,9 @@ def _call_inline(target: str, kwargs: dict, run_dir: Path) -> dict:
     saved = {k: os.environ.get(k) for k in channel}
     os.environ.update({k: str(v) for k, v in channel.items()})
     try:
-        return _resolve(target)(**kwargs)
+        return resolve_target(target)(**kwargs)
     except Exception as exc:
-        tb_path = run_dir / "traceback.txt"
-        tb_path.write_text("".join(traceback.format_exception(exc)))
-        return {
-            "status": "failed",
-            "failure": {
-                "kind": "error",
-                "message": f"{type(exc).__name__}: {exc}",
-                "exc_type": type(exc).__name__,
-                "traceback_path": str(tb_path),
-            },
-        }
+        return failed_metrics(**from_exception(exc, traceback_path=run_dir / "traceback.txt"))
     finally:
         for key, value in saved.items():
             if value is None:
@@ -237,7 +193,8 @@ def _call_inline(target: str, kwargs: dict, run_dir: Path) -> dict:
 def execute_reference(payload: dict) -> dict:
     """The reference app body: build the problem and its HMC reference (cached by pid).
 
-    Returns the ref.json contents, or ``{"error": message, "traceback": ...}``.
+    Returns the ref.json contents, or a failed record (:func:`lambda_hat.outcome.failed_metrics`
+    of the exception, with the traceback's tail).
     """
     _apply_env(worker_env(payload["artifacts"]))
     try:
@@ -251,10 +208,7 @@ def execute_reference(payload: dict) -> dict:
             verbose=None,
         )
     except Exception as exc:
-        return {
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(traceback.format_exception(exc))[-4000:],
-        }
+        return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
 
 
 # ------------------------------------------------------------------------ Parsl config

@@ -28,13 +28,15 @@ from pathlib import Path
 
 from lambda_hat import methods, runs
 from lambda_hat.config import ProblemSpec, load_experiment
-from lambda_hat.failures import FailureGuard
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
+from lambda_hat.outcome import failed_metrics, from_exception
 from lambda_hat.problems import problem_id
 from lambda_hat.schema import ConfigError, as_dict
 from lambda_hat.workflow import execution, progress, results, studies, tuning
+from lambda_hat.workflow.guard import FailureGuard
 from lambda_hat.workflow.plan import Plan, check_plan
+from lambda_hat.workflow.tell import best_successful
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -43,7 +45,7 @@ log = logging.getLogger("lambda_hat.workflow")
 
 def reference_stage(plan: Plan) -> dict[str, dict]:
     """Stage 1: every problem's reference as a Parsl app, in parallel. ``pid -> ref`` (or
-    ``{"error": ...}``)."""
+    a failed record, :func:`lambda_hat.outcome.failed_metrics`)."""
     submit = execution.reference_submitter()
     ref_cfg = dataclasses.asdict(plan.cfg.reference)
     futures = {}
@@ -62,14 +64,19 @@ def reference_stage(plan: Plan) -> dict[str, dict]:
         try:
             refs[pid] = fut.result()
         except Exception as exc:
-            refs[pid] = {"error": f"{type(exc).__name__}: {exc}"}
+            refs[pid] = failed_metrics(**from_exception(exc))
     return refs
+
+
+def is_reference(ref: dict) -> bool:
+    """Whether a reference stage result is a reference (not a failed record)."""
+    return ref.get("status") != "failed"
 
 
 def _usable(pid: str, ref: dict, allow_failed: bool) -> str | None:
     """Why tuning cannot use this reference, or None when it can."""
-    if "error" in ref:
-        return f"the reference could not be computed: {ref['error']}"
+    if not is_reference(ref):
+        return f"the reference could not be computed: {ref['failure']['message']}"
     gate = ref.get("gate") or {}
     if not gate.get("passed", False) and not allow_failed:
         reasons = "; ".join(gate.get("reasons") or ["no reason recorded"])
@@ -121,7 +128,10 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 fixed=plan.fixed[method],
                 resolve=_resolver(method),
                 locate=_locator(plan, specs[pid], method, refs[pid]),
-                guard=FailureGuard(max_consecutive_failures=oc.max_consecutive_failures),
+                guard=FailureGuard(
+                    max_consecutive_failures=oc.max_consecutive_failures,
+                    culprits=methods.culprits(method),
+                ),
                 max_retries=oc.infrastructure_retries,
                 prune=studies.prunes(oc),
             )
@@ -176,7 +186,7 @@ def aggregate(plan: Plan, tasks: list[tuning.StudyTask]) -> Path:
 def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
     out = []
     for t in tasks:
-        best = tuning.best_successful(t.study)
+        best = best_successful(t.study)
         if best is None:
             out.append(
                 {
@@ -212,7 +222,7 @@ def execute(plan: Plan) -> int:
         refs = reference_stage(plan)
         for pid in list(plan.pids):
             ref = refs[pid]
-            if "error" not in ref:
+            if is_reference(ref):
                 log.info(
                     "reference %s: llc_ref = %.4g ± %.2g, gate %s",
                     pid,
@@ -256,7 +266,7 @@ def execute(plan: Plan) -> int:
         if t.stop_reason:
             log.error("study %s stopped early:\n%s", t.name, t.stop_reason)
             code = 1
-        elif tuning.best_successful(t.study) is None:
+        elif best_successful(t.study) is None:
             log.error("study %s has no successful trial", t.name)
             code = 1
     log.info("wrote %s (%s)", path, fmt_seconds(time.monotonic() - t0))

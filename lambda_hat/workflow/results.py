@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.trial import FrozenTrial, TrialState
 
-from lambda_hat._io import atomic_write_bytes, read_json, to_jsonable
-from lambda_hat.failures import NOT_LEARNED_KINDS
+from lambda_hat._io import atomic_write_bytes, finite_float, read_json, to_jsonable
+from lambda_hat.outcome import KINDS, estimate_error
 
 PARQUET_NAME = "optuna_trials.parquet"
 
@@ -66,12 +65,6 @@ _SCALARS: dict[str, pa.DataType] = {
 }
 
 
-def _float(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    return float(x) if math.isfinite(x) else None
-
-
 def _when(metrics_value: Any, fallback: datetime | None) -> datetime | None:
     if isinstance(metrics_value, int | float) and not isinstance(metrics_value, bool):
         return datetime.fromtimestamp(float(metrics_value), tz=UTC)
@@ -91,7 +84,8 @@ def trial_row(
 ) -> dict:
     """One Parquet row for ``trial`` (its metrics.json is read unless ``metrics`` is given)."""
     run_dir = trial.user_attrs.get("run_dir")
-    if trial.user_attrs.get("failure_kind") in NOT_LEARNED_KINDS:
+    kind = KINDS.get(trial.user_attrs.get("failure_kind"))
+    if kind is not None and not kind.finished:
         metrics = {}  # the run directory holds the result of the trial that re-ran its slot
     elif metrics is None:
         metrics = (read_json(Path(run_dir) / "metrics.json") if run_dir else None) or {}
@@ -101,7 +95,7 @@ def trial_row(
         status = "failed"
     if status is None:
         status = "ok" if trial.state == TrialState.COMPLETE else "failed"
-    llc_hat, llc_ref = _float(metrics.get("llc_hat")), _float(ref.get("llc_ref"))
+    llc_hat, llc_ref = finite_float(metrics.get("llc_hat")), finite_float(ref.get("llc_ref"))
     ok = status == "ok" and trial.state == TrialState.COMPLETE
     hp = metrics.get("hyperparams") or dict(trial.params)
     return {
@@ -113,12 +107,12 @@ def trial_row(
         "status": status,
         "hyperparams": to_jsonable(hp),
         "llc_hat": llc_hat,
-        "se_hat": _float(metrics.get("se_hat")),
+        "se_hat": finite_float(metrics.get("se_hat")),
         "llc_ref": llc_ref,
-        "se_ref": _float(ref.get("se_ref")),
-        "objective": _float(trial.values[0]) if ok and trial.values else None,
-        "error": llc_hat - llc_ref if llc_hat is not None and llc_ref is not None else None,
-        "runtime_sec": _float(
+        "se_ref": finite_float(ref.get("se_ref")),
+        "objective": finite_float(trial.values[0]) if ok and trial.values else None,
+        "error": estimate_error(llc_hat, llc_ref),
+        "runtime_sec": finite_float(
             metrics.get("seconds")
             if not isinstance(metrics.get("seconds"), dict)
             else metrics["seconds"].get("total")

@@ -25,17 +25,14 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_bytes
 from lambda_hat.config import OptunaConfig
+from lambda_hat.outcome import KINDS
 from lambda_hat.schema import ConfigError
 
 log = logging.getLogger("lambda_hat.workflow")
-
-#: Failure kinds that say nothing about the hyperparameters: the trial's slot is asked again and
-#: the trial does not count toward ``max_trials``.
-NON_COUNTING_KINDS = ("interrupted", "infrastructure")
 
 #: Samplers and the optional package each one needs.
 _SAMPLER_NEEDS = {"gp": "torch", "cmaes": "cmaes", "qmc": "scipy"}
@@ -280,15 +277,15 @@ def open_study(
     return study
 
 
-def failure_kind(trial: FrozenTrial) -> str | None:
-    return trial.user_attrs.get("failure_kind")
-
-
 def counts_as_finished(state: TrialState, kind: str | None) -> bool:
-    """True for a trial that ran to an outcome about its hyperparameters (``max_trials``)."""
+    """True for a trial that ran to an outcome about its hyperparameters (``max_trials``).
+
+    A ``FAIL`` counts unless its failure kind is not *finished* (:data:`lambda_hat.outcome.KINDS`:
+    ``interrupted``, ``infrastructure``): then its slot is asked again.
+    """
     if state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return state == TrialState.FAIL and kind not in NON_COUNTING_KINDS
+    return state == TrialState.FAIL and (kind not in KINDS or KINDS[kind].finished)
 
 
 def export_pickle(study: optuna.Study, results: str | Path, pid: str, method: str) -> Path:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -50,9 +49,21 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from lambda_hat import failures, isolation
+from lambda_hat import isolation
+from lambda_hat.outcome import (
+    TRACEBACK_CHARS,
+    estimate_error,
+    failed_metrics,
+    failure_of,
+    finite_float,
+    from_exception,
+    is_retryable,
+    screen_estimate,
+)
 from lambda_hat.workflow import execution
+from lambda_hat.workflow.guard import FailureGuard
 from lambda_hat.workflow.studies import counts_as_finished
+from lambda_hat.workflow.tell import tell
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -87,7 +98,7 @@ class StudyTask:
     fixed: dict = field(default_factory=dict)
     resolve: Callable[[dict], dict] | None = None
     locate: Callable[[dict], tuple[str, Path]] = execution.trial_location
-    guard: failures.FailureGuard | None = None
+    guard: FailureGuard | None = None
     max_retries: int = 2
     prune: bool = False
     finished: int = 0
@@ -132,16 +143,18 @@ class _Flight:
 def objective_values(metrics: dict, task: StudyTask) -> list[float] | None:
     """The objective(s) of a successful trial, or None when it has none (failed / non-finite).
 
-    ``abs`` is |λ̂ − λ̂_ref|. ``huber`` is the Huber loss scaled by 1/δ, so it keeps the units
-    of λ: e²/(2δ) for |e| ≤ δ and |e| − δ/2 beyond, with δ = ``huber_delta`` or 2 × the
-    reference's SE. ``runtime`` (second objective) is the trial's wall-clock seconds.
+    ``abs`` is |λ̂ − λ̂_ref| (:func:`lambda_hat.outcome.estimate_error`, against the study's
+    reference: a reused run may have been scored against an older one). ``huber`` is the Huber
+    loss scaled by 1/δ, so it keeps the units of λ: e²/(2δ) for |e| ≤ δ and |e| − δ/2 beyond,
+    with δ = ``huber_delta`` or 2 × the reference's SE. ``runtime`` (second objective) is the
+    trial's wall-clock seconds.
     """
     if metrics.get("status") != "ok":
         return None
-    llc_hat, llc_ref = metrics.get("llc_hat"), task.ref.get("llc_ref")
-    if not _finite(llc_hat) or not _finite(llc_ref):
+    err = estimate_error(metrics.get("llc_hat"), task.ref.get("llc_ref"))
+    if err is None:
         return None
-    err = abs(float(llc_hat) - float(llc_ref))
+    err = abs(err)
     if task.objective == "huber":
         delta = task.huber_delta or 2.0 * float(task.ref.get("se_ref") or 0.0)
         if delta > 0:
@@ -161,47 +174,15 @@ def objective_values(metrics: dict, task: StudyTask) -> list[float] | None:
 def _seconds(metrics: dict) -> float | None:
     """The trial's wall-clock seconds (``seconds`` may be a number or ``{"total": ...}``)."""
     seconds = metrics.get("seconds")
-    seconds = seconds.get("total") if isinstance(seconds, dict) else seconds
-    return float(seconds) if _finite(seconds) else None
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _tell(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    metrics: dict,
-    objective_fn: Callable[[dict], list[float]],
-) -> failures.TellArgs:
-    """Tell ``trial`` its outcome, exactly once; the one place outcomes reach Optuna.
-
-    A success is COMPLETE with its objective value(s). A failure is never ``inf`` (a constant
-    worst score makes TPE degrade to random search): parameter failures (diverged, timeout,
-    oom) are COMPLETE with a graded constraint so the sampler learns where they happen, other
-    kinds are FAIL (see :mod:`lambda_hat.failures`). The user attrs carry ``failure_kind``,
-    ``failure_message``, ``llc_hat`` and ``reused``; everything else is in the trial's
-    ``metrics.json`` (user attr ``run_dir``): every attr is one journal write.
-    """
-    if _finite(metrics.get("llc_hat")):
-        trial.set_user_attr("llc_hat", float(metrics["llc_hat"]))
-    if metrics.get("reused"):
-        trial.set_user_attr("reused", True)
-    return failures.tell(study, trial, metrics, objective_fn)
-
-
-def failure_metrics(kind: str, message: str, **extra: Any) -> dict:
-    """A metrics dict for a trial that produced none (lost worker, interrupted driver)."""
-    return failures.failed_metrics(kind, message, **extra)
+    return finite_float(seconds.get("total") if isinstance(seconds, dict) else seconds)
 
 
 class Driver:
     """Interleaved batched ask/tell over many studies.
 
     ``submit(payload) -> Future`` sends one trial to the workers (a Parsl app in production, a
-    thread pool in tests); ``on_told(task, trial_number, metrics)`` runs after every tell and
-    ``on_tick()`` every ``tick_sec`` (progress display, periodic Parquet); ``sync()`` before
+    thread pool in tests); ``on_tick()`` runs every ``tick_sec`` (progress display, periodic
+    Parquet); ``sync()`` before
     every wait (fsync of the journal: see :class:`studies.GroupCommitJournalBackend`). In-flight
     trials of pruning studies are polled every ``poll_sec``.
     """
@@ -213,7 +194,6 @@ class Driver:
         *,
         max_trials: int,
         batch_size: int,
-        on_told: Callable[[StudyTask, int, dict], None] | None = None,
         on_tick: Callable[[], None] | None = None,
         tick_sec: float = 5.0,
         sync: Callable[[], None] | None = None,
@@ -221,7 +201,7 @@ class Driver:
     ):
         self.tasks, self.submit = tasks, submit
         self.max_trials, self.batch_size = max_trials, batch_size
-        self.on_told, self.on_tick, self.tick_sec = on_told, on_tick, tick_sec
+        self.on_tick, self.tick_sec = on_tick, tick_sec
         self.sync, self.poll_sec = sync, poll_sec
         self._flights: dict[Future, _Flight] = {}
         self._by_dir: dict[str, Future] = {}
@@ -246,7 +226,7 @@ class Driver:
             self._settle(
                 task,
                 trial,
-                failure_metrics("interrupted", "the driver stopped while this trial ran"),
+                failed_metrics("interrupted", "the driver stopped while this trial ran"),
                 count=False,
             )
             task.study.enqueue_trial(frozen.params, user_attrs={"requeued_from": frozen.number})
@@ -255,33 +235,31 @@ class Driver:
         for frozen in task.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
         ):
-            kind = frozen.user_attrs.get("failure_kind")
+            attrs = frozen.user_attrs
             self._count(
-                task,
-                frozen.state,
-                kind,
-                frozen.values if kind is None else None,
-                frozen.number,
-                bool(frozen.user_attrs.get("reused")),
+                task, frozen.state, attrs, frozen.values, frozen.number, attrs.get("reused")
             )
 
     def _count(
         self,
         task: StudyTask,
         state: TrialState,
-        kind: str | None,
+        attrs: dict,
         values: list[float] | None,
         number: int,
-        reused: bool,
+        reused: Any,
     ) -> None:
-        if kind == failures.PRUNED:
+        """Count one told trial (``attrs``: its user attrs as told; ``values``: as told, read
+        only for a success, since a parameter failure's values are placeholders)."""
+        kind = attrs.get("failure_kind")
+        if kind == "pruned":
             task.pruned += 1
         elif kind is not None:
             task.failed += 1
         if counts_as_finished(state, kind):
             task.finished += 1
-        task.reused += reused
-        if values and len(task.objectives) == 1:
+        task.reused += bool(reused)
+        if kind is None and values and len(task.objectives) == 1:
             if task.best_value is None or values[0] < task.best_value:
                 task.best_value, task.best_number = values[0], number
 
@@ -340,7 +318,7 @@ class Driver:
             run_id, run_dir = task.locate(payload)
         except Exception as exc:  # e.g. a warm-start value the method rejects
             task.running -= 1
-            self._settle(task, trial, failures.metrics_from_exception(exc))
+            self._settle(task, trial, failed_metrics(**from_exception(exc)))
             return
         payload.update(run_id=run_id, run_dir=str(run_dir))
         trial.set_user_attr("run_id", run_id)
@@ -403,7 +381,7 @@ class Driver:
             points.append([1.0, final.get("llc_hat")])
         before = flight.reported
         for fraction, llc_hat in points:
-            if not (_finite(fraction) and _finite(llc_hat)):
+            if finite_float(fraction) is None or finite_float(llc_hat) is None:
                 continue
             step = min(PRUNING_STEPS, math.floor(fraction * PRUNING_STEPS + 1e-9))
             if step <= flight.reported:
@@ -427,14 +405,13 @@ class Driver:
             if not isinstance(metrics, dict):
                 raise TypeError(f"the trial returned {type(metrics).__name__}, not a dict")
         except Exception as exc:
-            metrics = failures.metrics_from_exception(exc)
-            metrics["failure"]["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
-        kind = (failures.failure_of(metrics) or {}).get("kind")
-        if flight.pruned_members and kind not in failures.INFRASTRUCTURE:
+            metrics = failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
+        kind = (failure_of(metrics) or {}).get("kind")
+        if flight.pruned_members and kind != "infrastructure":
             workdir = execution.trial_workdir(flight.run_dir)
             self._report(flight, isolation.read_progress(workdir), final=metrics)
         task0 = flight.members[0][0]
-        if failures.is_retryable(metrics, flight.attempts, task0.max_retries):
+        if is_retryable(metrics, flight.attempts, task0.max_retries):
             log.warning(
                 "%s: trial %d lost to the infrastructure (%s); resubmitting (%d/%d)",
                 task0.name,
@@ -453,15 +430,19 @@ class Driver:
     def _settle(
         self, task: StudyTask, trial: optuna.Trial, metrics: dict, count: bool = True
     ) -> None:
-        """Score, tell, count, and run the per-study hooks for one outcome.
+        """Screen, score, tell (exactly once), count, and run the guard for one outcome.
 
-        ``count=False`` (crash recovery) tells without counting: :meth:`recover` counts every
-        stored trial afterwards in one pass.
+        The one place outcomes reach Optuna (:func:`lambda_hat.workflow.tell.tell`): a failure
+        is never ``inf`` (a constant worst score makes TPE degrade to random search). Besides
+        what ``tell`` records, the user attrs carry ``llc_hat`` and ``reused``; everything else
+        is in the trial's ``metrics.json`` (user attr ``run_dir``): every attr is one journal
+        write. ``count=False`` (crash recovery) tells without counting: :meth:`recover` counts
+        every stored trial afterwards in one pass.
         """
         run_dir = trial.user_attrs.get("run_dir")
         if run_dir:
             metrics.setdefault("metrics_path", str(Path(run_dir) / "metrics.json"))
-        metrics = execution.screen_estimate(metrics, task.ref)
+        metrics = screen_estimate(metrics, task.ref)
         values = objective_values(metrics, task)
 
         def objective_fn(m: dict) -> list[float]:
@@ -469,18 +450,18 @@ class Driver:
                 raise ValueError("the trial reported no finite llc_hat to score")
             return values
 
-        told = _tell(task.study, trial, metrics, objective_fn)
+        llc_hat = finite_float(metrics.get("llc_hat"))
+        if llc_hat is not None:
+            trial.set_user_attr("llc_hat", llc_hat)
+        if metrics.get("reused"):
+            trial.set_user_attr("reused", True)
+        told = tell(task.study, trial, metrics, objective_fn)
         if not count:
             return
-        kind = told.user_attrs.get("failure_kind")
         self._count(
-            task,
-            told.state,
-            kind,
-            told.values if kind is None else None,
-            trial.number,
-            bool(metrics.get("reused")),
+            task, told.state, told.user_attrs, told.values, trial.number, metrics.get("reused")
         )
+        kind = told.user_attrs.get("failure_kind")
         if counts_as_finished(told.state, kind):
             task.finished_this_run += 1
         task.infra_streak = task.infra_streak + 1 if kind == "infrastructure" else 0
@@ -496,15 +477,3 @@ class Driver:
             )
             if not decision.proceed:
                 task.stop(decision.message)
-        if self.on_told:
-            self.on_told(task, trial.number, metrics)
-
-
-def best_successful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best successful trial (never a failure's placeholder), or None."""
-    return failures.best_successful(study)
-
-
-def run_dir_of(trial: optuna.trial.FrozenTrial) -> Path | None:
-    rd = trial.user_attrs.get("run_dir")
-    return Path(rd) if rd else None

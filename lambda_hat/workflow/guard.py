@@ -1,0 +1,186 @@
+"""The per-study guard: abort on systematic failures, stop a study that never succeeds.
+
+:class:`FailureGuard` watches one study. It aborts on *systematic* failures (the same exception
+from the first trials, import and config errors: not a property of the parameters, so never
+learned) and stops a study that has produced ``max_consecutive_failures`` counted failures
+without a single success, saying what failed, where, and what to change
+(:mod:`lambda_hat.workflow.diagnosis`). Which kinds count is the *guarded* column of
+:data:`lambda_hat.outcome.KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lambda_hat.outcome import KINDS, failure_of
+from lambda_hat.workflow.diagnosis import Record
+from lambda_hat.workflow.diagnosis import diagnosis as diagnose
+from lambda_hat.workflow.diagnosis import suggestion as suggest
+from lambda_hat.workflow.tell import TellArgs, failure_from_attrs
+
+__all__ = ["CONTINUE", "SYSTEMATIC_EXC_TYPES", "Decision", "FailureGuard"]
+
+SYSTEMATIC_EXC_TYPES: frozenset[str] = frozenset(
+    {"ImportError", "ModuleNotFoundError", "SyntaxError", "ConfigError", "AttributeError"}
+)
+"""Exception types that cannot depend on the sampled parameters: the study aborts at once."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the driver does after a trial: ``continue``, ``abort`` (systematic failure: stop the
+    study now, not learned) or ``stop`` (all-fail guard). ``message`` says why."""
+
+    action: str
+    message: str = ""
+
+    @property
+    def proceed(self) -> bool:
+        return self.action == "continue"
+
+
+CONTINUE = Decision("continue")
+
+
+def _signature(failure: Mapping[str, Any]) -> tuple:
+    """What makes two failures "the same": kind plus exception type / signal / exit code."""
+    return (
+        failure["kind"],
+        failure.get("exc_type") or failure.get("signal") or failure.get("exit_code"),
+    )
+
+
+def _counted(r: Record) -> bool:
+    return r.failure is None or KINDS[r.failure["kind"]].guarded
+
+
+@dataclass
+class FailureGuard:
+    """Per-study watchdog deciding, after each finished trial, whether the study goes on.
+
+    Args:
+        max_consecutive_failures: stop the study after this many counted failures while it has
+            not produced a single success (``None`` disables the all-fail guard). Default 10.
+        systematic_after: abort when the study's first this-many counted trials all failed with
+            the same ``error``/``crashed`` signature (same exception type, signal or exit code).
+            Default 3.
+        culprits: failure kind -> the study's method's hyperparameters that usually cause it
+            when too large (``lambda_hat.methods.culprits(method)``); they break ties in the
+            suggestion. Default: none.
+
+    Kinds that are not *guarded* (``interrupted``, ``infrastructure``, ``pruned``) are recorded
+    for the diagnosis but do not count. Import and config errors (:data:`SYSTEMATIC_EXC_TYPES`,
+    or ``phase == "import"``) abort at once. Once a study has stopped or aborted, every later
+    call returns that decision.
+    """
+
+    max_consecutive_failures: int | None = 10
+    systematic_after: int = 3
+    culprits: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)
+    decision: Decision = CONTINUE
+
+    def __post_init__(self) -> None:
+        if self.max_consecutive_failures is not None and self.max_consecutive_failures < 1:
+            raise ValueError(
+                f"max_consecutive_failures must be >= 1 or None, got {self.max_consecutive_failures}"
+            )
+        if self.systematic_after < 1:
+            raise ValueError(f"systematic_after must be >= 1, got {self.systematic_after}")
+
+    @property
+    def n_success(self) -> int:
+        return sum(r.failure is None for r in self.records)
+
+    def record(
+        self,
+        trial_number: int,
+        metrics: Mapping[str, Any] | None,
+        metrics_path: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        told: TellArgs | None = None,
+    ) -> Decision:
+        """Record one finished trial and return what the study should do next.
+
+        Pass ``told`` (what :func:`lambda_hat.workflow.tell.tell` returned) so that a run whose
+        metrics say ``ok`` but whose objective could not be computed is recorded as the
+        ``error`` it was told as.
+        """
+        failure = failure_of(metrics)
+        if failure is None and told is not None and told.user_attrs.get("status") == "failed":
+            failure = failure_from_attrs(told.user_attrs)
+        path = None if metrics_path is None else str(metrics_path)
+        rec = Record(trial_number, failure, path, dict(params or {}))
+        self.records.append(rec)
+        if not self.decision.proceed or not (failure and KINDS[failure["kind"]].guarded):
+            return self.decision
+        if failure["kind"] == "error" and (
+            failure.get("exc_type") in SYSTEMATIC_EXC_TYPES or failure.get("phase") == "import"
+        ):
+            why = "cannot import or configure the trial"
+            self.decision = Decision("abort", self._systematic_message([rec], why))
+            return self.decision
+        counted = [r for r in self.records if _counted(r)]
+        if self.n_success == 0 and len(counted) == self.systematic_after:
+            sigs = {_signature(r.failure) for r in counted}  # type: ignore[arg-type]
+            if len(sigs) == 1 and failure["kind"] in ("error", "crashed"):
+                why = f"the first {len(counted)} trials all failed the same way"
+                self.decision = Decision("abort", self._systematic_message(counted, why))
+                return self.decision
+        if (
+            self.max_consecutive_failures is not None
+            and self.n_success == 0
+            and len(counted) >= self.max_consecutive_failures
+        ):
+            self.decision = Decision(
+                "stop",
+                f"{len(counted)} failed trials and no success: study stopped.\n{self.diagnosis()}",
+            )
+        return self.decision
+
+    def replay(self, study: optuna.Study) -> Decision:
+        """Re-record a resumed study's finished trials (in trial order) from their user attrs,
+        so that a restarted driver keeps the counts, and a stopped study stays stopped."""
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if not t.state.is_finished():
+                continue
+            run_dir = t.user_attrs.get("run_dir")
+            path = f"{run_dir}/metrics.json" if run_dir else None
+            ok = t.state == TrialState.COMPLETE and t.user_attrs.get("status", "ok") == "ok"
+            metrics = (
+                {"status": "ok"}
+                if ok
+                else {"status": "failed", "failure": failure_from_attrs(t.user_attrs)}
+            )
+            self.record(t.number, metrics, path, t.params)
+        return self.decision
+
+    def _systematic_message(self, recs: list[Record], why: str) -> str:
+        f = recs[-1].failure or {}
+        lines = [
+            f"systematic failure ({why}); not a property of the parameters, so it is not learned.",
+            f"  {f.get('kind')}: {f.get('message', '')}",
+        ]
+        for key in ("traceback_path", "log_path"):
+            if f.get(key):
+                lines.append(f"  {key.replace('_', ' ')}: {f[key]}")
+        tb = f.get("traceback")
+        if tb:
+            lines.append("  traceback:\n" + "\n".join("    " + ln for ln in str(tb).splitlines()))
+        paths = [r.path for r in recs if r.path]
+        if paths:
+            lines.append("  failing metrics.json: " + ", ".join(paths))
+        return "\n".join(lines)
+
+    def diagnosis(self) -> str:
+        """What failed, where, and what to change (:func:`lambda_hat.workflow.diagnosis.diagnosis`)."""
+        return diagnose(self.records, self.culprits)
+
+    def suggestion(self) -> str:
+        """A concrete next step (:func:`lambda_hat.workflow.diagnosis.suggestion`)."""
+        return suggest(self.records, self.culprits)

@@ -1,0 +1,41 @@
+"""Stored artifacts are found by their content address: pids and run ids must not drift.
+
+The run ids below were produced by the code before the architecture change (issue 8) for the
+linear test problem; the same manifests must hash to the same ids, or every stored run of every
+user would be recomputed (and resumed studies would not find their trials).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lambda_hat import runs
+from lambda_hat.config import resolve_problem
+from lambda_hat.hashing import content_hash
+from lambda_hat.problems import problem_id
+
+LINEAR_PID = "p_ff2e65329cb6"
+REF = {"beta": 1 / math.log(200), "gamma": 1.0}
+
+
+def test_linear_problem_pid_is_frozen():
+    assert (
+        problem_id(resolve_problem({"model": "linear", "data": "small", "seed": 0})) == LINEAR_PID
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "hp", "run_id"),
+    [
+        ("sgld", {"steps": 400, "batch": 32, "precond_type": "none"}, "r_9e8b47c2aa8a"),
+        ("sgld", {"steps": 400, "precond_type": "adam"}, "r_eb209dececaf"),
+        ("vi", {"steps": 300}, "r_a97b6f6818a6"),
+        ("mclmc", {"steps": 300}, "r_cba942237ced"),
+    ],
+)
+def test_run_ids_are_frozen(method, hp, run_id, tmp_path):
+    manifest = runs.manifest(LINEAR_PID, 200, method, hp, None, 3, REF)
+    assert content_hash(manifest, "r_") == run_id
+    assert runs.run_dir_for(tmp_path, LINEAR_PID, method, manifest).name == run_id
