@@ -54,7 +54,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     refs = reference.run_references(
         specs, cfg, exp.config.paths.artifacts, args.force, args.verbose
     )
-    print(reference.format_table(refs))
+    print(reference.reference_table(refs))
     failed = [r["pid"] for r in refs if not r["gate"]["passed"]]
     if failed:
         print(

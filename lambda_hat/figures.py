@@ -259,6 +259,47 @@ def _mark_failures(ax: Axes, failed: pd.DataFrame) -> None:
         )
 
 
+def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: dict | None) -> None:
+    """The study figure's lower panel: every ok trial's λ̂ ± SE against the reference band."""
+    llc_ref, se_ref = _ref_numbers(study, ref)
+    _reference_band(ax_llc, llc_ref, se_ref)
+    _theory_line(ax_llc, ref)
+    if not ok.empty:
+        se = ok.se_hat.where(ok.se_hat.notna() & np.isfinite(ok.se_hat), 0.0)
+        ax_llc.errorbar(
+            ok.trial_number,
+            ok.llc_hat,
+            yerr=se,
+            fmt="o",
+            ms=4,
+            lw=0.8,
+            color="tab:blue",
+            alpha=0.8,
+            label=f"trial {LAMBDA_HAT} ± SE",
+        )
+        keep = [v for v in (llc_ref,) if v is not None]
+        if se_ref:
+            keep += [llc_ref - 2 * se_ref, llc_ref + 2 * se_ref]
+        ends = np.concatenate([ok.llc_hat - se, ok.llc_hat + se]).astype(float)
+        lo, hi = _limits(ends, keep, robust=True)
+        ax_llc.set_ylim(lo, hi)
+        _mark_off_scale(ax_llc, ok, lo, hi)
+        top = best_trials(ok)
+        if not top.empty:
+            ax_llc.scatter(
+                top.trial_number,
+                top.llc_hat,
+                marker="*",
+                s=160,
+                color="gold",
+                ec="black",
+                zorder=5,
+                label=f"best trial (#{int(top.trial_number.iloc[0])})",
+            )
+    else:
+        _no_success(ax_llc, 0.9)
+
+
 def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "objective") -> bytes:
     """PNG of one (problem, method) study from its Parquet rows (see the module doc)."""
     from matplotlib.ticker import MaxNLocator
@@ -298,43 +339,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
     ax_obj.set_ylabel(objective_label)
     ax_obj.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
-    llc_ref, se_ref = _ref_numbers(study, ref)
-    _reference_band(ax_llc, llc_ref, se_ref)
-    _theory_line(ax_llc, ref)
-    if not ok.empty:
-        se = ok.se_hat.where(ok.se_hat.notna() & np.isfinite(ok.se_hat), 0.0)
-        ax_llc.errorbar(
-            ok.trial_number,
-            ok.llc_hat,
-            yerr=se,
-            fmt="o",
-            ms=4,
-            lw=0.8,
-            color="tab:blue",
-            alpha=0.8,
-            label=f"trial {LAMBDA_HAT} ± SE",
-        )
-        keep = [v for v in (llc_ref,) if v is not None]
-        if se_ref:
-            keep += [llc_ref - 2 * se_ref, llc_ref + 2 * se_ref]
-        ends = np.concatenate([ok.llc_hat - se, ok.llc_hat + se]).astype(float)
-        lo, hi = _limits(ends, keep, robust=True)
-        ax_llc.set_ylim(lo, hi)
-        _mark_off_scale(ax_llc, ok, lo, hi)
-        top = best_trials(ok)
-        if not top.empty:
-            ax_llc.scatter(
-                top.trial_number,
-                top.llc_hat,
-                marker="*",
-                s=160,
-                color="gold",
-                ec="black",
-                zorder=5,
-                label=f"best trial (#{int(top.trial_number.iloc[0])})",
-            )
-    else:
-        _no_success(ax_llc, 0.9)
+    _draw_trial_llcs(ax_llc, study, ok, ref)
     if not finished.empty:  # markers in axes coordinates do not widen the x range by themselves
         ax_llc.set_xlim(finished.trial_number.min() - 0.5, finished.trial_number.max() + 0.5)
     ax_llc.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -72,3 +72,15 @@ class Progress:
             fmt_seconds(eta),
             f"  {extra}" if extra else "",
         )
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: columns left-aligned to their widest cell, a rule under the header.
+    The one table printer (references, study progress, best trials)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

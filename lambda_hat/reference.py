@@ -28,7 +28,7 @@ from lambda_hat.config import ProblemSpec, ReferenceConfig
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
-from lambda_hat.log import Progress, fmt_seconds, setup_logging
+from lambda_hat.log import Progress, fmt_seconds, format_table, setup_logging
 from lambda_hat.posterior import chain_starts
 from lambda_hat.problems import Problem, build_problem
 from lambda_hat.samplers import hmc
@@ -321,7 +321,7 @@ def run_references(
         return list(pool.map(reference_job, *zip(*args, strict=True)))
 
 
-def format_table(refs: list[dict]) -> str:
+def reference_table(refs: list[dict]) -> str:
     """The summary table printed by ``lambda-hat reference``."""
     header = [
         "pid",
@@ -336,7 +336,7 @@ def format_table(refs: list[dict]) -> str:
         "λ theory",
         "gate",
     ]
-    rows = [header]
+    rows = []
     for r in refs:
         rows.append(
             [
@@ -353,7 +353,4 @@ def format_table(refs: list[dict]) -> str:
                 "ok" if r["gate"]["passed"] else "FAILED",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(header, rows)

@@ -302,18 +302,18 @@ def test_progress_shows_counts_best_and_eta():
     t = tuning.StudyTask(pid="p_a", method="vi", study=None, space={}, base_payload={}, ref={})
     t.finished, t.finished_this_run, t.running, t.failed = 4, 4, 2, 1
     t.best_value, t.best_number = 0.0123, 3
-    text = progress.Progress([t], max_trials=10, clock=clock, emit=print).render()
+    text = progress.StudyTable([t], max_trials=10, clock=clock, emit=print).render()
     assert "p_a:vi" in text and "4/10" in text and "0.0123 (#3)" in text
     assert "2m30s" in text  # 6 remaining at 25 s each
     assert progress.eta_seconds(0, 0, 0.0) == 0.0 and progress.eta_seconds(3, 0, 5.0) is None
 
     now, shown = [0.0], []
-    show = progress.Progress([t], max_trials=10, clock=lambda: now[0], emit=shown.append)
+    show = progress.StudyTable([t], max_trials=10, clock=lambda: now[0], emit=shown.append)
     show()
     show()  # nothing changed: quiet
     t.finished += 1
     show()
-    now[0] += progress.Progress.quiet_sec
+    now[0] += progress.StudyTable.quiet_sec
     show()
     assert len(shown) == 3 and "5/10" in shown[1]
 
@@ -508,7 +508,7 @@ def test_trials_with_bad_intermediate_estimates_are_pruned_and_count_as_finished
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] * 3
     assert task.finished == 6 and len(trials) == 6  # pruned trials count toward max_trials
     assert task.pruned == 3 and task.failed == 0
-    assert "pruned" in progress.Progress([task], 6, emit=print).render()
+    assert "pruned" in progress.StudyTable([task], 6, emit=print).render()
     for t in trials[:3]:
         assert sorted(t.intermediate_values) == list(range(1, tuning.PRUNING_STEPS + 1))
     for t in trials[3:]:

@@ -81,3 +81,18 @@ def mean_or_none(x) -> float | None:
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     return float(x.mean()) if x.size else None
+
+
+def run_output(loss, draws, burn: int, done: int, total: int, early: bool, steps: tuple) -> dict:
+    """The fields every adapter's RunOutput has: the L_n draws, the kept ones, the burn-in, the
+    drive loop's units done of ``total``, ``stopped_early`` and ``steps = (done, planned)``."""
+    return {
+        "loss": loss,
+        "kept": draws,
+        "burnin": burn,
+        "units_done": done,
+        "units_total": total,
+        "stopped_early": early,
+        "steps_done": steps[0],
+        "steps_planned": steps[1],
+    }

@@ -14,7 +14,7 @@ import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from lambda_hat.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite, i64
-from lambda_hat.methods._base import Method, Target, kept, partial_llc, traced_posterior
+from lambda_hat.methods._base import Method, Target, kept, partial_llc, run_output, traced_posterior
 from lambda_hat.posterior import chain_starts
 from lambda_hat.samplers import mclmc as mclmc_kernel
 from lambda_hat.schema import ConfigError, config_dataclass, field
@@ -153,14 +153,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     draws, burn = kept(loss, hp["burnin_frac"])
     grads = C * mclmc_kernel.GRADS_PER_STEP * (tune_steps + done)
     return {
-        "loss": loss,
-        "kept": draws,
-        "burnin": burn,
-        "units_done": done,
-        "units_total": steps,
-        "stopped_early": early,
-        "steps_done": done,
-        "steps_planned": steps,
+        **run_output(loss, draws, burn, done, steps, early, (done, steps)),
         "work": {
             "grad_evals": grads,
             "fge": float(grads),

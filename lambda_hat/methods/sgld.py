@@ -20,6 +20,7 @@ from lambda_hat.methods._base import (
     kept,
     mean_or_none,
     partial_llc,
+    run_output,
     traced_posterior,
 )
 from lambda_hat.posterior import chain_starts
@@ -119,14 +120,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     acc_kept = accept[:, burn:]
     grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
     return {
-        "loss": loss,
-        "kept": draws,
-        "burnin": burn,
-        "units_done": done,
-        "units_total": blocks,
-        "stopped_early": early,
-        "steps_done": done * E,
-        "steps_planned": blocks * E,
+        **run_output(loss, draws, burn, done, blocks, early, (done * E, blocks * E)),
         "work": {
             "grad_evals": C * grads_per_chain,
             "fge": C * grads_per_chain * batch / n,

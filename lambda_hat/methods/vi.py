@@ -14,7 +14,7 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from lambda_hat.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite
-from lambda_hat.methods._base import Method, Target, traced_posterior
+from lambda_hat.methods._base import Method, Target, run_output, traced_posterior
 from lambda_hat.samplers import vi as vi_kernel
 from lambda_hat.schema import config_dataclass, field
 
@@ -145,14 +145,7 @@ def _output(hp: dict, n: int, done: int, early: bool, elbo, loss, state) -> dict
     weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
     weights /= weights.sum(axis=-1, keepdims=True)
     return {
-        "loss": loss,
-        "kept": loss,
-        "burnin": 0,
-        "units_done": done,
-        "units_total": steps,
-        "stopped_early": early,
-        "steps_done": done,
-        "steps_planned": steps,
+        **run_output(loss, loss, 0, done, steps, early, (done, steps)),
         "independent": True,
         "work": {
             "grad_evals": C * (done * M * S + hp["whiten_steps"]),

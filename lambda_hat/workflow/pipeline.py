@@ -236,7 +236,7 @@ def execute(plan: Plan) -> int:
                 plan.pids.remove(pid)
                 code = 1
         tasks = make_tasks(plan, storage, refs)
-        show = progress.Progress(tasks, oc.max_trials)
+        show = progress.StudyTable(tasks, oc.max_trials)
         last_parquet = [time.monotonic()]
 
         def tick() -> None:

@@ -6,19 +6,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from lambda_hat.log import fmt_seconds
+from lambda_hat.log import fmt_seconds, format_table
 
 log = logging.getLogger("lambda_hat.workflow")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def eta_seconds(remaining: int, finished_this_run: int, elapsed: float) -> float | None:
@@ -30,7 +20,7 @@ def eta_seconds(remaining: int, finished_this_run: int, elapsed: float) -> float
     return remaining * elapsed / finished_this_run
 
 
-class Progress:
+class StudyTable:
     """Prints one line per study: finished / running / failed / pruned, best so far, ETA.
 
     ``clock`` is the one time source (tests substitute it); ``emit`` receives the text.
@@ -76,7 +66,7 @@ class Progress:
                     state,
                 ]
             )
-        return _table(
+        return format_table(
             ["study", "finished", "running", "failed", "pruned", "reused", "best", "ETA"], rows
         )
 
@@ -114,7 +104,9 @@ def best_table(rows: list[dict]) -> str:
                 params,
             ]
         )
-    return _table(["study", "trial", "objective", "llc_hat", "llc_ref", "hyperparameters"], out)
+    return format_table(
+        ["study", "trial", "objective", "llc_hat", "llc_ref", "hyperparameters"], out
+    )
 
 
 def _fmt(v) -> str:
