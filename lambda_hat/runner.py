@@ -368,6 +368,9 @@ def _run_sgld(target: _Target, hp: dict, key, deadline: float, timer: _Timer) ->
     E = min(E, steps)
     blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
     precond = hp["precond_type"]
+    # P adapts during the first half of the burn-in and is then frozen: the second half lets
+    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
+    adapt = 0 if precond == "none" else int(hp["burnin_frac"] * blocks) * E // 2
 
     def setup(args, key):
         post = _traced_posterior(target, args)
@@ -383,14 +386,15 @@ def _run_sgld(target: _Target, hp: dict, key, deadline: float, timer: _Timer) ->
         _f64(hp["adam_beta1"]),
         _f64(hp["precond_eps"]),
         _i64(E),
+        _i64(adapt),
         chain_keys,
     )
 
     def unit(consts, state, b):
-        args, eta, decay, beta1, eps, E, chain_keys = consts
+        args, eta, decay, beta1, eps, E, adapt, chain_keys = consts
         post = _traced_posterior(target, args)
         kernel = sgld_mod.build_kernel(post, batch, precond, decay, beta1, eps)
-        block = sgld_mod.build_block(kernel, post, eta, E)
+        block = sgld_mod.build_block(kernel, post, eta, E, adapt)
         return jax.vmap(block, in_axes=(0, 0, None))(chain_keys, state, b)
 
     def first_bad(info, finite):
@@ -411,6 +415,9 @@ def _run_sgld(target: _Target, hp: dict, key, deadline: float, timer: _Timer) ->
     )
     loss, accept = _concat(infos, 0), _concat(infos, 1)
     kept, burn = _kept(loss, hp["burnin_frac"])
+    if burn * E < adapt:  # stopped early: no kept draw from before the freeze
+        burn = min(-(-adapt // E), loss.shape[1])
+        kept = loss[:, burn:]
     acc_kept = accept[:, burn:]
     grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
     return {
@@ -432,8 +439,9 @@ def _run_sgld(target: _Target, hp: dict, key, deadline: float, timer: _Timer) ->
             "mala_acceptance_per_chain": [_mean_or_none(a) for a in acc_kept],
             "eval_every": E,
             "batch": batch,
+            "precond_adapt_steps": adapt,
         },
-        "trace": {"loss": loss, "mala_accept": accept},
+        "trace": {"loss": loss, "mala_accept": accept, "precond": np.asarray(state.precond)},
     }
 
 
