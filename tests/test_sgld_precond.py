@@ -244,7 +244,7 @@ def _gradient_noise(problem, post, batch):
     return np.cov(np.asarray(per_sample).T, bias=True) / batch
 
 
-@pytest.mark.parametrize("precond", ["rmsprop", "adam"])
+@pytest.mark.parametrize("precond", ["rmsprop", pytest.param("adam", marks=pytest.mark.slow)])
 def test_runner_minibatch_matches_plain_sgld(linear, tmp_path, precond):
     """Batch 32: the reference is the Lyapunov closed form with the frozen P *and* the
     minibatch gradient noise (ε²/4)(nβ)²·P F P / B; on this problem P ≈ 1, so it is also
