@@ -42,7 +42,7 @@ def manifest(
 ) -> dict:
     """Everything that determines a run (hyperparameters resolved; raises ConfigError)."""
     hp = methods.validate_hyperparams(method, hyperparams)
-    return {
+    out = {
         "schema": RUN_SCHEMA,
         "pid": pid,
         "method": method,
@@ -51,6 +51,10 @@ def manifest(
         "budget_sec": None if budget_sec is None else float(budget_sec),
         "posterior": posterior_settings(n, method, hp, ref),
     }
+    revision = methods.get(method).revision(hp)
+    if revision is not None:  # the adapter changed for these settings: old runs are not reused
+        out["revision"] = revision
+    return out
 
 
 def run_dir_for(artifacts: str | Path, pid: str, method: str, manifest: dict) -> Path:

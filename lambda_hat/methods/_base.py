@@ -23,7 +23,9 @@ class Method(NamedTuple):
     ``run(target, hp, key, deadline, timer)`` the adapter that runs the sampler and returns a
     :data:`RunOutput` dict; ``culprits`` maps a failure kind to the hyperparameters that
     usually cause it, most likely first (the all-fail guard's diagnosis); ``check(hp, where)``
-    cross-field checks beyond the schema (raise ConfigError) or None.
+    cross-field checks beyond the schema (raise ConfigError) or None; ``revision(hp)`` names
+    a change of what the adapter computes for these hyperparameters (it enters the run's
+    manifest, so runs stored before the change are not reused) or returns None.
     """
 
     name: str
@@ -32,6 +34,7 @@ class Method(NamedTuple):
     run: Callable[..., dict]
     culprits: Mapping[str, tuple[str, ...]]
     check: Callable[[Any, str], None] | None = None
+    revision: Callable[[dict], str | None] = lambda hp: None
 
 
 class Target(NamedTuple):

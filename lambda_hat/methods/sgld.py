@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import jax
+import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from lambda_hat.engine import Timer, concat, drive_units, f64, first_nonfinite, i64
@@ -74,6 +75,9 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     E = min(E, steps)
     blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
     precond = hp["precond_type"]
+    # P adapts during the first half of the burn-in and is then frozen: the second half lets
+    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
+    adapt = 0 if precond == "none" else int(hp["burnin_frac"] * blocks) * E // 2
 
     def setup(args, key):
         post = traced_posterior(target, args)
@@ -89,14 +93,15 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         f64(hp["adam_beta1"]),
         f64(hp["precond_eps"]),
         i64(E),
+        i64(adapt),
         chain_keys,
     )
 
     def unit(consts, state, b):
-        args, eta, decay, beta1, eps, E, chain_keys = consts
+        args, eta, decay, beta1, eps, E, adapt, chain_keys = consts
         post = traced_posterior(target, args)
         kernel = sgld_kernel.build_kernel(post, batch, precond, decay, beta1, eps)
-        block = sgld_kernel.build_block(kernel, post, eta, E)
+        block = sgld_kernel.build_block(kernel, post, eta, E, adapt)
         return jax.vmap(block, in_axes=(0, 0, None))(chain_keys, state, b)
 
     def first_bad(info, finite):
@@ -117,6 +122,9 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     )
     loss, accept = concat(infos, 0), concat(infos, 1)
     draws, burn = kept(loss, hp["burnin_frac"])
+    if burn * E < adapt:  # stopped early: no kept draw from before the freeze
+        burn = min(-(-adapt // E), loss.shape[1])
+        draws = loss[:, burn:]
     acc_kept = accept[:, burn:]
     grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
     return {
@@ -131,8 +139,9 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
             "mala_acceptance_per_chain": [mean_or_none(a) for a in acc_kept],
             "eval_every": E,
             "batch": batch,
+            "precond_adapt_steps": adapt,
         },
-        "trace": {"loss": loss, "mala_accept": accept},
+        "trace": {"loss": loss, "mala_accept": accept, "precond": np.asarray(state.precond)},
     }
 
 
@@ -142,4 +151,5 @@ METHOD = Method(
     space=space,
     run=run,
     culprits={"diverged": ("eta0",), "timeout": ("steps",), "oom": ("batch",)},
+    revision=lambda hp: None if hp["precond_type"] == "none" else "precond frozen after burn-in",
 )
