@@ -3,8 +3,9 @@
 Needs a running single-node SLURM with accounting (``sudo bash tests/cluster/start_slurm.sh``;
 ``.ci/run`` starts it). Without one these tests skip and say why; with ``CI=true`` they fail
 instead, so CI cannot pass without running them. Trials are the synthetic target (no sampling),
-so the time is SLURM's, Parsl's and one tiny HMC reference's. Both tests share one artifacts
-directory: the second reuses the first one's reference.
+so the time is SLURM's, Parsl's and one tiny HMC reference's. Each test's driver runs in its own
+directory (its jobs' working directory in sacct and squeue); they share the artifacts, so the
+second reuses the first one's reference.
 """
 
 from __future__ import annotations
@@ -115,16 +116,20 @@ def _filled_config(slurm: dict, dest: Path) -> Path:
 
 
 def _driver(shared: Path, slurm: dict, name: str, seed: int, max_trials: int, env: dict):
-    """Start ``parsl-optuna`` on the filled-in SLURM config; output in ``<shared>/<name>.log``."""
-    config = shared / f"{name}.yaml"
+    """Start ``parsl-optuna`` on the filled-in SLURM config in ``<shared>/<name>/`` (its jobs'
+    working directory, which tells them apart in sacct), with output in ``<name>/driver.log``.
+    The artifacts (the reference) are shared."""
+    workdir = shared / name
+    workdir.mkdir()
+    config = workdir / "experiment.yaml"
     config.write_text(CONFIG.format(seed=seed))
     args = [
         "--config",
         str(config),
         "--parsl-config",
-        str(_filled_config(slurm, shared / f"slurm_{name}.py")),
+        str(_filled_config(slurm, workdir / "slurm.py")),
         "--results",
-        str(shared / f"results_{name}"),
+        str(workdir / "results"),
         "--artifacts",
         str(shared / "artifacts"),
         "--max-trials",
@@ -134,10 +139,11 @@ def _driver(shared: Path, slurm: dict, name: str, seed: int, max_trials: int, en
         "--trial-target",
         SYNTHETIC,
     ]
-    with (shared / f"{name}.log").open("w") as out:
-        return subprocess.Popen(
-            CLI + args, cwd=shared, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+    with (workdir / "driver.log").open("w") as out:
+        proc = subprocess.Popen(
+            CLI + args, cwd=workdir, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
         )
+    return proc, workdir
 
 
 def _jobs_of(workdir: Path) -> dict[str, str]:
@@ -202,9 +208,9 @@ def _trial_metrics(results: Path) -> list[dict]:
 
 
 def test_tuning_runs_its_trials_inside_slurm_jobs(slurm, shared):
-    log = shared / "e2e.log"
     t0 = time.monotonic()
-    proc = _driver(shared, slurm, "e2e", 0, 4, {})
+    proc, workdir = _driver(shared, slurm, "e2e", 0, 4, {})
+    log = workdir / "driver.log"
     try:
         proc.wait(timeout=240)
         elapsed = time.monotonic() - t0
@@ -212,13 +218,13 @@ def test_tuning_runs_its_trials_inside_slurm_jobs(slurm, shared):
         # A clean exit leaves nothing: no job queued, nothing running from the directory.
         _wait(
             "the run's jobs and processes to end",
-            lambda: not _queued_of(shared) and not _in(shared),
+            lambda: not _queued_of(workdir) and not _in(workdir),
             30,
         )
     finally:
-        _clean_up(shared, [proc] if proc.poll() is None else [])
+        _clean_up(workdir, [proc] if proc.poll() is None else [])
 
-    trials = _trial_metrics(shared / "results_e2e")
+    trials = _trial_metrics(workdir / "results")
     assert len(trials) == 4 and all(m["status"] == "ok" for m in trials), trials
     recorded = {m["job_id"] for m in trials}
     assert None not in recorded, "a trial ran outside a SLURM job"
@@ -226,7 +232,7 @@ def test_tuning_runs_its_trials_inside_slurm_jobs(slurm, shared):
     assert {m["node"] for m in trials} <= nodes
     # sacct knows every job id the trials recorded, and this run submitted no other job (one
     # block: the reference and all four trials ran in it). Accounting lags by a second or two.
-    jobs = _wait("sacct to list the run's job", lambda: _jobs_of(shared), 30)
+    jobs = _wait("sacct to list the run's job", lambda: _jobs_of(workdir), 30)
     assert recorded == set(jobs), (recorded, jobs)
     assert all(state in ("COMPLETED", "CANCELLED") for state in jobs.values()), jobs
     print(f"tuning through SLURM: {elapsed:.1f}s, jobs {jobs}")
@@ -239,9 +245,9 @@ def test_tuning_runs_its_trials_inside_slurm_jobs(slurm, shared):
     "(parent 1) and keeps the SLURM job (issue 10; fix in lambda_hat/workflow/execution.py)",
 )
 def test_sigterm_of_the_driver_leaves_no_job_and_no_interchange(slurm, shared):
-    log = shared / "sigterm.log"
-    workdir, t_start = shared, time.time()
-    proc = _driver(shared, slurm, "sigterm", 1, 8, {"LAMBDA_HAT_SYNTHETIC_SECONDS": "20"})
+    t_start = time.time()
+    proc, workdir = _driver(shared, slurm, "sigterm", 1, 8, {"LAMBDA_HAT_SYNTHETIC_SECONDS": "20"})
+    log = workdir / "driver.log"
     procs: list[psutil.Process] = []
     try:
         _wait("a running SLURM job", lambda: _queued_of(workdir), 60, log)
