@@ -3,7 +3,9 @@
 Every artifact lambda_hat writes goes through :func:`atomic_write_bytes`: the bytes land in a
 temporary file in the destination directory, are flushed and fsynced, then ``os.replace``\\ d
 over the target. Readers therefore see either the old file or the new one, never a torn one,
-and concurrent writers of the same path cannot interleave lines.
+and concurrent writers of the same path cannot interleave lines. The file's mode is 0666 less
+the process umask, as for any ``open()`` (``tempfile.mkstemp`` would make it 0600: colleagues
+sharing a cluster project directory could not read the results).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import math
 import numbers
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same directory + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -68,6 +70,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created temporary file beside ``path``; its mode respects the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,18 @@ from lambda_hat.problems import Problem
 __all__ = ["run_method_trial"]
 
 log = logging.getLogger("lambda_hat.runner")
+
+
+def _where_run() -> dict[str, str | None]:
+    """Where this trial runs: the scheduler's job id (``SLURM_JOB_ID`` or ``PBS_JOBID``; None
+    outside a batch job), the node, and the GPUs it may use (``CUDA_VISIBLE_DEVICES``), so that a
+    result can be traced to its job's logs and accounting (``sacct -j``, ``qstat -x``)."""
+    env = os.environ
+    return {
+        "job_id": env.get("SLURM_JOB_ID") or env.get("PBS_JOBID"),
+        "node": socket.gethostname(),
+        "gpu": env.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def _new_metrics(manifest: dict, run_id: str) -> dict[str, Any]:
@@ -62,6 +76,7 @@ def _new_metrics(manifest: dict, run_id: str) -> dict[str, Any]:
         "work": {},
         "draws": {},
         "posterior": dict(manifest["posterior"]),
+        **_where_run(),
     }
 
 

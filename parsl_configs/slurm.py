@@ -3,14 +3,14 @@
 Copy this file and replace the ALL-CAPS placeholders. The driver (``parsl-optuna``) runs on the
 login node; it must be started from a directory on a filesystem the compute nodes share
 (Parsl's run directory holds HTEX's encryption certificates, and artifacts/ holds the trial
-files workers write). The interchange is reached on the login node's cluster-facing addresses,
+files workers write). The interchange is reached on the login node's cluster-facing address,
 never 127.0.0.1, so workers on compute nodes can connect. Parsl monitoring stays off: its
 resource monitor forks, which can deadlock processes that imported JAX.
 
     parsl-optuna --config config/my_run.yaml --parsl-config parsl_configs/slurm.py
 """
 
-from parsl.addresses import address_by_interface
+from parsl.addresses import address_by_hostname, address_by_interface
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
 from parsl.launchers import SrunLauncher
@@ -20,23 +20,36 @@ PARTITION = "PARTITION"  # e.g. "cpu" or "gpu"
 ACCOUNT = None  # e.g. "my-project"; None uses your default account
 NODES = 2  # nodes per job (block)
 CORES_PER_NODE = 32  # trials run at once on a node
-WALLTIME = "04:00:00"  # per job; the driver resubmits blocks while trials remain
+WALLTIME = "04:00:00"  # per job, HH:MM:SS; the driver submits a new job while trials remain
+# Drain: this long before WALLTIME ends, workers stop taking trials, finish the ones they run
+# and exit, so the job ends before SLURM kills it and Parsl starts a fresh one; no trial is sent
+# to a job about to expire. It must cover the longest trial (method_budget_sec x timeout_grace
+# plus start-up: 600 s x 1.5 + about a minute with the defaults) and the workers' start-up.
+DRAIN_MARGIN_SEC = 20 * 60
 MAX_BLOCKS = 1  # SLURM jobs at once
-# Shell lines run on each node before the worker starts: activate the same environment.
-# Network interface of the login node that compute nodes reach (e.g. "ib0"); None lets
-# workers probe every address of the login node (Parsl's default), never only loopback.
+# Network interface of the login node that compute nodes reach (e.g. "ib0"). None: the address
+# the login node's hostname resolves to (no internet lookup; Parsl's address=None queries a
+# public service, a 30 s timeout where there is no internet). Set it when
+# `getent hosts $(hostname)` prints a 127.x address or one the compute nodes cannot reach.
 INTERFACE = None
+# Shell lines run on each node before the worker starts: activate the same environment.
 WORKER_INIT = (
     "source /PATH/TO/lambda_hat/.venv/bin/activate; export XLA_PYTHON_CLIENT_PREALLOCATE=false"
 )
+
+_h, _m, _s = (int(part) for part in WALLTIME.split(":"))
+DRAIN_PERIOD = 3600 * _h + 60 * _m + _s - DRAIN_MARGIN_SEC  # seconds after a worker starts
+if DRAIN_PERIOD <= 0:
+    raise ValueError(f"WALLTIME {WALLTIME} is not longer than DRAIN_MARGIN_SEC {DRAIN_MARGIN_SEC}")
 
 config = Config(
     executors=[
         HighThroughputExecutor(
             label="slurm",
-            address=address_by_interface(INTERFACE) if INTERFACE else None,
+            address=address_by_interface(INTERFACE) if INTERFACE else address_by_hostname(),
             max_workers_per_node=CORES_PER_NODE,
             cores_per_worker=1,
+            drain_period=DRAIN_PERIOD,
             provider=SlurmProvider(
                 partition=PARTITION,
                 account=ACCOUNT,

@@ -1,13 +1,86 @@
-"""Shared fixtures: tiny problems built under a per-session temporary artifacts directory."""
+"""Shared fixtures: tiny problems built under a per-session temporary artifacts directory, and
+a session guard that fails the run when a test leaves a process behind."""
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
+from pathlib import Path
+
 import jax
 import numpy as np
+import psutil
 import pytest
 
 from lambda_hat.config import resolve_problem
 from lambda_hat.problems import build_problem
+
+#: Set in this process, so inherited by everything the tests start (SLURM jobs included).
+SESSION_ENV = "LAMBDA_HAT_TEST_SESSION"
+os.environ[SESSION_ENV] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+LEFTOVER_GRACE_SEC = 10.0
+
+
+def session_processes(basetemp: Path) -> list[psutil.Process]:
+    """Live processes this test session started, wherever they were reparented.
+
+    Three ways to recognize one: a descendant of this process; the session's marker in its
+    environment (a process whose parent died is reparented to init); its working directory
+    under the session's temporary directory (Parsl's interchange renames its process title,
+    which overwrites its environment, but keeps the driver's working directory).
+    """
+    me, marker, base = os.getpid(), os.environ[SESSION_ENV], str(basetemp)
+    found = {p.pid: p for p in psutil.Process(me).children(recursive=True)}
+    for p in psutil.process_iter(["cwd", "environ"]):
+        env, cwd = p.info["environ"] or {}, p.info["cwd"] or ""
+        if env.get(SESSION_ENV) == marker or cwd == base or cwd.startswith(base + os.sep):
+            found.setdefault(p.pid, p)
+    found.pop(me, None)
+    alive = []
+    for p in found.values():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def describe(p: psutil.Process) -> str:
+    try:
+        with p.oneshot():
+            cmd = " ".join(p.cmdline())[:200] or p.name()
+            return f"pid {p.pid} (parent {p.ppid()}, cwd {p.cwd()}): {cmd}"
+    except psutil.Error:
+        return f"pid {p.pid} (gone)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory):
+    """After the last test: every process the session started must have ended. Stragglers get
+    ``LEFTOVER_GRACE_SEC`` to exit, then are killed, and the run fails with their list."""
+    basetemp = tmp_path_factory.getbasetemp()
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_SEC
+    left = session_processes(basetemp)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = session_processes(basetemp)
+    if not left:
+        return
+    report = [describe(p) for p in left]
+    for p in left:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=5)
+    pytest.fail(
+        f"{len(left)} process(es) started by the tests were still running "
+        f"{LEFTOVER_GRACE_SEC:g} s after the last test (now killed):\n  " + "\n  ".join(report),
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,46 +1,75 @@
 """Cluster Parsl configs load with the pinned Parsl and render their batch scripts, without a
 cluster: the scheduler call (``execute_wait``) is substituted, as Parsl's own tests do."""
 
+import time
 from pathlib import Path
 
+import parsl.addresses
 import pytest
-from parsl.launchers import MpiExecLauncher, SrunLauncher
+from parsl.launchers import SingleNodeLauncher, SrunLauncher
 from parsl.providers import PBSProProvider, SlurmProvider
 
+from lambda_hat.config import OptunaConfig
+from lambda_hat.schema import ConfigError
 from lambda_hat.workflow.execution import load_parsl_config
 
 ROOT = Path(__file__).resolve().parents[1] / "parsl_configs"
 
 
+@pytest.fixture
+def no_internet(monkeypatch):
+    """Parsl's public address lookups fail loudly: a shipped config must not need them."""
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a public address lookup was attempted")
+
+    for name in ("address_by_query", "address_by_route", "get_all_addresses"):
+        monkeypatch.setattr(parsl.addresses, name, refuse)
+    return calls
+
+
 @pytest.mark.parametrize(
-    "name,provider,launcher,submit_out,expect,expect_cmd",
+    "name,provider,launcher,submit_out,expect,absent,expect_cmd",
     [
         (
             "slurm.py",
             SlurmProvider,
             SrunLauncher,
             "Submitted batch job 42",
-            ["#SBATCH --partition=PARTITION", "#SBATCH --nodes=2", "srun"],
+            ["#SBATCH --partition=PARTITION", "#SBATCH --nodes=2", "#SBATCH --time=240\n"],
+            [],
             "sbatch",
         ),
         (
             "pbs.py",
             PBSProProvider,
-            MpiExecLauncher,
+            SingleNodeLauncher,
             "42.pbs-server",
-            ["select=2:ncpus=32\n", "mpiexec"],
+            ["select=1:ncpus=32\n", "walltime=04:00:00"],
+            ["mpiexec", "--cpu-bind", "--depth", "--ppn"],  # Cray-only flags
             "qsub  -q QUEUE",
         ),
     ],
 )
 def test_cluster_config_renders_a_batch_script(
-    name, provider, launcher, submit_out, expect, expect_cmd, tmp_path
+    name, provider, launcher, submit_out, expect, absent, expect_cmd, tmp_path, no_internet
 ):
+    t0 = time.monotonic()
     config = load_parsl_config(ROOT / name)
+    assert time.monotonic() - t0 < 5  # no network timeout on load
+    assert no_internet == []
     (ex,) = config.executors
     assert isinstance(ex.provider, provider) and isinstance(ex.provider.launcher, launcher)
-    assert ex.address not in ("127.0.0.1", "localhost")  # compute nodes must reach it
+    # The login node's own address, found without the internet (here: what its hostname
+    # resolves to; INTERFACE selects an interface instead).
+    assert ex.address == parsl.addresses.address_by_hostname()
     assert config.monitoring is None  # the resource monitor forks JAX processes
+    # Workers drain 20 min before the 4 h walltime: longer than a default trial may take.
+    assert ex.drain_period == 4 * 3600 - 20 * 60
+    longest_trial = OptunaConfig().method_budget_sec * OptunaConfig().timeout_grace
+    assert 4 * 3600 - ex.drain_period > longest_trial + 60
     calls = []
 
     def fake_execute_wait(cmd, timeout=None):
@@ -56,5 +85,25 @@ def test_cluster_config_renders_a_batch_script(
     text = script.read_text()
     for needle in expect:
         assert needle in text, (needle, text)
+    for needle in absent:
+        assert needle not in text, (needle, text)
+    assert "process_worker_pool.py --example" in text
     assert "activate" in text and "XLA_PYTHON_CLIENT_PREALLOCATE=false" in text
     assert any(expect_cmd in c for c in calls), calls
+
+
+def test_pbs_config_runs_one_worker_pool_per_node_without_mpi(no_internet):
+    (ex,) = load_parsl_config(ROOT / "pbs.py").executors
+    prov = ex.provider
+    assert prov.nodes_per_block == 1 and prov.max_blocks == prov.init_blocks == 2
+    script = prov.launcher("process_worker_pool.py --example", 1, prov.nodes_per_block)
+    assert "WORKERCOUNT=1\n" in script and "mpiexec" not in script
+
+
+@pytest.mark.parametrize("name", ["slurm.py", "pbs.py"])
+def test_walltime_shorter_than_the_drain_margin_is_refused(name, tmp_path, no_internet):
+    text = (ROOT / name).read_text().replace('WALLTIME = "04:00:00"', 'WALLTIME = "00:10:00"')
+    copy = tmp_path / name
+    copy.write_text(text)
+    with pytest.raises(ConfigError, match="00:10:00 is not longer than DRAIN_MARGIN_SEC 1200"):
+        load_parsl_config(copy)

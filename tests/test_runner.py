@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,32 @@ def test_an_exception_becomes_a_failed_trial(linear, tmp_path, monkeypatch):
     assert m["failure"]["exc_type"] == "FloatingPointError"
     assert "synthetic failure" in Path(m["failure"]["traceback_path"]).read_text()
     assert strict_json(Path(m["run_dir"]) / "metrics.json")["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "env,job_id,gpu",
+    [
+        ({"SLURM_JOB_ID": "4242", "CUDA_VISIBLE_DEVICES": "1"}, "4242", "1"),
+        ({"PBS_JOBID": "77.pbs-server"}, "77.pbs-server", None),
+        ({}, None, None),
+    ],
+)
+def test_metrics_record_the_job_node_and_gpu(linear, tmp_path, monkeypatch, env, job_id, gpu):
+    from lambda_hat.workflow.synthetic import synthetic_trial
+
+    for key in ("SLURM_JOB_ID", "PBS_JOBID", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(
+        methods.REGISTRY, "sgld", methods.REGISTRY["sgld"]._replace(run=lambda *a: 1 / 0)
+    )
+    m = run_method_trial(linear, "sgld", {"steps": 100}, None, 0, artifacts=tmp_path)
+    stored = strict_json(Path(m["run_dir"]) / "metrics.json")
+    synthetic = synthetic_trial(hyperparams={"eta0": 1.0})
+    for where in (stored, synthetic):
+        assert (where["job_id"], where["gpu"]) == (job_id, gpu)
+        assert where["node"] == socket.gethostname()
 
 
 def test_invalid_hyperparameters_raise_before_any_file(linear, tmp_path):

@@ -22,8 +22,10 @@ import contextlib
 import logging
 import os
 import runpy
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,19 +292,37 @@ def parsl_session(config, run_dir: str | Path | None = None) -> Iterator[None]:
     """Load ``config`` for the duration of the block, then shut the executors down.
 
     ``run_dir`` replaces Parsl's default ``runinfo`` (relative to the working directory) with a
-    directory under the results, so a run keeps its logs with its studies.
+    directory under the results, so a run keeps its logs with its studies. SIGTERM and SIGHUP
+    (a scheduler's or a closed terminal's stop) raise ``KeyboardInterrupt`` inside the block
+    like Ctrl-C, so the clean-up below cancels the blocks and stops the interchange instead of
+    leaving them (and their batch jobs) running.
     """
     import parsl
 
     ensure_worker_path()
     if run_dir is not None and config.run_dir == "runinfo":
         config.run_dir = str(run_dir)
+    saved = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
     dfk = parsl.load(config)
     try:
         yield
     finally:
-        dfk.cleanup()
-        parsl.clear()
+        try:
+            dfk.cleanup()
+            parsl.clear()
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+
+def _interrupt_on(*signals: signal.Signals) -> dict:
+    """Make ``signals`` raise KeyboardInterrupt (main thread only); the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {}
+    for sig in signals:
+        saved[sig] = signal.signal(sig, signal.default_int_handler)
+    return saved
 
 
 def trial_submitter():

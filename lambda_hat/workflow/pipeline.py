@@ -365,4 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s", describe(plan))
     if args.dry_run:
         return 0
-    return execute(plan)
+    try:
+        return execute(plan)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (execution.parsl_session)
+        log.error(
+            "interrupted: finished trials are saved; the executors were shut down. "
+            "Run the same command again to resume."
+        )
+        return 130

@@ -8,7 +8,8 @@ optimum is where every numeric hyperparameter is 1 (or the closest bound).
 ``LAMBDA_HAT_SYNTHETIC_SECONDS`` (environment of the workers) makes each trial sleep that long,
 in ten chunks like the runner's: after each it reports its (exact) estimate with
 :func:`lambda_hat.isolation.report_progress` and stops early, as ``pruned``, when asked to
-(:func:`lambda_hat.isolation.stop_requested`), so pruning can be checked end to end too.
+(:func:`lambda_hat.isolation.stop_requested`), so pruning can be checked end to end too. Like the runner's, its metrics say where it ran
+(``job_id``, ``node``, ``gpu``): the cluster tests compare those job ids with ``sacct``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 from lambda_hat.isolation import report_progress, stop_requested
+from lambda_hat.runner import _where_run
 
 CHUNKS = 10
 
@@ -54,6 +56,7 @@ def synthetic_trial(*, hyperparams: dict, ref: dict | None = None, **_: Any) -> 
                     "llc_hat": llc_hat,
                     "work": {"steps": chunk, "steps_planned": CHUNKS},
                     "seconds": time.perf_counter() - start,
+                    **_where_run(),
                 }
     return {
         "status": "ok",
@@ -64,4 +67,5 @@ def synthetic_trial(*, hyperparams: dict, ref: dict | None = None, **_: Any) -> 
         "seconds": time.perf_counter() - start,
         "work": {"steps": CHUNKS, "steps_planned": CHUNKS},
         "diagnostics": {"synthetic": True},
+        **_where_run(),
     }
