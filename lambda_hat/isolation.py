@@ -51,12 +51,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lambda_hat._cgroup import oom_kills as _oom_kills
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.outcome import failed_metrics, from_exception
 
 __all__ = [
     "PROGRESS_ENV",
+    "STARTED_ENV",
     "STOP_ENV",
+    "mark_started",
+    "startup_seconds",
     "read_progress",
     "report_progress",
     "request_stop",
@@ -69,7 +73,9 @@ PROGRESS_ENV = "LAMBDA_HAT_PROGRESS_FILE"
 """Environment variable naming the progress file of the current isolated trial."""
 STOP_ENV = "LAMBDA_HAT_STOP_FILE"
 """Environment variable naming the file whose existence asks the current trial to stop."""
-PROGRESS_NAME, STOP_NAME = "progress.json", "stop.json"
+STARTED_ENV = "LAMBDA_HAT_STARTED_FILE"
+"""Environment variable naming the file a trial touches when its start-up is over."""
+PROGRESS_NAME, STOP_NAME, STARTED_NAME = "progress.json", "stop.json", "started.json"
 
 _POLL_SEC = 0.02
 _TERM_GRACE_SEC = 1.0
@@ -98,6 +104,23 @@ def report_progress(fraction_done: float, **info: Any) -> None:
         points.append([float(fraction_done), float(info["llc_hat"])])
         record["history"] = points
     atomic_write_json(path, record)
+
+
+def mark_started(phase: str) -> None:
+    """Tell the supervisor that start-up (imports, loading the problem) is over: the hard time
+    limit counts from the last mark, so start-up never eats a trial's budget (no-op outside
+    isolation). The child marks ``imported`` itself; a target may mark ``ready`` later."""
+    path = os.environ.get(STARTED_ENV)
+    if path:
+        atomic_write_json(path, {"phase": phase, "at": time.time()})
+
+
+def startup_seconds(workdir: str | os.PathLike, spawned_at: float) -> float | None:
+    """How long the trial in ``workdir`` took to start (its last :func:`mark_started`, in
+    seconds after ``spawned_at``, a ``time.time()`` reading); None when it never marked."""
+    mark = read_json(Path(workdir) / STARTED_NAME)
+    at = None if mark is None else mark.get("at")
+    return None if not isinstance(at, int | float) else max(0.0, at - spawned_at)
 
 
 def stop_requested() -> bool:
@@ -158,6 +181,7 @@ def _child_main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure must become metrics
         atomic_write_json(result_path, _exception_metrics(exc, "import", tb_path))
         return 0
+    mark_started("imported")
     try:
         result = func(**payload)
     except BaseException as exc:  # noqa: BLE001
@@ -171,20 +195,6 @@ def _child_main(argv: list[str] | None = None) -> int:
         )
     atomic_write_json(result_path, dict(result))
     return 0
-
-
-def _oom_kills() -> int | None:
-    """The cgroup v2 ``oom_kill`` counter of this process's cgroup (children inherit it)."""
-    try:
-        rel = Path("/proc/self/cgroup").read_text().strip().split("\n")[0].split("::", 1)[1]
-        text = Path("/sys/fs/cgroup", rel.lstrip("/"), "memory.events").read_text()
-    except (OSError, IndexError):
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill":
-            return int(value)
-    return None
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -201,21 +211,57 @@ def _log_tail(path: Path) -> str:
         return ""
 
 
-def _wait(pid: int, deadline: float, stop_file: Path | None = None) -> tuple[int, Any] | None:
-    """Reap ``pid`` (returning its wait status and rusage) or ``None`` at ``deadline``, or as
-    soon as ``stop_file`` exists (checked every ``_STOP_POLL_SEC``)."""
-    next_stop_check = time.monotonic() + _STOP_POLL_SEC
+class _Limit:
+    """The hard deadline of a trial: ``startup_sec`` from its spawn until it marks the end of
+    its start-up (:func:`mark_started`), then ``hard_sec`` from its latest mark."""
+
+    def __init__(self, started_path: Path | None, hard_sec: float, startup_sec: float):
+        self.path, self.hard_sec = started_path, hard_sec
+        self.spawned, self.spawned_wall = time.monotonic(), time.time()
+        self.started: float | None = None
+        self.deadline = self.spawned + startup_sec
+        self._seen: int | None = None
+
+    def poll(self) -> None:
+        """Move the deadline when the child marked a (new) end of start-up."""
+        if self.path is None:
+            return
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except OSError:
+            return
+        if stamp != self._seen:
+            self._seen, self.started = stamp, time.monotonic()
+            self.deadline = self.started + self.hard_sec
+
+    @property
+    def startup_sec(self) -> float | None:
+        """Seconds from the spawn to the child's last start mark (its own clock reading)."""
+        return None if self.path is None else startup_seconds(self.path.parent, self.spawned_wall)
+
+
+def _fixed(deadline: float) -> _Limit:
+    limit = _Limit(None, 0.0, 0.0)
+    limit.deadline = deadline
+    return limit
+
+
+def _wait(pid: int, limit: _Limit, stop_file: Path | None = None) -> tuple[int, Any] | None:
+    """Reap ``pid`` (returning its wait status and rusage) or ``None`` at ``limit.deadline``,
+    or as soon as ``stop_file`` exists (both checked every ``_STOP_POLL_SEC``)."""
+    next_check = time.monotonic() + _STOP_POLL_SEC
     while True:
         reaped, status, rusage = os.wait4(pid, os.WNOHANG)
         if reaped == pid:
             return status, rusage
         now = time.monotonic()
-        if now >= deadline:
-            return None
-        if stop_file is not None and now >= next_stop_check:
-            if stop_file.exists():
+        if now >= next_check:
+            limit.poll()
+            if stop_file is not None and stop_file.exists():
                 return None
-            next_stop_check = now + _STOP_POLL_SEC
+            next_check = now + _STOP_POLL_SEC
+        if now >= limit.deadline:
+            return None
         time.sleep(_POLL_SEC)
 
 
@@ -227,14 +273,17 @@ def run_isolated(
     *,
     env: Mapping[str, str] | None = None,
     stop_grace_sec: float | None = None,
+    startup_timeout_sec: float | None = None,
 ) -> dict:
     """Call ``target(**payload)`` in a killable child process; always return a metrics dict.
 
     Args:
         target: ``"package.module:function"``, importable in a fresh interpreter.
         payload: keyword arguments, plain JSON (non-finite floats become ``None``).
-        hard_timeout_sec: wall-clock limit; past it the child's whole process group is sent
-            SIGTERM, then SIGKILL a second later, even when it is stuck in native code.
+        hard_timeout_sec: wall-clock limit, counted from the end of the child's start-up (its
+            last :func:`mark_started`: imports done, or the target's own "ready"); past it the
+            child's whole process group is sent SIGTERM, then SIGKILL a second later, even when
+            it is stuck in native code.
         workdir: where the exchange files, traceback and child log go; a new temporary
             directory when ``None`` (kept, since failures point into it).
         env: extra environment variables for the child.
@@ -242,26 +291,27 @@ def run_isolated(
             has this long to return by itself (a trial that checks :func:`stop_requested`
             returns its estimate so far) before it is killed and reported ``pruned``; default
             10% of ``hard_timeout_sec``, at least 5 s.
+        startup_timeout_sec: how long start-up may take before the child is killed and the
+            trial reported ``infrastructure`` (a node or filesystem too slow to import from:
+            retried, not learned); default max(120 s, ``hard_timeout_sec``).
 
     Returns:
         The target's return value on success; otherwise a failed-metrics dict (see the module
-        docstring) that also carries ``elapsed_sec`` and ``log_path``.
+        docstring) that also carries ``elapsed_sec``, ``log_path`` and ``startup_sec`` (the
+        measured start-up; None if it never ended). A caller reads a successful trial's
+        start-up with :func:`startup_seconds`.
     """
     if not (hard_timeout_sec > 0):
         raise ValueError(f"hard_timeout_sec must be > 0, got {hard_timeout_sec}")
     wd = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lh_trial_"))
     wd.mkdir(parents=True, exist_ok=True)
-    result_path, progress_path = wd / "result.json", wd / PROGRESS_NAME
-    stop_path, log_path = wd / STOP_NAME, wd / "child.log"
-    for stale in (result_path, progress_path, stop_path):
-        stale.unlink(missing_ok=True)
-    atomic_write_json(wd / "payload.json", dict(payload))
-    child_env = {**os.environ, **(env or {}), PROGRESS_ENV: str(progress_path)}
-    child_env[STOP_ENV] = str(stop_path)
+    paths, child_env = _prepare(wd, payload, env)
     if stop_grace_sec is None:
         stop_grace_sec = max(5.0, 0.1 * hard_timeout_sec)
-    oom_before = _oom_kills()
-    start = time.monotonic()
+    if startup_timeout_sec is None:
+        startup_timeout_sec = max(120.0, hard_timeout_sec)
+    oom_before, log_path = _oom_kills(), wd / "child.log"
+    limit = _Limit(paths[STARTED_NAME], hard_timeout_sec, startup_timeout_sec)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lambda_hat.isolation", target, str(wd)],
@@ -271,29 +321,65 @@ def run_isolated(
             env=child_env,
             start_new_session=True,
         )
-    timed_out, stopped = _supervise(proc, start + hard_timeout_sec, stop_path, stop_grace_sec)
-    elapsed = time.monotonic() - start
-    common = {"elapsed_sec": round(elapsed, 3), "log_path": str(log_path)}
+    timed_out, stopped = _supervise(proc, limit, paths[STOP_NAME], stop_grace_sec)
+    startup = None if limit.startup_sec is None else round(limit.startup_sec, 3)
+    common = {
+        "elapsed_sec": round(time.monotonic() - limit.spawned, 3),
+        "startup_sec": startup,
+        "log_path": str(log_path),
+    }
+    limits = (hard_timeout_sec, startup_timeout_sec, stop_grace_sec)
+    return _outcome(paths, common, limit, limits, (timed_out, stopped), proc.returncode, oom_before)
 
-    result = read_json(result_path)
+
+def _prepare(wd: Path, payload: Mapping[str, Any], env: Mapping[str, str] | None):
+    """The exchange files (stale ones removed, the payload written) and the child's environment."""
+    paths = {n: wd / n for n in ("result.json", PROGRESS_NAME, STOP_NAME, STARTED_NAME)}
+    for stale in paths.values():
+        stale.unlink(missing_ok=True)
+    atomic_write_json(wd / "payload.json", dict(payload))
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        PROGRESS_ENV: str(paths[PROGRESS_NAME]),
+        STOP_ENV: str(paths[STOP_NAME]),
+        STARTED_ENV: str(paths[STARTED_NAME]),
+    }
+    return paths, child_env
+
+
+def _outcome(paths, common, limit, limits, ended, returncode, oom_before) -> dict:
+    """The metrics of a finished child: its result, or the failure of how it ended."""
+    hard_timeout_sec, startup_timeout_sec, stop_grace_sec = limits
+    timed_out, stopped = ended
+    startup = common["startup_sec"]
+    result = read_json(paths["result.json"])
     if result is not None:  # the target finished, even if the process then hung or died on exit
         if result.get("status") == "failed" and isinstance(result.get("failure"), dict):
             result["failure"] = {**common, **result["failure"]}
         return result
+    progress = read_json(paths[PROGRESS_NAME]) or {}
     if stopped:
-        return _pruned_metrics(read_json(progress_path) or {}, stop_grace_sec, common)
+        return _pruned_metrics(progress, stop_grace_sec, common)
+    if timed_out and startup is None:
+        return failed_metrics(
+            "infrastructure",
+            f"the trial process did not finish starting (imports, loading the problem) within "
+            f"{startup_timeout_sec:g} s: a slow node or filesystem",
+            **common,
+        )
     if timed_out:
-        progress = read_json(progress_path) or {}
         extra = {k: v for k, v in progress.items() if k != "fraction_done"}
         return failed_metrics(
             "timeout",
-            f"killed after the hard limit of {hard_timeout_sec:g} s",
+            f"killed after the hard limit of {hard_timeout_sec:g} s (start-up of "
+            f"{startup:g} s not counted)",
             fraction_done=progress.get("fraction_done"),
             hard_timeout_sec=hard_timeout_sec,
             progress=extra or None,
             **common,
         )
-    return _death_metrics(proc.returncode, oom_before, _log_tail(log_path), common)
+    return _death_metrics(returncode, oom_before, _log_tail(Path(common["log_path"])), common)
 
 
 def _pruned_metrics(progress: dict, stop_grace_sec: float, common: dict) -> dict:
@@ -310,27 +396,28 @@ def _pruned_metrics(progress: dict, stop_grace_sec: float, common: dict) -> dict
 
 
 def _supervise(
-    proc: subprocess.Popen, deadline: float, stop_path: Path, stop_grace_sec: float
+    proc: subprocess.Popen, limit: _Limit, stop_path: Path, stop_grace_sec: float
 ) -> tuple[bool, bool]:
-    """Wait for the child until ``deadline`` (or a stop request plus its grace), killing its
-    group past it; reap it and set ``proc.returncode``. Returns ``(timed_out, stopped)``.
+    """Wait for the child until ``limit.deadline`` (or a stop request plus its grace), killing
+    its group past it; reap it and set ``proc.returncode``. Returns ``(timed_out, stopped)``.
 
     If the caller is interrupted meanwhile (``KeyboardInterrupt``, a signal), the child's group
     is killed before the exception goes on: a trial never outlives whoever runs it.
     """
     timed_out = stopped = False
     try:
-        waited = _wait(proc.pid, deadline, stop_path)
-        if waited is None and time.monotonic() < deadline:  # stop requested
-            waited = _wait(proc.pid, min(deadline, time.monotonic() + stop_grace_sec))
+        waited = _wait(proc.pid, limit, stop_path)
+        if waited is None and time.monotonic() < limit.deadline:  # stop requested
+            grace = _fixed(min(limit.deadline, time.monotonic() + stop_grace_sec))
+            waited = _wait(proc.pid, grace)
             stopped = waited is None
         if waited is None:
             timed_out = not stopped
             _kill_group(proc.pid, signal.SIGTERM)
-            waited = _wait(proc.pid, time.monotonic() + _TERM_GRACE_SEC)
+            waited = _wait(proc.pid, _fixed(time.monotonic() + _TERM_GRACE_SEC))
             if waited is None:
                 _kill_group(proc.pid, signal.SIGKILL)
-                waited = _wait(proc.pid, float("inf"))
+                waited = _wait(proc.pid, _fixed(float("inf")))
     except BaseException:
         _kill_group(proc.pid, signal.SIGKILL)  # the caller is going down: take the trial along
         with contextlib.suppress(ChildProcessError):

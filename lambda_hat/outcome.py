@@ -96,7 +96,14 @@ FAILURE_KINDS: tuple[str, ...] = tuple(KINDS)
 #: Parsl exceptions that mean "the worker or node went away", matched by name so that this
 #: module does not import Parsl.
 _INFRASTRUCTURE_EXC_TYPES = frozenset(
-    {"ManagerLost", "WorkerLost", "BadStateException", "ScalingFailed", "ConnectionError"}
+    {
+        "ManagerLost",
+        "WorkerLost",
+        "BadStateException",
+        "ScalingFailed",
+        "ConnectionError",
+        "TooManyJobFailuresError",  # Parsl's block error handler gave up on failed blocks
+    }
 )
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM when allocating")
 

@@ -19,9 +19,12 @@ got them). Its default launcher is ``AprunLauncher`` (Cray only): keep ``SingleN
     parsl-optuna --config config/my_run.yaml --parsl-config parsl_configs/pbs.py
 """
 
+from functools import partial
+
 from parsl.addresses import address_by_hostname, address_by_interface
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
+from parsl.jobs.error_handlers import windowed_error_handler
 from parsl.launchers import SingleNodeLauncher
 from parsl.providers import PBSProProvider
 
@@ -49,6 +52,11 @@ DRAIN_PERIOD = 3600 * _h + 60 * _m + _s - DRAIN_MARGIN_SEC  # seconds after a wo
 if DRAIN_PERIOD <= 0:
     raise ValueError(f"WALLTIME {WALLTIME} is not longer than DRAIN_MARGIN_SEC {DRAIN_MARGIN_SEC}")
 
+# A job lost to a node failure or an OOM kill is replaced by a new one; only this many failed
+# jobs in a row mark the executor bad (Parsl's default gives up after the first when one job
+# runs at a time, and every later trial would fail).
+MAX_FAILED_JOBS_IN_A_ROW = 3
+
 config = Config(
     executors=[
         HighThroughputExecutor(
@@ -56,7 +64,9 @@ config = Config(
             address=address_by_interface(INTERFACE) if INTERFACE else address_by_hostname(),
             max_workers_per_node=CPUS_PER_NODE,
             cores_per_worker=1,
+            cpu_affinity="block",  # each worker pinned to its own core (threads capped to it)
             drain_period=DRAIN_PERIOD,
+            block_error_handler=partial(windowed_error_handler, threshold=MAX_FAILED_JOBS_IN_A_ROW),
             provider=PBSProProvider(
                 account=ACCOUNT,
                 queue=QUEUE,

@@ -107,3 +107,16 @@ def test_walltime_shorter_than_the_drain_margin_is_refused(name, tmp_path, no_in
     copy.write_text(text)
     with pytest.raises(ConfigError, match="00:10:00 is not longer than DRAIN_MARGIN_SEC 1200"):
         load_parsl_config(copy)
+
+
+@pytest.mark.parametrize("name", ["slurm.py", "pbs.py"])
+def test_a_lost_job_is_replaced_and_workers_are_pinned(name, no_internet):
+    """Issue 10: one failed block (a node failure, an OOM kill) must not mark the executor bad
+    for good — only MAX_FAILED_JOBS_IN_A_ROW failed jobs in a row do — and each worker is
+    pinned to its own core."""
+    from parsl.jobs.error_handlers import windowed_error_handler
+
+    (ex,) = load_parsl_config(ROOT / name).executors
+    assert ex.cpu_affinity == "block"
+    handler = ex.block_error_handler
+    assert handler.func is windowed_error_handler and handler.keywords == {"threshold": 3}

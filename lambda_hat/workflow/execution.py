@@ -38,8 +38,10 @@ from lambda_hat.isolation import (
     PROGRESS_NAME,
     STOP_ENV,
     STOP_NAME,
+    mark_started,
     resolve_target,
     run_isolated,
+    startup_seconds,
 )
 from lambda_hat.outcome import KINDS, TRACEBACK_CHARS, failed_metrics, from_exception
 from lambda_hat.schema import ConfigError
@@ -94,12 +96,24 @@ def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
 
 
 def worker_env(artifacts: str | Path) -> dict[str, str]:
-    """Environment for trial processes: the shared JAX compilation cache."""
-    return {
+    """Environment for trial processes: the shared JAX compilation cache, and thread pools
+    capped to the cores this worker may use (Parsl's ``cpu_affinity`` pins each worker), so
+    that 32 trials on a 32-core node do not run 32 × 32 threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = str(max(1, cores or 1))
+    env = {
         "JAX_COMPILATION_CACHE_DIR": str(Path(artifacts).resolve() / ".jax_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "OMP_NUM_THREADS": cores,
+        "OPENBLAS_NUM_THREADS": cores,
+        "MKL_NUM_THREADS": cores,
     }
+    if cores == "1":  # XLA's CPU backend: one intra-op thread, no Eigen pool
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        if flags not in os.environ.get("XLA_FLAGS", ""):
+            env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+    return env
 
 
 def _apply_env(env: dict[str, str]) -> None:
@@ -119,6 +133,7 @@ def run_method_trial(**payload: Any) -> dict:
     from lambda_hat.schema import validate
 
     problem = build_problem(validate(payload["spec"], ProblemSpec, "spec"), payload["artifacts"])
+    mark_started("ready")  # the hard limit counts from here: imports and loading are start-up
     return runner.run_method_trial(
         problem,
         payload["method"],
@@ -139,8 +154,9 @@ def execute_trial(payload: dict) -> dict:
 
     The run's ``metrics.json`` is written here as well as by the runner, for two reasons: a
     trial killed past its hard limit, crashed or OOM-killed never got to write one (the record
-    then exists only here), and the worker adds what only it knows: ``host`` and the wall-clock
-    ``started_at``/``finished_at`` of the whole isolated run, which the Parquet table shows.
+    then exists only here), and the worker adds what only it knows: ``host``, the wall-clock
+    ``started_at``/``finished_at`` of the whole isolated run, which the Parquet table shows,
+    and ``startup_sec`` (imports and loading the problem, not counted in the hard limit).
     Keys the target wrote are kept; the file is rewritten only when something was added.
     """
     start = time.time()
@@ -152,10 +168,11 @@ def execute_trial(payload: dict) -> dict:
     kwargs = {k: v for k, v in payload.items() if k not in ("target", "isolate", "timeout_grace")}
     if payload.get("isolate", True):
         hard = float(payload["budget_sec"]) * float(payload.get("timeout_grace", 1.5))
+        spawned = time.time()
         metrics = run_isolated(target, kwargs, hard, workdir=trial_workdir(run_dir), env=env)
+        metrics = {"startup_sec": startup_seconds(trial_workdir(run_dir), spawned), **metrics}
     else:
-        metrics = _call_inline(target, kwargs, run_dir)
-    metrics = dict(metrics)
+        metrics = dict(_call_inline(target, kwargs, run_dir))
     metrics.setdefault("host", socket.gethostname())
     metrics.setdefault("started_at", start)
     metrics.setdefault("finished_at", time.time())
@@ -234,13 +251,17 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
+    workers = workers or os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     return Config(
         executors=[
             HighThroughputExecutor(
                 label="local",
                 address="127.0.0.1",
-                max_workers_per_node=workers or os.cpu_count() or 1,
+                max_workers_per_node=workers,
                 cores_per_worker=1,
+                # one core per worker when there are enough (Parsl refuses more workers)
+                cpu_affinity="block" if 0 < workers <= cores else "none",
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
             )
         ],

@@ -1,0 +1,102 @@
+"""Issue 10: the hard limit counts from the end of a trial's start-up, OOM kills are seen on
+cgroup v1 and v2, and trial processes get thread pools capped to their worker's cores."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from lambda_hat import _cgroup, isolation
+from lambda_hat.isolation import run_isolated
+from lambda_hat.workflow import execution
+
+SLOW_MODULE = """
+import os, time
+time.sleep(float(os.environ["LH_TEST_IMPORT_SEC"]))
+
+
+def ok():
+    return {"status": "ok", "llc_hat": 1.0}
+
+
+def spin(seconds):
+    time.sleep(seconds)
+    return {"status": "ok"}
+"""
+
+
+def _slow_start(tmp_path: Path, import_sec: float) -> dict[str, str]:
+    (tmp_path / "slow_start.py").write_text(SLOW_MODULE)
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    return {"PYTHONPATH": path, "LH_TEST_IMPORT_SEC": str(import_sec)}
+
+
+def test_start_up_does_not_count_against_the_hard_limit(tmp_path):
+    env = _slow_start(tmp_path, 2.5)  # imports take longer than the whole hard limit
+    spawned = time.time()
+    m = run_isolated("slow_start:ok", {}, 1.0, tmp_path / "t", env=env)
+    assert m["status"] == "ok", m
+    assert isolation.startup_seconds(tmp_path / "t", spawned) >= 2.5  # measured
+
+
+def test_the_hard_limit_still_holds_after_start_up(tmp_path):
+    env = _slow_start(tmp_path, 0.0)
+    m = run_isolated("slow_start:spin", {"seconds": 30}, 1.0, tmp_path / "t", env=env)
+    assert m["status"] == "failed" and m["failure"]["kind"] == "timeout", m
+    assert m["failure"]["elapsed_sec"] < 10 and m["failure"]["startup_sec"] is not None
+
+
+def test_a_start_up_that_never_ends_is_infrastructure(tmp_path):
+    env = _slow_start(tmp_path, 30.0)
+    m = run_isolated("slow_start:ok", {}, 1.0, tmp_path / "t", env=env, startup_timeout_sec=1.5)
+    assert m["status"] == "failed" and m["failure"]["kind"] == "infrastructure", m
+    assert m["failure"]["startup_sec"] is None and m["failure"]["elapsed_sec"] < 10
+
+
+def _cgroup_tree(tmp_path: Path, proc_lines: list[str], files: dict[str, str]) -> tuple[str, str]:
+    proc = tmp_path / "cgroup"
+    proc.write_text("\n".join(proc_lines) + "\n")
+    root = tmp_path / "sys"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return str(proc), str(root)
+
+
+@pytest.mark.parametrize(
+    ("lines", "files", "expected"),
+    [
+        (["0::/job/1"], {"job/1/memory.events": "low 0\nhigh 0\noom 2\noom_kill 2\n"}, 2),
+        (  # cgroup v1: the memory controller's own line (not the first)
+            ["12:pids:/job", "4:memory:/job/7", "1:name=systemd:/job"],
+            {"memory/job/7/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"},
+            3,
+        ),
+        (  # hybrid: v1 memory controller plus the unified hierarchy
+            ["5:cpu,memory:/a", "0::/b"],
+            {
+                "memory/a/memory.oom_control": "oom_kill_disable 0\noom_kill 1\n",
+                "b/memory.events": "oom_kill 4\n",
+            },
+            5,
+        ),
+        (["3:cpu:/x"], {}, None),  # no memory cgroup: unknown, never a guess
+    ],
+)
+def test_oom_kill_counter_on_cgroup_v1_v2_and_hybrid(tmp_path, lines, files, expected):
+    proc, root = _cgroup_tree(tmp_path, lines, files)
+    assert _cgroup.oom_kills(proc, root) == expected
+
+
+def test_trial_threads_are_capped_to_the_worker_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    env = execution.worker_env(tmp_path)
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    env = execution.worker_env(tmp_path)
+    assert env["OMP_NUM_THREADS"] == "4" and "XLA_FLAGS" not in env
