@@ -270,3 +270,27 @@ def test_sigterm_of_the_driver_leaves_no_job_and_no_interchange(slurm, shared):
         assert left == [], f"processes left: {left}"
     finally:
         _clean_up(workdir, procs + ([proc] if proc.poll() is None else []))
+
+
+def test_a_job_left_by_a_killed_driver_is_cancelled_at_the_next_start(slurm, shared):
+    """kill -9 of the driver runs no clean-up: the jobs it recorded in its run directory are
+    cancelled by the next session (lambda_hat.workflow.blocks.cancel_previous)."""
+    from lambda_hat._io import atomic_write_json
+    from lambda_hat.workflow import blocks
+
+    sub = _sh("sbatch", "--parsable", "-p", slurm["partition"], "-t", "5", "--wrap", "sleep 300")
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip().split(";")[0]
+    run_dir = shared / "killed_driver"
+    record = {"driver_pid": 2**22 + 1, "interchanges": [], "jobs": []}
+    record["jobs"].append({"provider": "SlurmProvider", "job_id": job})
+    atomic_write_json(run_dir / blocks.RECORD_NAME, record)
+    try:
+        assert blocks.cancel_previous(run_dir) == [f"scancel {job}"]
+        deadline = time.monotonic() + 20
+        while job in _sh("squeue", "-h", "-o", "%i").stdout.split() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert job not in _sh("squeue", "-h", "-o", "%i").stdout.split()
+        assert not (run_dir / blocks.RECORD_NAME).exists()
+    finally:
+        _sh("scancel", job)

@@ -45,6 +45,7 @@ from lambda_hat.isolation import (
 )
 from lambda_hat.outcome import KINDS, TRACEBACK_CHARS, failed_metrics, from_exception
 from lambda_hat.schema import ConfigError
+from lambda_hat.workflow import blocks
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -316,15 +317,18 @@ def parsl_session(config, run_dir: str | Path | None = None) -> Iterator[None]:
     directory under the results, so a run keeps its logs with its studies. SIGTERM and SIGHUP
     (a scheduler's or a closed terminal's stop) raise ``KeyboardInterrupt`` inside the block
     like Ctrl-C, so the clean-up below cancels the blocks and stops the interchange instead of
-    leaving them (and their batch jobs) running.
+    leaving them (and their batch jobs) running; after a ``kill -9`` the next session cancels
+    what the dead one left (:mod:`lambda_hat.workflow.blocks`).
     """
     import parsl
 
     ensure_worker_path()
     if run_dir is not None and config.run_dir == "runinfo":
         config.run_dir = str(run_dir)
+    blocks.cancel_previous(config.run_dir)  # a driver killed with kill -9 left them
     saved = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
     dfk = parsl.load(config)
+    recorder = blocks.Recorder(config.run_dir, dfk).start()
     try:
         yield
     finally:
@@ -332,6 +336,7 @@ def parsl_session(config, run_dir: str | Path | None = None) -> Iterator[None]:
             dfk.cleanup()
             parsl.clear()
         finally:
+            recorder.close()
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
 
