@@ -369,7 +369,8 @@ def recommendation(study: optuna.Study) -> dict | None:
 
 def table(out: list[StudyValidation]) -> str:
     """Per study and candidate: tuned |error| of its trial, validated mean |error| ± sd over
-    the fresh seeds, successful/all runs and hyperparameters; ``*`` marks the recommendation."""
+    the fresh seeds, successful/all runs and the searched hyperparameters; ``*`` marks the
+    recommendation."""
     rows = []
     for v in out:
         if not v.validated:
@@ -377,7 +378,8 @@ def table(out: list[StudyValidation]) -> str:
         for i, x in enumerate(v.validated):
             c = x.candidate
             tuned = abs(c.tuned_error) if c.tuned_error is not None else c.objective
-            params = ", ".join(f"{k}={_fmt(val)}" for k, val in sorted(c.hyperparams.items()))
+            searched = sorted((k, val) for k, val in c.hyperparams.items() if k in v.task.space)
+            params = ", ".join(f"{k}={_fmt(val)}" for k, val in searched)
             rows.append(
                 [
                     v.task.name,
