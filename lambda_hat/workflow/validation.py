@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lambda_hat._io import atomic_write_bytes, atomic_write_json, finite_float, to_jsonable
 from lambda_hat.config import ValidateConfig
-from lambda_hat.log import format_table
+from lambda_hat.log import Progress, format_table
 from lambda_hat.outcome import (
     TRACEBACK_CHARS,
     estimate_error,
@@ -129,17 +129,14 @@ def pick(validated: list[Validated]) -> int | None:
 
 @dataclass
 class StudyValidation:
-    """The validation of one study: its candidates' outcomes, the pick and the Parquet rows."""
+    """The validation of one study: its candidates' outcomes, the index of the pick (None: no
+    candidate had a successful run) and the Parquet rows."""
 
     task: StudyTask
     seeds: list[int]
     validated: list[Validated]
     rows: list[dict]
     chosen: int | None
-
-    @property
-    def recommended(self) -> Validated | None:
-        return None if self.chosen is None else self.validated[self.chosen]
 
 
 @dataclass
@@ -195,7 +192,7 @@ def _outcome(fut: Future) -> dict:
         return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
 
 
-def run_jobs(jobs: list[_Job], submit: Callable[[dict], Future]) -> int:
+def _run_jobs(jobs: list[_Job], submit: Callable[[dict], Future]) -> int:
     """Give every job its metrics: stored ones reused, the rest submitted at once and waited
     for (lost workers resubmitted ``task.max_retries`` times). Returns how many were reused."""
     pending: dict[Future, _Job] = {}
@@ -208,6 +205,8 @@ def run_jobs(jobs: list[_Job], submit: Callable[[dict], Future]) -> int:
         else:
             pending[_submit(submit, job.payload)] = job
     log.info("validation: %d run(s), %d reused, %d submitted", len(jobs), reused, len(pending))
+    total = len(pending)
+    progress = Progress(log, "validation", total, "runs", every_sec=10.0)
     while pending:
         done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
         for fut in done:
@@ -218,6 +217,7 @@ def run_jobs(jobs: list[_Job], submit: Callable[[dict], Future]) -> int:
                 pending[_submit(submit, job.payload)] = job
                 continue
             job.metrics = metrics
+            progress.update(total - len(pending))
     return reused
 
 
@@ -239,7 +239,7 @@ def validate_studies(
         if not cands:
             log.warning("study %s: no successful trial to validate", task.name)
         plans.append((task, seeds, cands, _jobs(task, cands, seeds)))
-    run_jobs([j for *_, jobs in plans for j in jobs], submit)
+    _run_jobs([j for *_, jobs in plans for j in jobs], submit)
     out = [_settle(task, seeds, cands, jobs) for task, seeds, cands, jobs in plans]
     results_dir = Path(results_dir)
     write_parquet([r for v in out for r in v.rows], results_dir / PARQUET_NAME)
@@ -260,7 +260,7 @@ def _settle(
     rows = []
     for job in jobs:
         metrics = screen_estimate(dict(job.metrics or {}), task.ref)
-        row = run_row(job, metrics)
+        row = _row(job, metrics)
         rows.append(row)
         v = by_rank[job.candidate.rank]
         if row["status"] == "ok" and row["abs_error"] is not None:
@@ -274,7 +274,7 @@ def _settle(
 # --------------------------------------------------------------------- records
 
 
-def run_row(job: _Job, metrics: dict) -> dict:
+def _row(job: _Job, metrics: dict) -> dict:
     """One ``validation.parquet`` row: the run's identity, outcome and timing."""
     task, cand = job.task, job.candidate
     failure = failure_of(metrics) or {}
