@@ -136,6 +136,15 @@ class PathsConfig:
 
 
 @config_dataclass
+class ValidateConfig:
+    """Re-runs of each study's best configurations on fresh seeds, after tuning (the best of N
+    noisy trials is biased low: its error is partly its seed's luck)."""
+
+    top_k: int = field(3, "configurations re-run per study: the best successful trials", ge=1)
+    seeds: int = field(3, "fresh seeds per configuration (tuning seed + 1, + 2, ...)", ge=1)
+
+
+@config_dataclass
 class OptunaConfig:
     """Tuning workflow settings (parsl-optuna).
 
@@ -196,6 +205,11 @@ class OptunaConfig:
     )
     pruner_percentile: float = field(
         25.0, "percentile pruner: keep trials within this best percentage at a step", gt=0, lt=100
+    )
+    validate: ValidateConfig | None = field(
+        ValidateConfig(),
+        "after tuning, re-run each study's top_k configurations on fresh seeds and recommend "
+        "the best validated mean |error|; None: no validation",
     )
 
 

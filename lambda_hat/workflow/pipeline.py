@@ -9,6 +9,8 @@ Stages, in order:
    HMC reference (cached by pid). A reference that fails its quality gate stops tuning for that
    problem unless ``optuna.allow_failed_reference``.
 2. **Tuning**: one study per (problem, method), interleaved by :class:`tuning.Driver`.
+2b. **Validation** (``optuna.validate``): each study's top-k configurations re-run on fresh
+   seeds (:mod:`validation`): ``<results>/validation.parquet``, the recommendations, a table.
 3. **Aggregation**: ``<results>/optuna_trials.parquet`` and the study pickles; a table of the
    best hyperparameters per study.
 
@@ -33,7 +35,7 @@ from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.outcome import failed_metrics, from_exception
 from lambda_hat.problems import problem_id
 from lambda_hat.schema import ConfigError, as_dict
-from lambda_hat.workflow import execution, progress, results, studies, tuning
+from lambda_hat.workflow import execution, progress, results, studies, tuning, validation
 from lambda_hat.workflow.guard import FailureGuard
 from lambda_hat.workflow.plan import Plan, check_plan
 from lambda_hat.workflow.tell import best_successful
@@ -245,9 +247,10 @@ def execute(plan: Plan) -> int:
                 aggregate(plan, tasks)
                 last_parquet[0] = time.monotonic()
 
+        submit = execution.trial_submitter()
         driver = tuning.Driver(
             tasks,
-            execution.trial_submitter(),
+            submit,
             max_trials=oc.max_trials,
             batch_size=oc.batch_size,
             on_tick=tick,
@@ -258,10 +261,14 @@ def execute(plan: Plan) -> int:
             driver.recover(t)
         show(force=True)
         driver.run()
+        validated = validation.validate_studies(tasks, submit, oc.validate, plan.results)
     studies.sync_storage(storage)
     show(force=True)
     path = aggregate(plan, tasks)
     print(progress.best_table(best_rows(tasks)))
+    if validated is not None:
+        print(validation.table(validated))
+        code = 1 if any(v.validated and v.chosen is None for v in validated) else code
     for t in tasks:
         if t.stop_reason:
             log.error("study %s stopped early:\n%s", t.name, t.stop_reason)
