@@ -126,7 +126,7 @@ class ReferenceConfig:
     rhat_max: float = field(1.01, "quality gate: largest acceptable rank-normalized R-hat", gt=1)
     ess_min: float = field(400.0, "quality gate: smallest acceptable bulk ESS", ge=0)
     max_divergence_frac: float = field(
-        0.02, "quality gate: largest acceptable fraction of divergent draws", ge=0, le=1
+        0.01, "quality gate: largest acceptable fraction of divergent draws", ge=0, le=1
     )
     seed: int = field(0, "sampling seed")
     workers: int | None = field(None, "references computed at once; None: one per core", ge=1)

@@ -325,6 +325,7 @@ def _record(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun) -> d
         "ess_bulk": est["ess_bulk"],
         "ess_tail": est["ess_tail"],
         "divergences": int(info.is_divergent.sum()) if info is not None else 0,
+        "divergences_per_chain": None if info is None else info.is_divergent.sum(1).tolist(),
         "divergences_warmup": run.div_warm,
         "acceptance_rate": float(info.acceptance_rate.mean()) if info is not None else None,
         "step_size": None if run.chains is None else np.asarray(run.chains.step_size).tolist(),
@@ -363,19 +364,22 @@ def _record(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun) -> d
 
 def _report(problem: Problem, ref: dict) -> None:
     msg = (
-        f"reference {problem.pid}: λ̂ = {ref['llc_ref']:.4g} ± {ref['se_ref']:.2g}, "
-        f"R-hat {_fmt(ref['rhat'], '.4f')}, ESS {_fmt(ref['ess_bulk'], '.0f')}, "
+        f"reference {problem.pid}: λ̂ = {_fmt(ref['llc_ref'], '.4g')} ± "
+        f"{_fmt(ref['se_ref'], '.2g')}, R-hat {_fmt(ref['rhat'], '.4f')}, ESS {_fmt(ref['ess_bulk'], '.0f')}, "
         f"{ref['divergences']} divergences, {fmt_seconds(ref['seconds']['total'])}"
     )
     if ref["llc_theory"] is not None:
         msg += f"; theory λ = {ref['llc_theory']:.4g}"
     log.info(msg)
     if not ref["gate"]["passed"]:
+        fix = "reference.draws or reference.warmup (or target_accept for divergences)"
+        if ref["stopped_early"]:
+            fix = "reference.budget_sec (a larger budget extends this reference)"
         log.warning(
-            "!!! reference %s FAILED its quality gate: %s. Do not tune against it: "
-            "raise reference.draws or reference.warmup (or check the problem).",
+            "!!! reference %s FAILED its quality gate: %s. Do not tune against it: raise %s.",
             problem.pid,
             "; ".join(ref["gate"]["reasons"]),
+            fix,
         )
 
 
@@ -411,18 +415,13 @@ def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False
     if ref is None:
         return compute_reference(problem, cfg)
     if not (ref["stopped_early"] and _larger(cfg.budget_sec, ref["budget_sec"])):
-        log.info(
-            "reference %s: cached (λ̂ = %s ± %s%s)",
-            problem.pid,
-            _fmt(ref["llc_ref"], ".4g"),
-            _fmt(ref["se_ref"], ".2g"),
-            f"; stopped early under budget {fmt_seconds(ref['budget_sec'])}"
-            if ref["stopped_early"]
-            else "",
-        )
+        est = f"{_fmt(ref['llc_ref'], '.4g')} ± {_fmt(ref['se_ref'], '.2g')}"
+        if ref["stopped_early"]:
+            est += f"; stopped early under budget {fmt_seconds(ref['budget_sec'])}"
+        log.info("reference %s: cached (λ̂ = %s)", problem.pid, est)
         return ref
     was = (
-        f"stopped early ({ref['stopped_in']}: warm-up {ref['warmup_done']}/{ref['warmup']}, "
+        f"stopped early ({ref.get('stopped_in')}: warm-up {ref.get('warmup_done')}/{ref['warmup']}, "
         f"draws {ref['draws_per_chain']}/{cfg.draws}) under budget "
         f"{fmt_seconds(ref['budget_sec'])}; budget now "
         f"{'none' if cfg.budget_sec is None else fmt_seconds(cfg.budget_sec)}"
