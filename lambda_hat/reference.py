@@ -68,8 +68,8 @@ def evaluate_gate(ref: dict, cfg: ReferenceConfig) -> dict:
     reasons = []
     draws = ref.get("chains", 0) * ref.get("draws_per_chain", 0)
     if not draws:
-        at = f"step {ref.get('warmup_done', 0)} of {ref.get('warmup', 0)}"
-        reasons.append(f"no draws: stopped during warm-up ({at})")
+        at = f"warm-up step {ref.get('warmup_done', 0)} of {ref.get('warmup', 0)}"
+        reasons.append(f"no draws: the budget stopped it ({ref.get('stopped_in')}, {at})")
     rhat, ess = ref.get("rhat"), ref.get("ess_bulk")
     if rhat is None or not rhat <= cfg.rhat_max:
         reasons.append(f"R-hat {rhat if rhat is None else f'{rhat:.4f}'} > {cfg.rhat_max}")
@@ -148,7 +148,7 @@ def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys
     C, W = cfg.chains, cfg.warmup
     k_init, k_warm = keys
     key = ("hmc", "warmup", problem.pid, post.beta, post.gamma, C, W, cfg.target_accept)
-    t0 = engine.clock()
+    t0, c0 = engine.clock(), timer.compile
     if cfg.budget_sec is None and run.warm is None:
         positions = chain_starts(post, k_init, C)
         warm_fn = hmc.build_warmup(post, W, cfg.target_accept, cfg.max_tree_depth)
@@ -158,7 +158,7 @@ def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys
         run.grads_warm, run.div_warm, run.warmup_done = int(grads.sum()), int(div.sum()), W
     else:
         _chunked_warmup(post, cfg, run, key, k_init, k_warm, deadline, timer)
-    sec = engine.clock() - t0
+    sec = engine.clock() - t0 - (timer.compile - c0)  # compile is reported apart
     run.seconds["warmup"] += sec
     if run.chains is None:
         at = f"step {run.warmup_done} of {W}"
@@ -194,10 +194,12 @@ def _chunked_warmup(
         first = engine.i64(start + first)
         return timer.call(exe, carry, steps, schedule, first, engine.i64(m)), None, True
 
+    t_run = timer.run
     out = engine.drive(
         run_chunk, run.warm, W - start, engine.chunk_capacity(W), deadline, predict_budget=True
     )
     run.warm, run.warmup_done = out.carry, start + out.done
+    run.sec_per_step = (timer.run - t_run) / max(out.done, 1)
     if not out.stopped_early:
         final = functools.partial(hmc.warmup_final, target_accept=ta)
         run.chains = timer.once(("hmc", "warmup_final", ta), final, out.carry)
@@ -227,6 +229,12 @@ def _sample(
     def on_chunk(done, info):
         progress.update(start + done, f"acceptance {float(info.acceptance_rate.mean()):.2f}")
 
+    if run.draws_done:  # seconds per draw: from the draws so far, else from the warm-up's steps
+        run.sec_per_step = run.seconds["sampling"] / run.draws_done
+    m = min(run.chunk, cfg.draws - start)
+    if run.sec_per_step and engine.clock() + run.sec_per_step * m > deadline:
+        log.warning("reference %s: no time left for the next %d draws; stopping", problem.pid, m)
+        return
     t_run = timer.run
     out = engine.drive(
         run_chunk,
@@ -241,12 +249,10 @@ def _sample(
     run.chains, run.draws_done = out.carry, start + out.done
     run.infos += out.infos
     if out.stopped_early:
+        at = f"{run.draws_done}/{cfg.draws} draws"
+        spent = fmt_seconds(cfg.budget_sec)
         log.warning(
-            "reference %s: budget %s spent after %d/%d draws; stopping early",
-            problem.pid,
-            fmt_seconds(cfg.budget_sec),
-            run.draws_done,
-            cfg.draws,
+            "reference %s: budget %s spent after %s; stopping early", problem.pid, spent, at
         )
 
 
@@ -268,17 +274,11 @@ def compute_reference(
     post = problem.posterior(cfg.beta, cfg.gamma)
     timer = Timer()
     k_init, k_warm, k_sample = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+    shape = f"{cfg.chains} chains x {cfg.draws} draws (+{cfg.warmup} warm-up)"
+    where = f"; resuming at warm-up {run.warmup_done}, draw {run.draws_done}" if resume else ""
     log.info(
-        "reference %s: NUTS %d chains x %d draws (+%d warm-up), d=%d, n=%d, nβ=%.4g, γ=%g%s",
-        problem.pid,
-        cfg.chains,
-        cfg.draws,
-        cfg.warmup,
-        post.d,
-        post.n,
-        post.nbeta,
-        post.gamma,
-        f"; resuming at warm-up {run.warmup_done}, draw {run.draws_done}" if resume else "",
+        "reference %s: NUTS %s, d=%d, n=%d, nβ=%.4g, γ=%g%s",
+        *(problem.pid, shape, post.d, post.n, post.nbeta, post.gamma, where),
     )
     if run.chains is None:
         _warmup(problem, post, cfg, run, (k_init, k_warm), deadline, timer)

@@ -117,7 +117,7 @@ def test_budget_stop_in_sampling_keeps_draws_and_is_extended(linear_problem, mon
     cfg = dataclasses.replace(SMALL, seed=22)
     for budget in range(20, 400, 4):  # the smallest budget that stops during sampling
         cut = ensure_reference(linear_problem, dataclasses.replace(cfg, budget_sec=budget), True)
-        if cut["stopped_in"] != "warmup":
+        if cut["draws_per_chain"] > 0:
             break
     assert cut["stopped_in"] == "sampling", cut["stopped_in"]
     assert 0 < cut["draws_per_chain"] < cfg.draws and cut["draws_per_chain"] % cfg.chunk == 0

@@ -260,6 +260,7 @@ class NUTSRun:
     div_warm: int = 0
     seconds: dict = dataclasses.field(default_factory=dict)  # spent so far, by phase
     sessions: int = 0
+    sec_per_step: float | None = None  # measured run time per step (not saved)
 
     def info(self) -> ChunkInfo | None:
         """All draws so far, (C, draws_done) per field; None before the first."""
