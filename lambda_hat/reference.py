@@ -71,9 +71,9 @@ def evaluate_gate(ref: dict, cfg: ReferenceConfig) -> dict:
         at = f"warm-up step {ref.get('warmup_done', 0)} of {ref.get('warmup', 0)}"
         reasons.append(f"no draws: the budget stopped it ({ref.get('stopped_in')}, {at})")
     rhat, ess = ref.get("rhat"), ref.get("ess_bulk")
-    if rhat is None or not rhat <= cfg.rhat_max:
+    if draws and (rhat is None or not rhat <= cfg.rhat_max):
         reasons.append(f"R-hat {rhat if rhat is None else f'{rhat:.4f}'} > {cfg.rhat_max}")
-    if ess is None or not ess >= cfg.ess_min:
+    if draws and (ess is None or not ess >= cfg.ess_min):
         reasons.append(f"bulk ESS {ess if ess is None else f'{ess:.0f}'} < {cfg.ess_min:g}")
     div = ref.get("divergences", 0)
     if draws and div > cfg.max_divergence_frac * draws:

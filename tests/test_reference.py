@@ -92,7 +92,9 @@ def test_tiny_budget_stops_in_warmup_is_marked_then_extended(linear_problem):
     assert ref["stopped_early"] and ref["stopped_in"] == "warmup"
     assert ref["warmup_done"] == 16 and ref["draws_per_chain"] == 0  # the first chunk only
     assert ref["llc_ref"] is None and not ref["gate"]["passed"]
-    assert any("no draws" in r for r in ref["gate"]["reasons"])
+    assert ref["gate"]["reasons"] == [
+        "no draws: the budget stopped it (warmup, warm-up step 16 of 100)"
+    ]
     stored = json.loads(ref_path(linear_problem).read_text())
     assert stored["stopped_in"] == "warmup" and not stored["gate"]["passed"]
     assert (linear_problem.path / STATE_FILE).exists()
