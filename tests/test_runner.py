@@ -247,7 +247,7 @@ def test_cli_trial(linear, artifacts, tmp_path, capsys):
 def test_defaults_land_within_15_percent_of_hmc_on_a_small_mlp(tiny_mlp_problem, tmp_path):
     from lambda_hat.reference import ensure_reference
 
-    cfg = ReferenceConfig(chains=4, draws=2000, warmup=500)
+    cfg = ReferenceConfig(chains=4, draws=2000, warmup=500, target_accept=0.9)
     ref = ensure_reference(tiny_mlp_problem, cfg)
     assert ref["gate"]["passed"], ref["gate"]
     for method in methods.METHODS:

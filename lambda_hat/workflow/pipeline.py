@@ -70,6 +70,10 @@ def reference_stage(plan: Plan) -> dict[str, dict]:
     return refs
 
 
+def _num(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
 def is_reference(ref: dict) -> bool:
     """Whether a reference stage result is a reference (not a failed record)."""
     return ref.get("status") != "failed"
@@ -226,10 +230,10 @@ def execute(plan: Plan) -> int:
             ref = refs[pid]
             if is_reference(ref):
                 log.info(
-                    "reference %s: llc_ref = %.4g ± %.2g, gate %s",
+                    "reference %s: llc_ref = %s ± %s, gate %s",
                     pid,
-                    ref["llc_ref"],
-                    ref["se_ref"],
+                    _num(ref.get("llc_ref"), ".4g"),
+                    _num(ref.get("se_ref"), ".2g"),
                     "passed" if ref["gate"]["passed"] else "FAILED",
                 )
             why = _usable(pid, ref, oc.allow_failed_reference)
