@@ -3,6 +3,10 @@
 A mixture of factor analyzers q(w) = Σ π_m N(μ_m, D_m + U_m U_mᵀ) in whitened coordinates,
 ELBO maximized by Adam; ``chains`` independent fits, vmapped, then ``eval_samples`` draws from
 each fitted q give E_q[L_n].
+
+Each fit starts at the curvature estimate (see :func:`lambda_hat.samplers.vi.init_params`),
+and a fit whose ELBO still rose clearly in its last quarter (:func:`elbo_trend`) fails as
+``diverged`` (``check: elbo_trend``) with its estimate kept: plans/methods.md.
 """
 
 from __future__ import annotations

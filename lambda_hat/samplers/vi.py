@@ -21,6 +21,11 @@ Whitening a (a diagonal precision estimate, per coordinate) makes the family wel
 - ``adam``: as rmsprop with bias-corrected moments and the squared mean removed (a variance,
   robust to a w* that is not exactly a minimum).
 
+Whatever the whitening, one pass of minibatch gradients at w* also gives the curvature
+estimate â (``adam``'s a), and every component starts at w* with per-coordinate sd √(a/â) in
+whitened units (:func:`whitening_and_curvature`, :func:`init_params`): the fit starts where
+the posterior is, not at unit sd in coordinates that may be 10× off (``none``).
+
 A Gaussian family (M = 1, r large enough) contains the exact posterior of a linear-Gaussian
 model, so the estimate is exact there up to Monte Carlo and optimization error.
 """
