@@ -176,20 +176,26 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         "diagnostics": {**diagnostics, "nan_steps": int((~nonans).sum())},
         "trace": {"loss": loss, "energy_change": energy},
     }
+    failure = _energy_miss(diagnostics, done, steps) if hp["tune"] else None
+    return out if failure is None else {**out, "failure": failure}
+
+
+def _energy_miss(diagnostics: dict, done: int, steps: int) -> dict | None:
+    """The failure of a tuning whose achieved energy error is over MISS_FACTOR × its target."""
     miss = diagnostics["energy_var_ratio"]
-    if hp["tune"] and miss is not None and miss > MISS_FACTOR:
-        out["failure"] = {
-            "kind": "diverged",
-            "check": "energy_error",
-            "message": (
-                f"MCLMC tuning missed its energy-error target: {diagnostics['energy_var_per_dim']:.3g}"
-                f" per dimension against {diagnostics['desired_energy_var']:.3g} ({miss:.3g}x, "
-                f"limit {MISS_FACTOR:g}x); the step size is too large for this posterior"
-            ),
-            "step": done,
-            "steps_planned": steps,
-        }
-    return out
+    if miss is None or miss <= MISS_FACTOR:
+        return None
+    return {
+        "kind": "diverged",
+        "check": "energy_error",
+        "message": (
+            f"MCLMC tuning missed its energy-error target: {diagnostics['energy_var_per_dim']:.3g}"
+            f" per dimension against {diagnostics['desired_energy_var']:.3g} ({miss:.3g}x, "
+            f"limit {MISS_FACTOR:g}x); the step size is too large for this posterior"
+        ),
+        "step": done,
+        "steps_planned": steps,
+    }
 
 
 def _tuning_diagnostics(chains, energy: np.ndarray, d: int, hp: dict) -> dict:
