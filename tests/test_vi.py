@@ -9,7 +9,7 @@ from scipy.stats import multivariate_normal
 
 from lambda_hat import theory
 from lambda_hat.config import ReferenceConfig, resolve_problem
-from lambda_hat.methods.vi import elbo_trend
+from lambda_hat.methods.vi import _unconverged, elbo_trend
 from lambda_hat.problems import build_problem
 from lambda_hat.reference import ensure_reference
 from lambda_hat.runner import run_method_trial
@@ -92,6 +92,9 @@ def test_elbo_trend_rule():
     tiny = elbo_trend(1e-4 * noise + 2e-6 * np.arange(2000), d=3)
     assert tiny["elbo_gain"] > 10 * tiny["elbo_gain_se"] and not tiny["elbo_moving"]
     assert elbo_trend(noise[:, :50], d=3)["elbo_gain"] is None  # too short to judge
+    # cut short by the budget it is a timeout (machine-dependent), else a reusable failure
+    assert _unconverged(moving, 150, 300, early=True)["kind"] == "timeout"
+    assert _unconverged(moving, 300, 300, early=False)["check"] == "elbo_trend"
 
 
 @pytest.mark.slow  # an HMC reference (~4 min on 2 shared cores) and a 5000-step VI fit
