@@ -215,6 +215,8 @@ def _fill_result(metrics: dict, out: dict, post: LLCPosterior) -> None:
         ),
     )
     metrics["status"] = "ok"
+    if out.get("failure"):  # the adapter's own check failed (MCLMC tuning, VI convergence)
+        metrics["failure"] = {**out["failure"], "fraction_done": frac}
 
 
 def _add_objective(metrics: dict, ref: dict | None) -> None:

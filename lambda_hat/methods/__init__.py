@@ -9,8 +9,9 @@ An adapter ``run(target, hp, key, deadline, timer)`` returns a plain dict, ``Run
 ``loss`` (C, T) every L_n draw, ``kept`` (C, K) the draws the estimator uses, ``burnin``,
 ``units_done``/``units_total`` (the drive loop's units), ``stopped_early``, ``steps_done``/
 ``steps_planned``, ``independent`` (fits rather than chains), ``work`` (grad_evals, fge,
-loss_evals, ...), ``diagnostics`` and ``trace`` (arrays for ``trace.npz``). It raises
-:class:`lambda_hat.engine.Diverged` or :class:`lambda_hat.engine.Pruned` to stop.
+loss_evals, ...), ``diagnostics`` and ``trace`` (arrays for ``trace.npz``), and optionally
+``failure`` (a failure record of the adapter's own check: the estimate is kept, the trial
+fails). It raises :class:`lambda_hat.engine.Diverged` or :class:`lambda_hat.engine.Pruned` to stop.
 
 The runner reads exactly the fields of each schema, so a hyperparameter that does nothing
 cannot exist unnoticed (``tests/test_runner.py`` checks that every searched one changes the run).

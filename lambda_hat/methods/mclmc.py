@@ -3,6 +3,13 @@
 With ``tune`` (default) each chain runs the traced restatement of BlackJAX's
 ``mclmc_find_L_and_step_size`` (step size, L and a diagonal mass matrix per chain) and keeps
 its tuned state; the tuner's steps count as work.
+
+A tuning that misses: the achieved energy error per dimension of the kept steps is recorded
+against the tuner's target (``diagnostics.energy_var_ratio``), with the tuned step sizes' spread
+across chains (``step_size_spread``, max/min). Unadjusted MCLMC's bias grows with the energy
+error, so a run over :data:`MISS_FACTOR` times its target (the 5-3-5 deep linear network read
+40x, its chains' step sizes 4.5x apart) is a ``diverged`` failure (``check: energy_error``): a
+parameter failure the sampler learns from, deterministic in the manifest, estimate kept.
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from lambda_hat.methods._base import Method, Target, kept, partial_llc, run_outp
 from lambda_hat.posterior import chain_starts
 from lambda_hat.samplers import mclmc as mclmc_kernel
 from lambda_hat.schema import ConfigError, config_dataclass, field
+
+MISS_FACTOR = 10.0
+"""A tuned run whose achieved energy error per dimension exceeds this many times the tuner's
+target failed its tuning (a ``diverged`` failure with ``check: energy_error``)."""
 
 
 @config_dataclass
@@ -151,8 +162,10 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     energy = concat(infos, "energy_change")
     nonans = concat(infos, "nonans")
     draws, burn = kept(loss, hp["burnin_frac"])
-    grads = C * mclmc_kernel.GRADS_PER_STEP * (tune_steps + done)
-    return {
+    # every chain's start gradient (init), the tuner's steps and the sampling steps
+    grads = C * (1 + mclmc_kernel.GRADS_PER_STEP * (tune_steps + done))
+    diagnostics = _tuning_diagnostics(chains, energy[:, burn:], d, hp)
+    out = {
         **run_output(loss, draws, burn, done, steps, early, (done, steps)),
         "work": {
             "grad_evals": grads,
@@ -160,14 +173,47 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
             "loss_evals": 0,
             "tuning_steps": tune_steps,
         },
-        "diagnostics": {
-            "L": np.asarray(chains.L).tolist(),
-            "step_size": np.asarray(chains.step_size).tolist(),
-            "desired_energy_var": mclmc_kernel.desired_energy_var(hp["target_accept"]),
-            "energy_var_per_dim": float(np.mean(energy[:, burn:] ** 2) / d),
-            "nan_steps": int((~nonans).sum()),
-        },
+        "diagnostics": {**diagnostics, "nan_steps": int((~nonans).sum())},
         "trace": {"loss": loss, "energy_change": energy},
+    }
+    failure = _energy_miss(diagnostics, done, steps) if hp["tune"] else None
+    return out if failure is None else {**out, "failure": failure}
+
+
+def _energy_miss(diagnostics: dict, done: int, steps: int) -> dict | None:
+    """The failure of a tuning whose achieved energy error is over MISS_FACTOR × its target."""
+    miss = diagnostics["energy_var_ratio"]
+    if miss is None or miss <= MISS_FACTOR:
+        return None
+    return {
+        "kind": "diverged",
+        "check": "energy_error",
+        "message": (
+            f"MCLMC tuning missed its energy-error target: {diagnostics['energy_var_per_dim']:.3g}"
+            f" per dimension against {diagnostics['desired_energy_var']:.3g} ({miss:.3g}x, "
+            f"limit {MISS_FACTOR:g}x); the step size is too large for this posterior"
+        ),
+        "step": done,
+        "steps_planned": steps,
+    }
+
+
+def _tuning_diagnostics(chains, energy: np.ndarray, d: int, hp: dict) -> dict:
+    """Tuned L and step size per chain, their spread, and the achieved energy error per
+    dimension (mean squared energy change of the kept steps / d) against the tuner's target."""
+    step_size = np.asarray(chains.step_size, dtype=np.float64)
+    target = mclmc_kernel.desired_energy_var(hp["target_accept"])
+    per_chain = np.mean(energy**2, axis=1) / d if energy.shape[1] else np.full(len(energy), np.nan)
+    achieved = float(np.mean(per_chain)) if np.isfinite(per_chain).all() else None
+    positive = step_size.min() > 0 and np.isfinite(step_size).all()
+    return {
+        "L": np.asarray(chains.L).tolist(),
+        "step_size": step_size.tolist(),
+        "step_size_spread": float(step_size.max() / step_size.min()) if positive else None,
+        "desired_energy_var": target,
+        "energy_var_per_dim": achieved,
+        "energy_var_per_dim_per_chain": per_chain.tolist(),
+        "energy_var_ratio": None if achieved is None else achieved / target,
     }
 
 

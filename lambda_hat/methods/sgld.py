@@ -131,7 +131,8 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         **run_output(loss, draws, burn, done, blocks, early, (done * E, blocks * E)),
         "work": {
             "grad_evals": C * grads_per_chain,
-            "fge": C * grads_per_chain * batch / n,
+            # minibatch gradients (B/n each) plus one full-data L_n pass per block
+            "fge": C * (grads_per_chain * batch / n + done),
             "loss_evals": C * done,
         },
         "diagnostics": {

@@ -21,6 +21,11 @@ Whitening a (a diagonal precision estimate, per coordinate) makes the family wel
 - ``adam``: as rmsprop with bias-corrected moments and the squared mean removed (a variance,
   robust to a w* that is not exactly a minimum).
 
+Whatever the whitening, one pass of minibatch gradients at w* also gives the curvature
+estimate â (``adam``'s a), and every component starts at w* with per-coordinate sd √(a/â) in
+whitened units (:func:`whitening_and_curvature`, :func:`init_params`): the fit starts where
+the posterior is, not at unit sd in coordinates that may be 10× off (``none``).
+
 A Gaussian family (M = 1, r large enough) contains the exact posterior of a linear-Gaussian
 model, so the estimate is exact there up to Monte Carlo and optimization error.
 """
@@ -41,6 +46,7 @@ __all__ = [
     "VIState",
     "VIInfo",
     "whitening_precision",
+    "whitening_and_curvature",
     "init_params",
     "component_logpdf",
     "log_q",
@@ -72,6 +78,28 @@ class VIInfo(NamedTuple):
     elbo: jax.Array
 
 
+def _gradient_moments(posterior: LLCPosterior, key, batch: int, steps: int, decay):
+    """EMA first and second moments of ``steps`` minibatch loss gradients at w*."""
+    grad = jax.grad(posterior.batch_loss)
+    w_star = posterior.w_star
+
+    def body(carry, k):
+        m, v = carry
+        g = grad(w_star, draw_rows(k, posterior.n, batch))
+        return (decay * m + (1 - decay) * g, decay * v + (1 - decay) * g**2), None
+
+    zeros = jnp.zeros_like(w_star)
+    (m, v), _ = jax.lax.scan(body, (zeros, zeros), jax.random.split(key, steps))
+    return m, v
+
+
+def _variance_precision(posterior: LLCPosterior, m, v, batch: int, steps: int, decay):
+    """nβ·B·Var(∇L_B) + γ from bias-corrected moments (the ``adam`` estimate)."""
+    corr = 1 - decay**steps
+    var = jnp.maximum(v / corr - (m / corr) ** 2, 0.0)
+    return posterior.nbeta * batch * var + posterior.gamma
+
+
 def whitening_precision(
     posterior: LLCPosterior,
     mode: Literal["none", "rmsprop", "adam"],
@@ -81,34 +109,49 @@ def whitening_precision(
     decay: float,
 ) -> jax.Array:
     """The per-coordinate precision estimate a (d,) that defines the whitened coordinates."""
-    nbeta, gamma, w_star = posterior.nbeta, posterior.gamma, posterior.w_star
-    if mode == "none":
-        return jnp.full_like(w_star, nbeta + gamma)
-    if mode not in ("rmsprop", "adam"):
+    return whitening_and_curvature(posterior, mode, key, batch, steps, decay)[0]
+
+
+def whitening_and_curvature(
+    posterior: LLCPosterior,
+    mode: Literal["none", "rmsprop", "adam"],
+    key: jax.Array,
+    batch: int,
+    steps: int,
+    decay: float,
+) -> tuple[jax.Array, jax.Array]:
+    """(a, â): the whitening precision of ``mode`` and the curvature estimate â (``adam``'s),
+    both (d,), from one pass of ``steps`` minibatch gradients at w*.
+
+    â is where the fit starts (:func:`init_params`): in whitened units the posterior's
+    per-coordinate sd is about √(a/â), which is 1 for ``adam`` and far from 1 for ``none`` on a
+    model whose curvature is not 1 (the linear problem: ~0.1).
+    """
+    if mode not in ("none", "rmsprop", "adam"):
         raise ValueError(f"whitening mode must be none, rmsprop or adam, got {mode!r}")
-    grad = jax.grad(posterior.batch_loss)
-
-    def body(carry, k):
-        m, v = carry
-        g = grad(w_star, draw_rows(k, posterior.n, batch))
-        return (decay * m + (1 - decay) * g, decay * v + (1 - decay) * g**2), None
-
-    zeros = jnp.zeros_like(w_star)
-    (m, v), _ = jax.lax.scan(body, (zeros, zeros), jax.random.split(key, steps))
-    if mode == "adam":
-        corr = 1 - decay**steps
-        v = jnp.maximum(v / corr - (m / corr) ** 2, 0.0)
-    return nbeta * batch * v + gamma
+    m, v = _gradient_moments(posterior, key, batch, steps, decay)
+    curvature = _variance_precision(posterior, m, v, batch, steps, decay)
+    if mode == "none":
+        a = jnp.full_like(posterior.w_star, posterior.nbeta + posterior.gamma)
+    elif mode == "rmsprop":
+        a = posterior.nbeta * batch * v + posterior.gamma
+    else:
+        a = curvature
+    return a, curvature
 
 
-def init_params(key: jax.Array, d: int, M: int, r: int, spread: float) -> MFAParams:
-    """Unit-variance components (in whitened units) with means spread around w*."""
+def init_params(
+    key: jax.Array, d: int, M: int, r: int, spread: float, scale: jax.Array | None = None
+) -> MFAParams:
+    """Components centred near w* (whitened 0) with per-coordinate sd ``scale`` (d,) (default
+    1), means spread by ``spread`` × ``scale`` and small factor loadings (0.1 × ``scale``)."""
     k_mu, k_u = jax.random.split(key)
+    scale = jnp.ones((d,)) if scale is None else scale
     return MFAParams(
         logits=jnp.zeros((M,)),
-        mu=spread * jax.random.normal(k_mu, (M, d)),
-        log_sd=jnp.zeros((M, d)),
-        U=0.1 * jax.random.normal(k_u, (M, d, r)) / math.sqrt(max(r, 1)),
+        mu=spread * scale * jax.random.normal(k_mu, (M, d)),
+        log_sd=jnp.broadcast_to(jnp.log(scale), (M, d)),
+        U=0.1 * scale[:, None] * jax.random.normal(k_u, (M, d, r)) / math.sqrt(max(r, 1)),
     )
 
 
