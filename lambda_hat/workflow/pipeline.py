@@ -386,6 +386,8 @@ def describe(plan: Plan) -> str:
         f"storage {oc.storage or plan.results / 'studies' / 'journal.log'}; "
         f"artifacts {plan.artifacts}; trial target {plan.trial_target}",
     ]
+    if len(plan.gammas) > 1:
+        lines.append("  references at γ = " + ", ".join(f"{g:g}" for g in plan.gammas))
     for pid, spec in zip(plan.pids, plan.exp.problems, strict=False):
         lines.append(f"  problem {pid}: model {spec.model.family} data n={spec.data.n}")
     for m in plan.cfg.methods:
