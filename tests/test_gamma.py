@@ -115,15 +115,15 @@ def test_a_continuous_gamma_range_is_a_config_error_naming_the_field(method, tmp
 
 
 def test_gamma_choices_are_checked(tmp_path):
-    bad = {
-        "null choice": ({"choices": [1.0, None]}, r"gamma\.choices\[1\]: got null"),
-        "negative": ({"choices": [-1.0]}, r"gamma\.choices\[0\]: got -1.0, must be >= 0"),
-        "twice": ({"choices": [1, 1.0]}, "lists a value twice"),
-    }
-    for name, (spec, pattern) in bad.items():
+    bad = [
+        ({"choices": [1.0, None]}, r"gamma\.choices\[1\]: got null"),
+        ({"choices": [-1.0]}, r"gamma\.choices\[0\]: got -1.0, must be >= 0"),
+        ({"choices": [1, 1.0]}, "lists a value twice"),
+        ({"choices": []}, "list the values"),
+    ]
+    for spec, pattern in bad:
         with pytest.raises(ConfigError, match=pattern):
             plan.method_space("vi", {"gamma": spec}, "optuna.search_space.vi")
-        del name
     exp = _experiment(
         tmp_path, {"sgld": {"gamma": {"choices": [1.0, 300.0]}}}, enqueue={"sgld": [{"gamma": 2}]}
     )

@@ -25,6 +25,8 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from lambda_hat import methods, runs
@@ -54,10 +56,12 @@ class References(dict):
         self.by_gamma, self.gamma = by_gamma, gamma
 
     def at(self, pid: str, gamma: float | None) -> dict:
-        return self.by_gamma[pid][self.gamma if gamma is None else float(gamma)]
+        """``{}`` for a γ this run has no reference of (a stored trial from an earlier search
+        space): such a trial is not scored."""
+        return self.by_gamma[pid].get(self.gamma if gamma is None else float(gamma), {})
 
 
-def reference_stage(plan: Plan, submit=None) -> References:
+def reference_stage(plan: Plan, submit: Callable[[dict], Future] | None = None) -> References:
     """Stage 1: one Parsl app per (problem, γ of :attr:`Plan.gammas`), all in parallel, each
     cached by its settings (the config's γ in ``ref.json``, others in their own folder,
     :func:`lambda_hat.reference.reference_home`). ``submit(payload) -> Future`` defaults to
@@ -65,7 +69,7 @@ def reference_stage(plan: Plan, submit=None) -> References:
     submit = submit or execution.reference_submitter()
     ref_cfg = dataclasses.asdict(plan.cfg.reference)
     gammas = plan.gammas
-    futures: dict[str, dict[float, object]] = {}
+    futures: dict[str, dict[float, Future]] = {}
     for spec in plan.exp.problems:
         pid = problem_id(spec)
         if pid in futures:
