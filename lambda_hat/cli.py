@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from lambda_hat import methods, plots, reference, runner
+from lambda_hat import methods, plots, reference, runner, runs
 from lambda_hat.config import ProblemSpec, load_experiment
 from lambda_hat.log import setup_logging
 from lambda_hat.problems import build_problem, problem_id
@@ -102,10 +102,10 @@ def _parse_sets(items: list[str]) -> dict:
 def _cmd_trial(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config)
     cfg = exp.config
-    hp = methods.validate_hyperparams(args.method, _parse_sets(args.set), "--set")
+    hp = runs.resolve_hyperparams(args.method, _parse_sets(args.set), "--set")
     (spec,) = select_problems(exp.problems, [args.problem])
     problem = build_problem(spec, cfg.paths.artifacts)
-    ref = reference.load_reference(problem, cfg.reference) or {
+    ref = reference.load_reference_at(problem, cfg.reference, hp.get("gamma")) or {
         "beta": cfg.reference.beta,
         "gamma": cfg.reference.gamma,
     }

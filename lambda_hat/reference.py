@@ -1,5 +1,11 @@
 """Content-addressed HMC reference LLCs: ``artifacts/problems/<pid>/ref.json``.
 
+The config's reference (``reference.gamma``) lives in the problem's folder (``ref.json``,
+``ref_trace.npz``), where ``lambda-hat reference`` and ``lambda-hat plots`` find it. A
+reference of the same problem at another γ (a γ choice of a search space, plans/workflow.md)
+lives in its own folder, ``refs/g_<hash of its settings>/``, with the same file names
+(:func:`reference_home`).
+
 A reference is computed once per (problem, reference settings) and reused: a valid ref.json
 whose ``settings`` match the requested ones is returned as is (``force`` recomputes); a
 corrupt, partial or mismatched one is recomputed, never trusted. Budgets (``budget_sec``) are
@@ -34,6 +40,7 @@ from lambda_hat.config import ProblemSpec, ReferenceConfig
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
+from lambda_hat.hashing import content_hash
 from lambda_hat.log import Progress, fmt_seconds, format_table, setup_logging
 from lambda_hat.posterior import chain_starts
 from lambda_hat.problems import Problem, build_problem
@@ -44,6 +51,7 @@ log = logging.getLogger("lambda_hat.reference")
 
 REF_SCHEMA = 1
 STATE_FILE = "ref_state.npz"  # the chains' state of a reference stopped early
+REFS_DIR = "refs"  # references at γ choices other than the config's, one folder each
 # Settings that change what a reference estimates or how precisely; the chunking, gate
 # thresholds and worker count do not invalidate a stored reference, and the budget only does
 # when it stopped the reference early (:func:`ensure_reference`).
@@ -60,6 +68,17 @@ def reference_settings(cfg: ReferenceConfig) -> dict:
 
 def ref_path(problem: Problem) -> Path:
     return problem.path / "ref.json"
+
+
+def reference_home(problem: Problem, cfg: ReferenceConfig, primary: bool = True) -> Problem:
+    """``problem`` seen from the folder its reference at ``cfg`` lives in: its own folder for
+    the config's reference (``primary``), ``refs/g_<hash of reference_settings(cfg)>/`` for a
+    reference at another γ, so every posterior has its own content-addressed ref.json (and
+    trace) and computing one never overwrites another."""
+    if primary:
+        return problem
+    home = problem.path / REFS_DIR / content_hash(reference_settings(cfg), "g_")
+    return dataclasses.replace(problem, path=home)
 
 
 def evaluate_gate(ref: dict, cfg: ReferenceConfig) -> dict:
@@ -404,6 +423,16 @@ def _larger(budget: float | None, than: float | None) -> bool:
     return than is not None and (budget is None or budget > than)
 
 
+def load_reference_at(
+    problem: Problem, cfg: ReferenceConfig, gamma: float | None = None
+) -> dict | None:
+    """The stored reference of the posterior at ``gamma`` (None: the config's), or None."""
+    if gamma is None or float(gamma) == cfg.gamma:
+        return load_reference(problem, cfg)
+    cfg = dataclasses.replace(cfg, gamma=float(gamma))
+    return load_reference(reference_home(problem, cfg, primary=False), cfg)
+
+
 def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False) -> dict:
     """The problem's reference: reused when a valid matching ref.json exists, else computed.
 
@@ -438,15 +467,26 @@ def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False
 
 
 def reference_job(
-    spec: dict, cfg: dict, artifacts: str, force: bool = False, verbose: int = 0
+    spec: dict,
+    cfg: dict,
+    artifacts: str,
+    force: bool = False,
+    verbose: int | None = 0,
+    gamma: float | None = None,
 ) -> dict:
-    """Build the problem and its reference from plain dicts (for worker processes)."""
+    """Build the problem and its reference from plain dicts (for worker processes).
+
+    ``gamma`` (when it is not ``cfg``'s) asks for the reference of the posterior at that γ, the
+    other settings the config's: it is stored in its own folder (:func:`reference_home`)."""
     if verbose is not None:
         setup_logging(verbose)
     spec_obj = validate(spec, ProblemSpec, "spec")
     cfg_obj = validate(cfg, ReferenceConfig, "reference")
+    primary = gamma is None or float(gamma) == cfg_obj.gamma
+    if not primary:
+        cfg_obj = dataclasses.replace(cfg_obj, gamma=float(gamma))
     problem = build_problem(spec_obj, artifacts)
-    ref = ensure_reference(problem, cfg_obj, force)
+    ref = ensure_reference(reference_home(problem, cfg_obj, primary), cfg_obj, force)
     return {**ref, "summary": problem.summary()}
 
 

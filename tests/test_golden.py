@@ -7,6 +7,14 @@ change: preconditioned SGLD now freezes its preconditioner after burn-in (issue 
 manifests carry a ``revision`` and its runs from before (biased) are not reused: the Adam run's
 id was ``r_eb209dececaf``. Likewise VI now starts from the curvature estimate and checks its
 ELBO trend (issue 9): its manifests carry a ``revision`` (the run below was ``r_a97b6f6818a6``).
+
+Second deliberate change (issue 9, every method samples the reference's posterior): SGLD's
+``gamma`` defaults to None, "the reference's γ", instead of its own 1.0, so a default SGLD
+manifest's hyperparameters say ``gamma: null`` and its id changes (was ``r_9e8b47c2aa8a`` for the
+plain run and ``r_a99c6c2b4cf3`` for Adam). The sampled γ is in the manifest's ``posterior``
+either way; an SGLD run that sets ``gamma: 1.0`` explicitly keeps its old id (pinned below).
+The manifest's ``posterior`` also records nβ, which is derived (n·β) and left out of the hash
+(:func:`lambda_hat.runs.run_id`), so MCLMC's ids are unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import pytest
 
 from lambda_hat import runs
 from lambda_hat.config import resolve_problem
-from lambda_hat.hashing import content_hash
 from lambda_hat.problems import problem_id
 
 LINEAR_PID = "p_ff2e65329cb6"
@@ -33,13 +40,19 @@ def test_linear_problem_pid_is_frozen():
 @pytest.mark.parametrize(
     ("method", "hp", "run_id"),
     [
-        ("sgld", {"steps": 400, "batch": 32, "precond_type": "none"}, "r_9e8b47c2aa8a"),
-        ("sgld", {"steps": 400, "precond_type": "adam"}, "r_a99c6c2b4cf3"),
+        ("sgld", {"steps": 400, "batch": 32, "precond_type": "none"}, "r_a3e09c7ac8f2"),
+        (
+            "sgld",
+            {"steps": 400, "batch": 32, "precond_type": "none", "gamma": 1.0},
+            "r_9e8b47c2aa8a",
+        ),
+        ("sgld", {"steps": 400, "precond_type": "adam"}, "r_4e0a5f3f4183"),
         ("vi", {"steps": 300}, "r_8098c8e99c8d"),
         ("mclmc", {"steps": 300}, "r_cba942237ced"),
     ],
 )
 def test_run_ids_are_frozen(method, hp, run_id, tmp_path):
     manifest = runs.manifest(LINEAR_PID, 200, method, hp, None, 3, REF)
-    assert content_hash(manifest, "r_") == run_id
+    assert runs.run_id(manifest) == run_id
+    assert manifest["posterior"]["nbeta"] == pytest.approx(200 * REF["beta"])
     assert runs.run_dir_for(tmp_path, LINEAR_PID, method, manifest).name == run_id

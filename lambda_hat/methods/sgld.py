@@ -39,7 +39,9 @@ class SGLDHyper:
     """
 
     eta0: float = field(1e-5, "step size ε (constant)", gt=0)
-    gamma: float = field(1.0, "SGLD's own localization strength γ (sampled posterior)", ge=0)
+    gamma: float | None = field(
+        None, "localization strength γ of the sampled posterior; None: the reference's", ge=0
+    )
     batch: int = field(128, "minibatch size (rows drawn with replacement; >= n: full batch)", ge=1)
     precond_type: Precond = field("none", "diagonal preconditioner from loss-gradient moments")
     steps: int = field(10000, "SGLD steps per chain, burn-in included", ge=2)
@@ -54,10 +56,12 @@ class SGLDHyper:
 
 
 def space() -> dict:
-    """eta0 log 1e-6..1e-1; gamma 0.3..1.0; batch {32,64,128,256}; precond_type; steps 5k..20k."""
+    """eta0 log 1e-6..1e-1; batch {32,64,128,256}; precond_type; steps 5k..20k.
+
+    ``gamma`` is not searched: every method samples the reference's posterior (issue 9); a
+    user who wants γ varied lists choices, each scored against its own reference."""
     return {
         "eta0": FloatDistribution(1e-6, 1e-1, log=True),
-        "gamma": FloatDistribution(0.3, 1.0),
         "batch": CategoricalDistribution([32, 64, 128, 256]),
         "precond_type": CategoricalDistribution(["none", "rmsprop", "adam"]),
         "steps": IntDistribution(5000, 20000),

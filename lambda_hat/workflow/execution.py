@@ -226,6 +226,7 @@ def execute_reference(payload: dict) -> dict:
             payload["artifacts"],
             payload.get("force", False),
             verbose=None,
+            gamma=payload.get("gamma"),
         )
     except Exception as exc:
         return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))

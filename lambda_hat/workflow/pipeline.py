@@ -5,9 +5,10 @@ Stages, in order:
 0. **Check** (nothing is written): the experiment YAML with the CLI overrides, every problem's
    presets, the methods' search-space overrides and warm-start trials, the sampler's package,
    the Parsl config file. Any error prints one paragraph naming the field and the fix, exit 2.
-1. **References**: one Parsl app per problem, all in parallel; each builds the problem and its
-   HMC reference (cached by pid). A reference that fails its quality gate stops tuning for that
-   problem unless ``optuna.allow_failed_reference``.
+1. **References**: one Parsl app per (problem, posterior γ), all in parallel; each builds the
+   problem and the HMC reference of that posterior (cached by its settings). The γ are the
+   config's and every γ choice of a search space (:attr:`Plan.gammas`). A reference that fails
+   its quality gate stops tuning for that problem unless ``optuna.allow_failed_reference``.
 2. **Tuning**: one study per (problem, method), interleaved by :class:`tuning.Driver`.
 2b. **Validation** (``optuna.validate``): each study's top-k configurations re-run on fresh
    seeds (:mod:`validation`): ``<results>/validation.parquet``, the recommendations, a table.
@@ -26,6 +27,8 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from lambda_hat import methods, runs
@@ -45,29 +48,51 @@ log = logging.getLogger("lambda_hat.workflow")
 # ---------------------------------------------------------------------------------- stages
 
 
-def reference_stage(plan: Plan) -> dict[str, dict]:
-    """Stage 1: every problem's reference as a Parsl app, in parallel. ``pid -> ref`` (or
-    a failed record, :func:`lambda_hat.outcome.failed_metrics`)."""
-    submit = execution.reference_submitter()
+class References(dict):
+    """The reference stage's result: ``refs[pid]`` is the problem's reference at the config's
+    settings (or a failed record, :func:`lambda_hat.outcome.failed_metrics`), and
+    ``refs.at(pid, γ)`` the reference of the posterior at γ (None: the config's)."""
+
+    def __init__(self, by_gamma: dict[str, dict[float, dict]], gamma: float) -> None:
+        super().__init__({pid: refs[gamma] for pid, refs in by_gamma.items()})
+        self.by_gamma, self.gamma = by_gamma, gamma
+
+    def at(self, pid: str, gamma: float | None) -> dict:
+        """``{}`` for a γ this run has no reference of (a stored trial from an earlier search
+        space): such a trial is not scored."""
+        return self.by_gamma[pid].get(self.gamma if gamma is None else float(gamma), {})
+
+
+def reference_stage(plan: Plan, submit: Callable[[dict], Future] | None = None) -> References:
+    """Stage 1: one Parsl app per (problem, γ of :attr:`Plan.gammas`), all in parallel, each
+    cached by its settings (the config's γ in ``ref.json``, others in their own folder,
+    :func:`lambda_hat.reference.reference_home`). ``submit(payload) -> Future`` defaults to
+    the Parsl app :func:`execution.execute_reference`."""
+    submit = submit or execution.reference_submitter()
     ref_cfg = dataclasses.asdict(plan.cfg.reference)
-    futures = {}
-    seen = set()
+    gammas = plan.gammas
+    futures: dict[str, dict[float, Future]] = {}
     for spec in plan.exp.problems:
         pid = problem_id(spec)
-        if pid in seen:
+        if pid in futures:
             continue
-        seen.add(pid)
-        futures[pid] = submit(
-            {"spec": as_dict(spec), "reference": ref_cfg, "artifacts": str(plan.artifacts)}
-        )
-    log.info("references: %d problem(s) submitted", len(futures))
-    refs = {}
-    for pid, fut in futures.items():
-        try:
-            refs[pid] = fut.result()
-        except Exception as exc:
-            refs[pid] = failed_metrics(**from_exception(exc))
-    return refs
+        payload = {"spec": as_dict(spec), "reference": ref_cfg, "artifacts": str(plan.artifacts)}
+        futures[pid] = {g: submit({**payload, "gamma": g}) for g in gammas}
+    log.info(
+        "references: %d problem(s) x %d γ (%s) submitted",
+        len(futures),
+        len(gammas),
+        ", ".join(f"{g:g}" for g in gammas),
+    )
+    by_gamma: dict[str, dict[float, dict]] = {}
+    for pid, futs in futures.items():
+        by_gamma[pid] = {}
+        for g, fut in futs.items():
+            try:
+                by_gamma[pid][g] = fut.result()
+            except Exception as exc:
+                by_gamma[pid][g] = failed_metrics(**from_exception(exc))
+    return References(by_gamma, gammas[0])
 
 
 def _num(x, spec: str) -> str:
@@ -95,6 +120,30 @@ def _usable(pid: str, ref: dict, allow_failed: bool) -> str | None:
 
 def _trial_ref(ref: dict) -> dict:
     return {k: v for k, v in ref.items() if k != "summary"}
+
+
+def _unusable(refs: dict, pid: str, allow_failed: bool) -> str | None:
+    """Why a problem cannot be tuned: the first of its references (one per γ) that is not
+    usable, or None."""
+    by_gamma = refs.by_gamma[pid] if isinstance(refs, References) else {None: refs[pid]}
+    for gamma, ref in by_gamma.items():
+        why = _usable(pid, ref, allow_failed)
+        if why:
+            return why if len(by_gamma) == 1 else f"at γ = {gamma:g}, {why}"
+    return None
+
+
+def _ref_lookup(refs: dict, pid: str, method: str, plan: Plan):
+    """``StudyTask.refs`` for a study whose trials' γ varies (searched or fixed), else None."""
+    if not isinstance(refs, References) or not (
+        "gamma" in plan.spaces[method] or plan.fixed[method].get("gamma") is not None
+    ):
+        return None
+
+    def ref_for(params: dict) -> dict:
+        return _trial_ref(refs.at(pid, params.get("gamma")))
+
+    return ref_for
 
 
 def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyTask]:
@@ -133,13 +182,14 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 huber_delta=oc.huber_delta,
                 fixed=plan.fixed[method],
                 resolve=_resolver(method),
-                locate=_locator(plan, specs[pid], method, refs[pid]),
+                locate=_locator(plan, specs[pid], method),
                 guard=FailureGuard(
                     max_consecutive_failures=oc.max_consecutive_failures,
                     culprits=methods.culprits(method),
                 ),
                 max_retries=oc.infrastructure_retries,
                 prune=studies.prunes(oc),
+                refs=_ref_lookup(refs, pid, method, plan),
             )
             if plan.enqueue[method] and not study.user_attrs.get("warm_start_enqueued"):
                 for params in plan.enqueue[method]:
@@ -151,15 +201,15 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
 
 def _resolver(method: str):
     def resolve(hp: dict) -> dict:
-        return methods.validate_hyperparams(method, hp)
+        return runs.resolve_hyperparams(method, hp)
 
     return resolve
 
 
-def _locator(plan: Plan, spec: ProblemSpec, method: str, ref: dict):
+def _locator(plan: Plan, spec: ProblemSpec, method: str):
     """Where the trial's runner will write: the runner's own content address for the default
-    target (from plain values, no problem arrays), the generic one
-    (:func:`execution.trial_location`) for any other."""
+    target (from plain values, no problem arrays, and the payload's reference: that of the
+    trial's posterior), the generic one (:func:`execution.trial_location`) for any other."""
     if plan.trial_target != execution.DEFAULT_TRIAL_TARGET:
         return execution.trial_location
     pid = problem_id(spec)
@@ -172,7 +222,7 @@ def _locator(plan: Plan, spec: ProblemSpec, method: str, ref: dict):
             payload["hyperparams"],
             payload["budget_sec"],
             payload["seed"],
-            ref,
+            payload.get("ref"),
         )
         run_dir = runs.run_dir_for(plan.artifacts, pid, method, manifest)
         return run_dir.name, run_dir
@@ -184,7 +234,7 @@ def aggregate(plan: Plan, tasks: list[tuning.StudyTask]) -> Path:
     """Stage 3: the Parquet table and the study pickles."""
     rows = []
     for t in tasks:
-        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref))
+        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref))
         studies.export_pickle(t.study, plan.results, t.pid, t.method)
     return results.write_parquet(rows, plan.results / results.PARQUET_NAME)
 
@@ -210,7 +260,7 @@ def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
                 "number": best.number,
                 "objective": best.values[0],
                 "llc_hat": best.user_attrs.get("llc_hat"),
-                "llc_ref": t.ref.get("llc_ref"),
+                "llc_ref": t.trial_ref(best.params).get("llc_ref"),
                 "params": best.params,
             }
         )
@@ -227,16 +277,17 @@ def execute(plan: Plan) -> int:
     with execution.parsl_session(plan.parsl_config, plan.results / "runinfo"):
         refs = reference_stage(plan)
         for pid in list(plan.pids):
-            ref = refs[pid]
-            if is_reference(ref):
-                log.info(
-                    "reference %s: llc_ref = %s ± %s, gate %s",
-                    pid,
-                    _num(ref.get("llc_ref"), ".4g"),
-                    _num(ref.get("se_ref"), ".2g"),
-                    "passed" if ref["gate"]["passed"] else "FAILED",
-                )
-            why = _usable(pid, ref, oc.allow_failed_reference)
+            for gamma, ref in refs.by_gamma[pid].items():
+                if is_reference(ref):
+                    log.info(
+                        "reference %s (γ = %g): llc_ref = %s ± %s, gate %s",
+                        pid,
+                        gamma,
+                        _num(ref.get("llc_ref"), ".4g"),
+                        _num(ref.get("se_ref"), ".2g"),
+                        "passed" if ref["gate"]["passed"] else "FAILED",
+                    )
+            why = _unusable(refs, pid, oc.allow_failed_reference)
             if why:
                 log.error("problem %s is not tuned: %s", pid, why)
                 plan.pids.remove(pid)
@@ -350,6 +401,8 @@ def describe(plan: Plan) -> str:
         f"storage {oc.storage or plan.results / 'studies' / 'journal.log'}; "
         f"artifacts {plan.artifacts}; trial target {plan.trial_target}",
     ]
+    if len(plan.gammas) > 1:
+        lines.append("  references at γ = " + ", ".join(f"{g:g}" for g in plan.gammas))
     for pid, spec in zip(plan.pids, plan.exp.problems, strict=False):
         lines.append(f"  problem {pid}: model {spec.model.family} data n={spec.data.n}")
     for m in plan.cfg.methods:

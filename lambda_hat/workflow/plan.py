@@ -4,6 +4,11 @@ The experiment YAML with the CLI overrides, every problem's presets, the methods
 search-space overrides (:func:`method_space`) and warm-start trials, the sampler's package and
 the Parsl config file are checked; any error is a :class:`ConfigError` naming the field and
 the fix.
+
+Posterior settings. ``gamma`` (:data:`lambda_hat.runs.POSTERIOR_HYPERPARAMS`) may appear in the
+search space of every method, but only as a fixed value or ``{choices: [...]}``: each γ is a
+different posterior with its own HMC reference (:attr:`Plan.gammas` lists them), so a
+continuous range, which would need a reference per trial, is rejected here.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from lambda_hat import methods
+from lambda_hat import methods, runs
 from lambda_hat.config import Experiment, ExperimentConfig
 from lambda_hat.problems import problem_id
 from lambda_hat.schema import ConfigError
@@ -47,6 +52,20 @@ class Plan:
     def cfg(self) -> ExperimentConfig:
         return self.exp.config
 
+    @property
+    def gammas(self) -> list[float]:
+        """γ of every posterior a trial may sample: the reference's, then each fixed γ and γ
+        choice of a method's search space (sorted, each once). One HMC reference each."""
+        out = {float(self.cfg.reference.gamma)}
+        for m in self.cfg.methods:
+            if self.fixed[m].get("gamma") is not None:
+                out.add(float(self.fixed[m]["gamma"]))
+            dist = self.spaces[m].get("gamma")
+            if isinstance(dist, CategoricalDistribution):
+                out.update(float(c) for c in dist.choices)
+        rest = sorted(out - {float(self.cfg.reference.gamma)})
+        return [float(self.cfg.reference.gamma), *rest]
+
 
 # ---------------------------------------------------------------------------------- checks
 
@@ -63,7 +82,7 @@ def method_space(
         overrides = {}
     if not isinstance(overrides, dict):
         raise ConfigError(where, f"got {overrides!r}, expected a mapping of parameter overrides.")
-    known = set(methods.default_hyperparams(method))
+    known = set(methods.default_hyperparams(method)) | set(runs.POSTERIOR_HYPERPARAMS)
     fixed: dict[str, Any] = {}
     for name, spec in overrides.items():
         sub = f"{where}.{name}"
@@ -77,10 +96,40 @@ def method_space(
             fixed[name] = spec
             space.pop(name, None)
             continue
+        if name == "gamma":
+            space[name] = _gamma_choices(spec, sub)
+            continue
         space[name] = _distribution(spec, space.get(name), sub)
     if fixed:
-        methods.validate_hyperparams(method, fixed, where)
+        runs.resolve_hyperparams(method, fixed, where)
     return space, fixed
+
+
+def _gamma_choices(spec: dict, where: str) -> CategoricalDistribution:
+    """γ searched over listed values (each gets its own reference); a range is an error."""
+    if set(spec) != {"choices"}:
+        raise ConfigError(
+            where,
+            f"got {spec!r}: γ sets the posterior, and every posterior needs its own HMC "
+            "reference to score its trials against, so γ cannot be searched over a continuous "
+            "range (each trial would need a reference of its own).",
+            "list the values to try, each computed once: {choices: [0.3, 1.0, 3.0]}, or fix "
+            "one value (gamma: 1.0), or leave gamma out to use reference.gamma.",
+        )
+    choices = spec["choices"]
+    if not isinstance(choices, list) or not choices:
+        raise ConfigError(where, f"got {spec!r}.", "list the values: {choices: [0.3, 1.0]}.")
+    values = []
+    for i, c in enumerate(choices):
+        g = runs.check_gamma(c, f"{where}.choices[{i}]")
+        if g is None:
+            raise ConfigError(
+                f"{where}.choices[{i}]", "got null.", "list numbers >= 0 (reference.gamma too)."
+            )
+        values.append(g)
+    if len(set(values)) != len(values):
+        raise ConfigError(where, f"lists a value twice: {choices}.", "list each γ once.")
+    return CategoricalDistribution(values)
 
 
 def _distribution(spec: dict, base: BaseDistribution | None, where: str) -> BaseDistribution:
@@ -198,6 +247,13 @@ def _check_enqueue(method: str, entries: Any, space: dict, fixed: dict) -> list[
                 "is not a searched hyperparameter.",
                 f"searched: {', '.join(space)}; fix others under optuna.search_space.{method}.",
             )
-        methods.validate_hyperparams(method, {**fixed, **entry}, sub)
+        runs.resolve_hyperparams(method, {**fixed, **entry}, sub)
+        gamma = space.get("gamma")
+        if "gamma" in entry and entry["gamma"] not in getattr(gamma, "choices", ()):
+            raise ConfigError(
+                f"{sub}.gamma",
+                f"got {entry['gamma']!r}, not one of the γ choices {list(gamma.choices)}.",
+                "enqueue one of the listed values (each has its own reference).",
+            )
         out.append(dict(entry))
     return out

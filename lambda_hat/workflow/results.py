@@ -7,7 +7,9 @@ from the run's ``metrics.json``, the source of truth a trial leaves behind.
 Columns: ``pid``, ``method``, ``trial_id`` (the run id ``r_…``), ``trial_number``, ``state``
 (Optuna's), ``status`` (``ok`` | ``failed``: use it to pick successes, since a parameter
 failure is a COMPLETE trial with a constraint), ``hyperparams`` (struct), one ``hp_<name>``
-column per hyperparameter, ``llc_hat``, ``se_hat``, ``llc_ref``, ``se_ref``, ``objective``,
+column per hyperparameter, ``llc_hat``, ``se_hat``, ``llc_ref``, ``se_ref`` (the reference of the
+trial's own posterior), ``beta``, ``gamma``, ``nbeta`` (that posterior: the run's, else its
+reference's), ``objective``,
 ``error`` (λ̂ − λ̂_ref, signed), ``runtime_sec``, ``diagnostics`` (JSON text), ``failure_kind``,
 ``failure_message``, ``reused``, ``host``, ``started_at``, ``finished_at`` (UTC timestamps),
 ``run_dir``.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from lambda_hat._io import atomic_write_bytes, finite_float, read_json, to_jsona
 from lambda_hat.outcome import KINDS, estimate_error
 
 PARQUET_NAME = "optuna_trials.parquet"
+_POSTERIOR = ("beta", "gamma", "nbeta")  # the trial's posterior, from metrics.json or its ref
 
 _SCALARS: dict[str, pa.DataType] = {
     "pid": pa.string(),
@@ -51,6 +55,9 @@ _SCALARS: dict[str, pa.DataType] = {
     "se_hat": pa.float64(),
     "llc_ref": pa.float64(),
     "se_ref": pa.float64(),
+    "beta": pa.float64(),
+    "gamma": pa.float64(),
+    "nbeta": pa.float64(),
     "objective": pa.float64(),
     "error": pa.float64(),
     "runtime_sec": pa.float64(),
@@ -98,6 +105,7 @@ def trial_row(
     llc_hat, llc_ref = finite_float(metrics.get("llc_hat")), finite_float(ref.get("llc_ref"))
     ok = status == "ok" and trial.state == TrialState.COMPLETE
     hp = metrics.get("hyperparams") or dict(trial.params)
+    posterior = {**{k: ref.get(k) for k in _POSTERIOR}, **(metrics.get("posterior") or {})}
     return {
         "pid": pid,
         "method": method,
@@ -110,6 +118,7 @@ def trial_row(
         "se_hat": finite_float(metrics.get("se_hat")),
         "llc_ref": llc_ref,
         "se_ref": finite_float(ref.get("se_ref")),
+        **{k: finite_float(posterior.get(k)) for k in _POSTERIOR},
         "objective": finite_float(trial.values[0]) if ok and trial.values else None,
         "error": estimate_error(llc_hat, llc_ref),
         "runtime_sec": finite_float(
@@ -130,10 +139,19 @@ def trial_row(
     }
 
 
-def study_rows(study: optuna.Study, pid: str, method: str, ref: dict) -> list[dict]:
-    """Rows for every trial of ``study`` (RUNNING and WAITING ones included, with their state)."""
+def study_rows(
+    study: optuna.Study,
+    pid: str,
+    method: str,
+    ref: dict,
+    ref_of: Callable[[dict], dict] | None = None,
+) -> list[dict]:
+    """Rows for every trial of ``study`` except WAITING ones (RUNNING ones with their state).
+
+    ``ref_of(params)`` is the reference of a trial's own posterior
+    (:meth:`lambda_hat.workflow.tuning.StudyTask.trial_ref`); None: ``ref`` for every trial."""
     return [
-        trial_row(t, pid, method, ref)
+        trial_row(t, pid, method, ref if ref_of is None else ref_of(t.params))
         for t in study.get_trials(deepcopy=False)
         if t.state != TrialState.WAITING
     ]

@@ -83,7 +83,9 @@ class StudyTask:
     method, budget, seed, reference, artifacts, target); ``space`` the Optuna distributions;
     ``fixed`` the untuned hyperparameters; ``resolve(hp)`` fills defaults (the full dict is what
     a run is hashed by); ``locate(payload) -> (run_id, run_dir)`` is the content address, the
-    same one the trial's runner writes to.
+    same one the trial's runner writes to. ``refs(params)``, when set, is the reference of a
+    trial's own posterior (params: fixed and searched, e.g. a γ choice): the trial's payload
+    carries it and the trial is scored against it; None: every trial uses ``ref``.
     """
 
     pid: str
@@ -101,6 +103,7 @@ class StudyTask:
     guard: FailureGuard | None = None
     max_retries: int = 2
     prune: bool = False
+    refs: Callable[[dict], dict] | None = None
     finished: int = 0
     failed: int = 0
     pruned: int = 0
@@ -116,6 +119,10 @@ class StudyTask:
     @property
     def name(self) -> str:
         return f"{self.pid}:{self.method}"
+
+    def trial_ref(self, params: dict) -> dict:
+        """The reference a trial with these searched ``params`` is scored against."""
+        return self.ref if self.refs is None else self.refs({**self.fixed, **params})
 
     def stop(self, reason: str) -> None:
         """The per-study stop hook: ask no more trials (in-flight ones are still told)."""
@@ -140,23 +147,24 @@ class _Flight:
         return [(t, tr) for t, tr in self.members if t.prune]
 
 
-def objective_values(metrics: dict, task: StudyTask) -> list[float] | None:
+def objective_values(metrics: dict, task: StudyTask, ref: dict | None = None) -> list[float] | None:
     """The objective(s) of a successful trial, or None when it has none (failed / non-finite).
 
     ``abs`` is |λ̂ − λ̂_ref| (:func:`lambda_hat.outcome.estimate_error`, against the study's
     reference: a reused run may have been scored against an older one). ``huber`` is the Huber
     loss scaled by 1/δ, so it keeps the units of λ: e²/(2δ) for |e| ≤ δ and |e| − δ/2 beyond,
     with δ = ``huber_delta`` or 2 × the reference's SE. ``runtime`` (second objective) is the
-    trial's wall-clock seconds.
+    trial's wall-clock seconds. ``ref`` is the trial's reference (default: the study's).
     """
+    ref = task.ref if ref is None else ref
     if metrics.get("status") != "ok":
         return None
-    err = estimate_error(metrics.get("llc_hat"), task.ref.get("llc_ref"))
+    err = estimate_error(metrics.get("llc_hat"), ref.get("llc_ref"))
     if err is None:
         return None
     err = abs(err)
     if task.objective == "huber":
-        delta = task.huber_delta or 2.0 * float(task.ref.get("se_ref") or 0.0)
+        delta = task.huber_delta or 2.0 * float(ref.get("se_ref") or 0.0)
         if delta > 0:
             err = err * err / (2 * delta) if err <= delta else err - delta / 2
     values = []
@@ -315,6 +323,8 @@ class Driver:
             if task.resolve is not None:
                 hp = task.resolve(hp)
             payload = dict(task.base_payload, hyperparams=hp)
+            if task.refs is not None:
+                payload["ref"] = task.trial_ref(trial.params)
             run_id, run_dir = task.locate(payload)
         except Exception as exc:  # e.g. a warm-start value the method rejects
             task.running -= 1
@@ -387,7 +397,8 @@ class Driver:
             if step <= flight.reported:
                 continue
             for task, trial in flight.pruned_members:
-                values = objective_values({"status": "ok", "llc_hat": llc_hat}, task)
+                ref = task.trial_ref(trial.params)
+                values = objective_values({"status": "ok", "llc_hat": llc_hat}, task, ref)
                 if values is None:
                     continue
                 for k in range(flight.reported + 1, step + 1):
@@ -442,8 +453,9 @@ class Driver:
         run_dir = trial.user_attrs.get("run_dir")
         if run_dir:
             metrics.setdefault("metrics_path", str(Path(run_dir) / "metrics.json"))
-        metrics = screen_estimate(metrics, task.ref)
-        values = objective_values(metrics, task)
+        ref = task.trial_ref(trial.params)
+        metrics = screen_estimate(metrics, ref)
+        values = objective_values(metrics, task, ref)
 
         def objective_fn(m: dict) -> list[float]:
             if values is None:
