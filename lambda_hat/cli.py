@@ -1,6 +1,7 @@
 """``lambda-hat``: the command-line entry point and every sub-command.
 
-``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs).
+``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs),
+``dashboard`` (optuna-dashboard on the study storage).
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
 failed (a reference gate, a failed trial), 2 bad input (nothing was done).
 ``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.workflow`.
@@ -64,10 +65,12 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+def _command(
+    sub, name: str, func, help: str, description: str, config_required: bool = True
+) -> argparse.ArgumentParser:
     """A sub-command parser with the ``--config`` every command takes, handled by ``func``."""
     p = sub.add_parser(name, help=help, description=description)
-    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--config", required=config_required, help="experiment YAML")
     p.set_defaults(func=func)
     return p
 
@@ -173,6 +176,77 @@ def _add_plots(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
 
 
+# ------------------------------------------------------------------------------ dashboard
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def dashboard_storage(args: argparse.Namespace) -> str:
+    """Where the studies are: ``--storage``, else the config's ``optuna.storage``, else its
+    results journal (which must exist: the dashboard would otherwise show an empty new one)."""
+    from lambda_hat.workflow import studies
+
+    if args.storage:
+        where, field = args.storage, "--storage"
+    elif args.config:
+        cfg = load_experiment(args.config).config
+        where, field = cfg.optuna.storage or studies.journal_path(cfg.paths.results), "--config"
+    else:
+        raise ConfigError("--config", "neither --config nor --storage was given.", "pass one.")
+    if "://" not in str(where) and not Path(where).is_file():
+        raise ConfigError(
+            field,
+            f"there is no study journal at {where}.",
+            "run parsl-optuna with this config first, or pass --storage.",
+        )
+    return str(where)
+
+
+def dashboard_lines(where: str, host: str, port: int) -> list[str]:
+    """What ``lambda-hat dashboard`` prints: the storage, the URL, the SSH tunnel for a cluster."""
+    from lambda_hat.workflow import studies
+
+    lines = [
+        f"optuna-dashboard on {studies.describe_storage(where)}",
+        f"open http://{'127.0.0.1' if host in LOOPBACK else host}:{port}/",
+        f"on a cluster, tunnel from your machine: ssh -N -L {port}:127.0.0.1:{port} "
+        "user@login-node (the node this runs on), then open the URL above",
+    ]
+    if host not in LOOPBACK:
+        lines.append(f"WARNING: listening on {host}: anyone who can reach it sees every study")
+    return lines
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from lambda_hat.workflow import studies
+
+    where = dashboard_storage(args)
+    storage = studies.open_storage_at(where)
+    print("\n".join(dashboard_lines(where, args.host, args.port)), flush=True)
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _add_dashboard(sub) -> None:
+    p = _command(
+        sub,
+        "dashboard",
+        _cmd_dashboard,
+        "serve optuna-dashboard on the study storage",
+        "Serve optuna-dashboard (a live web view of the studies) on the config's study "
+        "storage, or --storage; loopback only unless --host says otherwise. Ctrl-C stops it.",
+        config_required=False,
+    )
+    p.add_argument("--storage", metavar="URL", help="a database URL or journal file path")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -182,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_reference, _add_trial, _add_plots):
+    for add in (_add_reference, _add_trial, _add_plots, _add_dashboard):
         add(sub)
     return parser
 
