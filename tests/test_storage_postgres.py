@@ -17,8 +17,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -236,3 +238,85 @@ def test_plain_postgres_urls_get_the_psycopg_driver_and_logs_hide_passwords():
     assert studies.storage_url("sqlite:///x.db") == "sqlite:///x.db"
     shown = studies.describe_storage("postgresql://u:secret@h:5/db")
     assert "secret" not in shown and shown.endswith("@h:5/db")
+
+
+def _running(user_attrs: dict) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
+
+
+def test_a_running_trial_is_orphaned_only_when_its_driver_is_dead():
+    me = sharing.Owner.this_process()
+    me.start()
+    try:
+        assert not sharing.orphaned(_running({sharing.OWNER_ATTR: me.tag}))
+    finally:
+        me.stop()
+    assert sharing.orphaned(_running({sharing.OWNER_ATTR: me.tag}))  # ended
+    fresh = _running({})  # untagged: maybe another driver is asking it right now
+    assert not sharing.orphaned(fresh)
+    assert sharing.orphaned(fresh, now=time.time() + sharing.STALE_SEC + 5)
+    assert sharing.orphaned(_running({"run_dir": "/x"}))  # asked by a driver without tags
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_here = sharing.Owner(socket.gethostname(), gone.pid, "x").tag
+    assert sharing.orphaned(_running({sharing.OWNER_ATTR: dead_here}))
+    elsewhere = _running(
+        {sharing.OWNER_ATTR: "other-host:1:x", sharing.HEARTBEAT_ATTR: time.time()}
+    )
+    assert sharing.owner_alive(elsewhere)
+    assert sharing.owner_alive(elsewhere, now=time.time() + sharing.STALE_SEC - 5)
+    assert not sharing.owner_alive(elsewhere, now=time.time() + sharing.STALE_SEC + 5)
+
+
+def test_last_slot_ranking_counts_running_waiting_and_finished_trials_before():
+    trials = [
+        optuna.trial.create_trial(value=1.0),
+        optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"failure_kind": "error"}),
+        optuna.trial.create_trial(
+            state=TrialState.FAIL, user_attrs={"failure_kind": "interrupted"}
+        ),
+        _running({}),
+        optuna.trial.create_trial(state=TrialState.WAITING),
+        _running({}),
+    ]
+    for number, t in enumerate(trials):
+        t.number = number
+    assert [sharing.slots_before(trials, n) for n in range(7)] == [0, 1, 2, 2, 3, 4, 5]
+
+
+def test_two_in_process_drivers_on_one_journal_end_exact(tmp_path, monkeypatch):
+    from test_workflow import _task
+
+    from lambda_hat.workflow import execution, tuning
+
+    monkeypatch.setenv("LAMBDA_HAT_SYNTHETIC_SECONDS", "0.1")
+    path, drivers, errors = tmp_path / "journal.log", [], []
+
+    def drive() -> None:
+        try:
+            task = _task(studies.open_storage_at(path), tmp_path)
+            with ThreadPoolExecutor(2) as pool:
+                driver = tuning.Driver(
+                    [task],
+                    lambda p: pool.submit(execution.execute_trial, p),
+                    max_trials=8,
+                    batch_size=2,
+                    poll_sec=0.2,
+                )
+                drivers.append(driver)
+                driver.recover(task)
+                driver.run()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    trials = optuna.load_study(study_name="p_a:sgld", storage=studies.open_storage_at(path)).trials
+    finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
+    assert len(finished) == 8 and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["run_id"] for t in finished}) == 8
+    assert {t.user_attrs[sharing.OWNER_ATTR] for t in finished} == {d.owner.tag for d in drivers}

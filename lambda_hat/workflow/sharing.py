@@ -13,6 +13,9 @@ two login nodes, or one journal file on one host). Each stays correct on its own
   trials in creation order, so when ``max_trials`` slots are already taken by trials numbered
   before it, the trial is surplus (two drivers asked for the last slot at once) and is told
   ``interrupted`` without running. Counts thus end at exactly ``max_trials`` finished trials.
+  So is a trial whose hyperparameters another driver's trial already has; the sampler is then
+  reseeded at random (sharing gives up the seeded reproducibility of a lone driver's
+  proposals, which the interleaving of two drivers loses anyway).
 """
 
 from __future__ import annotations
@@ -99,12 +102,16 @@ def owner_alive(frozen: FrozenTrial, now: float | None = None) -> bool:
     return (time.time() if now is None else now) - beat < STALE_SEC
 
 
-def orphaned(frozen: FrozenTrial, untagged: bool) -> bool:
-    """Whether a RUNNING trial's driver is dead; ``untagged``: count a trial without an owner
-    tag as orphaned (at start-up; later it may be one another driver has not tagged yet)."""
-    if OWNER_ATTR not in frozen.user_attrs:
-        return untagged
-    return not owner_alive(frozen)
+def orphaned(frozen: FrozenTrial, now: float | None = None) -> bool:
+    """Whether a RUNNING trial's driver is dead (:func:`owner_alive`). A trial without an owner
+    tag is orphaned once it has a run directory (a driver that predates tags asked it) or is
+    older than :data:`STALE_SEC`: until then it may be one another driver is asking right now
+    (Optuna creates the trial, then samples; the tag follows)."""
+    if OWNER_ATTR in frozen.user_attrs:
+        return not owner_alive(frozen, now)
+    if "run_dir" in frozen.user_attrs or frozen.datetime_start is None:
+        return True
+    return (time.time() if now is None else now) - frozen.datetime_start.timestamp() > STALE_SEC
 
 
 def heartbeat(trials: Iterable[Trial]) -> None:
@@ -119,6 +126,22 @@ def heartbeat(trials: Iterable[Trial]) -> None:
 
 def owned_by(frozen: FrozenTrial, owner: Owner) -> bool:
     return frozen.user_attrs.get(OWNER_ATTR) == owner.tag
+
+
+def why_not_run(trials: list[FrozenTrial], trial: Trial, owner: Owner, max_trials: int) -> str:
+    """Why a just-asked trial must not run ('' when it may): ``max_trials`` slots are taken
+    by trials numbered before it (:func:`slots_before`), or another driver runs or ran the same
+    hyperparameters (two drivers started together propose the same seeded start-up points)."""
+    if slots_before(trials, trial.number) >= max_trials:
+        return "another driver took this study's last slot first; not run"
+    for t in trials:
+        if t.number == trial.number or owned_by(t, owner) or t.params != trial.params:
+            continue
+        if t.state == TrialState.RUNNING or counts_as_finished(
+            t.state, t.user_attrs.get("failure_kind")
+        ):
+            return f"another driver proposed the same hyperparameters (trial {t.number}); not run"
+    return ""
 
 
 def slots_before(trials: Iterable[FrozenTrial], number: int) -> int:

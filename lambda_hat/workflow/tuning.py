@@ -181,10 +181,10 @@ class Driver:
     # ------------------------------------------------------------------ bookkeeping
 
     def recover(self, task: StudyTask, at_start: bool = True) -> None:
-        """Settle the trials dead drivers left RUNNING, then count the stored trials.
-        ``at_start``: untagged RUNNING trials too (:func:`sharing.orphaned`)."""
+        """Settle the trials dead drivers left RUNNING (:func:`sharing.orphaned`), then count
+        the stored trials; ``at_start``: also replay the failure guard."""
         for frozen in task.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if not sharing.orphaned(frozen, untagged=at_start):
+            if not sharing.orphaned(frozen):
                 continue
             trial = optuna.Trial(task.study, frozen._trial_id)
             metrics = execution.load_valid_metrics(frozen.user_attrs.get("run_dir"))
@@ -288,8 +288,7 @@ class Driver:
                 self._complete(fut)
 
     def _wait_for_others(self) -> bool:
-        """With nothing of ours in flight: False when no study waits on another driver's
-        trials; otherwise wait a little, settle trials of drivers that died, recount, True."""
+        """Nothing of ours in flight: wait for other drivers' trials (True), if any (False)."""
         waiting = [t for t in self.tasks if t.stop_reason is None and t.others]
         if not waiting:
             return False
@@ -315,15 +314,16 @@ class Driver:
             self._ask_one(task)
 
     def _ask_one(self, task: StudyTask) -> None:
-        trial = task.study.ask(task.space)
         try:
+            trial = task.study.ask(task.space)
             trial.set_user_attr(sharing.OWNER_ATTR, self.owner.tag)
         except UpdateFinishedTrialError:
-            return  # settled by another driver's start-up before we tagged it
+            return  # settled by another driver before we tagged it (then requeued)
         trials = task.study.get_trials(deepcopy=False)
-        if sharing.slots_before(trials, trial.number) >= self.max_trials:
-            why = "another driver took this study's last slot first; not run"
+        why = sharing.why_not_run(trials, trial, self.owner, self.max_trials)
+        if why:
             self._settle(task, trial, failed_metrics("interrupted", why), count=False)
+            task.study.sampler.reseed_rng()
             self._recount(task)
             return
         task.running += 1
