@@ -175,7 +175,6 @@ class Driver:
         self._flights: dict[Future, _Flight] = {}
         self._by_dir: dict[str, Future] = {}
         self.owner = sharing.Owner.this_process()
-        self.owner.start()
         self._beat = time.monotonic()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -258,6 +257,7 @@ class Driver:
     def run(self) -> None:
         """Ask, submit and tell until every study has ``max_trials`` finished or is stopped
         (waiting, when this driver has nothing left to run, for other drivers' trials)."""
+        self.owner.start()
         try:
             self._loop()
         finally:
