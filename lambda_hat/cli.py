@@ -1,6 +1,7 @@
 """``lambda-hat``: the command-line entry point and every sub-command.
 
-``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs).
+``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs),
+``dashboard`` (optuna-dashboard on the study storage).
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
 failed (a reference gate, a failed trial), 2 bad input (nothing was done).
 ``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.workflow`.
@@ -9,16 +10,20 @@ failed (a reference gate, a failed trial), 2 bad input (nothing was done).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
 from lambda_hat import methods, plots, reference, runner, runs
-from lambda_hat.config import ProblemSpec, load_experiment
-from lambda_hat.log import setup_logging
+from lambda_hat.config import ProblemSpec, ReferenceConfig, load_experiment
+from lambda_hat.log import fmt_seconds, format_table, setup_logging
 from lambda_hat.problems import build_problem, problem_id
-from lambda_hat.schema import ConfigError
+from lambda_hat.schema import ConfigError, as_dict
 
 
 def select_problems(specs: list[ProblemSpec], wanted: list[str] | None) -> list[ProblemSpec]:
@@ -44,6 +49,56 @@ def select_problems(specs: list[ProblemSpec], wanted: list[str] | None) -> list[
 # ------------------------------------------------------------------------------ reference
 
 
+def run_references(
+    specs: list[ProblemSpec],
+    cfg: ReferenceConfig,
+    artifacts: str,
+    force: bool = False,
+    verbose: int = 0,
+) -> list[dict]:
+    """References of all ``specs``, in parallel processes where cores allow (order kept)."""
+    workers = min(len(specs), cfg.workers or os.cpu_count() or 1)
+    args = [(as_dict(s), dataclasses.asdict(cfg), str(artifacts), force, verbose) for s in specs]
+    if workers <= 1:
+        return [reference.reference_job(*a) for a in args]
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that imported JAX
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(reference.reference_job, *zip(*args, strict=True)))
+
+
+def _div(ref: dict) -> str:
+    """Divergent draws and their fraction of the draws (the gate's number)."""
+    draws = ref["chains"] * ref["draws_per_chain"]
+    return f"{ref['divergences']} ({ref['divergences'] / draws:.1%})" if draws else "n/a"
+
+
+def reference_table(refs: list[dict]) -> str:
+    """The summary table printed by ``lambda-hat reference``."""
+    header = "pid model d n λ̂_ref±se R-hat ESS div time λ_theory gate".split()
+    rows = []
+    for r in refs:
+        rows.append(
+            [
+                r["pid"],
+                r.get("summary", ""),
+                str(r["d"]),
+                str(r["n"]),
+                f"{_or_na(r['llc_ref'], '.4g')} ± {_or_na(r['se_ref'], '.2g')}",
+                _or_na(r["rhat"], ".4f"),
+                _or_na(r["ess_bulk"], ".0f"),
+                _div(r),
+                fmt_seconds(r["seconds"]["total"]),
+                _or_na(r["llc_theory"], ".4g"),
+                "ok" if r["gate"]["passed"] else "FAILED: " + "; ".join(r["gate"]["reasons"]),
+            ]
+        )
+    return format_table(header, rows)
+
+
+def _or_na(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
 def _cmd_reference(args: argparse.Namespace) -> int:
     overrides = {}
     if args.budget is not None:
@@ -51,10 +106,8 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, overrides)
     specs = select_problems(exp.problems, args.problem)
     cfg = exp.config.reference
-    refs = reference.run_references(
-        specs, cfg, exp.config.paths.artifacts, args.force, args.verbose
-    )
-    print(reference.reference_table(refs))
+    refs = run_references(specs, cfg, exp.config.paths.artifacts, args.force, args.verbose)
+    print(reference_table(refs))
     failed = [r["pid"] for r in refs if not r["gate"]["passed"]]
     if failed:
         print(
@@ -64,10 +117,12 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+def _command(
+    sub, name: str, func, help: str, description: str, config_required: bool = True
+) -> argparse.ArgumentParser:
     """A sub-command parser with the ``--config`` every command takes, handled by ``func``."""
     p = sub.add_parser(name, help=help, description=description)
-    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--config", required=config_required, help="experiment YAML")
     p.set_defaults(func=func)
     return p
 
@@ -173,6 +228,77 @@ def _add_plots(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
 
 
+# ------------------------------------------------------------------------------ dashboard
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def dashboard_storage(args: argparse.Namespace) -> str:
+    """Where the studies are: ``--storage``, else the config's ``optuna.storage``, else its
+    results journal (which must exist: the dashboard would otherwise show an empty new one)."""
+    from lambda_hat.workflow import studies
+
+    if args.storage:
+        where, field = args.storage, "--storage"
+    elif args.config:
+        cfg = load_experiment(args.config).config
+        where, field = cfg.optuna.storage or studies.journal_path(cfg.paths.results), "--config"
+    else:
+        raise ConfigError("--config", "neither --config nor --storage was given.", "pass one.")
+    if "://" not in str(where) and not Path(where).is_file():
+        raise ConfigError(
+            field,
+            f"there is no study journal at {where}.",
+            "run parsl-optuna with this config first, or pass --storage.",
+        )
+    return str(where)
+
+
+def dashboard_lines(where: str, host: str, port: int) -> list[str]:
+    """What ``lambda-hat dashboard`` prints: the storage, the URL, the SSH tunnel for a cluster."""
+    from lambda_hat.workflow import studies
+
+    lines = [
+        f"optuna-dashboard on {studies.describe_storage(where)}",
+        f"open http://{'127.0.0.1' if host in LOOPBACK else host}:{port}/",
+        f"on a cluster, tunnel from your machine: ssh -N -L {port}:127.0.0.1:{port} "
+        "user@login-node (the node this runs on), then open the URL above",
+    ]
+    if host not in LOOPBACK:
+        lines.append(f"WARNING: listening on {host}: anyone who can reach it sees every study")
+    return lines
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from lambda_hat.workflow import studies
+
+    where = dashboard_storage(args)
+    storage = studies.open_storage_at(where)
+    print("\n".join(dashboard_lines(where, args.host, args.port)), flush=True)
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _add_dashboard(sub) -> None:
+    p = _command(
+        sub,
+        "dashboard",
+        _cmd_dashboard,
+        "serve optuna-dashboard on the study storage",
+        "Serve optuna-dashboard (a live web view of the studies) on the config's study "
+        "storage, or --storage; loopback only unless --host says otherwise. Ctrl-C stops it.",
+        config_required=False,
+    )
+    p.add_argument("--storage", metavar="URL", help="a database URL or journal file path")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -182,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_reference, _add_trial, _add_plots):
+    for add in (_add_reference, _add_trial, _add_plots, _add_dashboard):
         add(sub)
     return parser
 

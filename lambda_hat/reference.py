@@ -21,14 +21,11 @@ divergent draws > ``max_divergence_frac``, or no draws at all) is stored with
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import functools
 import importlib.metadata
 import logging
 import math
-import multiprocessing
-import os
 from pathlib import Path
 
 import jax
@@ -41,7 +38,7 @@ from lambda_hat.diagnostics import chain_health
 from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.hashing import content_hash
-from lambda_hat.log import Progress, fmt_seconds, format_table, setup_logging
+from lambda_hat.log import Progress, fmt_seconds, setup_logging
 from lambda_hat.posterior import chain_starts
 from lambda_hat.problems import Problem, build_problem
 from lambda_hat.samplers import hmc
@@ -310,7 +307,7 @@ def compute_reference(
     if (info := run.info()) is not None:
         trace = {"loss": info.loss, "acceptance_rate": info.acceptance_rate}
         atomic_write_npz(problem.path / "ref_trace.npz", **trace)
-    if ref["stopped_early"]:
+    if ref.get("stopped_early"):
         hmc.save_run(problem.path / STATE_FILE, run)
     else:
         (problem.path / STATE_FILE).unlink(missing_ok=True)
@@ -392,7 +389,7 @@ def _report(problem: Problem, ref: dict) -> None:
     log.info(msg)
     if not ref["gate"]["passed"]:
         fix = "reference.draws or reference.warmup (or target_accept for divergences)"
-        if ref["stopped_early"]:
+        if ref.get("stopped_early"):
             fix = "reference.budget_sec (a larger budget extends this reference)"
         log.warning(
             "!!! reference %s FAILED its quality gate: %s. Do not tune against it: raise %s.",
@@ -443,9 +440,9 @@ def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False
     ref = None if force else _stored(problem, cfg)
     if ref is None:
         return compute_reference(problem, cfg)
-    if not (ref["stopped_early"] and _larger(cfg.budget_sec, ref["budget_sec"])):
+    if not (ref.get("stopped_early") and _larger(cfg.budget_sec, ref.get("budget_sec"))):
         est = f"{_fmt(ref['llc_ref'], '.4g')} ± {_fmt(ref['se_ref'], '.2g')}"
-        if ref["stopped_early"]:
+        if ref.get("stopped_early"):
             est += f"; stopped early under budget {fmt_seconds(ref['budget_sec'])}"
         log.info("reference %s: cached (λ̂ = %s)", problem.pid, est)
         return ref
@@ -488,49 +485,3 @@ def reference_job(
     problem = build_problem(spec_obj, artifacts)
     ref = ensure_reference(reference_home(problem, cfg_obj, primary), cfg_obj, force)
     return {**ref, "summary": problem.summary()}
-
-
-def run_references(
-    specs: list[ProblemSpec],
-    cfg: ReferenceConfig,
-    artifacts: str,
-    force: bool = False,
-    verbose: int = 0,
-) -> list[dict]:
-    """References of all ``specs``, in parallel processes where cores allow (order kept)."""
-    workers = min(len(specs), cfg.workers or os.cpu_count() or 1)
-    args = [(as_dict(s), dataclasses.asdict(cfg), str(artifacts), force, verbose) for s in specs]
-    if workers <= 1:
-        return [reference_job(*a) for a in args]
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that imported JAX
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(reference_job, *zip(*args, strict=True)))
-
-
-def _div(ref: dict) -> str:
-    """Divergent draws and their fraction of the draws (the gate's number)."""
-    draws = ref["chains"] * ref["draws_per_chain"]
-    return f"{ref['divergences']} ({ref['divergences'] / draws:.1%})" if draws else "n/a"
-
-
-def reference_table(refs: list[dict]) -> str:
-    """The summary table printed by ``lambda-hat reference``."""
-    header = "pid model d n λ̂_ref±se R-hat ESS div time λ_theory gate".split()
-    rows = []
-    for r in refs:
-        rows.append(
-            [
-                r["pid"],
-                r.get("summary", ""),
-                str(r["d"]),
-                str(r["n"]),
-                f"{_fmt(r['llc_ref'], '.4g')} ± {_fmt(r['se_ref'], '.2g')}",
-                _fmt(r["rhat"], ".4f"),
-                _fmt(r["ess_bulk"], ".0f"),
-                _div(r),
-                fmt_seconds(r["seconds"]["total"]),
-                _fmt(r["llc_theory"], ".4g"),
-                "ok" if r["gate"]["passed"] else "FAILED: " + "; ".join(r["gate"]["reasons"]),
-            ]
-        )
-    return format_table(header, rows)

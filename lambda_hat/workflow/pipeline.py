@@ -360,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="trials in flight at once, across studies")
     p.add_argument("--hmc-budget", type=float, metavar="SEC", help="budget per HMC reference")
     p.add_argument("--method-budget", type=float, metavar="SEC", help="budget per trial")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="override optuna.storage: a database URL shared by several drivers "
+        "(postgresql://user:pass@host/db) or a journal file path",
+    )
     p.add_argument("--results", metavar="DIR", help="override paths.results")
     p.add_argument("--artifacts", metavar="DIR", help="override paths.artifacts")
     p.add_argument(
@@ -382,6 +388,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("batch_size", "batch_size"),
         ("hmc_budget", "hmc_budget_sec"),
         ("method_budget", "method_budget_sec"),
+        ("storage", "storage"),
     ):
         if getattr(args, flag) is not None:
             o["optuna"][key] = getattr(args, flag)
@@ -398,7 +405,7 @@ def describe(plan: Plan) -> str:
         f"method(s), {oc.max_trials} finished trials each, {oc.batch_size} in flight, "
         f"sampler {oc.sampler}, objective {oc.objective} {oc.objectives}, pruner "
         f"{oc.pruner if studies.prunes(oc) else 'none'}",
-        f"storage {oc.storage or plan.results / 'studies' / 'journal.log'}; "
+        f"storage {studies.describe_storage(oc.storage or studies.journal_path(plan.results))}; "
         f"artifacts {plan.artifacts}; trial target {plan.trial_target}",
     ]
     if len(plan.gammas) > 1:

@@ -149,7 +149,7 @@ def study_rows(
     """Rows for every trial of ``study`` except WAITING ones (RUNNING ones with their state).
 
     ``ref_of(params)`` is the reference of a trial's own posterior
-    (:meth:`lambda_hat.workflow.tuning.StudyTask.trial_ref`); None: ``ref`` for every trial."""
+    (:meth:`lambda_hat.workflow.task.StudyTask.trial_ref`); None: ``ref`` for every trial."""
     return [
         trial_row(t, pid, method, ref if ref_of is None else ref_of(t.params))
         for t in study.get_trials(deepcopy=False)

@@ -19,11 +19,13 @@ import logging
 import math
 import os
 import pickle
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage
+import sqlalchemy
+from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -220,16 +222,61 @@ class Journal(JournalStorage):
         self.backend.sync(wait)
 
 
-def open_storage(cfg: OptunaConfig, results: str | Path) -> BaseStorage | str:
-    """The configured storage: a URL as given, or the default journal file (created)."""
-    if cfg.storage:
-        return cfg.storage
-    path = studies_dir(results) / "journal.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Journal(path)
+#: URL schemes given without a driver, and the driver-qualified scheme SQLAlchemy is given.
+_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
 
-def sync_storage(storage: BaseStorage | str, wait: bool = True) -> None:
+def storage_url(url: str) -> str:
+    """``url`` with a database driver SQLAlchemy can load: plain ``postgresql://`` (or
+    ``postgres://``) means psycopg 3 (``postgresql+psycopg://``), the driver this package
+    depends on; SQLAlchemy's own default for the plain scheme is psycopg2, often missing."""
+    scheme, sep, rest = url.partition("://")
+    return f"{_DRIVERS[scheme]}://{rest}" if sep and scheme in _DRIVERS else url
+
+
+def journal_path(results: str | Path) -> Path:
+    """The default storage's file: ``<results>/studies/journal.log``."""
+    return studies_dir(results) / "journal.log"
+
+
+def open_storage(cfg: OptunaConfig, results: str | Path) -> BaseStorage:
+    """The configured storage (``optuna.storage``; ``--storage``): a database URL, or a
+    journal file path, or by default ``<results>/studies/journal.log`` (created)."""
+    return open_storage_at(cfg.storage or journal_path(results))
+
+
+def open_storage_at(where: str | Path) -> BaseStorage:
+    """A storage from a URL (``postgresql://``, ``sqlite:///``, ...) or a journal file path.
+
+    Creating the database schema is retried: two drivers started together on an empty database
+    both try to create the tables, and the loser of that race sees an integrity error.
+    """
+    text = str(where)
+    if "://" not in text:
+        path = Path(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Journal(path)
+    url, attempt = storage_url(text), 0
+    while True:
+        try:
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            attempt += 1
+            if attempt == 3:
+                raise
+            log.debug("storage schema race (%s); retrying", type(exc).__name__)
+            time.sleep(0.5 * attempt)
+
+
+def describe_storage(where: str | Path) -> str:
+    """The storage for a log line, without a password in a URL."""
+    text = str(where)
+    if "://" not in text:
+        return text
+    return sqlalchemy.engine.make_url(storage_url(text)).render_as_string(hide_password=True)
+
+
+def sync_storage(storage: BaseStorage, wait: bool = True) -> None:
     """fsync the default journal (a no-op for storages that commit by themselves);
     ``wait=False``: in the background (:meth:`GroupCommitJournalBackend.sync`)."""
     if isinstance(storage, Journal):
@@ -241,7 +288,7 @@ def directions(cfg: OptunaConfig) -> list[str]:
 
 
 def open_study(
-    storage: BaseStorage | str,
+    storage: BaseStorage,
     pid: str,
     method: str,
     cfg: OptunaConfig,

@@ -32,6 +32,10 @@ Resume. On start, trials still RUNNING in the storage (the previous driver died)
 their ``metrics.json`` if their worker finished, otherwise told FAIL with failure kind
 ``interrupted`` and their parameters are enqueued again, so the run ends with exactly
 ``max_trials`` finished trials per study and no finished trial is lost or run twice.
+
+Sharing. Several drivers may run one config on one storage at once: trials RUNNING under a live
+driver are counted as in flight and never settled by another, and a trial asked for a slot that
+another driver took first is told ``interrupted`` unrun (:mod:`lambda_hat.workflow.sharing`).
 """
 
 from __future__ import annotations
@@ -41,18 +45,17 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from lambda_hat import isolation
 from lambda_hat.outcome import (
     TRACEBACK_CHARS,
-    estimate_error,
     failed_metrics,
     failure_of,
     finite_float,
@@ -60,9 +63,10 @@ from lambda_hat.outcome import (
     is_retryable,
     screen_estimate,
 )
-from lambda_hat.workflow import execution
-from lambda_hat.workflow.guard import FailureGuard
+from lambda_hat.workflow import execution, sharing
+from lambda_hat.workflow.scoring import objective_values
 from lambda_hat.workflow.studies import counts_as_finished
+from lambda_hat.workflow.task import StudyTask
 from lambda_hat.workflow.tell import tell
 
 log = logging.getLogger("lambda_hat.workflow")
@@ -73,62 +77,6 @@ MAX_INFRASTRUCTURE_STREAK = 5
 #: trial had when it first reached k / PRUNING_STEPS of its work, so trials of different lengths
 #: are compared at the same fraction of their own work.
 PRUNING_STEPS = 10
-
-
-@dataclass
-class StudyTask:
-    """One (problem, method) study and the driver's bookkeeping for it.
-
-    ``base_payload`` is the static part of every trial payload of this study (problem spec,
-    method, budget, seed, reference, artifacts, target); ``space`` the Optuna distributions;
-    ``fixed`` the untuned hyperparameters; ``resolve(hp)`` fills defaults (the full dict is what
-    a run is hashed by); ``locate(payload) -> (run_id, run_dir)`` is the content address, the
-    same one the trial's runner writes to. ``refs(params)``, when set, is the reference of a
-    trial's own posterior (params: fixed and searched, e.g. a γ choice): the trial's payload
-    carries it and the trial is scored against it; None: every trial uses ``ref``.
-    """
-
-    pid: str
-    method: str
-    study: optuna.Study
-    space: dict[str, BaseDistribution]
-    base_payload: dict
-    ref: dict
-    objective: str = "abs"
-    objectives: tuple[str, ...] = ("error",)
-    huber_delta: float | None = None
-    fixed: dict = field(default_factory=dict)
-    resolve: Callable[[dict], dict] | None = None
-    locate: Callable[[dict], tuple[str, Path]] = execution.trial_location
-    guard: FailureGuard | None = None
-    max_retries: int = 2
-    prune: bool = False
-    refs: Callable[[dict], dict] | None = None
-    finished: int = 0
-    failed: int = 0
-    pruned: int = 0
-    running: int = 0
-    reused: int = 0
-    finished_this_run: int = 0
-    infra_streak: int = 0
-    best_value: float | None = None
-    best_number: int | None = None
-    stop_reason: str | None = None
-    started_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def name(self) -> str:
-        return f"{self.pid}:{self.method}"
-
-    def trial_ref(self, params: dict) -> dict:
-        """The reference a trial with these searched ``params`` is scored against."""
-        return self.ref if self.refs is None else self.refs({**self.fixed, **params})
-
-    def stop(self, reason: str) -> None:
-        """The per-study stop hook: ask no more trials (in-flight ones are still told)."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            log.warning("study %s stopped: %s", self.name, reason)
 
 
 @dataclass
@@ -145,44 +93,6 @@ class _Flight:
     @property
     def pruned_members(self) -> list[tuple[StudyTask, optuna.Trial]]:
         return [(t, tr) for t, tr in self.members if t.prune]
-
-
-def objective_values(metrics: dict, task: StudyTask, ref: dict | None = None) -> list[float] | None:
-    """The objective(s) of a successful trial, or None when it has none (failed / non-finite).
-
-    ``abs`` is |λ̂ − λ̂_ref| (:func:`lambda_hat.outcome.estimate_error`, against the study's
-    reference: a reused run may have been scored against an older one). ``huber`` is the Huber
-    loss scaled by 1/δ, so it keeps the units of λ: e²/(2δ) for |e| ≤ δ and |e| − δ/2 beyond,
-    with δ = ``huber_delta`` or 2 × the reference's SE. ``runtime`` (second objective) is the
-    trial's wall-clock seconds. ``ref`` is the trial's reference (default: the study's).
-    """
-    ref = task.ref if ref is None else ref
-    if metrics.get("status") != "ok":
-        return None
-    err = estimate_error(metrics.get("llc_hat"), ref.get("llc_ref"))
-    if err is None:
-        return None
-    err = abs(err)
-    if task.objective == "huber":
-        delta = task.huber_delta or 2.0 * float(ref.get("se_ref") or 0.0)
-        if delta > 0:
-            err = err * err / (2 * delta) if err <= delta else err - delta / 2
-    values = []
-    for name in task.objectives:
-        if name == "error":
-            values.append(err)
-        else:
-            seconds = _seconds(metrics)
-            if seconds is None:
-                return None
-            values.append(seconds)
-    return values
-
-
-def _seconds(metrics: dict) -> float | None:
-    """The trial's wall-clock seconds (``seconds`` may be a number or ``{"total": ...}``)."""
-    seconds = metrics.get("seconds")
-    return finite_float(seconds.get("total") if isinstance(seconds, dict) else seconds)
 
 
 class Driver:
@@ -213,40 +123,46 @@ class Driver:
         self.sync, self.poll_sec = sync, poll_sec
         self._flights: dict[Future, _Flight] = {}
         self._by_dir: dict[str, Future] = {}
+        self.owner = sharing.Owner.this_process()
+        self._beat = time.monotonic()
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def recover(self, task: StudyTask) -> None:
-        """Settle the trials a killed driver left RUNNING, then count the stored trials."""
+    def recover(self, task: StudyTask, at_start: bool = True) -> None:
+        """Settle the trials dead drivers left RUNNING (:func:`sharing.orphaned`), then count
+        the stored trials; ``at_start``: also replay the failure guard."""
         for frozen in task.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            trial = optuna.Trial(task.study, frozen._trial_id)
-            run_dir = frozen.user_attrs.get("run_dir")
-            metrics = execution.load_valid_metrics(run_dir)
-            if metrics is not None:
-                log.info(
-                    "%s: trial %d finished while the driver was down; told from %s",
-                    task.name,
-                    frozen.number,
-                    run_dir,
-                )
-                self._settle(task, trial, dict(metrics, reused=True), count=False)
+            if not sharing.orphaned(frozen):
                 continue
-            self._settle(
-                task,
-                trial,
-                failed_metrics("interrupted", "the driver stopped while this trial ran"),
-                count=False,
-            )
-            task.study.enqueue_trial(frozen.params, user_attrs={"requeued_from": frozen.number})
-        if task.guard is not None and not task.guard.replay(task.study).proceed:
+            trial = optuna.Trial(task.study, frozen._trial_id)
+            metrics = execution.load_valid_metrics(frozen.user_attrs.get("run_dir"))
+            lost = metrics is None
+            if lost:
+                metrics = failed_metrics("interrupted", "the driver stopped while this trial ran")
+            else:  # its worker finished while the driver was down
+                metrics = dict(metrics, reused=True)
+            try:
+                self._settle(task, trial, metrics, count=False)
+            except UpdateFinishedTrialError:
+                continue  # another driver settled it first
+            if lost:
+                task.study.enqueue_trial(frozen.params, user_attrs={"requeued_from": frozen.number})
+        if at_start and task.guard is not None and not task.guard.replay(task.study).proceed:
             task.stop(task.guard.decision.message)
-        for frozen in task.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-        ):
+        self._recount(task)
+
+    def _recount(self, task: StudyTask, trials: list | None = None) -> None:
+        """Count the study's stored trials afresh (other drivers tell trials too)."""
+        task.finished = task.failed = task.pruned = task.reused = task.others = 0
+        task.best_value = task.best_number = None
+        for frozen in trials or task.study.get_trials(deepcopy=False):
             attrs = frozen.user_attrs
-            self._count(
-                task, frozen.state, attrs, frozen.values, frozen.number, attrs.get("reused")
-            )
+            if frozen.state == TrialState.RUNNING:
+                task.others += not sharing.owned_by(frozen, self.owner)
+            elif frozen.state.is_finished():
+                self._count(
+                    task, frozen.state, attrs, frozen.values, frozen.number, attrs.get("reused")
+                )
 
     def _count(
         self,
@@ -274,7 +190,7 @@ class Driver:
     def _need(self, task: StudyTask) -> int:
         if task.stop_reason is not None:
             return 0
-        return self.max_trials - task.finished - task.running
+        return self.max_trials - task.finished - task.running - task.others
 
     def _next_task(self) -> StudyTask | None:
         open_tasks = [t for t in self.tasks if self._need(t) > 0]
@@ -288,14 +204,26 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        """Ask, submit and tell until every study has ``max_trials`` finished or is stopped."""
+        """Ask, submit and tell until every study has ``max_trials`` finished or is stopped
+        (waiting, when this driver has nothing left to run, for other drivers' trials)."""
+        self.owner.start()
+        try:
+            self._loop()
+        finally:
+            self.owner.stop()
+
+    def _loop(self) -> None:
         last_tick = last_poll = time.monotonic()
         pruning = any(t.prune for t in self.tasks)
         timeout = min(self.tick_sec, self.poll_sec) if pruning else self.tick_sec
         while True:
             self._refill()
             if not self._flights:
-                break
+                if not self._wait_for_others():
+                    break
+                continue
+            if time.monotonic() - self._beat >= sharing.HEARTBEAT_SEC:
+                self._heartbeat()
             if self.on_tick and time.monotonic() - last_tick >= self.tick_sec:
                 self.on_tick()  # after the refill, so the display counts the slots in use
                 last_tick = time.monotonic()
@@ -308,6 +236,25 @@ class Driver:
             for fut in done:
                 self._complete(fut)
 
+    def _wait_for_others(self) -> bool:
+        """Nothing of ours in flight: wait for other drivers' trials (True), if any (False)."""
+        waiting = [t for t in self.tasks if t.stop_reason is None and t.others]
+        if not waiting:
+            return False
+        time.sleep(min(self.poll_sec, self.tick_sec))
+        for task in waiting:
+            self.recover(task, at_start=False)
+        if self.on_tick:
+            self.on_tick()
+        return True
+
+    def _heartbeat(self) -> None:
+        """Refresh the heartbeat of our running trials; recount (others tell trials too)."""
+        sharing.heartbeat(tr for f in self._flights.values() for _, tr in f.members)
+        for task in self.tasks:
+            self.recover(task, at_start=False)
+        self._beat = time.monotonic()
+
     def _refill(self) -> None:
         while len(self._flights) < self.batch_size:
             task = self._next_task()
@@ -316,8 +263,20 @@ class Driver:
             self._ask_one(task)
 
     def _ask_one(self, task: StudyTask) -> None:
-        trial = task.study.ask(task.space)
+        try:
+            trial = task.study.ask(task.space)
+            trial.set_user_attr(sharing.OWNER_ATTR, self.owner.tag)
+        except UpdateFinishedTrialError:
+            return  # settled by another driver before we tagged it (then requeued)
+        trials = task.study.get_trials(deepcopy=False)
+        why = sharing.why_not_run(trials, trial, self.owner, self.max_trials)
+        if why:
+            self._settle(task, trial, failed_metrics("interrupted", why), count=False)
+            task.study.sampler.reseed_rng()
+            self._recount(task)
+            return
         task.running += 1
+        self._recount(task, trials)
         try:
             hp = {**task.fixed, **trial.params}
             if task.resolve is not None:
@@ -436,7 +395,10 @@ class Driver:
             return
         for task, trial in flight.members:
             task.running -= 1
-            self._settle(task, trial, dict(metrics))
+            try:
+                self._settle(task, trial, dict(metrics))
+            except UpdateFinishedTrialError:  # taken for orphaned by another driver, requeued
+                log.warning("%s: trial %d was settled by another driver", task.name, trial.number)
 
     def _settle(
         self, task: StudyTask, trial: optuna.Trial, metrics: dict, count: bool = True

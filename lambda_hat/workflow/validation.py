@@ -45,8 +45,8 @@ from lambda_hat.outcome import (
     screen_estimate,
 )
 from lambda_hat.workflow import execution, results
+from lambda_hat.workflow.task import StudyTask
 from lambda_hat.workflow.tell import _successful
-from lambda_hat.workflow.tuning import StudyTask
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -145,6 +145,7 @@ class _Job:
     candidate: Candidate
     seed: int
     payload: dict
+    ref: dict  # the reference of this run's own posterior (task.trial_ref)
     metrics: dict | None = None
     attempts: int = 1
 
@@ -152,10 +153,10 @@ class _Job:
 def candidates_of(task: StudyTask, k: int) -> list[Candidate]:
     """A study's top ``k`` successful trials as candidates, hyperparameters resolved as the
     driver resolves them (fixed values, then the trial's, then ``task.resolve``)."""
-    llc_ref = task.ref.get("llc_ref")
     scored = []
     for t in _successful(task.study.get_trials(deepcopy=False)):
         hp = {**task.fixed, **t.params}
+        llc_ref = task.trial_ref(t.params).get("llc_ref")
         hp = task.resolve(hp) if task.resolve is not None else hp
         err = estimate_error(t.user_attrs.get("llc_hat"), llc_ref)
         scored.append((t.values[0], t.number, hp, err))
@@ -167,9 +168,12 @@ def _jobs(task: StudyTask, candidates: list[Candidate], seeds: list[int]) -> lis
     for cand in candidates:
         for seed in seeds:
             payload = dict(task.base_payload, hyperparams=cand.hyperparams, seed=seed)
+            ref = task.trial_ref(cand.hyperparams)
+            if task.refs is not None:  # a posterior setting (γ) varies: its own reference
+                payload["ref"] = ref
             run_id, run_dir = task.locate(payload)
             payload.update(run_id=run_id, run_dir=str(run_dir))
-            jobs.append(_Job(task, cand, seed, payload))
+            jobs.append(_Job(task, cand, seed, payload, ref))
     return jobs
 
 
@@ -259,7 +263,7 @@ def _settle(
     by_rank = {c.rank: Validated(c) for c in cands}
     rows = []
     for job in jobs:
-        metrics = screen_estimate(dict(job.metrics or {}), task.ref)
+        metrics = screen_estimate(dict(job.metrics or {}), job.ref)
         row = _row(job, metrics)
         rows.append(row)
         v = by_rank[job.candidate.rank]
@@ -278,7 +282,7 @@ def _row(job: _Job, metrics: dict) -> dict:
     """One ``validation.parquet`` row: the run's identity, outcome and timing."""
     task, cand = job.task, job.candidate
     failure = failure_of(metrics) or {}
-    llc_hat, llc_ref = finite_float(metrics.get("llc_hat")), finite_float(task.ref.get("llc_ref"))
+    llc_hat, llc_ref = finite_float(metrics.get("llc_hat")), finite_float(job.ref.get("llc_ref"))
     err = estimate_error(llc_hat, llc_ref)
     ok = metrics.get("status") == "ok" and err is not None
     seconds = metrics.get("seconds")
@@ -295,7 +299,7 @@ def _row(job: _Job, metrics: dict) -> dict:
         "llc_hat": llc_hat,
         "se_hat": finite_float(metrics.get("se_hat")),
         "llc_ref": llc_ref,
-        "se_ref": finite_float(task.ref.get("se_ref")),
+        "se_ref": finite_float(job.ref.get("se_ref")),
         "error": err,
         "abs_error": abs(err) if err is not None else None,
         "runtime_sec": finite_float(seconds.get("total") if isinstance(seconds, dict) else seconds),

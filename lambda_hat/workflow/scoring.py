@@ -1,0 +1,48 @@
+"""A trial's objective values from its metrics: what the driver tells Optuna and the pruner."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lambda_hat.outcome import estimate_error, finite_float
+
+if TYPE_CHECKING:
+    from lambda_hat.workflow.task import StudyTask
+
+
+def objective_values(metrics: dict, task: StudyTask, ref: dict | None = None) -> list[float] | None:
+    """The objective(s) of a successful trial, or None when it has none (failed / non-finite).
+
+    ``abs`` is |λ̂ − λ̂_ref| (:func:`lambda_hat.outcome.estimate_error`, against the study's
+    reference: a reused run may have been scored against an older one). ``huber`` is the Huber
+    loss scaled by 1/δ, so it keeps the units of λ: e²/(2δ) for |e| ≤ δ and |e| − δ/2 beyond,
+    with δ = ``huber_delta`` or 2 × the reference's SE. ``runtime`` (second objective) is the
+    trial's wall-clock seconds. ``ref`` is the trial's reference (default: the study's).
+    """
+    ref = task.ref if ref is None else ref
+    if metrics.get("status") != "ok":
+        return None
+    err = estimate_error(metrics.get("llc_hat"), ref.get("llc_ref"))
+    if err is None:
+        return None
+    err = abs(err)
+    if task.objective == "huber":
+        delta = task.huber_delta or 2.0 * float(ref.get("se_ref") or 0.0)
+        if delta > 0:
+            err = err * err / (2 * delta) if err <= delta else err - delta / 2
+    values = []
+    for name in task.objectives:
+        if name == "error":
+            values.append(err)
+        else:
+            seconds = _seconds(metrics)
+            if seconds is None:
+                return None
+            values.append(seconds)
+    return values
+
+
+def _seconds(metrics: dict) -> float | None:
+    """The trial's wall-clock seconds (``seconds`` may be a number or ``{"total": ...}``)."""
+    seconds = metrics.get("seconds")
+    return finite_float(seconds.get("total") if isinstance(seconds, dict) else seconds)

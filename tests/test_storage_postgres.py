@@ -1,0 +1,322 @@
+"""Two ``parsl-optuna`` drivers on one config and one storage: a real PostgreSQL server, and a
+shared journal file. Both must end with exactly ``max_trials`` finished trials per study, no
+run twice, none lost, and neither driver may settle the other's running trials.
+
+The PostgreSQL server is a throw-away cluster (``initdb`` in a temporary directory, as the
+``postgres`` user when run as root) on 127.0.0.1 and a free port, stopped at teardown. Debian's
+``postgresql`` package is installed with apt-get when missing and root is available. Without a
+server the tests skip, saying why; with ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from lambda_hat import cli
+from lambda_hat.workflow import sharing, studies
+from lambda_hat.workflow.studies import counts_as_finished
+
+CLI = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
+SYNTHETIC = "lambda_hat.workflow.synthetic:synthetic_trial"
+MAX_TRIALS = 6
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail in CI (where PostgreSQL must be installable)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL test could not run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4])
+    )
+    if found:
+        return Path(found[-1]).parent
+    which = shutil.which("pg_ctl")
+    return Path(which).parent if which else None
+
+
+def _install_postgres() -> str | None:
+    """apt-get install Debian's ``postgresql``; the reason it cannot, or None."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "PostgreSQL is not installed and apt-get as root is not available"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "postgresql"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            return f"{' '.join(cmd)} failed: {done.stderr[-500:]}"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run ``cmd`` as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` is gone (or a zombie: exited, not yet reaped by its parent)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on a temporary PostgreSQL cluster; the server is stopped afterwards."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        why = _install_postgres()
+        if why:
+            _unavailable(why)
+        bindir = _pg_bindir()
+        if bindir is None:
+            _unavailable("apt-get installed postgresql but no pg_ctl was found")
+    root = Path(tempfile.mkdtemp(prefix="lambda_hat_pg_"))
+    data, logfile, port = root / "data", root / "server.log", _free_port()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
+    started = False
+    try:
+        init = subprocess.run(
+            _as_postgres(
+                [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+            ),
+            capture_output=True,
+            text=True,
+        )
+        if init.returncode != 0:
+            _unavailable(f"initdb failed: {init.stderr[-500:]}")
+        opts = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
+        start = subprocess.run(
+            _as_postgres([*pg_ctl, "-l", str(logfile), "-o", opts, "-w", "-t", "60", "start"]),
+            capture_output=True,
+            text=True,
+        )
+        started = start.returncode == 0
+        if not started:
+            log = logfile.read_text() if logfile.exists() else ""
+            _unavailable(f"pg_ctl start failed: {start.stderr[-300:]} {log[-500:]}")
+        subprocess.run(
+            _as_postgres(
+                [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+                + ["lambda_hat_test"]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/lambda_hat_test"
+    finally:
+        if started:
+            pid = int((data / "postmaster.pid").read_text().split()[0])
+            subprocess.run(_as_postgres([*pg_ctl, "-m", "fast", "-w", "stop"]), check=True)
+            assert _exited(pid), "the PostgreSQL server outlived its stop"
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_config(tmp_path_factory) -> Path:
+    """One problem, two methods; its HMC reference computed once, so the drivers share it."""
+    root = tmp_path_factory.mktemp("two_drivers")
+    config = root / "config.yaml"
+    config.write_text(
+        "problems: [{model: linear, data: small, teacher: _null, seed: 0}]\n"
+        "methods: [sgld, vi]\n"
+        "reference: {chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}\n"
+        "optuna: {n_startup_trials: 2, isolate: false}\n"
+        f"paths: {{artifacts: {root / 'artifacts'}, results: {root / 'results'}}}\n"
+    )
+    assert cli.main(["reference", "--config", str(config)]) == 0
+    return config
+
+
+def _two_drivers(config: Path, storage: str, tmp: Path) -> list[str]:
+    """Start two drivers at once on ``config`` and ``storage``; wait for both; their logs."""
+    procs = []
+    for i in range(2):
+        args = ["--config", str(config), "--local", "--storage", storage]
+        args += ["--results", str(tmp / f"results{i}"), "--trial-target", SYNTHETIC]
+        args += ["--max-trials", str(MAX_TRIALS), "--batch-size", "2"]
+        procs.append(
+            subprocess.Popen(
+                CLI + args,
+                cwd=tmp,
+                env={**os.environ, "LAMBDA_HAT_SYNTHETIC_SECONDS": "1.0"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        outs.append(out)
+        assert proc.returncode == 0, out[-4000:]
+    return outs
+
+
+def _check_shared_studies(storage: str, tmp: Path) -> None:
+    opened = studies.open_storage_at(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(opened)]
+    assert len(names) == 2, names
+    owners = set()
+    for name in names:
+        trials = optuna.load_study(study_name=name, storage=opened).get_trials()
+        assert all(t.state.is_finished() for t in trials), name  # nothing left running
+        finished = [
+            t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))
+        ]
+        assert len(finished) == MAX_TRIALS, name
+        assert all(t.state == TrialState.COMPLETE for t in finished), name
+        ids = [t.user_attrs["run_id"] for t in finished]
+        assert len(set(ids)) == MAX_TRIALS, name  # no run told twice
+        for t in finished:  # nothing lost: every counted trial's metrics are on disk
+            assert (Path(t.user_attrs["run_dir"]) / "metrics.json").is_file()
+        owners |= {t.user_attrs[sharing.OWNER_ATTR] for t in finished}
+        others = [t for t in trials if t not in finished]
+        assert all(t.user_attrs.get("failure_kind") == "interrupted" for t in others), name
+        print(f"{name}: {len(finished)} finished, {len(others)} surplus asks told interrupted")
+    assert len(owners) == 2, owners  # both drivers ran trials of the shared studies
+    for i in range(2):  # each driver waited for the other's trials before its Parquet
+        df = pd.read_parquet(tmp / f"results{i}" / "optuna_trials.parquet")
+        assert (df[df.status == "ok"].groupby("method").size() == MAX_TRIALS).all()
+
+
+@pytest.mark.postgres
+def test_two_drivers_share_postgres_studies_exactly(postgres_url, shared_config, tmp_path):
+    t0 = time.monotonic()
+    _two_drivers(shared_config, postgres_url, tmp_path)
+    _check_shared_studies(postgres_url, tmp_path)
+    print(f"two drivers on PostgreSQL: {time.monotonic() - t0:.1f}s")
+
+
+def test_two_drivers_share_one_journal_exactly(shared_config, tmp_path):
+    t0 = time.monotonic()
+    journal = str(tmp_path / "shared" / "journal.log")
+    _two_drivers(shared_config, journal, tmp_path)
+    _check_shared_studies(journal, tmp_path)
+    print(f"two drivers on one journal: {time.monotonic() - t0:.1f}s")
+
+
+def test_plain_postgres_urls_get_the_psycopg_driver_and_logs_hide_passwords():
+    assert studies.storage_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
+    assert studies.storage_url("postgres://h/db") == "postgresql+psycopg://h/db"
+    assert studies.storage_url("postgresql+psycopg2://h/db") == "postgresql+psycopg2://h/db"
+    assert studies.storage_url("sqlite:///x.db") == "sqlite:///x.db"
+    shown = studies.describe_storage("postgresql://u:secret@h:5/db")
+    assert "secret" not in shown and shown.endswith("@h:5/db")
+
+
+def _running(user_attrs: dict) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
+
+
+def test_a_running_trial_is_orphaned_only_when_its_driver_is_dead():
+    me = sharing.Owner.this_process()
+    me.start()
+    try:
+        assert not sharing.orphaned(_running({sharing.OWNER_ATTR: me.tag}))
+    finally:
+        me.stop()
+    assert sharing.orphaned(_running({sharing.OWNER_ATTR: me.tag}))  # ended
+    fresh = _running({})  # untagged: maybe another driver is asking it right now
+    assert not sharing.orphaned(fresh)
+    assert sharing.orphaned(fresh, now=time.time() + sharing.STALE_SEC + 5)
+    assert sharing.orphaned(_running({"run_dir": "/x"}))  # asked by a driver without tags
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_here = sharing.Owner(socket.gethostname(), gone.pid, "x").tag
+    assert sharing.orphaned(_running({sharing.OWNER_ATTR: dead_here}))
+    elsewhere = _running(
+        {sharing.OWNER_ATTR: "other-host:1:x", sharing.HEARTBEAT_ATTR: time.time()}
+    )
+    assert sharing.owner_alive(elsewhere)
+    assert sharing.owner_alive(elsewhere, now=time.time() + sharing.STALE_SEC - 5)
+    assert not sharing.owner_alive(elsewhere, now=time.time() + sharing.STALE_SEC + 5)
+
+
+def test_last_slot_ranking_counts_running_waiting_and_finished_trials_before():
+    trials = [
+        optuna.trial.create_trial(value=1.0),
+        optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"failure_kind": "error"}),
+        optuna.trial.create_trial(
+            state=TrialState.FAIL, user_attrs={"failure_kind": "interrupted"}
+        ),
+        _running({}),
+        optuna.trial.create_trial(state=TrialState.WAITING),
+        _running({}),
+    ]
+    for number, t in enumerate(trials):
+        t.number = number
+    assert [sharing.slots_before(trials, n) for n in range(7)] == [0, 1, 2, 2, 3, 4, 5]
+
+
+def test_two_in_process_drivers_on_one_journal_end_exact(tmp_path, monkeypatch):
+    from test_workflow import _task
+
+    from lambda_hat.workflow import execution, tuning
+
+    monkeypatch.setenv("LAMBDA_HAT_SYNTHETIC_SECONDS", "0.1")
+    path, drivers, errors = tmp_path / "journal.log", [], []
+
+    def drive() -> None:
+        try:
+            task = _task(studies.open_storage_at(path), tmp_path)
+            with ThreadPoolExecutor(2) as pool:
+                driver = tuning.Driver(
+                    [task],
+                    lambda p: pool.submit(execution.execute_trial, p),
+                    max_trials=8,
+                    batch_size=2,
+                    poll_sec=0.2,
+                )
+                drivers.append(driver)
+                driver.recover(task)
+                driver.run()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    trials = optuna.load_study(study_name="p_a:sgld", storage=studies.open_storage_at(path)).trials
+    finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
+    assert len(finished) == 8 and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["run_id"] for t in finished}) == 8
+    assert {t.user_attrs[sharing.OWNER_ATTR] for t in finished} == {d.owner.tag for d in drivers}
