@@ -25,6 +25,7 @@ import numpy as np
 from lambda_hat import __version__, engine
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.config import ProblemSpec, ReferenceConfig
+from lambda_hat.curvature import problem_curvature
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
@@ -301,7 +302,19 @@ def reference_job(
     cfg_obj = validate(cfg, ReferenceConfig, "reference")
     problem = build_problem(spec_obj, artifacts)
     ref = ensure_reference(problem, cfg_obj, force)
-    return {**ref, "summary": problem.summary()}
+    return {**ref, "summary": problem.summary(), "curvature": _curvature_record(problem, ref)}
+
+
+def _curvature_record(problem: Problem, ref: dict) -> dict:
+    """a_max of nβ·∇²L_n(w*) + γI at the reference's β, γ, as plain numbers for the driver (it
+    resolves the ``scale: stability`` ranges with them and loads no arrays); ``{"error": ..}``
+    when there is no positive top eigenvalue."""
+    try:
+        c = problem_curvature(problem, ref["beta"], ref["gamma"])
+    except ValueError as exc:
+        return {"error": str(exc)}
+    keep = ("a_max", "h_max", "d", "n", "beta", "gamma", "eps_max_sgld", "converged", "path")
+    return {k: getattr(c, k) for k in keep}
 
 
 def run_references(

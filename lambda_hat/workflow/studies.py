@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import pickle
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,8 +136,9 @@ def feasible_box(
     """
     out: dict[str, BaseDistribution] = {}
     for name, d in space.items():
-        xs = [_internal(d, t.params[name]) for t in anchors if name in t.params]
-        if not isinstance(d, (FloatDistribution, IntDistribution)) or not xs:
+        numeric = isinstance(d, (FloatDistribution, IntDistribution))
+        xs = [_internal(d, t.params[name]) for t in anchors if numeric and name in t.params]
+        if not xs:
             out[name] = d
             continue
         full = _internal(d, d.high) - _internal(d, d.low)
@@ -172,12 +174,14 @@ class FeasibleBoxTPESampler(optuna.samplers.TPESampler):
             multivariate=True,
             constant_liar=True,
         )
-        self._startup = optuna.samplers.QMCSampler(
-            seed=seed,
-            scramble=True,
-            warn_asynchronous_seeding=False,
-            warn_independent_sampling=False,
-        )
+        with warnings.catch_warnings():  # QMCSampler is "experimental" since Optuna 3.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._startup = optuna.samplers.QMCSampler(
+                seed=seed,
+                scramble=True,
+                warn_asynchronous_seeding=False,
+                warn_independent_sampling=False,
+            )
         self._box_startup = n_startup_trials
         self._box = (min_anchors, margin, margin_searching, min_width)
 
