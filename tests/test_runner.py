@@ -49,7 +49,9 @@ def test_search_spaces_are_the_documented_ones():
     assert vi["steps"] == IntDistribution(2000, 20000)
     assert vi["batch_size"] == CategoricalDistribution([32, 64, 128, 256])
     mc = methods.search_space("mclmc")
-    assert mc["step_size"] == StabilityRange(1e-2, 1.0, True, FloatDistribution(1e-4, 1e-1, log=True))
+    assert mc["step_size"] == StabilityRange(
+        1e-2, 1.0, True, FloatDistribution(1e-4, 1e-1, log=True)
+    )
     assert mc["target_accept"] == FloatDistribution(0.6, 0.95)
     assert mc["L"] == FloatDistribution(0.5, 3.0)
     assert mc["steps"] == IntDistribution(200, 2000)
