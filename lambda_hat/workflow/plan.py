@@ -213,6 +213,14 @@ def study_space(
             log.warning("%s.%s: ε_max unknown (%s); searching %s", method, name, why, dist.fallback)
             out[name] = dist.fallback
         pinned[name] = _as_record(out[name], limits.get(name, 0.0))  # type: ignore[arg-type]
+        log.info(
+            "%s: %s searched %s (%s, ε_max %s)",
+            study.study_name if study is not None else method,
+            name,
+            out[name],
+            dist,
+            f"{limits[name]:.3g}" if name in limits else "unknown",
+        )
     if study is not None and pinned and study.user_attrs.get(_PINNED_ATTR) != pinned:
         study.set_user_attr(_PINNED_ATTR, pinned)
     return StudySpace(out, limits)
