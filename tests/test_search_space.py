@@ -82,6 +82,17 @@ def test_study_space_resolves_per_problem_and_stays_pinned():
     assert mc.space["step_size"].low == pytest.approx(0.0021551, rel=1e-4)
 
 
+def test_a_study_from_before_scaled_ranges_keeps_its_absolute_range():
+    old = FloatDistribution(1e-6, 1e-1, log=True)
+    study = optuna.create_study()
+    study.add_trial(
+        optuna.trial.create_trial(params={"eta0": 1e-4}, distributions={"eta0": old}, value=1.0)
+    )
+    got = study_space(methods.search_space("sgld"), "sgld", {"curvature": CURV}, study)
+    assert got.space["eta0"] == old and got.limits == {"eta0": pytest.approx(EPS_SGLD)}
+    assert study.user_attrs["resolved_space"]["eta0"]["high"] == 1e-1
+
+
 def test_unknown_curvature_searches_the_absolute_fallback():
     space = methods.search_space("sgld")
     got = study_space(space, "sgld", {"curvature": {"error": "a_max must be > 0"}})

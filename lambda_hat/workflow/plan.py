@@ -188,6 +188,8 @@ def study_space(
     ``fallback`` is searched (with a warning); without one either, ValueError.
     """
     pinned = {} if study is None else dict(study.user_attrs.get(_PINNED_ATTR) or {})
+    if study is not None:
+        pinned = {**_stored_ranges(study, space), **pinned}
     curv = ref.get("curvature") or {}
     out: dict[str, BaseDistribution] = {}
     limits: dict[str, float] = {}
@@ -198,8 +200,9 @@ def study_space(
         if name in pinned:
             rec = pinned[name]
             out[name] = FloatDistribution(rec["low"], rec["high"], log=rec["log"])
-            if rec.get("eps_max"):
-                limits[name] = rec["eps_max"]
+            eps = rec.get("eps_max") or _limit_or_none(method, curv)
+            if eps:
+                limits[name] = eps
             continue
         try:
             limits[name] = step_limit(method, curv.get("a_max", math.nan), int(curv.get("d", 2)))
@@ -243,6 +246,33 @@ def stored_curvatures(plan: Plan) -> dict[str, dict]:
             ):
                 out[pid] = info
                 break
+    return out
+
+
+def _limit_or_none(method: str, curv: dict) -> float | None:
+    try:
+        return step_limit(method, curv.get("a_max", math.nan), int(curv.get("d", 2)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _stored_ranges(study: optuna.Study, space: dict[str, Searched]) -> dict[str, dict]:
+    """The ranges a study made before scaled ranges existed (its trials' float distribution
+    of a now scaled name): kept, so the stored search space stays one."""
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            if isinstance(space.get(name), StabilityRange) and isinstance(dist, FloatDistribution):
+                out.setdefault(name, _as_record(dist, 0.0))
+    for name, rec in out.items():
+        log.warning(
+            "%s: %s keeps the absolute range %g..%g of its stored trials (not %s)",
+            study.study_name,
+            name,
+            rec["low"],
+            rec["high"],
+            space[name],
+        )
     return out
 
 
