@@ -184,7 +184,8 @@ def study_space(
     The Optuna search space of a study must not change while it lives (TPE drops a parameter
     whose distribution differs between trials from its joint model), so the first resolution
     is stored in the study's user attrs and reused on every resume, even where a recomputed
-    a_max differs in its last digits. Without a usable a_max the range's absolute
+    a_max differs in its last digits; a study whose trials predate scaled ranges keeps their
+    absolute range. Without a usable a_max the range's absolute
     ``fallback`` is searched (with a warning); without one either, ValueError.
     """
     pinned = {} if study is None else dict(study.user_attrs.get(_PINNED_ATTR) or {})
