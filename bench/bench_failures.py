@@ -6,11 +6,15 @@ in a narrow band of step sizes. Steps above a stability edge (which moves with `
 (timeout, with the fraction done). The objective is smallest just inside the stability edge, as
 for SGLD, where a larger step mixes better until it blows up.
 
-Each strategy gets the same trial budget with the same TPE sampler and seed:
+Each strategy gets the same trial budget and seed:
 
-- ``worst``: a failure is told as ``COMPLETE`` with the worst value (``inf``), what users did;
-- ``fail``: a failure is told as Optuna's ``FAIL`` state (ignored by the sampler);
-- ``lambda_hat``: :func:`lambda_hat.workflow.tell.tell` (graded constraint, finite placeholder).
+- ``worst``: TPE, a failure told as ``COMPLETE`` with the worst value (``inf``), what users did;
+- ``fail``: TPE, a failure told as Optuna's ``FAIL`` state (ignored by the sampler);
+- ``constraint``: TPE, :func:`lambda_hat.workflow.tell.tell` (graded constraint, finite
+  placeholder): lambda_hat before issue 13;
+- ``lambda_hat``: the same ``tell`` with lambda_hat's ``tpe`` sampler
+  (:func:`lambda_hat.workflow.studies.make_sampler`: Sobol start-up, then multivariate TPE in a
+  box around the successes).
 
 Prints, per strategy, the median over seeds of the number of failed trials in the second half
 of the run and of the best objective found, plus the ratios against ``lambda_hat``.
@@ -28,11 +32,13 @@ import warnings
 
 import optuna
 
+from lambda_hat.config import OptunaConfig
 from lambda_hat.outcome import failed_metrics
+from lambda_hat.workflow.studies import make_sampler
 from lambda_hat.workflow.tell import tell
 
 STEPS = 10_000
-STRATEGIES = ("worst", "fail", "lambda_hat")
+STRATEGIES = ("worst", "fail", "constraint", "lambda_hat")
 # name -> (width of the success band in decades of step size, log10 step-size search range)
 SCENARIOS = {
     "narrow": (0.3, (-8.0, 0.0)),  # the users' case: about 4% of the space succeeds
@@ -71,7 +77,13 @@ def run_study(
     kwargs = {}
     if tpe_gamma is not None:
         kwargs["gamma"] = lambda n: min(math.ceil(tpe_gamma * n), 25)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, **kwargs))
+    if strategy == "lambda_hat":
+        sampler = make_sampler(OptunaConfig(), seed)
+        if tpe_gamma is not None:
+            sampler._gamma = kwargs["gamma"]
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, **kwargs)
+    study = optuna.create_study(sampler=sampler)
     failed_late, best = 0, math.inf
     for i in range(n_trials):
         trial = study.ask()
@@ -87,7 +99,7 @@ def run_study(
             best = min(best, metrics["error"])
         elif i >= n_trials // 2:
             failed_late += 1
-        if strategy == "lambda_hat":
+        if strategy in ("constraint", "lambda_hat"):
             tell(study, trial, metrics, lambda m: m["error"])
         elif strategy == "worst":
             study.tell(trial, metrics["error"] if ok else math.inf)
@@ -117,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], tuple[float, fl
     late = args.trials - args.trials // 2
     gamma = "default gamma" if args.tpe_gamma is None else f"gamma {args.tpe_gamma:g}"
     print(
-        f"{args.seeds} seeds x {args.trials} trials, TPESampler ({gamma}), "
+        f"{args.seeds} seeds x {args.trials} trials, TPESampler ({gamma}; lambda_hat: its own "
+        "tpe), "
         f"optuna {optuna.__version__}; best objective: 0 is the optimum, inf = no success"
     )
     out = {}
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], tuple[float, fl
                 f"({time.perf_counter() - t0:.1f} s)"
             )
         ours_f, ours_b = out[scenario, "lambda_hat"]
-        for strategy in ("worst", "fail"):
+        for strategy in ("worst", "fail", "constraint"):
             f, b = out[scenario, strategy]
             print(
                 f"  lambda_hat / {strategy}: failed trials x{ours_f / f if f else math.nan:.2f}, "

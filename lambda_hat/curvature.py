@@ -322,3 +322,17 @@ def problem_curvature(
         "" if result.converged else f", NOT converged (residual {result.residual:.2e})",
     )
     return result
+
+
+def curvature_record(problem: Problem, beta: float, gamma: float) -> dict:
+    """a_max of nβ·∇²L_n(w*) + γI at the reference's β, γ, as plain numbers for the driver (it
+    resolves the ``scale: stability`` ranges with them and loads no arrays); ``{"error": ..}``
+    when it could not be computed (the reference itself stands: scaled ranges then search
+    their absolute fallback)."""
+    try:
+        c = problem_curvature(problem, beta, gamma)
+    except Exception as exc:  # an optional extra: never lose the reference over it
+        log.warning("curvature %s: not computed (%s: %s)", problem.pid, type(exc).__name__, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    keep = ("a_max", "h_max", "d", "n", "beta", "gamma", "eps_max_sgld", "converged", "path")
+    return {k: getattr(c, k) for k in keep}

@@ -34,6 +34,7 @@ import numpy as np
 from lambda_hat import __version__, engine
 from lambda_hat._io import atomic_write_json, atomic_write_npz, finite_float, read_json
 from lambda_hat.config import ProblemSpec, ReferenceConfig
+from lambda_hat.curvature import curvature_record
 from lambda_hat.diagnostics import chain_health
 from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
@@ -484,4 +485,8 @@ def reference_job(
         cfg_obj = dataclasses.replace(cfg_obj, gamma=float(gamma))
     problem = build_problem(spec_obj, artifacts)
     ref = ensure_reference(reference_home(problem, cfg_obj, primary), cfg_obj, force)
-    return {**ref, "summary": problem.summary()}
+    return {
+        **ref,
+        "summary": problem.summary(),
+        "curvature": curvature_record(problem, ref["beta"], ref["gamma"]),
+    }

@@ -17,6 +17,7 @@ from lambda_hat.config import ReferenceConfig
 from lambda_hat.runner import run_method_trial
 from lambda_hat.runs import load_metrics, run_dir_for
 from lambda_hat.schema import ConfigError
+from lambda_hat.stability import StabilityRange
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def strict_json(path: Path) -> dict:
 
 def test_search_spaces_are_the_documented_ones():
     sgld = methods.search_space("sgld")
-    assert sgld["eta0"] == FloatDistribution(1e-6, 1e-1, log=True)
+    assert sgld["eta0"] == StabilityRange(1e-3, 1.0, True, FloatDistribution(1e-6, 1e-1, log=True))
     assert "gamma" not in sgld  # the reference's γ unless choices are listed (issue 9)
     assert sgld["batch"] == CategoricalDistribution([32, 64, 128, 256])
     assert sgld["precond_type"] == CategoricalDistribution(["none", "rmsprop", "adam"])
@@ -49,7 +50,9 @@ def test_search_spaces_are_the_documented_ones():
     assert vi["steps"] == IntDistribution(2000, 20000)
     assert vi["batch_size"] == CategoricalDistribution([32, 64, 128, 256])
     mc = methods.search_space("mclmc")
-    assert mc["step_size"] == FloatDistribution(1e-4, 1e-1, log=True)
+    assert mc["step_size"] == StabilityRange(
+        1e-2, 1.0, True, FloatDistribution(1e-4, 1e-1, log=True)
+    )
     assert mc["target_accept"] == FloatDistribution(0.6, 0.95)
     assert mc["L"] == FloatDistribution(0.5, 3.0)
     assert mc["steps"] == IntDistribution(200, 2000)

@@ -25,6 +25,7 @@ from lambda_hat.methods._base import Method, Target, kept, partial_llc, run_outp
 from lambda_hat.posterior import chain_starts
 from lambda_hat.samplers import mclmc as mclmc_kernel
 from lambda_hat.schema import ConfigError, config_dataclass, field
+from lambda_hat.stability import StabilityRange
 
 MISS_FACTOR = 10.0
 """A tuned run whose achieved energy error per dimension exceeds this many times the tuner's
@@ -54,9 +55,13 @@ class MCLMCHyper:
 
 
 def space() -> dict:
-    """step_size log 1e-4..1e-1; target_accept 0.6..0.95; L 0.5..3.0; steps 200..2000."""
+    """step_size log 1e-2..1 x ε_max = 2.553·√((d−1)/a_max) (the integrator's stability limit;
+    absolute 1e-4..1e-1 when a_max is unknown); target_accept 0.6..0.95; L 0.5..3.0;
+    steps 200..2000."""
     return {
-        "step_size": FloatDistribution(1e-4, 1e-1, log=True),
+        "step_size": StabilityRange(
+            1e-2, 1.0, log=True, fallback=FloatDistribution(1e-4, 1e-1, log=True)
+        ),
         "target_accept": FloatDistribution(0.6, 0.95),
         "L": FloatDistribution(0.5, 3.0),
         "steps": IntDistribution(200, 2000),

@@ -27,6 +27,7 @@ from lambda_hat.methods._base import (
 from lambda_hat.posterior import chain_starts
 from lambda_hat.samplers import sgld as sgld_kernel
 from lambda_hat.schema import config_dataclass, field
+from lambda_hat.stability import StabilityRange
 
 Precond = Literal["none", "rmsprop", "adam"]
 
@@ -56,12 +57,15 @@ class SGLDHyper:
 
 
 def space() -> dict:
-    """eta0 log 1e-6..1e-1; batch {32,64,128,256}; precond_type; steps 5k..20k.
+    """eta0 log 1e-3..1 x ε_max = 4/a_max (the problem's full-batch stability limit; absolute
+    1e-6..1e-1 when a_max is unknown); batch {32,64,128,256}; precond_type; steps 5k..20k.
 
     ``gamma`` is not searched: every method samples the reference's posterior (issue 9); a
     user who wants γ varied lists choices, each scored against its own reference."""
     return {
-        "eta0": FloatDistribution(1e-6, 1e-1, log=True),
+        "eta0": StabilityRange(
+            1e-3, 1.0, log=True, fallback=FloatDistribution(1e-6, 1e-1, log=True)
+        ),
         "batch": CategoricalDistribution([32, 64, 128, 256]),
         "precond_type": CategoricalDistribution(["none", "rmsprop", "adam"]),
         "steps": IntDistribution(5000, 20000),

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from lambda_hat._io import finite_float
 from lambda_hat.outcome import KINDS
 
-__all__ = ["Record", "cutoff", "diagnosis", "param_ranges", "suggestion"]
+__all__ = ["Record", "cutoff", "diagnosis", "param_ranges", "stability_note", "suggestion"]
 
 
 class Record(NamedTuple):
@@ -119,8 +119,41 @@ def _timeout_advice(failed: Sequence[Record]) -> str:
     )
 
 
-def suggestion(records: Sequence[Record], culprits: Mapping[str, Sequence[str]]) -> str:
-    """A concrete next step, derived from the dominant failure kind and the parameters."""
+def stability_note(records: Sequence[Record], step_limits: Mapping[str, float]) -> str | None:
+    """When most failures are divergences and a step size's stability limit ε_max is known
+    (``step_limits``: name -> ε_max, from the problem's curvature), that limit against the
+    range tried, and what to change; else None."""
+    kinds = collections.Counter(r.failure["kind"] for r in records if r.failure is not None)
+    if not kinds or kinds.most_common(1)[0][0] != "diverged":
+        return None
+    for name, eps in step_limits.items():
+        tried = [x for r in records if (x := _number(r.params.get(name))) is not None]
+        if not tried or not eps > 0:
+            continue
+        lo = min(tried)
+        text = f"{name} above {eps:.2g} diverges on this problem: the range starts at {lo:.2g}"
+        if lo > eps:
+            return (
+                f"{text}; search {name} relative to the limit, {{low: 1.0e-3, high: 1.0, "
+                "log: true, scale: stability}"
+            )
+        return (
+            f"{text}; below the limit trials diverged too (minibatch noise, or a loss that is "
+            f"not quadratic far from w*): lower {name}'s upper bound, e.g. to {eps / 10:.2g}"
+        )
+    return None
+
+
+def suggestion(
+    records: Sequence[Record],
+    culprits: Mapping[str, Sequence[str]],
+    step_limits: Mapping[str, float] | None = None,
+) -> str:
+    """A concrete next step, derived from the dominant failure kind and the parameters (and,
+    for divergences, the step sizes' stability limits: :func:`stability_note`)."""
+    note = stability_note(records, step_limits or {})
+    if note is not None:
+        return note
     failed = [r for r in records if r.failure is not None]
     if not failed:
         return "nothing to change: no trial failed"
@@ -154,7 +187,11 @@ def _first_line(failure: Mapping[str, Any]) -> str:
     return text.splitlines()[0][:200] if text else "(no message)"
 
 
-def diagnosis(records: Sequence[Record], culprits: Mapping[str, Sequence[str]]) -> str:
+def diagnosis(
+    records: Sequence[Record],
+    culprits: Mapping[str, Sequence[str]],
+    step_limits: Mapping[str, float] | None = None,
+) -> str:
     """Human-readable summary: failure kinds with counts, the most common message, example
     metrics paths, the parameter ranges tried, and a concrete suggestion."""
     failed = [r for r in records if r.failure is not None]
@@ -172,5 +209,5 @@ def diagnosis(records: Sequence[Record], culprits: Mapping[str, Sequence[str]]) 
     if ranges:
         lines.append("parameter ranges tried:")
         lines.extend(f"  {line}" for line in ranges)
-    lines.append("suggestion: " + suggestion(records, culprits))
+    lines.append("suggestion: " + suggestion(records, culprits, step_limits))
     return "\n".join(lines)

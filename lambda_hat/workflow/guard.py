@@ -72,6 +72,9 @@ class FailureGuard:
         culprits: failure kind -> the study's method's hyperparameters that usually cause it
             when too large (``lambda_hat.methods.culprits(method)``); they break ties in the
             suggestion. Default: none.
+        step_limits: step-size name -> its stability limit ε_max on this problem (from the
+            curvature, :func:`lambda_hat.workflow.plan.study_space`); a study whose failures
+            are all divergences is told that limit. Default: none.
 
     Kinds that are not *guarded* (``interrupted``, ``infrastructure``, ``pruned``) are recorded
     for the diagnosis but do not count. Import and config errors (:data:`SYSTEMATIC_EXC_TYPES`,
@@ -82,6 +85,7 @@ class FailureGuard:
     max_consecutive_failures: int | None = 10
     systematic_after: int = 3
     culprits: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    step_limits: Mapping[str, float] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     decision: Decision = CONTINUE
 
@@ -179,8 +183,8 @@ class FailureGuard:
 
     def diagnosis(self) -> str:
         """What failed, where, and what to change (:func:`lambda_hat.workflow.diagnosis.diagnosis`)."""
-        return diagnose(self.records, self.culprits)
+        return diagnose(self.records, self.culprits, self.step_limits)
 
     def suggestion(self) -> str:
         """A concrete next step (:func:`lambda_hat.workflow.diagnosis.suggestion`)."""
-        return suggest(self.records, self.culprits)
+        return suggest(self.records, self.culprits, self.step_limits)

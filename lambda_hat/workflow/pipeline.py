@@ -40,7 +40,13 @@ from lambda_hat.problems import problem_id
 from lambda_hat.schema import ConfigError, as_dict
 from lambda_hat.workflow import execution, progress, results, studies, tuning, validation
 from lambda_hat.workflow.guard import FailureGuard
-from lambda_hat.workflow.plan import Plan, check_plan
+from lambda_hat.workflow.plan import (
+    Plan,
+    check_plan,
+    describe_space,
+    stored_curvatures,
+    study_space,
+)
 from lambda_hat.workflow.tell import best_successful
 
 log = logging.getLogger("lambda_hat.workflow")
@@ -158,6 +164,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
             name = studies.study_name(pid, method)
             seed = oc.seed + int(content_hash(name)[:7], 16)
             study = studies.open_study(storage, pid, method, oc, seed, tuning.PRUNING_STEPS)
+            resolved = study_space(plan.spaces[method], method, refs[pid], study)
             base = {
                 "pid": pid,
                 "spec": as_dict(specs[pid]),
@@ -174,7 +181,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 pid=pid,
                 method=method,
                 study=study,
-                space=plan.spaces[method],
+                space=resolved.space,
                 base_payload=base,
                 ref=refs[pid],
                 objective=oc.objective,
@@ -186,6 +193,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 guard=FailureGuard(
                     max_consecutive_failures=oc.max_consecutive_failures,
                     culprits=methods.culprits(method),
+                    step_limits=resolved.limits,
                 ),
                 max_retries=oc.infrastructure_retries,
                 prune=studies.prunes(oc),
@@ -412,8 +420,9 @@ def describe(plan: Plan) -> str:
         lines.append("  references at γ = " + ", ".join(f"{g:g}" for g in plan.gammas))
     for pid, spec in zip(plan.pids, plan.exp.problems, strict=False):
         lines.append(f"  problem {pid}: model {spec.model.family} data n={spec.data.n}")
+    curvatures = stored_curvatures(plan)
     for m in plan.cfg.methods:
-        space = ", ".join(f"{k}={v}" for k, v in plan.spaces[m].items())
+        space = describe_space(plan.spaces[m], m, curvatures)
         lines.append(
             f"  {m}: searched {space}" + (f"; fixed {plan.fixed[m]}" if plan.fixed[m] else "")
         )

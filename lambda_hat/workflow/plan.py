@@ -13,10 +13,13 @@ continuous range, which would need a reference per trial, is rejected here.
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -25,13 +28,21 @@ from optuna.distributions import (
 )
 
 from lambda_hat import methods, runs
+from lambda_hat._io import read_json
 from lambda_hat.config import Experiment, ExperimentConfig
-from lambda_hat.problems import problem_id
+from lambda_hat.posterior import default_beta
+from lambda_hat.problems import problem_dir, problem_id
 from lambda_hat.schema import ConfigError
+from lambda_hat.stability import STABILITY_SCALE, StabilityRange, step_limit
 from lambda_hat.workflow import execution, studies
 
+log = logging.getLogger("lambda_hat.workflow")
+
 #: Keys of a search-space override mapping.
-_RANGE_KEYS = {"low", "high", "log", "step"}
+_RANGE_KEYS = {"low", "high", "log", "step", "scale"}
+
+#: A searched parameter: an Optuna distribution, or a range relative to ε_max (per problem).
+Searched = BaseDistribution | StabilityRange
 
 
 @dataclass
@@ -40,7 +51,7 @@ class Plan:
 
     exp: Experiment
     pids: list[str]
-    spaces: dict[str, dict[str, BaseDistribution]]
+    spaces: dict[str, dict[str, Searched]]
     fixed: dict[str, dict[str, Any]]
     enqueue: dict[str, list[dict]]
     parsl_config: Any
@@ -72,10 +83,12 @@ class Plan:
 
 def method_space(
     method: str, overrides: Any, where: str
-) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+) -> tuple[dict[str, Searched], dict[str, Any]]:
     """The method's search space with the user's overrides, and the fixed (untuned) values.
 
-    An override is a fixed value, ``{low, high[, log][, step]}`` or ``{choices: [...]}``.
+    An override is a fixed value, ``{low, high[, log][, step]}``, ``{low, high[, log], scale:
+    stability}`` (``low·ε_max … high·ε_max``, resolved per problem: :func:`study_space`) or
+    ``{choices: [...]}``.
     """
     space = dict(methods.search_space(method))
     if overrides is None:
@@ -99,7 +112,10 @@ def method_space(
         if name == "gamma":
             space[name] = _gamma_choices(spec, sub)
             continue
-        space[name] = _distribution(spec, space.get(name), sub)
+        if "scale" in spec:
+            space[name] = _scaled(method, name, spec, sub)
+        else:
+            space[name] = _distribution(spec, space.get(name), sub)
     if fixed:
         runs.resolve_hyperparams(method, fixed, where)
     return space, fixed
@@ -132,7 +148,35 @@ def _gamma_choices(spec: dict, where: str) -> CategoricalDistribution:
     return CategoricalDistribution(values)
 
 
-def _distribution(spec: dict, base: BaseDistribution | None, where: str) -> BaseDistribution:
+def _scaled(method: str, name: str, spec: dict, where: str) -> StabilityRange:
+    """A ``scale: stability`` range: only for the step size that has a limit."""
+    if spec["scale"] != STABILITY_SCALE:
+        raise ConfigError(
+            f"{where}.scale",
+            f"got {spec['scale']!r}.",
+            f"use scale: {STABILITY_SCALE} (relative to ε_max) or drop scale (absolute).",
+        )
+    default = methods.search_space(method).get(name)
+    try:
+        step_limit(method, 1.0, 2)
+        if not isinstance(default, StabilityRange) or set(spec) - {"low", "high", "log", "scale"}:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"{where}.scale",
+            f"{method}'s {name} has no stability limit (only SGLD's eta0 and MCLMC's step_size).",
+            "write an absolute range {low: .., high: .., log: ..} without scale.",
+        ) from None
+    try:
+        low, high, log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", True))
+        return StabilityRange(low, high, log, default.fallback)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            where, f"invalid range {spec!r}: {exc}.", "use 0 < low < high (multiples of ε_max)."
+        ) from None
+
+
+def _distribution(spec: dict, base: Searched | None, where: str) -> BaseDistribution:
     keys = set(spec)
     try:
         if keys == {"choices"}:
@@ -163,6 +207,146 @@ def _distribution(spec: dict, base: BaseDistribution | None, where: str) -> Base
         f"got {spec!r}.",
         "write a fixed value, {low: .., high: .., log: true|false} or {choices: [...]}.",
     )
+
+
+class StudySpace(NamedTuple):
+    """One study's absolute search space, and ε_max of each parameter that was scaled."""
+
+    space: dict[str, BaseDistribution]
+    limits: dict[str, float]
+
+
+_PINNED_ATTR = "resolved_space"  # study user attr: the resolved ranges, fixed for the study's life
+
+
+def _as_record(d: FloatDistribution, eps_max: float) -> dict:
+    return {"low": d.low, "high": d.high, "log": d.log, "eps_max": eps_max}
+
+
+def study_space(
+    space: dict[str, Searched], method: str, ref: dict, study: optuna.Study | None = None
+) -> StudySpace:
+    """``space`` made absolute for one problem: every :class:`StabilityRange` becomes
+    ``low·ε_max … high·ε_max`` with ε_max from ``ref["curvature"]`` (the reference stage's
+    a_max and d, plain numbers).
+
+    The Optuna search space of a study must not change while it lives (TPE drops a parameter
+    whose distribution differs between trials from its joint model), so the first resolution
+    is stored in the study's user attrs and reused on every resume, even where a recomputed
+    a_max differs in its last digits; a study whose trials predate scaled ranges keeps their
+    absolute range. Without a usable a_max the range's absolute
+    ``fallback`` is searched (with a warning); without one either, ValueError.
+    """
+    pinned = {} if study is None else dict(study.user_attrs.get(_PINNED_ATTR) or {})
+    if study is not None:
+        pinned = {**_stored_ranges(study, space), **pinned}
+    curv = ref.get("curvature") or {}
+    out: dict[str, BaseDistribution] = {}
+    limits: dict[str, float] = {}
+    for name, dist in space.items():
+        if not isinstance(dist, StabilityRange):
+            out[name] = dist
+            continue
+        if name in pinned:
+            rec = pinned[name]
+            out[name] = FloatDistribution(rec["low"], rec["high"], log=rec["log"])
+            eps = rec.get("eps_max") or _limit_or_none(method, curv)
+            if eps:
+                limits[name] = eps
+            continue
+        try:
+            limits[name] = step_limit(method, curv.get("a_max", math.nan), int(curv.get("d", 2)))
+            out[name] = dist.resolve(limits[name])
+        except (TypeError, ValueError) as exc:
+            if dist.fallback is None:
+                raise ValueError(
+                    f"{method}.{name}: no ε_max for the scaled range ({exc})"
+                ) from None
+            why = curv.get("error") or exc
+            log.warning("%s.%s: ε_max unknown (%s); searching %s", method, name, why, dist.fallback)
+            out[name] = dist.fallback
+        pinned[name] = _as_record(out[name], limits.get(name, 0.0))  # type: ignore[arg-type]
+        log.info(
+            "%s: %s searched %s (%s, ε_max %s)",
+            study.study_name if study is not None else method,
+            name,
+            out[name],
+            dist,
+            f"{limits[name]:.3g}" if name in limits else "unknown",
+        )
+    if study is not None and pinned and study.user_attrs.get(_PINNED_ATTR) != pinned:
+        study.set_user_attr(_PINNED_ATTR, pinned)
+    return StudySpace(out, limits)
+
+
+def stored_curvatures(plan: Plan) -> dict[str, dict]:
+    """pid -> the curvature record already stored with each problem at the reference's β, γ
+    (read from ``<artifacts>/problems/<pid>/curvature/``, no problem is built; missing pids
+    have none yet)."""
+    rc = plan.cfg.reference
+    out = {}
+    for spec in plan.exp.problems:
+        pid = problem_id(spec)
+        beta = rc.beta if rc.beta is not None else default_beta(spec.data.n)
+        for path in sorted((problem_dir(plan.artifacts, pid) / "curvature").glob("c_*.json")):
+            info = read_json(path) or {}
+            settings = info.get("settings") or {}
+            if math.isclose(settings.get("beta", -1.0), beta) and math.isclose(
+                settings.get("gamma", -1.0), rc.gamma
+            ):
+                out[pid] = info
+                break
+    return out
+
+
+def _limit_or_none(method: str, curv: dict) -> float | None:
+    try:
+        return step_limit(method, curv.get("a_max", math.nan), int(curv.get("d", 2)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _stored_ranges(study: optuna.Study, space: dict[str, Searched]) -> dict[str, dict]:
+    """The ranges a study made before scaled ranges existed (its trials' float distribution
+    of a now scaled name): kept, so the stored search space stays one."""
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            if isinstance(space.get(name), StabilityRange) and isinstance(dist, FloatDistribution):
+                out.setdefault(name, _as_record(dist, 0.0))
+    for name, rec in out.items():
+        log.warning(
+            "%s: %s keeps the absolute range %g..%g of its stored trials (not %s)",
+            study.study_name,
+            name,
+            rec["low"],
+            rec["high"],
+            space[name],
+        )
+    return out
+
+
+def describe_space(space: dict[str, Searched], method: str, curvatures: dict[str, dict]) -> str:
+    """The searched ranges for ``--dry-run``: a scaled range resolved with each problem's stored
+    a_max (``curvatures``: pid -> curvature record), or said to be resolved later."""
+    parts = []
+    for name, dist in space.items():
+        if not isinstance(dist, StabilityRange):
+            parts.append(f"{name}={dist}")
+            continue
+        known = []
+        for pid, curv in curvatures.items():
+            try:
+                eps = step_limit(method, curv["a_max"], int(curv["d"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            d = dist.resolve(eps)
+            known.append(f"{pid}: {d.low:.3g}..{d.high:.3g} (eps_max {eps:.3g})")
+        if known:
+            parts.append(f"{name}={dist} [{'; '.join(known)}]")
+        else:
+            parts.append(f"{name}={dist} (scaled by ε_max (computed in the reference stage))")
+    return ", ".join(parts)
 
 
 def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str | None) -> Plan:
