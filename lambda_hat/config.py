@@ -162,7 +162,12 @@ class OptunaConfig:
     """
 
     max_trials: int = field(100, "finished trials per (problem, method)", ge=1)
-    batch_size: int = field(16, "trials in flight at once, across all studies", ge=1)
+    batch_size: int | None = field(
+        None,
+        "trials in flight at once, across all studies; None: the executors' capacity "
+        "(workers per node x nodes per block x max blocks)",
+        ge=1,
+    )
     hmc_budget_sec: float | None = field(None, "alias of reference.budget_sec", gt=0)
     method_budget_sec: float = field(600.0, "wall-clock budget per trial (s)", gt=0)
     objective: Literal["abs", "huber"] = field(

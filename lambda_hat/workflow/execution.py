@@ -273,6 +273,21 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
     )
 
 
+def capacity(config) -> int | None:
+    """Trials a Parsl config runs at once: workers per node × nodes per block × max blocks,
+    summed over its executors; None when an executor does not say (e.g. workers "auto")."""
+    total = 0
+    for ex in getattr(config, "executors", []) or []:
+        workers = getattr(ex, "max_workers_per_node", None)
+        provider = getattr(ex, "provider", None)
+        nodes = getattr(provider, "nodes_per_block", 1)
+        blocks = getattr(provider, "max_blocks", 1)
+        if not all(isinstance(x, int) and x > 0 for x in (workers, nodes, blocks)):
+            return None
+        total += workers * nodes * blocks
+    return total or None
+
+
 def load_parsl_config(path: str | Path):
     """Run the Python file ``path`` and return its module-level ``config`` (Parsl's convention).
 

@@ -315,7 +315,7 @@ def execute(plan: Plan) -> int:
             tasks,
             submit,
             max_trials=oc.max_trials,
-            batch_size=oc.batch_size,
+            batch_size=plan.batch_size,
             on_tick=tick,
             tick_sec=10.0,
             sync=lambda: studies.sync_storage(storage, wait=False),
@@ -410,7 +410,7 @@ def describe(plan: Plan) -> str:
     oc = plan.cfg.optuna
     lines = [
         f"config {plan.exp.source}: {len(plan.pids)} problem(s) x {len(plan.cfg.methods)} "
-        f"method(s), {oc.max_trials} finished trials each, {oc.batch_size} in flight, "
+        f"method(s), {oc.max_trials} finished trials each, {plan.batch_size} in flight, "
         f"sampler {oc.sampler}, objective {oc.objective} {oc.objectives}, pruner "
         f"{oc.pruner if studies.prunes(oc) else 'none'}",
         f"storage {studies.describe_storage(oc.storage or studies.journal_path(plan.results))}; "

@@ -37,6 +37,8 @@ from lambda_hat.stability import STABILITY_SCALE, StabilityRange, step_limit
 from lambda_hat.workflow import execution, studies
 
 log = logging.getLogger("lambda_hat.workflow")
+#: Trials in flight when neither optuna.batch_size nor the executors say how many.
+DEFAULT_BATCH = 16
 
 #: Keys of a search-space override mapping.
 _RANGE_KEYS = {"low", "high", "log", "step", "scale"}
@@ -62,6 +64,12 @@ class Plan:
     @property
     def cfg(self) -> ExperimentConfig:
         return self.exp.config
+
+    @property
+    def batch_size(self) -> int:
+        """Trials in flight: ``optuna.batch_size``, or (None) the executors' capacity."""
+        given = self.cfg.optuna.batch_size
+        return given or execution.capacity(self.parsl_config) or DEFAULT_BATCH
 
     @property
     def gammas(self) -> list[float]:
@@ -400,6 +408,16 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
         else execution.local_config(run_dir=res / "runinfo")
     )
     pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
+    capacity, given = execution.capacity(parsl_config), oc.batch_size
+    if given is not None and capacity is not None and given != capacity:
+        log.warning(
+            "optuna.batch_size = %d trials in flight, but the executors run %d at once: %s",
+            given,
+            capacity,
+            "workers will idle (set batch_size: null to fill them)"
+            if given < capacity
+            else "trials will queue",
+        )
     return Plan(
         exp,
         pids,

@@ -66,6 +66,10 @@ _SCALARS: dict[str, pa.DataType] = {
     "failure_message": pa.string(),
     "reused": pa.bool_(),
     "host": pa.string(),
+    "job_id": pa.string(),
+    "node": pa.string(),
+    "gpu": pa.string(),
+    "startup_sec": pa.float64(),
     "started_at": pa.timestamp("us", tz="UTC"),
     "finished_at": pa.timestamp("us", tz="UTC"),
     "run_dir": pa.string(),
@@ -84,6 +88,10 @@ def _when(metrics_value: Any, fallback: datetime | None) -> datetime | None:
     if fallback is None:
         return None
     return fallback if fallback.tzinfo else fallback.astimezone(UTC)
+
+
+def _text(x) -> str | None:
+    return None if x is None else str(x)
 
 
 def trial_row(
@@ -133,6 +141,10 @@ def trial_row(
         "failure_message": failure.get("message") or trial.user_attrs.get("failure_message"),
         "reused": bool(trial.user_attrs.get("reused", False)),
         "host": metrics.get("host"),
+        "job_id": _text(metrics.get("job_id")),
+        "node": _text(metrics.get("node")),
+        "gpu": _text(metrics.get("gpu")),
+        "startup_sec": finite_float(metrics.get("startup_sec")),
         "started_at": _when(metrics.get("started_at"), trial.datetime_start),
         "finished_at": _when(metrics.get("finished_at"), trial.datetime_complete),
         "run_dir": run_dir,
