@@ -193,7 +193,7 @@ def run_vi(name, M, r, steps, mc_samples=1, fits=4, eval_samples=4096, lr=1e-2, 
     curvature at w* to estimate); se = max(Monte Carlo SE, between-fit SE)."""
     post = singular_posterior(name)
     ks = jax.random.split(jax.random.PRNGKey(seed), 3)
-    precision = vi.whitening_precision(post, "none", ks[0], N, 1, 0.99)
+    precision = vi.whitening_and_curvature(post, "none", ks[0], N, 1, 0.99)[0]
     optimizer = vi.build_optimizer(lr, steps)
     step = vi.build_step(post, precision, optimizer, N, mc_samples)
 

@@ -139,7 +139,7 @@ def test_mixture_density_matches_scipy():
 def test_whitening_estimates_the_curvature(linear):
     """B·Var(∇L_B) at w* is the per-sample Fisher, ≈ diag H for a well-specified model."""
     _, post, H = linear
-    a_adam = vi.whitening_precision(post, "adam", jax.random.PRNGKey(1), 64, 2000, 0.999)
+    a_adam = vi.whitening_and_curvature(post, "adam", jax.random.PRNGKey(1), 64, 2000, 0.999)[0]
     np.testing.assert_allclose(a_adam, post.nbeta * np.diag(H) + post.gamma, rtol=0.25)
-    a_none = vi.whitening_precision(post, "none", jax.random.PRNGKey(1), 64, 10, 0.99)
+    a_none = vi.whitening_and_curvature(post, "none", jax.random.PRNGKey(1), 64, 10, 0.99)[0]
     np.testing.assert_allclose(a_none, post.nbeta + post.gamma)

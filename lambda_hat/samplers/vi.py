@@ -45,7 +45,6 @@ __all__ = [
     "MFAParams",
     "VIState",
     "VIInfo",
-    "whitening_precision",
     "whitening_and_curvature",
     "init_params",
     "component_logpdf",
@@ -98,18 +97,6 @@ def _variance_precision(posterior: LLCPosterior, m, v, batch: int, steps: int, d
     corr = 1 - decay**steps
     var = jnp.maximum(v / corr - (m / corr) ** 2, 0.0)
     return posterior.nbeta * batch * var + posterior.gamma
-
-
-def whitening_precision(
-    posterior: LLCPosterior,
-    mode: Literal["none", "rmsprop", "adam"],
-    key: jax.Array,
-    batch: int,
-    steps: int,
-    decay: float,
-) -> jax.Array:
-    """The per-coordinate precision estimate a (d,) that defines the whitened coordinates."""
-    return whitening_and_curvature(posterior, mode, key, batch, steps, decay)[0]
 
 
 def whitening_and_curvature(
