@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from _procs import kill_and_wait
 
 pytestmark = pytest.mark.cluster
 
@@ -178,13 +179,7 @@ def _clean_up(workdir: Path, procs: list[psutil.Process]) -> None:
     queued = _queued_of(workdir)
     if queued:
         _sh("scancel", *queued)
-    left = {p.pid: p for p in procs + _in(workdir)}
-    for p in left.values():
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(left.values()), timeout=10)
+    kill_and_wait({p.pid: p for p in procs + _in(workdir)}.values())
     deadline = time.monotonic() + 30
     while _queued_of(workdir) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -18,6 +18,7 @@ import optuna
 import pandas as pd
 import psutil
 import pytest
+from _procs import kill_and_wait
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -68,12 +69,7 @@ def _kill_leftovers(proc: subprocess.Popen, marker: str) -> None:
             marker in cmd or cwd == marker or cwd.startswith(marker + "/")
         ):
             procs.setdefault(p.pid, p)
-    for p in procs.values():
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(procs.values()), timeout=10)
+    kill_and_wait(procs.values())
 
 
 def _studies(results: Path) -> dict[str, list]:

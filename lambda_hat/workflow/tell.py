@@ -35,6 +35,7 @@ __all__ = [
     "SUCCESS_CONSTRAINT",
     "TellArgs",
     "best_successful",
+    "successful_trials",
     "constraint_value",
     "describe_best",
     "failure_from_attrs",
@@ -175,7 +176,7 @@ def tell_args(
     return TellArgs(state, None, None, attrs)
 
 
-def _successful(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+def successful_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [
         t
         for t in trials
@@ -190,7 +191,7 @@ def placeholder_values(study: optuna.Study, fallback: float = 1.0) -> list[float
     """Finite objective values for a parameter failure: the worst successful value seen so far
     per objective (so GP and CMA-ES see a failure as bad, not as a wild outlier), else
     ``fallback``. TPE ignores them: it ranks infeasible trials by their constraint alone."""
-    ok = _successful(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    ok = successful_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     out = []
     for i, direction in enumerate(study.directions):
         vals = [t.values[i] for t in ok]
@@ -239,7 +240,7 @@ def tell(
 def best_successful(study: optuna.Study, objective_index: int = 0) -> FrozenTrial | None:
     """The best *successful* trial (status ok, feasible, ``COMPLETE``), or ``None`` if there is
     none. Unlike ``study.best_trial`` it never returns a placeholder and never raises."""
-    ok = _successful(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    ok = successful_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if not ok:
         return None
     sign = (

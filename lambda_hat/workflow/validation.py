@@ -46,7 +46,7 @@ from lambda_hat.outcome import (
 )
 from lambda_hat.workflow import execution, results
 from lambda_hat.workflow.task import StudyTask
-from lambda_hat.workflow.tell import _successful
+from lambda_hat.workflow.tell import successful_trials
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -154,7 +154,7 @@ def candidates_of(task: StudyTask, k: int) -> list[Candidate]:
     """A study's top ``k`` successful trials as candidates, hyperparameters resolved as the
     driver resolves them (fixed values, then the trial's, then ``task.resolve``)."""
     scored = []
-    for t in _successful(task.study.get_trials(deepcopy=False)):
+    for t in successful_trials(task.study.get_trials(deepcopy=False)):
         hp = {**task.fixed, **t.params}
         llc_ref = task.trial_ref(t.params).get("llc_ref")
         hp = task.resolve(hp) if task.resolve is not None else hp
