@@ -239,8 +239,10 @@ def _free_bottom_strip(ax: Axes, frac: float = 0.12) -> None:
         ax.set_ylim(lo - (hi - lo) * frac / (1 - frac), hi)
 
 
-def _mark_failures(ax: Axes, failed: pd.DataFrame) -> None:
-    """Failed trials as markers along the bottom of ``ax``, one style per failure kind."""
+def _mark_failures(ax: Axes, failed: pd.DataFrame, x: str = "trial_number") -> None:
+    """Failed trials as markers along the bottom of ``ax`` at their ``x`` column, one style per
+    failure kind (rows without an ``x`` value are left out)."""
+    failed = failed[failed[x].notna()] if x in failed else failed.iloc[:0]
     if failed.empty:
         return
     bottom = ax.get_xaxis_transform()  # x in data, y in axes fraction
@@ -248,7 +250,7 @@ def _mark_failures(ax: Axes, failed: pd.DataFrame) -> None:
     for kind, group in failed.groupby(kinds):
         marker, color = _KIND_STYLE.get(kind, ("o", "tab:gray"))
         ax.scatter(
-            group.trial_number,
+            group[x],
             np.full(len(group), 0.04),
             transform=bottom,
             marker=marker,
