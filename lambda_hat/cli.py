@@ -1,7 +1,8 @@
 """``lambda-hat``: the command-line entry point and every sub-command.
 
 ``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs),
-``dashboard`` (optuna-dashboard on the study storage).
+``report`` (one HTML + Markdown page of a run), ``dashboard`` (optuna-dashboard on the study
+storage).
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
 failed (a reference gate, a failed trial), 2 bad input (nothing was done).
 ``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.workflow`.
@@ -228,6 +229,40 @@ def _add_plots(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
 
 
+# --------------------------------------------------------------------------------- report
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lambda_hat.report import make_report
+
+    exp = load_experiment(args.config) if args.config else None
+    results = args.results or (Path(exp.config.paths.results) if exp else Path("results"))
+    artifacts = args.artifacts or (exp.config.paths.artifacts if exp else None)
+    written = make_report(results, args.out or results / "report", artifacts, exp)
+    print(written[0])
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = _command(
+        sub,
+        "report",
+        _cmd_report,
+        "write one HTML + Markdown report of a tuning and experiment run",
+        "Write <out>/index.html and summary.md (relative links) with the references, the best "
+        "and validated hyperparameters, experiment-run summaries, convergence, error vs cost, "
+        "importance and slice figures, from the stored files; what is missing is listed.",
+        config_required=False,
+    )
+    p.add_argument(
+        "--results", type=Path, help="results folder (default: the config's, or results/)"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: <results>/report)")
+    p.add_argument(
+        "--artifacts", type=Path, help="artifacts folder (default: where the trials' runs are)"
+    )
+
+
 # ------------------------------------------------------------------------------ dashboard
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -308,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_reference, _add_trial, _add_plots, _add_dashboard):
+    for add in (_add_reference, _add_trial, _add_plots, _add_report, _add_dashboard):
         add(sub)
     return parser
 
