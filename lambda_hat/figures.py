@@ -259,6 +259,9 @@ def mark_failures(ax: Axes, failed: pd.DataFrame, x: str = "trial_number") -> No
             clip_on=False,
             label=f"failed: {kind} ({len(group)})",
         )
+    xs = failed[x].to_numpy(float)  # markers in axes coordinates do not widen the x range
+    ax.update_datalim(np.column_stack([xs, np.zeros_like(xs)]), updatey=False)
+    ax.autoscale_view(scaley=False)
 
 
 def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: dict | None) -> None:

@@ -23,9 +23,11 @@ from lambda_hat.report_data import (
     Inputs,
     best_table,
     load_inputs,
+    problem_labels,
     runs_table,
     validated_table,
 )
+from lambda_hat.workflow.studies import study_name
 
 log = logging.getLogger("lambda_hat.report")
 
@@ -62,9 +64,10 @@ class _Writer:
 
 def _study_blocks(w: _Writer, inp: Inputs, pid: str, method: str, study, plotted) -> list[Block]:
     """A study's section: today's study figure, error vs cost, importance, slices (or why not)."""
-    label = study.label.iloc[0]
+    label = study.study_label.iloc[0]
     slug = f"{pid}_{method}"
-    blocks: list[Block] = [("h", 3, f"{label} ({pid} · {method})")]
+    title = label if label == study_name(pid, method) else f"{label} ({pid} · {method})"
+    blocks: list[Block] = [("h", 3, title)]
     today = plotted.get(f"study_{slug}.png")
     if today is not None:
         blocks.append(w.link(today, "trials: objective and λ̂ per trial (lambda-hat plots)"))
@@ -92,9 +95,11 @@ def _study_blocks(w: _Writer, inp: Inputs, pid: str, method: str, study, plotted
 def _reference_blocks(w: _Writer, inp: Inputs, plotted: dict[str, Path]) -> list[Block]:
     blocks: list[Block] = [("h", 2, "HMC references")]
     rows = []
+    names = problem_labels(inp.trials)
     for pid, ref in inp.refs.items():
+        name = f"{names[pid]} ({pid})" if pid in names else pid
         if ref is None:
-            rows.append([pid, "missing or failed", "", "", "", ""])
+            rows.append([name, "missing or failed", "", "", "", ""])
             continue
         gate = ref.get("gate") or {}
         verdict = (
@@ -104,7 +109,7 @@ def _reference_blocks(w: _Writer, inp: Inputs, plotted: dict[str, Path]) -> list
         )
         rows.append(
             [
-                pid,
+                name,
                 _pm(ref.get("llc_ref"), ref.get("se_ref")),
                 _num(ref.get("llc_theory")),
                 _num(ref.get("rhat"), ".4f"),
@@ -181,12 +186,15 @@ def _runs_blocks(inp: Inputs) -> list[Block]:
     rows = runs_table(inp.runs)
     if not rows:
         return [*blocks, ("p", "llc_runs.parquet has no problem and method columns to group by.")]
-    header = "problem,method,runs,ok,failed,mean λ̂,sd over seeds,mean SE,mean error"
+    header = "problem,method,set,hyperparameters from,runs,ok,failed,mean λ̂,sd over seeds"
+    header += ",mean SE,mean error"
     header += ",max R-hat,min ESS,mean runtime (s)"
     table = [
         [
             str(r["problem"]),
             str(r["method"]),
+            "" if r["set"] is None else str(r["set"]),
+            r["from"],
             str(r["runs"]),
             str(r["ok"]),
             r["failed"],
@@ -287,8 +295,9 @@ def report_blocks(inp: Inputs, out: Path, exp=None) -> tuple[list[Block], list[P
         blocks += _best_blocks(inp.trials)
         if "summary.png" in plotted:
             blocks.append(w.link(plotted["summary.png"], "best trial per method vs the reference"))
-        labels = {(p, m): lab for p, m, lab in inp.trials[["pid", "method", "label"]].values}
-        png = report_figures.plot_convergence(inp.trials, labels)
+        cols = inp.trials[["pid", "method", "study_label"]]
+        labels = {(p, m): lab for p, m, lab in cols.itertuples(index=False)}
+        png = report_figures.plot_convergence(inp.trials, labels, problem_labels(inp.trials))
         blocks.append(w.png("convergence.png", png, "best objective against finished trials"))
     else:
         blocks += [("h", 2, "Best trial per study"), ("p", "No tuning trials to report yet.")]

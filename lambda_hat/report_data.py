@@ -93,11 +93,13 @@ def _from_metrics(run_dir: Any, keys: tuple[str, ...]) -> float | None:
 
 
 def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with ``label``, ``fge``, ``rhat`` and ``ess`` columns: kept when the Parquet has
-    them, else from the ``diagnostics`` column and the runs' metrics.json."""
+    """``df`` with ``study_label``, ``fge``, ``rhat`` and ``ess`` columns: kept when the Parquet
+    has them, else from the ``diagnostics`` column and the runs' metrics.json."""
     df = df.copy()
-    if "label" not in df:
-        df["label"] = [study_name(p, m) for p, m in zip(df.pid, df.method, strict=True)]
+    df["study_label"] = [
+        study_label(p, m, lab)
+        for p, m, lab in zip(df.pid, df.method, _column(df, "label"), strict=True)
+    ]
     dirs = df.run_dir if "run_dir" in df else pd.Series([None] * len(df), index=df.index)
     if "fge" not in df:
         df["fge"] = [_from_metrics(d, ("work", "fge")) for d in dirs]
@@ -110,6 +112,22 @@ def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     return df
+
+
+def study_label(pid: str, method: str, label: Any = None) -> str:
+    """A study's readable name: ``<problem label>:<method>`` (``linear·s0:sgld``) when the
+    Parquet has a problem ``label``, else ``<pid>:<method>``."""
+    if not isinstance(label, str) or not label:
+        return study_name(pid, method)
+    return label if label.endswith(f":{method}") else f"{label}:{method}"
+
+
+def problem_labels(df: pd.DataFrame | None) -> dict[str, str]:
+    """pid -> the Parquet's problem ``label`` (pids without one are left out)."""
+    if df is None or "label" not in df:
+        return {}
+    named = df[["pid", "label"]].dropna().drop_duplicates("pid")
+    return {p: lab for p, lab in named.itertuples(index=False) if isinstance(lab, str) and lab}
 
 
 def _artifacts_of(trials: pd.DataFrame | None, results: Path) -> Path:
@@ -199,7 +217,7 @@ def hp_text(row: pd.Series | dict, names: list[str]) -> str:
     out = []
     for col in names:
         v = row.get(col)
-        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        if v is None or pd.isna(v):
             continue
         out.append(f"{col.removeprefix('hp_')}={_short(v)}")
     return ", ".join(out)
@@ -216,7 +234,7 @@ def best_table(trials: pd.DataFrame) -> list[dict]:
         done = finished(study)
         failed = done[done.status != "ok"]
         row: dict[str, Any] = {
-            "label": study.label.iloc[0],
+            "label": study.study_label.iloc[0],
             "pid": pid,
             "method": method,
             "finished": len(done),
@@ -243,10 +261,13 @@ def validated_table(inp: Inputs) -> list[dict]:
     """One row per validated study: the recommended configuration of validation.json with the
     mean λ̂, runtime, worst R-hat and ESS of its fresh-seed runs (validation.parquet)."""
     studies = (inp.validation_json or {}).get("studies") or {}
+    names = problem_labels(inp.trials)
     rows = []
     for name, rec_all in studies.items():
         rec = (rec_all or {}).get("recommended")
-        row: dict[str, Any] = {"study": name, "seeds": (rec_all or {}).get("seeds")}
+        pid, _, method = name.rpartition(":")
+        label = study_label(pid, method, names.get(pid))
+        row: dict[str, Any] = {"study": label, "seeds": (rec_all or {}).get("seeds")}
         if not rec:
             rows.append({**row, "note": "no candidate succeeded on every fresh seed"})
             continue
@@ -305,16 +326,19 @@ def _column(df: pd.DataFrame, quantity: str) -> pd.Series:
 def runs_table(runs: pd.DataFrame) -> list[dict]:
     """One row per (problem, method) of llc_runs.parquet: runs, failures by kind, mean λ̂ and its
     spread over seeds, mean SE and error, worst R-hat and ESS, mean seconds."""
-    key = next((c for c in ("label", "problem", "pid") if c in runs), None)
+    key = next((c for c in ("pid", "problem", "label") if c in runs), None)
     if key is None or "method" not in runs:
         return []
+    names = problem_labels(runs) if key == "pid" else {}
+    keys = [key, "method", *(["set"] if "set" in runs else [])]
     ok = (
         runs.status == "ok"
         if "status" in runs
         else pd.to_numeric(_column(runs, "llc_hat"), errors="coerce").notna()
     )
     rows = []
-    for (problem, method), g in runs.groupby([key, "method"], sort=False):
+    for group, g in runs.groupby(keys, sort=False, dropna=False):
+        problem, method = group[0], group[1]
         good = g[ok.loc[g.index]]
         llc = pd.to_numeric(_column(good, "llc_hat"), errors="coerce").dropna()
         error = _column(good, "error")
@@ -322,8 +346,10 @@ def runs_table(runs: pd.DataFrame) -> list[dict]:
             error = good.llc_hat - good.llc_ref
         rows.append(
             {
-                "problem": problem,
+                "problem": f"{names[problem]} ({problem})" if problem in names else problem,
                 "method": method,
+                "set": group[2] if len(group) > 2 else None,
+                "from": _source(g),
                 "runs": len(g),
                 "ok": len(good),
                 "failed": kinds_text(_column(g[~ok.loc[g.index]], "kind")),
@@ -337,3 +363,13 @@ def runs_table(runs: pd.DataFrame) -> list[dict]:
             }
         )
     return rows
+
+
+def _source(g: pd.DataFrame) -> str:
+    """Where a set's hyperparameters came from: ``<study> #<trial> (<pick>)``, or ``fixed``."""
+    if "source_study" not in g or g.source_study.isna().all():
+        return "fixed"
+    r = g.iloc[0]
+    trial = f" #{int(r.source_trial)}" if "source_trial" in g and pd.notna(r.source_trial) else ""
+    pick = f" ({r.source_pick})" if "source_pick" in g and pd.notna(r.source_pick) else ""
+    return f"{r.source_study}{trial}{pick}"

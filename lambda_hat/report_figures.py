@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 MIN_IMPORTANCE_TRIALS = 8
 """Successful trials a study needs before its importances are computed (PED-ANOVA compares the
 best 10% of trials with all of them: with fewer trials the ranking is noise)."""
-IMPORTANCE_EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
+IMPORTANCE_EVALUATOR = "PED-ANOVA (Optuna's PedAnovaImportanceEvaluator)"
 _ACTIVE = ("RUNNING", "WAITING")
 
 # ------------------------------------------------------------------------------ the numbers
@@ -167,8 +167,13 @@ def _objective_axis(ax: Axes, values: np.ndarray) -> None:
         ax.set_yscale("log")
 
 
-def plot_convergence(df: pd.DataFrame, labels: dict[tuple[str, str], str]) -> bytes:
-    """One panel per problem: each study's best objective against its finished trials."""
+def plot_convergence(
+    df: pd.DataFrame, labels: dict[tuple[str, str], str], names: dict[str, str] | None = None
+) -> bytes:
+    """One panel per problem (titled ``names[pid]`` and the pid): each study's best objective
+    against its finished trials, legend entries ``labels[(pid, method)]``."""
+    from matplotlib.ticker import MaxNLocator
+
     pids = list(dict.fromkeys(df.pid))
     cols = min(3, len(pids))
     rows = math.ceil(len(pids) / cols)
@@ -182,14 +187,18 @@ def plot_convergence(df: pd.DataFrame, labels: dict[tuple[str, str], str]) -> by
             if np.isfinite(best).any():
                 ax.step(x, best, where="post", lw=1.6, label=labels.get((pid, method), method))
                 drawn.append(best)
+            else:  # listed in the legend, so a study that never succeeded is not just absent
+                label = f"{labels.get((pid, method), method)}: no successful trial"
+                ax.plot([], [], ls="none", marker="x", color="tab:red", label=label)
         if drawn:
             _objective_axis(ax, np.concatenate(drawn))
-            ax.legend(fontsize=8)
         else:
             no_success(ax)
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("finished trials")
         ax.set_ylabel("best objective so far")
-        ax.set_title(pid, fontsize=9)
+        ax.set_title(f"{names[pid]} ({pid})" if pid in (names or {}) else pid, fontsize=9)
     fig.suptitle("convergence: best objective against finished trials", fontsize=11)
     return to_png(fig)
 
@@ -197,12 +206,14 @@ def plot_convergence(df: pd.DataFrame, labels: dict[tuple[str, str], str]) -> by
 def _cost_panel(
     ax: Axes, study: pd.DataFrame, x: str, xlabel: str, front: np.ndarray, step: bool
 ) -> None:
-    ok = successful(study)
-    ok = ok[ok[x].notna()] if x in ok else ok.iloc[:0]
+    scored = successful(study)
+    ok = scored[scored[x].notna()] if x in scored else scored.iloc[:0]
     failed = finished(study)[finished(study).status != "ok"]
-    if ok.empty:
-        no_success(ax, 0.6)
-        ax.text(0.5, 0.4, f"no {xlabel} recorded", transform=ax.transAxes, ha="center")
+    if scored.empty:
+        no_success(ax)
+        ax.set_yticks([])
+    elif ok.empty:
+        ax.text(0.5, 0.5, f"no {xlabel} recorded", transform=ax.transAxes, ha="center")
     else:
         ax.scatter(ok[x], ok.objective, s=16, color="tab:blue", alpha=0.6, label="trial")
         on = ok[front[study.index.get_indexer(ok.index)]] if front.any() else ok.iloc[:0]
@@ -241,14 +252,14 @@ def plot_cost(study: pd.DataFrame, label: str, multi_objective: bool) -> bytes:
 def plot_importance(imp: dict[str, float], label: str, note: str) -> bytes:
     """Horizontal bars: each searched hyperparameter's importance for the objective."""
     names = list(imp)[::-1]
-    fig, axes = new_figure(7, 1.2 + 0.45 * len(names))
+    fig, axes = new_figure(8, 1.4 + 0.45 * len(names))
     ax = axes[0, 0]
     ax.barh(names, [imp[n] for n in names], color="tab:blue")
     for y, n in enumerate(names):
         ax.text(imp[n], y, f" {imp[n]:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, max(1.0, max(imp.values()) * 1.15))
     ax.set_xlabel("importance (sums to 1)")
-    ax.set_title(f"{label}: hyperparameter importance, {IMPORTANCE_EVALUATOR}\n{note}", fontsize=9)
+    ax.set_title(f"{label}: hyperparameter importance\n{IMPORTANCE_EVALUATOR}, {note}", fontsize=9)
     return to_png(fig)
 
 
@@ -263,10 +274,16 @@ def _slice_panel(ax: Axes, study: pd.DataFrame, col: str) -> None:
         done = done.assign(**{col: done[col].map(lambda v: pos.get(str(_plain(v)), np.nan))})
         ok, failed = done.loc[ok.index], done.loc[failed.index]
         ax.set_xticks(range(len(pos)), list(pos))
-    elif getattr(dist, "log", False):
-        ax.set_xscale("log")
+    else:  # nullable integers (Int64) as floats, missing values as NaN
+        done = done.assign(**{col: done[col].astype(float)})
+        ok, failed = done.loc[ok.index], done.loc[failed.index]
+        if getattr(dist, "log", False):
+            ax.set_xscale("log")
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     if ok.empty:
-        no_success(ax, 0.6)
+        no_success(ax)
+        ax.set_yticks([])
     else:
         pts = ax.scatter(ok[col], ok.objective, c=ok.trial_number, cmap="viridis", s=16)
         ax.figure.colorbar(pts, ax=ax, label="trial number", pad=0.01)
@@ -276,7 +293,7 @@ def _slice_panel(ax: Axes, study: pd.DataFrame, col: str) -> None:
     ax.set_xlabel(col[3:])
     ax.set_ylabel("objective")
     if not failed.empty:
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best")
 
 
 def plot_slices(study: pd.DataFrame, params: list[str], label: str) -> bytes:

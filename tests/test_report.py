@@ -274,3 +274,89 @@ def test_a_partial_and_broken_run_says_what_is_missing(campaign, tmp_path, capsy
     assert f"{results / validation.JSON_NAME} is unreadable" in md
     page = (results / "report" / "index.html").read_text()
     assert "missing or failed" in page and not re.findall(r'src="', page)
+
+
+def test_the_grouping_schema_is_read_too(campaign, tmp_path):
+    """Tables with a problem ``label``, ``diagnostics`` as a struct, nullable integer
+    hyperparameters, flat ``rhat``/``ess_bulk``/``fge`` columns and experiment runs with
+    hyperparameter sets and their source study give the same numbers, labelled."""
+    results, a = tmp_path / "results", campaign["a"]
+    df = pd.read_parquet(campaign["root"] / "results" / PARQUET_NAME)
+    diag = [json.loads(d) if isinstance(d, str) else None for d in df.diagnostics]
+    df = df.assign(
+        label=["linear·s0" if p == a else None for p in df.pid],
+        diagnostics=diag,
+        hp_batch=df.hp_batch.astype("Int64").mask(df.trial_number == 5),
+        rhat=[d and d["rhat"] for d in diag],
+        ess_bulk=[d and d["ess_bulk"] for d in diag],
+        fge=50.0,
+    ).drop(columns="run_dir")
+    results.mkdir()
+    df.to_parquet(results / PARQUET_NAME)
+    runs = pd.DataFrame(
+        {
+            "pid": [a] * 4,
+            "label": ["linear·s0"] * 4,
+            "method": ["sgld"] * 4,
+            "set": [0, 0, 1, 1],
+            "seed": [0, 1, 0, 1],
+            "status": ["ok"] * 4,
+            "source_study": [f"{a}:sgld", f"{a}:sgld", None, None],
+            "source_trial": pd.array([7, 7, None, None], dtype="Int64"),
+            "source_pick": ["best", "best", None, None],
+            "llc_hat": [1.4, 1.6, 2.0, 2.2],
+            "se_hat": [0.1, 0.1, 0.2, 0.2],
+            "ess_bulk": [100.0, 90.0, 80.0, 70.0],
+            "runtime_sec": [1.0, 3.0, 5.0, 7.0],
+        }
+    )
+    runs.to_parquet(results / "llc_runs.parquet")
+    out = tmp_path / "rep"
+    artifacts = campaign["root"] / "artifacts"
+    assert (
+        main(
+            ["report", "--results", str(results), "--out", str(out), "--artifacts", str(artifacts)]
+        )
+        == 0
+    )
+    inp = load_inputs(results, artifacts)
+    rows = {(r["pid"], r["method"]): r for r in best_table(inp.trials)}
+    best = rows[(a, "sgld")]
+    assert best["label"] == "linear·s0:sgld" and rows[(campaign["b"], "sgld")]["label"].endswith(
+        ":sgld"
+    )
+    assert best["trial"] == 7 and best["rhat"] == pytest.approx(1.07) and best["ess"] == 493.0
+    assert best["hyperparams"] == "batch=32, eta0=0.2187"  # an integer stays an integer
+    s0, s1 = runs_table(inp.runs)
+    assert s0["problem"] == f"linear·s0 ({a})" and s0["from"] == f"{a}:sgld #7 (best)"
+    assert (s0["set"], s0["llc_hat"], s0["ess"], s0["runtime_sec"]) == (
+        0,
+        pytest.approx(1.5),
+        90.0,
+        2.0,
+    )
+    assert (s1["set"], s1["from"], s1["llc_hat"], s1["se_hat"]) == (
+        1,
+        "fixed",
+        pytest.approx(2.1),
+        0.2,
+    )
+    page = (out / "index.html").read_text()
+    assert "<h3>linear·s0:sgld (" in page and f"<td>linear·s0 ({a})</td>" in page
+    for link in re.findall(r'src="([^"]+)"', page):
+        assert (out / link).is_file()
+
+
+def test_a_config_gives_the_objectives_and_the_gate(campaign, tmp_path):
+    out = tmp_path / "rep"
+    cfg = campaign["root"] / "c.yaml"
+    assert main(["report", "--config", str(cfg), "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    assert "objectives unknown" not in md
+    assert f"problem {campaign['b']}: no ref.json" in md
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        p.name for p in (campaign["out"] / "plots").iterdir()
+    }
+    exp = load_experiment(cfg)
+    inp = load_inputs(campaign["root"] / "results", objectives=exp.config.optuna.objectives)
+    assert not any(inp.multi_objective.values())  # the config's [error] beats the pickle
