@@ -74,7 +74,8 @@ def _study_blocks(w: _Writer, inp: Inputs, pid: str, method: str, study, plotted
     multi = inp.multi_objective.get((pid, method), False)
     png = report_figures.plot_cost(study, label, multi)
     blocks.append(w.png(f"cost_{slug}.png", png, "error against runtime and FGE"))
-    imp, note = report_figures.importances(study)
+    scales = inp.log_scale.get((pid, method))
+    imp, note = report_figures.importances(study, scales)
     if imp is None:
         blocks.append(("p", f"Hyperparameter importance not computed: {note}."))
     else:
@@ -82,7 +83,7 @@ def _study_blocks(w: _Writer, inp: Inputs, pid: str, method: str, study, plotted
         blocks.append(w.png(f"importance_{slug}.png", png, "hyperparameter importance"))
     params = report_figures.searched_params(study)
     if params:
-        png = report_figures.plot_slices(study, params, label)
+        png = report_figures.plot_slices(study, params, label, scales)
         blocks.append(w.png(f"slices_{slug}.png", png, "objective against each hyperparameter"))
     else:
         blocks.append(("p", "No slice plots: no hyperparameter varies across finished trials."))
@@ -286,7 +287,7 @@ def report_blocks(inp: Inputs, out: Path, exp=None) -> tuple[list[Block], list[P
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         ("h", 1, "lambda_hat report"),
-        ("p", f"From {inp.results} and {inp.artifacts}, {when}."),
+        ("p", f"From {inp.results.resolve()} and {inp.artifacts.resolve()}, {when}."),
         ("h", 2, "What is missing"),
         ("ul", inp.missing) if inp.missing else ("p", "Nothing: every input was found."),
     ]

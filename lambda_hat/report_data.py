@@ -53,6 +53,7 @@ class Inputs:
     runs: pd.DataFrame | None = None
     refs: dict[str, dict | None] = field(default_factory=dict)
     multi_objective: dict[tuple[str, str], bool] = field(default_factory=dict)
+    log_scale: dict[tuple[str, str], dict[str, bool]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
 
 
@@ -159,20 +160,37 @@ def _references(inp: Inputs) -> None:
         inp.refs[pid] = ref
 
 
-def _objectives(inp: Inputs, objectives: list[str] | None) -> None:
-    """How many objectives each study had: the config's, else the study pickle's."""
+def _log_scales(study) -> dict[str, bool]:
+    """Which searched hyperparameters a stored study sampled on a log scale (its trials'
+    distributions; categorical ones are left out)."""
+    out: dict[str, bool] = {}
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            if hasattr(dist, "log"):
+                out.setdefault(name, bool(dist.log))
+    return out
+
+
+def _studies(inp: Inputs, objectives: list[str] | None) -> None:
+    """How many objectives each study had (the config's, else the study pickle's) and which
+    hyperparameters it searched on a log scale (the pickle's)."""
     if inp.trials is None:
         return
     unknown = []
     for pid, method in inp.trials[["pid", "method"]].drop_duplicates().itertuples(index=False):
-        multi = None if objectives is None else len(objectives) > 1
-        if multi is None:
-            try:
-                study = pickle.loads(pickle_path(inp.results, pid, method).read_bytes())
-                multi = len(study.directions) > 1
-            except Exception:  # no pickle yet, or one from another version
-                unknown.append(study_name(pid, method))
-        inp.multi_objective[(pid, method)] = bool(multi)
+        try:
+            study = pickle.loads(pickle_path(inp.results, pid, method).read_bytes())
+        except Exception:  # no pickle yet, or one from another version
+            study = None
+        if study is not None:
+            inp.log_scale[(pid, method)] = _log_scales(study)
+        if objectives is not None:
+            inp.multi_objective[(pid, method)] = len(objectives) > 1
+        elif study is not None:
+            inp.multi_objective[(pid, method)] = len(study.directions) > 1
+        else:
+            inp.multi_objective[(pid, method)] = False
+            unknown.append(study_name(pid, method))
     if unknown:
         inp.missing.append(
             f"objectives unknown for {', '.join(unknown)} (no study pickle): drawn as single "
@@ -199,7 +217,7 @@ def load_inputs(
         missing.append(f"{results / validation.JSON_NAME} is unreadable")
     inp.runs = read_table(results / RUNS_NAME, missing, "`lambda-hat run`")
     _references(inp)
-    _objectives(inp, objectives)
+    _studies(inp, objectives)
     return inp
 
 
@@ -271,7 +289,7 @@ def validated_table(inp: Inputs) -> list[dict]:
         if not rec:
             rows.append({**row, "note": "no candidate succeeded on every fresh seed"})
             continue
-        hp = rec.get("hyperparams") or {}
+        hp = _searched_only(rec.get("hyperparams") or {}, inp.trials, pid, method)
         row.update(
             trial=rec.get("trial_number"),
             hyperparams=", ".join(f"{k}={_short(v)}" for k, v in sorted(hp.items())),
@@ -283,6 +301,17 @@ def validated_table(inp: Inputs) -> list[dict]:
         row.update(_validation_runs(inp.validation, name, rec.get("candidate")))
         rows.append(row)
     return rows
+
+
+def _searched_only(hp: dict, trials: pd.DataFrame | None, pid: str, method: str) -> dict:
+    """The hyperparameters the study searched (all of ``hp`` when that is not known)."""
+    from lambda_hat.report_figures import searched_params
+
+    if trials is None:
+        return hp
+    study = trials[(trials.pid == pid) & (trials.method == method)]
+    names = [c.removeprefix("hp_") for c in searched_params(study)]
+    return {k: v for k, v in hp.items() if k in names} or hp
 
 
 def _short(v: Any) -> str:

@@ -87,9 +87,10 @@ def searched_params(study: pd.DataFrame) -> list[str]:
     return [c for c in cols if done[c].dropna().astype(str).nunique() >= 2]
 
 
-def distribution_of(values: pd.Series) -> BaseDistribution:
-    """An Optuna distribution spanning ``values``: log scale when positive over two decades,
-    integers when every value is integral, categories for text or booleans."""
+def distribution_of(values: pd.Series, log: bool | None = None) -> BaseDistribution:
+    """An Optuna distribution spanning ``values``: on a log scale when ``log`` (the study's
+    sampling scale; None: when the values are positive and span a decade or more), integers
+    when every value is integral, categories for text or booleans."""
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -100,7 +101,7 @@ def distribution_of(values: pd.Series) -> BaseDistribution:
     if any(isinstance(x, str | bool | np.bool_) for x in v):
         return CategoricalDistribution(sorted({_plain(x) for x in v}, key=str))
     lo, hi = float(min(v)), float(max(v))
-    log = lo > 0 and hi / lo >= 100
+    log = lo > 0 and (hi / lo >= 10 if log is None else log)
     if all(float(x).is_integer() for x in v):
         return IntDistribution(int(lo), int(hi), log=log)
     return FloatDistribution(lo, hi, log=log)
@@ -120,9 +121,12 @@ def _cast(x, dist: BaseDistribution):
     return _plain(x)
 
 
-def importances(study: pd.DataFrame) -> tuple[dict[str, float] | None, str]:
+def importances(
+    study: pd.DataFrame, log_scale: dict[str, bool] | None = None
+) -> tuple[dict[str, float] | None, str]:
     """PED-ANOVA importances of the searched hyperparameters (names without ``hp_``) for the
-    study's objective, and a note; None with the reason when there is nothing to rank."""
+    study's objective, and a note; None with the reason when there is nothing to rank.
+    ``log_scale``: name -> whether the study sampled it on a log scale (None: inferred)."""
     import optuna
 
     params = searched_params(study)
@@ -133,7 +137,8 @@ def importances(study: pd.DataFrame) -> tuple[dict[str, float] | None, str]:
         )
     if len(ok) < MIN_IMPORTANCE_TRIALS:
         return None, f"{len(ok)} successful trials; importance needs {MIN_IMPORTANCE_TRIALS}"
-    dists = {p[3:]: distribution_of(finished(study)[p]) for p in params}
+    scales = log_scale or {}
+    dists = {p[3:]: distribution_of(finished(study)[p], scales.get(p[3:])) for p in params}
     trials = [
         optuna.trial.create_trial(
             params={n: _cast(row[f"hp_{n}"], d) for n, d in dists.items()},
@@ -263,11 +268,11 @@ def plot_importance(imp: dict[str, float], label: str, note: str) -> bytes:
     return to_png(fig)
 
 
-def _slice_panel(ax: Axes, study: pd.DataFrame, col: str) -> None:
+def _slice_panel(ax: Axes, study: pd.DataFrame, col: str, log: bool | None) -> None:
     from optuna.distributions import CategoricalDistribution
 
     done = finished(study)
-    dist = distribution_of(done[col])
+    dist = distribution_of(done[col], log)
     ok, failed = successful(study), done[done.status != "ok"]
     if isinstance(dist, CategoricalDistribution):
         pos = {str(c): i for i, c in enumerate(dist.choices)}
@@ -296,15 +301,18 @@ def _slice_panel(ax: Axes, study: pd.DataFrame, col: str) -> None:
         ax.legend(fontsize=7, loc="best")
 
 
-def plot_slices(study: pd.DataFrame, params: list[str], label: str) -> bytes:
+def plot_slices(
+    study: pd.DataFrame, params: list[str], label: str, log_scale: dict[str, bool] | None = None
+) -> bytes:
     """One panel per searched hyperparameter: the objective of each successful trial against its
-    value (colour: trial number), failed trials along the bottom by kind."""
+    value (colour: trial number), failed trials along the bottom by kind; x on a log scale where
+    ``log_scale`` says (None: where the values span a decade)."""
     cols = min(3, len(params))
     rows = math.ceil(len(params) / cols)
     fig, axes = new_figure(max(6.5, 4.6 * cols), 3.6 * rows, rows, cols)
     for ax in axes.ravel()[len(params) :]:
         ax.set_visible(False)
     for ax, col in zip(axes.ravel(), params, strict=False):
-        _slice_panel(ax, study, col)
+        _slice_panel(ax, study, col, (log_scale or {}).get(col[3:]))
     fig.suptitle(f"{label}: objective against each searched hyperparameter", fontsize=11)
     return to_png(fig)

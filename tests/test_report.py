@@ -96,6 +96,12 @@ def _validation(root, pid) -> None:
 
 def _multi_objective_pickle(root, pid) -> None:
     study = optuna.create_study(directions=["minimize", "minimize"])
+    eta0 = optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"eta0": 1e-3}, distributions={"eta0": eta0}, values=[1, 2]
+        )
+    )
     path = pickle_path(root / "results", pid, "sgld")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(study))
@@ -191,6 +197,7 @@ def test_the_best_trial_is_the_parquets(campaign):
         (a, "vi"): False,
         (campaign["b"], "sgld"): False,
     }
+    assert inp.log_scale == {(a, "sgld"): {"eta0": True}}  # the pickle's sampling scale
     page = (campaign["out"] / "index.html").read_text()
     assert f"<td>{a}:sgld</td><td>11</td><td>8</td>" in page and "<td>#7</td>" in page
 
