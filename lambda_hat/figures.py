@@ -141,6 +141,12 @@ def no_success(ax: Axes, y: float = 0.5, transform=None) -> None:
     )
 
 
+def legend(ax: Axes, **kw) -> None:
+    """``ax.legend(**kw)`` when something drawn has a label (an empty legend only warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def _limits(
     values: np.ndarray, keep: list[float], pad: float = 0.08, robust: bool = False
 ) -> tuple[float, float]:
@@ -342,7 +348,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
         ax_obj.set_yticks([])
     mark_failures(ax_obj, failed)
     ax_obj.set_ylabel(objective_label)
-    ax_obj.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    legend(ax_obj, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
     _draw_trial_llcs(ax_llc, study, ok, ref)
     if not finished.empty:  # markers in axes coordinates do not widen the x range by themselves
@@ -350,7 +356,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
     ax_llc.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_llc.set_xlabel("trial number")
     ax_llc.set_ylabel(LAMBDA_HAT)
-    ax_llc.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    legend(ax_llc, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
     running = len(study) - len(finished)
     fig.suptitle(

@@ -147,7 +147,8 @@ def _best_blocks(trials) -> list[Block]:
                 _num(r["rhat"], ".4f"),
                 _num(r["ess"], ".0f"),
             ]
-        rows.append([r["label"], str(r["finished"]), str(r["ok"]), r["failed"], *fill])
+        done = str(r["finished"]) + (f" (+{r['running']} running)" if r["running"] else "")
+        rows.append([r["label"], done, str(r["ok"]), r["failed"], *fill])
     return [("h", 2, "Best trial per study"), ("table", header.split(","), rows)]
 
 

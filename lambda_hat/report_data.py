@@ -256,6 +256,7 @@ def best_table(trials: pd.DataFrame) -> list[dict]:
             "pid": pid,
             "method": method,
             "finished": len(done),
+            "running": len(study) - len(done),
             "ok": int((done.status == "ok").sum()),
             "failed": kinds_text(failed.failure_kind) if len(failed) else "",
         }

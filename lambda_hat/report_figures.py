@@ -20,6 +20,7 @@ import numpy as np
 
 from lambda_hat.figures import (
     free_bottom_strip,
+    legend,
     mark_failures,
     new_figure,
     no_success,
@@ -199,7 +200,7 @@ def plot_convergence(
             _objective_axis(ax, np.concatenate(drawn))
         else:
             no_success(ax)
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("finished trials")
         ax.set_ylabel("best objective so far")
@@ -235,7 +236,7 @@ def _cost_panel(
     mark_failures(ax, failed, x)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("objective")
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
 
 
 def plot_cost(study: pd.DataFrame, label: str, multi_objective: bool) -> bytes:
@@ -297,8 +298,7 @@ def _slice_panel(ax: Axes, study: pd.DataFrame, col: str, log: bool | None) -> N
     mark_failures(ax, failed, col)
     ax.set_xlabel(col[3:])
     ax.set_ylabel("objective")
-    if not failed.empty:
-        ax.legend(fontsize=7, loc="best")
+    legend(ax, fontsize=7, loc="best")
 
 
 def plot_slices(

@@ -190,6 +190,7 @@ def test_the_best_trial_is_the_parquets(campaign):
     assert best["runtime_sec"] == 9.0 and "batch=32" in best["hyperparams"]
     assert "chains" not in best["hyperparams"]  # fixed, not searched
     assert best["failed"] == "diverged 1, timeout 1, error 1" and best["finished"] == 11
+    assert best["running"] == 1
     assert "trial" not in rows[(a, "vi")] and rows[(a, "vi")]["failed"] == "crashed 1, oom 1"
     assert inp.trials.fge.tolist()[:3] == [100.0, 200.0, 300.0]  # from the runs' metrics.json
     assert inp.multi_objective == {
@@ -199,7 +200,7 @@ def test_the_best_trial_is_the_parquets(campaign):
     }
     assert inp.log_scale == {(a, "sgld"): {"eta0": True}}  # the pickle's sampling scale
     page = (campaign["out"] / "index.html").read_text()
-    assert f"<td>{a}:sgld</td><td>11</td><td>8</td>" in page and "<td>#7</td>" in page
+    assert f"<td>{a}:sgld</td><td>11 (+1 running)</td><td>8</td>" in page and "<td>#7</td>" in page
 
 
 def test_validated_and_experiment_run_tables(campaign):
@@ -367,3 +368,25 @@ def test_a_config_gives_the_objectives_and_the_gate(campaign, tmp_path):
     exp = load_experiment(cfg)
     inp = load_inputs(campaign["root"] / "results", objectives=exp.config.optuna.objectives)
     assert not any(inp.multi_objective.values())  # the config's [error] beats the pickle
+
+
+@pytest.mark.filterwarnings("error")
+def test_studies_with_nothing_finished_or_nothing_searched(tmp_path):
+    """A study whose only trial is still running and one whose trials share their
+    hyperparameters: reported, with why the figures that need more are absent, no warning."""
+    common = {"state": "COMPLETE", "status": "ok", "llc_ref": 1.1}
+    rows = [
+        {"pid": "p_a", "method": "sgld", "trial_number": 0, "state": "RUNNING", "status": "failed"},
+        {**common, "pid": "p_b", "method": "vi", "trial_number": 0, "objective": 0.1},
+        {**common, "pid": "p_b", "method": "vi", "trial_number": 1, "objective": 0.2},
+    ]
+    for r in rows:
+        r.update(hyperparams={"lr": 1e-3}, error=r.get("objective"))
+        r.update(llc_hat=r.get("objective") and 1.1 + r["objective"])
+    write_parquet(rows, tmp_path / "results" / PARQUET_NAME)
+    assert main(["report", "--results", str(tmp_path / "results")]) == 0
+    md = (tmp_path / "results" / "report" / "summary.md").read_text()
+    assert "| p_a:sgld | 0 (+1 running) | 0 |  | no successful trial |" in md
+    assert "| p_b:vi | 2 | 2 |  | #0 | lr=0.001 | 1.2 ± n/a | 1.1 ± n/a | +0.1 | 0.1 |" in md
+    assert md.count("No slice plots: no hyperparameter varies across finished trials.") == 2
+    assert md.count("importance not computed: no hyperparameter varies") == 2
