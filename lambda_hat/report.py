@@ -15,7 +15,7 @@ import html
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lambda_hat import plots, report_figures
 from lambda_hat._io import atomic_write_bytes
@@ -29,10 +29,17 @@ from lambda_hat.report_data import (
 )
 from lambda_hat.workflow.studies import study_name
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lambda_hat.config import Experiment
+
 log = logging.getLogger("lambda_hat.report")
 
-Block = tuple  # ("h", level, text) | ("p", text) | ("ul", items) | ("table", header, rows) |
-# ("img", relative path, caption)
+Block = tuple
+"""One piece of the page, rendered alike to Markdown and HTML: ``("h", level, text)``,
+``("p", text)``, ``("ul", items)``, ``("table", header, rows)`` or ``("img", path relative to
+the output folder, caption)``."""
 
 
 def _num(x: Any, spec: str = ".4g") -> str:
@@ -62,7 +69,9 @@ class _Writer:
         return ("img", path.relative_to(self.out).as_posix(), caption)
 
 
-def _study_blocks(w: _Writer, inp: Inputs, pid: str, method: str, study, plotted) -> list[Block]:
+def _study_blocks(
+    w: _Writer, inp: Inputs, pid: str, method: str, study: pd.DataFrame, plotted: dict[str, Path]
+) -> list[Block]:
     """A study's section: today's study figure, error vs cost, importance, slices (or why not)."""
     label = study.study_label.iloc[0]
     slug = f"{pid}_{method}"
@@ -128,7 +137,7 @@ def _reference_blocks(w: _Writer, inp: Inputs, plotted: dict[str, Path]) -> list
     return blocks
 
 
-def _best_blocks(trials) -> list[Block]:
+def _best_blocks(trials: pd.DataFrame) -> list[Block]:
     header = "study,finished,ok,failed,best trial,hyperparameters,λ̂ ± SE,λ̂_ref ± SE,error"
     header += ",objective,runtime (s),R-hat,ESS"
     rows = []
@@ -271,7 +280,7 @@ def to_html(blocks: list[Block], title: str) -> str:
 # ----------------------------------------------------------------------------------- main
 
 
-def _today_plots(inp: Inputs, out: Path, exp) -> dict[str, Path]:
+def _today_plots(inp: Inputs, out: Path, exp: Experiment | None) -> dict[str, Path]:
     """``lambda-hat plots``' figures under ``<out>/plots``, by file name."""
     where = out / "plots"
     if exp is not None:
@@ -281,7 +290,9 @@ def _today_plots(inp: Inputs, out: Path, exp) -> dict[str, Path]:
     return {p.name: p for p in paths}
 
 
-def report_blocks(inp: Inputs, out: Path, exp=None) -> tuple[list[Block], list[Path]]:
+def report_blocks(
+    inp: Inputs, out: Path, exp: Experiment | None = None
+) -> tuple[list[Block], list[Path]]:
     """The report's content and every figure written for it under ``out``."""
     w = _Writer(out)
     plotted = _today_plots(inp, out, exp)
@@ -316,7 +327,7 @@ def make_report(
     results: str | Path,
     out: str | Path | None = None,
     artifacts: str | Path | None = None,
-    exp=None,
+    exp: Experiment | None = None,
 ) -> list[Path]:
     """Write the report of ``results`` (default ``<results>/report``); return every file written.
 

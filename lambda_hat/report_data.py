@@ -57,7 +57,9 @@ class Inputs:
     missing: list[str] = field(default_factory=list)
 
 
-def read_table(path: Path, missing: list[str], made_by: str, need=()) -> pd.DataFrame | None:
+def read_table(
+    path: Path, missing: list[str], made_by: str, need: tuple[str, ...] = ()
+) -> pd.DataFrame | None:
     """The Parquet at ``path``, or None with a line in ``missing`` saying why and what makes it."""
     if not path.exists():
         missing.append(f"no {path.name} in {path.parent}: {made_by} writes it")
