@@ -11,6 +11,7 @@ report. Every file is written atomically (:mod:`lambda_hat._io`).
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 from datetime import UTC, datetime
@@ -335,8 +336,13 @@ def make_report(
     reference gate thresholds and the problem list; without it they come from the files.
     """
     out = Path(out) if out is not None else Path(results) / "report"
-    objectives = None if exp is None else list(exp.config.optuna.objectives)
-    inp = load_inputs(results, artifacts, objectives)
+    objectives, gate = None, None
+    if exp is not None:
+        from lambda_hat.reference import evaluate_gate
+
+        objectives = list(exp.config.optuna.objectives)
+        gate = functools.partial(evaluate_gate, cfg=exp.config.reference)
+    inp = load_inputs(results, artifacts, objectives, gate)
     for line in inp.missing:
         log.info("report: %s", line)
     blocks, figures = report_blocks(inp, out, exp)

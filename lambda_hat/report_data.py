@@ -15,6 +15,7 @@ import json
 import logging
 import pickle
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,9 @@ def _artifacts_of(trials: pd.DataFrame | None, results: Path) -> Path:
     return results.parent / "artifacts"
 
 
-def _references(inp: Inputs) -> None:
+def _references(inp: Inputs, gate: Callable[[dict], dict] | None) -> None:
+    """ref.json of every problem in the trials or under ``<artifacts>/problems`` (None when
+    missing or without λ̂_ref), its gate re-evaluated by ``gate`` when given."""
     pids = [] if inp.trials is None else list(dict.fromkeys(inp.trials.pid))
     root = inp.artifacts / "problems"
     if root.is_dir():
@@ -156,7 +159,9 @@ def _references(inp: Inputs) -> None:
         elif ref.get("pid") != pid or finite_float(ref.get("llc_ref")) is None:
             inp.missing.append(f"problem {pid}: ref.json has no usable λ̂_ref (a failed reference)")
             ref = None
-        elif not (ref.get("gate") or {}).get("passed", True):
+        elif gate is not None:
+            ref = {**ref, "gate": gate(ref)}
+        if ref is not None and not (ref.get("gate") or {}).get("passed", True):
             reasons = "; ".join((ref.get("gate") or {}).get("reasons") or [])
             inp.missing.append(f"problem {pid}: the reference failed its quality gate ({reasons})")
         inp.refs[pid] = ref
@@ -201,10 +206,15 @@ def _studies(inp: Inputs, objectives: list[str] | None) -> None:
 
 
 def load_inputs(
-    results: str | Path, artifacts: str | Path | None = None, objectives: list[str] | None = None
+    results: str | Path,
+    artifacts: str | Path | None = None,
+    objectives: list[str] | None = None,
+    gate: Callable[[dict], dict] | None = None,
 ) -> Inputs:
     """Read everything the report can use under ``results`` (and ``artifacts``: by default the
-    one the trials' run directories live in)."""
+    one the trials' run directories live in). ``objectives`` (the config's) says which studies
+    are multi-objective, else the study pickles do; ``gate(ref)`` re-evaluates a reference's
+    quality gate (default: the one stored in ref.json)."""
     results = Path(results)
     missing: list[str] = []
     trials = read_table(results / PARQUET_NAME, missing, "parsl-optuna", TRIAL_COLUMNS)
@@ -218,7 +228,7 @@ def load_inputs(
     if inp.validation_json is None and (results / validation.JSON_NAME).exists():
         missing.append(f"{results / validation.JSON_NAME} is unreadable")
     inp.runs = read_table(results / RUNS_NAME, missing, "`lambda-hat run`")
-    _references(inp)
+    _references(inp, gate)
     _studies(inp, objectives)
     return inp
 

@@ -368,6 +368,14 @@ def test_a_config_gives_the_objectives_and_the_gate(campaign, tmp_path):
     exp = load_experiment(cfg)
     inp = load_inputs(campaign["root"] / "results", objectives=exp.config.optuna.objectives)
     assert not any(inp.multi_objective.values())  # the config's [error] beats the pickle
+    # the config's gate thresholds, not the stored gate, in the table and the missing list
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(cfg.read_text().replace("ess_min: 50", "ess_min: 100000"))
+    assert main(["report", "--config", str(strict), "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    ess = campaign["ref"]["ess_bulk"]
+    assert f"problem {campaign['a']}: the reference failed its quality gate (bulk ESS" in md
+    assert f"| {ess:.0f} | FAILED: bulk ESS" in md
 
 
 @pytest.mark.filterwarnings("error")
