@@ -8,6 +8,7 @@ The fast tests use stored studies written here and the analytic stand-in for a m
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -18,12 +19,18 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from optuna.distributions import FloatDistribution
 
 from lambda_hat import cli, runs
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config import OptunaConfig, load_experiment
-from lambda_hat.experiments_config import ExperimentsConfig, load_experiments
+from lambda_hat.experiments_config import (
+    ExperimentsConfig,
+    FromStudy,
+    HyperSet,
+    load_experiments,
+)
 from lambda_hat.problems import problem_id
 from lambda_hat.schema import ConfigError
 from lambda_hat.workflow import execution, experiments, studies
@@ -40,12 +47,12 @@ BEST_HP = {"eta0": 2e-4, "steps": 300, "chains": 2, "batch": 64, "precond_type":
 VALIDATED_HP = {**BEST_HP, "eta0": 5e-4}
 
 
-def _config(tmp_path: Path, methods: str, seeds: str = "[0, 1]", extra: str = "") -> Path:
+def _config(tmp_path: Path, methods: str, seeds: str = "[0, 1]", results: str = "out") -> Path:
     path = tmp_path / "experiments.yaml"
     path.write_text(
         f"problems: [{PROBLEM}]\nreference: {REFERENCE}\nmethods: {methods}\nseeds: {seeds}\n"
-        f"budget_sec: 30\nisolate: false\n{extra}"
-        f"paths: {{artifacts: {tmp_path / 'artifacts'}, results: {tmp_path / 'out'}}}\n"
+        "budget_sec: 30\nisolate: false\n"
+        f"paths: {{artifacts: {tmp_path / 'artifacts'}, results: {tmp_path / results}}}\n"
     )
     return path
 
@@ -152,6 +159,31 @@ def test_the_bundled_config_runs_the_demos_problems_against_its_references():
         assert hs.from_study.results == demo.config.paths.results
         assert hs.from_study.pick == "validated" and demo.config.optuna.validate is not None
     assert isinstance(exp.config, ExperimentsConfig)
+
+
+def _walk(block: dict, cls: type, where: str = "") -> list[str]:
+    """Keys of ``block`` the schema class lacks, and its fields ``block`` leaves out."""
+    fields = cls.__pydantic_fields__
+    out = [f"{where}{k} is not in {cls.__name__}" for k in block if k not in fields]
+    return out + [f"{where}{k} is not documented" for k in fields if k not in block]
+
+
+def test_readme_documents_every_experiments_key_with_its_default(tmp_path):
+    readme = (REPO / "README.md").read_text().split("## Config format\n", 1)[1]
+    text = readme.split("<!-- experiments-example", 1)[1].split("```yaml\n", 1)[1]
+    block = yaml.safe_load(text.split("```", 1)[0])
+    (sgld,) = block["methods"]["sgld"]
+    assert _walk(block, ExperimentsConfig) == []
+    assert set(block["methods"]) == {"sgld", "vi"}
+    assert _walk(sgld, HyperSet) == [] and _walk(sgld["from_study"], FromStudy) == []
+    defaults = ExperimentsConfig(problems=[])
+    for key in ("seeds", "budget_sec", "allow_failed_reference", "isolate", "timeout_grace"):
+        assert block[key] == getattr(defaults, key), key
+    assert block["infrastructure_retries"] == defaults.infrastructure_retries
+    assert sgld["from_study"] == dataclasses.asdict(FromStudy())
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(block))
+    assert load_experiments(path).config.methods["vi"][0].fixed == {"M": 4}
 
 
 def _done(value) -> Future:

@@ -21,7 +21,7 @@ import functools
 import io
 import json
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -419,3 +419,30 @@ def write_parquet(
     buf = io.BytesIO()
     pq.write_table(_pandas_ints(to_table(rows, columns)), buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def hyperparams_of(row: Mapping[str, Any]) -> dict:
+    """A table row's own hyperparameters (a pandas row or a dict), with their schema types.
+
+    In pandas the ``hyperparams`` struct holds every method's keys (None for another method's)
+    and its integers come back as floats, a pandas rule for nested columns; the ``hp_<name>``
+    columns keep them as ``Int64``. This reads the ``hp_`` columns of the row's method:
+    ``hyperparams_of(df.loc[i])`` is ``{"eta0": 1e-4, "batch": 64, ...}``."""
+    names = _method_keys(row.get("method"))
+    out = {}
+    for key in row.keys():
+        name = key[3:] if isinstance(key, str) and key.startswith("hp_") else None
+        if name is None or (names is not None and name not in names):
+            continue
+        v = row[key]
+        if v is None or (not isinstance(v, str) and pd.isna(v)):
+            continue
+        tp = schema_types().get(name)
+        out[name] = int(v) if tp == pa.int64() else (v.item() if hasattr(v, "item") else v)
+    return out
+
+
+def _method_keys(method: Any) -> set[str] | None:
+    if method not in methods.METHODS:
+        return None
+    return set(typing.get_type_hints(methods.get(method).hyper)) | set(POSTERIOR_HYPERPARAMS)
