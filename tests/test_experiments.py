@@ -264,7 +264,8 @@ TUNE = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main;
 
 
 @pytest.mark.slow  # tunes one tiny problem (2 trials per method) and runs it: a few minutes
-def test_tune_then_run_through_parsl(tmp_path):
+def test_tune_then_run_through_parsl(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     tuning = tmp_path / "tune.yaml"
     tuning.write_text(
         f"problems: [{PROBLEM}]\nmethods: [sgld]\nreference: {REFERENCE}\n"
@@ -296,6 +297,10 @@ def test_tune_then_run_through_parsl(tmp_path):
     assert from_best[from_best.seed == 0].reused.all()  # the tuning trial's own run
     assert df.llc_ref.notna().all() and df.rhat.notna().all() and df.fge.gt(0).all()
     assert "linear·s0:sgld" in out.stdout
+    readme = (REPO / "README.md").read_text()
+    for marker in ("<!-- parquet-snippet", "<!-- llc-runs-snippet"):  # as written, real tables
+        code = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        exec(code, {"__name__": "readme"})  # runs in tmp_path (the test changed directory)
     again = subprocess.run([*CLI, "run", "--config", str(config), "--local"], **run)
     assert again.returncode == 0
     assert pd.read_parquet(tmp_path / "results" / experiments.PARQUET_NAME).reused.all()
