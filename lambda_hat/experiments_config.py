@@ -37,7 +37,9 @@ class FromStudy:
     """Where a set's hyperparameters come from: the tuning study of the same (problem, method)
     (study ``<pid>:<method>``) in a finished ``parsl-optuna`` run."""
 
-    results: str = field("results", "the tuning run's results folder (its paths.results)")
+    results: str = field(
+        "results", "the tuning run's results folder (its paths.results; relative: to the cwd)"
+    )
     pick: Literal["best", "validated"] = field(
         "best",
         "best: the study's best successful trial; validated: the validation stage's "

@@ -308,16 +308,10 @@ def make_jobs(plan: ExperimentPlan, refs: dict) -> tuple[list[Job], list[str]]:
     """Every run of the usable problems at its content address, and why others were left."""
     cfg, jobs, skipped = plan.exp.config, [], []
     for pid, spec in plan.specs.items():
-        why = next(
-            (
-                w
-                for g in plan.gammas(pid)
-                if (w := unusable(refs[(pid, g)], cfg.allow_failed_reference))
-            ),
-            None,
-        )
+        allow = cfg.allow_failed_reference
+        why = [w for g in plan.gammas(pid) if (w := unusable(refs[(pid, g)], allow))]
         if why:
-            skipped.append(f"problem {pid} ({plan.problems[pid]['label']}) is not run: {why}")
+            skipped.append(f"problem {pid} ({plan.problems[pid]['label']}) is not run: {why[0]}")
             continue
         for s in plan.sets[pid]:
             ref = refs[(pid, plan.gamma_of(s))]
