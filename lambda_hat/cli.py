@@ -1,6 +1,7 @@
 """``lambda-hat``: the command-line entry point and every sub-command.
 
-``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs),
+``reference`` (HMC references + table), ``trial`` (one run of one method), ``run`` (the
+experiments after tuning, :mod:`lambda_hat.workflow.experiments`), ``plots`` (PNGs),
 ``report`` (one HTML + Markdown page of a run), ``dashboard`` (optuna-dashboard on the study
 storage).
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
@@ -206,6 +207,52 @@ def _add_trial(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+# ------------------------------------------------------------------------------------ run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from lambda_hat.experiments_config import load_experiments
+    from lambda_hat.workflow import experiments
+
+    # Parsl starts its worker pool with fork+exec, which is safe; JAX warns about any fork.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    plan = experiments.plan_experiments(load_experiments(args.config), args.parsl_config)
+    print(experiments.describe(plan), flush=True)
+    if args.dry_run:
+        return 0
+    try:
+        return experiments.execute(plan)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (execution.parsl_session)
+        print("interrupted: finished runs are stored; run the same command to resume.")
+        return 130
+
+
+def _add_run(sub) -> None:
+    p = _command(
+        sub,
+        "run",
+        _cmd_run,
+        "run the experiments (tuned or fixed hyperparameters) into llc_runs.parquet",
+        "Run problems x methods x hyperparameter sets x seeds of an experiments YAML "
+        "(config/experiments.yaml) against their HMC references; results in "
+        "<paths.results>/llc_runs.parquet. Re-run the same command to resume.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local", action="store_true", help="run on this machine, one worker per core (default)"
+    )
+    where.add_argument(
+        "--parsl-config",
+        metavar="FILE",
+        help="Python file defining a Parsl `config` (e.g. parsl_configs/slurm.py)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the config and print the runs; write nothing"
+    )
+
+
 # ---------------------------------------------------------------------------------- plots
 
 
@@ -343,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_reference, _add_trial, _add_plots, _add_report, _add_dashboard):
+    for add in (_add_reference, _add_trial, _add_run, _add_plots, _add_report, _add_dashboard):
         add(sub)
     return parser
 

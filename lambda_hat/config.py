@@ -385,6 +385,12 @@ def _read_yaml(path: Path) -> Any:
         ) from None
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents; a :class:`ConfigError` naming the file when it cannot be read
+    or parsed (the one reader of every config file)."""
+    return _read_yaml(Path(path))
+
+
 def load_experiment(path: str | Path, overrides: dict | None = None) -> Experiment:
     """Read, compose and validate an experiment YAML; raises :class:`ConfigError`.
 

@@ -240,9 +240,10 @@ def _locator(plan: Plan, spec: ProblemSpec, method: str):
 
 def aggregate(plan: Plan, tasks: list[tuning.StudyTask]) -> Path:
     """Stage 3: the Parquet table and the study pickles."""
-    rows = []
+    rows, problems = [], results.problem_table(plan.cfg.problems, plan.exp.problems)
     for t in tasks:
-        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref))
+        problem = problems.get(t.pid)
+        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem))
         studies.export_pickle(t.study, plan.results, t.pid, t.method)
     return results.write_parquet(rows, plan.results / results.PARQUET_NAME)
 
@@ -301,7 +302,8 @@ def execute(plan: Plan) -> int:
                 plan.pids.remove(pid)
                 code = 1
         tasks = make_tasks(plan, storage, refs)
-        show = progress.StudyTable(tasks, oc.max_trials)
+        labels = results.problem_labels(plan.cfg.problems, plan.exp.problems)
+        show = progress.StudyTable(tasks, oc.max_trials, labels=labels)
         last_parquet = [time.monotonic()]
 
         def tick() -> None:
@@ -328,7 +330,7 @@ def execute(plan: Plan) -> int:
     studies.sync_storage(storage)
     show(force=True)
     path = aggregate(plan, tasks)
-    print(progress.best_table(best_rows(tasks)))
+    print(progress.best_table(best_rows(tasks), labels))
     if validated is not None:
         print(validation.table(validated))
         code = 1 if any(v.validated and v.chosen is None for v in validated) else code
