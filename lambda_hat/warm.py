@@ -66,7 +66,6 @@ __all__ = ["IDLE_EXIT_SEC", "WarmPolicy", "WarmProcess", "run_warm", "shutdown"]
 
 IDLE_EXIT_SEC = 900.0
 """An idle warm child exits by itself after this long without a trial (a leak backstop)."""
-_POLL_SEC = 0.005
 _STOP_POLL_SEC = 0.25
 _WATCHDOG_SEC = 0.5
 

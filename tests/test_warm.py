@@ -20,6 +20,7 @@ import psutil
 import pytest
 from _procs import kill_and_wait
 from test_isolation import ENV
+from test_trial_startup import _slow_start
 
 from lambda_hat import warm
 from lambda_hat.config import resolve_problem
@@ -78,6 +79,17 @@ def test_start_up_is_measured_per_trial(tmp_path):
     (_, first), (_, second) = timed(1.0), timed(2.0)
     assert first > 0.3  # a fresh interpreter importing lambda_hat.isolation
     assert second < 0.2 and second < first / 5
+
+
+def test_start_up_does_not_count_against_the_hard_limit_and_later_trials_have_none(tmp_path):
+    env = _slow_start(tmp_path, 2.5)  # imports take longer than the whole hard limit
+    first = run_warm("slow_start:ok", {}, 1.0, tmp_path / "a", env=env)
+    second = run_warm("slow_start:spin", {"seconds": 0.2}, 1.0, tmp_path / "b", env=env)
+    assert first["status"] == second["status"] == "ok", (first, second)
+    assert second["warm"]["pid"] == first["warm"]["pid"]
+    m = run_warm("slow_start:spin", {"seconds": 30}, 1.0, tmp_path / "c", env=env)
+    assert _kind(m) == "timeout" and m["failure"]["elapsed_sec"] < 10
+    assert m["failure"]["startup_sec"] < 0.5  # the warm child had nothing left to start
 
 
 @pytest.mark.parametrize(

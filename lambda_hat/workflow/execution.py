@@ -5,9 +5,12 @@ for the contract). The app bodies are module-level functions, so Parsl ships the
 and a worker imports this module like any other.
 
 A trial runs :data:`DEFAULT_TRIAL_TARGET` (``"module:function"``, called with the payload as
-keyword arguments) in a child process through :func:`lambda_hat.isolation.run_isolated`, which
-kills it past ``method_budget_sec × timeout_grace`` even inside compiled code and turns a
-crash into a failure kind, so a trial never takes down a worker. Whatever happens, the trial's
+keyword arguments) in a child process, which is killed past ``method_budget_sec ×
+timeout_grace`` even inside compiled code, and whose crash becomes a failure kind, so a trial
+never takes down a worker. The child is the worker's warm trial process
+(:func:`lambda_hat.warm.run_warm`: imports, problems and compiled programs kept between trials;
+the payload's ``warm`` policy says when it is replaced), or with ``warm: None`` a fresh one per
+trial (:func:`lambda_hat.isolation.run_isolated`). Whatever happens, the trial's
 ``metrics.json`` exists in its run directory afterwards (the results table is built from it).
 
 JAX in workers: the persistent compilation cache lives in ``<artifacts>/.jax_cache``, shared by
@@ -179,6 +182,10 @@ def cached_problem(spec: dict, artifacts: str | Path):
 
 def execute_trial(payload: dict) -> dict:
     """The trial app body: run the payload's target, write and return its metrics dict.
+
+    Isolated (``isolate``, the default) in this worker thread's warm trial process when the
+    payload has a ``warm`` policy (``{max_trials, max_rss_mb}``, the config's ``optuna.warm``),
+    else in a fresh process; ``isolate: False`` runs it in this process.
 
     Never raises for a failure of the trial itself: exceptions, crashes and hard timeouts come
     back as ``{"status": "failed", "failure": {"kind": ..., ...}}``. The outcome is judged by
