@@ -22,7 +22,8 @@ then runs N more trials in one warm process and prints its resident memory along
 ``--demo`` runs the README demo (``config/optuna_demo.yaml --local``) twice from the same
 cached references and JAX cache, fresh then warm, and prints the end-to-end ratio (the whole
 CLI, and the span of the tuning trials from their ``started_at``/``finished_at``);
-``--demo-trials`` reduces ``max_trials`` for a shorter variant.
+``--demo-trials`` reduces ``max_trials`` for a shorter variant; ``--trials 0`` skips the
+overhead part.
 
     python bench/bench_trial_overhead.py --workers [--trials 5] [--rss 200] [--demo]
 """
@@ -235,9 +236,8 @@ def _demo(args, root: Path) -> None:
 
     import yaml
 
-    base = yaml.safe_load(
-        Path(__file__).resolve().parents[1] / "config" / "optuna_demo.yaml".read_text()
-    )
+    demo = Path(__file__).resolve().parents[1] / "config" / "optuna_demo.yaml"
+    base = yaml.safe_load(demo.read_text())
     if args.demo_trials:
         base["optuna"]["max_trials"] = args.demo_trials
     seed_art = root / "demo_artifacts"
@@ -284,16 +284,17 @@ def workers_bench(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_warm_"))
     artifacts = str(Path(args.artifacts).resolve())
     print(f"problem {problem.pid}: d = {problem.d}, n = {problem.n}; {args.trials} trials/method")
-    fresh = _overhead(_worker_trials(problem, artifacts, args.trials, None, root / "fresh"))
-    warm = _overhead(_worker_trials(problem, artifacts, args.trials, {}, root / "warm"))
-    warm_procs.shutdown()
-    print(f"{'mode':<6} {'overhead s':>11} {'first s':>8} {'startup s':>10}")
-    for name, (later, first, startup) in (("fresh", fresh), ("warm", warm)):
-        print(f"{name:<6} {later:>11.3f} {first:>8.3f} {startup:>10.3f}")
-    print(
-        f"overhead = median(worker wall - runner seconds.total) after each method's first "
-        f"trial; fresh / warm = {fresh[0] / warm[0]:.1f}x"
-    )
+    if args.trials >= 2:  # --trials 0: only the --rss and --demo parts
+        fresh = _overhead(_worker_trials(problem, artifacts, args.trials, None, root / "fresh"))
+        warm = _overhead(_worker_trials(problem, artifacts, args.trials, {}, root / "warm"))
+        warm_procs.shutdown()
+        print(f"{'mode':<6} {'overhead s':>11} {'first s':>8} {'startup s':>10}")
+        for name, (later, first, startup) in (("fresh", fresh), ("warm", warm)):
+            print(f"{name:<6} {later:>11.3f} {first:>8.3f} {startup:>10.3f}")
+        print(
+            f"overhead = median(worker wall - runner seconds.total) after each method's first "
+            f"trial; fresh / warm = {fresh[0] / warm[0]:.1f}x"
+        )
     if args.rss:
         _rss_run(problem, artifacts, args.rss, root / "rss")
         warm_procs.shutdown()
