@@ -150,6 +150,20 @@ class ValidateConfig:
 
 
 @config_dataclass
+class WarmConfig:
+    """Warm trial processes: one per worker runs trial after trial (imports, problems and
+    compiled programs paid once), replaced by a fresh one after a failure that kills it and
+    when it reaches either limit below (plans/warm-workers.md)."""
+
+    max_trials: int = field(
+        200, "trials one warm process runs before a fresh one replaces it", ge=1
+    )
+    max_rss_mb: float | None = field(
+        4096.0, "replace the warm process when its resident memory exceeds this (MiB)", gt=0
+    )
+
+
+@config_dataclass
 class OptunaConfig:
     """Tuning workflow settings (parsl-optuna).
 
@@ -195,6 +209,10 @@ class OptunaConfig:
     )
     timeout_grace: float = field(
         1.5, "a trial is killed after method_budget_sec x timeout_grace (s)", ge=1
+    )
+    warm: WarmConfig | None = field(
+        WarmConfig(),
+        "keep a warm trial process per worker (with isolate); None: a fresh process per trial",
     )
     max_consecutive_failures: int | None = field(
         10, "stop a study after this many failures without any success; None: never", ge=1

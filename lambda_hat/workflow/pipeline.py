@@ -176,6 +176,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 "target": plan.trial_target,
                 "isolate": oc.isolate,
                 "timeout_grace": oc.timeout_grace,
+                "warm": None if oc.warm is None else as_dict(oc.warm),
             }
             task = tuning.StudyTask(
                 pid=pid,
