@@ -26,8 +26,12 @@ discretization bias (a Lyapunov closed form on quadratic models:
 
 Health signal: SGLD's MALA acceptance (devinterp; healthy ≈ 0.9–0.95), the Metropolis
 acceptance probability the proposal would have under the same minibatch's U_B, computed on the
-last step of every block at the price of one extra minibatch gradient. For frozen steps it is
-the exact acceptance of the fixed-P Langevin proposal.
+last step of every block at the price of one extra *minibatch* gradient (never a full-data
+pass). For frozen steps it is the exact acceptance of the fixed-P Langevin proposal.
+
+Estimators (:func:`build_block`, plans/sgld-estimator.md): λ̂ reads E[L_n] either from the
+minibatch losses the gradient steps compute anyway (``minibatch``, free) or from full-data L_n
+evaluations, one per block (``full``).
 """
 
 from __future__ import annotations
@@ -172,30 +176,48 @@ def _mala_accept(loss_and_grad, posterior, idx, w, loss, g, new_w, P, step_size)
     return jnp.exp(jnp.minimum(0.0, log_ratio))
 
 
-def build_block(kernel, posterior: LLCPosterior, step_size, block_len, adapt_steps):
+def build_block(
+    kernel,
+    posterior: LLCPosterior,
+    step_size,
+    block_len,
+    adapt_steps,
+    estimator: Literal["minibatch", "full"] = "minibatch",
+):
     """``block(chain_key, state, block_index) -> (state, (loss, mala_accept))``.
 
-    A block is ``block_len`` steps whose last one measures the MALA acceptance; it then records
-    the full-data L_n at the block's end (one draw of the thinned trace). Step keys are
-    ``fold_in(chain_key, global step)``, so results do not depend on how blocks are chunked.
-    Global steps below ``adapt_steps`` adapt the preconditioner, later ones use it frozen.
-    ``step_size``, ``block_len`` and ``adapt_steps`` may be traced (the steps run in a
-    ``fori_loop``), so one compiled program serves every step size, thinning and burn-in.
+    A block is ``block_len`` steps whose last one measures the MALA acceptance. Its ``loss``
+    (one draw of the thinned trace) is, with ``estimator="minibatch"``, the mean over the
+    block's steps of L_B(w) on the minibatch each step drew for its gradient (no extra work;
+    unbiased for the mean of L_n(w) over the block's states, the batch being drawn independently
+    of w), and with ``"full"`` the full-data L_n at the block's end (one more pass over the
+    data). Step keys are ``fold_in(chain_key, global step)``, so results do not depend on how
+    blocks are chunked, nor on the estimator. Global steps below ``adapt_steps`` adapt the
+    preconditioner, later ones use it frozen. ``step_size``, ``block_len`` and ``adapt_steps``
+    may be traced (the steps run in a ``fori_loop``), so one compiled program serves every step
+    size, thinning and burn-in.
     """
+    if estimator not in ("minibatch", "full"):
+        raise ValueError(f"estimator must be minibatch or full, got {estimator!r}")
 
     def block(chain_key, state, block_index):
         first = block_index * block_len
 
-        def plain(i, s):
+        def plain(i, carry):
+            s, total = carry
             step = first + i
             key = jax.random.fold_in(chain_key, step)
-            return kernel(key, s, step_size, adapt=step < adapt_steps)[0]
+            s, info = kernel(key, s, step_size, adapt=step < adapt_steps)
+            return s, total + info.batch_loss
 
-        state = jax.lax.fori_loop(0, block_len - 1, plain, state)
+        zero = jnp.zeros((), state.position.dtype)
+        state, total = jax.lax.fori_loop(0, block_len - 1, plain, (state, zero))
         last = first + block_len - 1
         key = jax.random.fold_in(chain_key, last)
         state, info = kernel(key, state, step_size, measure_mala=True, adapt=last < adapt_steps)
-        return state, (posterior.loss(state.position), info.mala_accept)
+        if estimator == "full":
+            return state, (posterior.loss(state.position), info.mala_accept)
+        return state, ((total + info.batch_loss) / block_len, info.mala_accept)
 
     return block
 
