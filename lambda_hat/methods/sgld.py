@@ -37,11 +37,21 @@ Precond = Literal["none", "rmsprop", "adam"]
 Estimator = Literal["minibatch", "full"]
 
 
-def block_length(eval_every: int | None, n: int, batch: int, steps: int) -> int:
-    """Steps per block: ``eval_every``, or min(⌈n/batch⌉, max(1, steps // 100)) (one per epoch,
-    capped so a chain keeps >= 100 draws); never more than ``steps``."""
-    if eval_every is None:
-        eval_every = min(-(-n // min(batch, n)), max(1, steps // 100))
+def block_length(eval_every: int | None, n: int, batch: int, steps: int, estimator: str) -> int:
+    """Steps per block: ``eval_every``, or by default (plans/sgld-estimator.md)
+
+    - ``minibatch``: min(⌈n/B⌉, max(1, steps // 100)), one draw per epoch but >= 100 per chain
+      (a draw is free; the block's one cost is the MALA probe's gradient);
+    - ``full``: ⌈n/B⌉, one L_n pass per epoch (a pass costs about as much as the epoch's n/B
+      minibatch gradients; thinner lost precision on the linear problem, denser cost more).
+
+    Never more than ``steps``.
+    """
+    epoch = -(-n // min(batch, n))
+    if eval_every is None and estimator == "full":
+        eval_every = epoch
+    elif eval_every is None:
+        eval_every = min(epoch, max(1, steps // 100))
     return min(eval_every, steps)
 
 
@@ -69,7 +79,7 @@ class SGLDHyper:
     eval_every: int | None = field(
         None,
         "steps per block: one trace draw and one MALA probe each (full: one L_n pass each); "
-        "None: min(n/batch, steps/100)",
+        "None: minibatch min(n/batch, steps/100), full n/batch (one per epoch)",
         ge=1,
     )
     precond_decay: float = field(0.99, "EMA decay of the squared-gradient moment", gt=0, lt=1)
@@ -94,18 +104,9 @@ def space() -> dict:
     }
 
 
-def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
-    """Run the SGLD chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
-    post = target.post
-    C, steps, n = hp["chains"], hp["steps"], post.n
-    batch = min(hp["batch"], n)
-    E = block_length(hp["eval_every"], n, batch, steps)
-    estimator = hp["estimator"]
-    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
-    precond = hp["precond_type"]
-    # P adapts during the first half of the burn-in and is then frozen: the second half lets
-    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
-    adapt = 0 if precond == "none" else int(hp["burnin_frac"] * blocks) * E // 2
+def _start(target: Target, C: int, key, table: bool, timer: Timer):
+    """(initial states, chain keys, each row's loss at w* or None unless ``table``), each from
+    a cached program; the table is one forward pass over the data, once per trial."""
 
     def setup(args, key):
         post = traced_posterior(target, args)
@@ -113,7 +114,29 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         starts = chain_starts(post, k_start, C)
         return jax.vmap(sgld_kernel.init)(starts), jax.random.split(k_run, C)
 
+    def rows(args):
+        return sgld_kernel.row_losses(traced_posterior(target, args))
+
     state, chain_keys = timer.once(("sgld", "setup", target.key, C), setup, target.args, key)
+    rows_star = timer.once(("sgld", "rows", target.key), rows, target.args) if table else None
+    return state, chain_keys, rows_star
+
+
+def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
+    """Run the SGLD chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
+    post = target.post
+    C, steps, n = hp["chains"], hp["steps"], post.n
+    batch = min(hp["batch"], n)
+    estimator = hp["estimator"]
+    E = block_length(hp["eval_every"], n, batch, steps, estimator)
+    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
+    precond = hp["precond_type"]
+    # P adapts during the first half of the burn-in and is then frozen: the second half lets
+    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
+    adapt = 0 if precond == "none" else int(hp["burnin_frac"] * blocks) * E // 2
+
+    table = estimator == "minibatch" and batch < n  # the control variate's w* row losses
+    state, chain_keys, rows_star = _start(target, C, key, table, timer)
     consts = (
         target.args,
         target.real(hp["eta0"]),
@@ -123,12 +146,13 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         i64(E),
         i64(adapt),
         chain_keys,
+        rows_star,
     )
 
     def unit(consts, state, b):
-        args, eta, decay, beta1, eps, E, adapt, chain_keys = consts
+        args, eta, decay, beta1, eps, E, adapt, chain_keys, rows_star = consts
         post = traced_posterior(target, args)
-        kernel = sgld_kernel.build_kernel(post, batch, precond, decay, beta1, eps)
+        kernel = sgld_kernel.build_kernel(post, batch, precond, decay, beta1, eps, rows_star)
         block = sgld_kernel.build_block(kernel, post, eta, E, adapt, estimator)
         return jax.vmap(block, in_axes=(0, 0, None))(chain_keys, state, b)
 
@@ -155,13 +179,14 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         draws = loss[:, burn:]
     acc_kept = accept[:, burn:]
     grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
-    passes = done if estimator == "full" else 0  # full: one L_n pass per block; minibatch: none
+    # full: one L_n pass per block and chain; minibatch: the w* row-loss table, once
+    passes = C * done if estimator == "full" else int(table)
     return {
         **run_output(loss, draws, burn, done, blocks, early, (done * E, blocks * E)),
         "work": {
             "grad_evals": C * grads_per_chain,
-            "fge": C * (grads_per_chain * batch / n + passes),  # a gradient on B rows: B/n
-            "loss_evals": C * passes,
+            "fge": C * grads_per_chain * batch / n + passes,  # a gradient on B rows: B/n
+            "loss_evals": passes,
         },
         "diagnostics": {
             "mala_acceptance": mean_or_none(acc_kept),
