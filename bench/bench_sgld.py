@@ -119,42 +119,46 @@ def main() -> None:
 
         return trial
 
-    variants, first = {}, None
+    variants, shape = {}, {}  # shape: name -> (steps per chain, eval_every) it ran
     for dtype in DTYPES:
         for name, extra in (("runner", {}), ("runner, full", {"estimator": "full"})):
             trial = runner({**extra, "dtype": dtype})
-            first = trial(0)  # compiles (timed apart), then every round reuses the programs
+            m = trial(0)  # compiles (timed apart), then every round reuses the programs
             variants[f"{name} {dtype}"] = lambda r, t=trial: t(r + 1)["seconds"]["run"]
-    eval_every, steps = first["diagnostics"]["eval_every"], first["work"]["steps"]
-    for dtype in DTYPES:
-        for name, every in (("bare", None), ("bare+eval", eval_every)):
-            timed = compile_bare(problem, steps, every, dtype)
+            shape[f"{name} {dtype}"] = (m["work"]["steps"], m["diagnostics"]["eval_every"])
+    for dtype in DTYPES:  # the bare loops run the steps of the runner they are compared with
+        for name, every, like in (("bare", None, "runner"), ("bare+eval", 1, "runner, full")):
+            steps, E = shape[f"{like} {dtype}"]
+            timed = compile_bare(problem, steps, every and E, dtype)
             variants[f"{name} {dtype}"] = lambda r, t=timed: t()
+            shape[f"{name} {dtype}"] = (steps, every and E)
     best = dict.fromkeys(variants, float("inf"))
     for r in range(args.repeats):  # rounds interleave the variants: load drift hits all alike
         for name, run in variants.items():
             best[name] = min(best[name], run(r))
+    rate = {name: CHAINS * shape[name][0] / sec for name, sec in best.items()}
 
     print(
         f"device: {jax.devices()[0].device_kind}  d = {post.d}  n = {post.n}  "
-        f"batch = {BATCH}  chains = {CHAINS}  steps/chain = {steps}  eval_every = {eval_every}"
+        f"batch = {BATCH}  chains = {CHAINS}"
     )
-    print(f"{'variant':<24} {'seconds':>9} {'steps/s':>12} {'FGE/s':>10}")
+    print(f"{'variant':<24} {'steps':>6} {'E':>4} {'seconds':>9} {'steps/s':>10} {'FGE/s':>8}")
     for name, sec in best.items():
-        rate = CHAINS * steps / sec
-        print(f"{name:<24} {sec:9.3f} {rate:12.1f} {rate * BATCH / post.n:10.2f}")
-    for dtype in DTYPES:
-        b = best
+        steps, E = shape[name]
         print(
-            f"{dtype}: runner / bare = {b[f'bare {dtype}'] / b[f'runner {dtype}']:.3f} "
-            f"(target >= 0.85)   runner full / bare = "
-            f"{b[f'bare {dtype}'] / b[f'runner, full {dtype}']:.3f}   runner full / bare+eval = "
-            f"{b[f'bare+eval {dtype}'] / b[f'runner, full {dtype}']:.3f}"
+            f"{name:<24} {steps:>6} {E or '-':>4} {sec:9.3f} {rate[name]:10.1f} "
+            f"{rate[name] * BATCH / post.n:8.2f}"
+        )
+    for dt in DTYPES:
+        print(
+            f"{dt}: runner / bare = {rate[f'runner {dt}'] / rate[f'bare {dt}']:.3f} (target >= "
+            f"0.85)   runner full / bare = {rate[f'runner, full {dt}'] / rate[f'bare {dt}']:.3f}"
+            f"   runner full / bare+eval = "
+            f"{rate[f'runner, full {dt}'] / rate[f'bare+eval {dt}']:.3f}"
         )
     for name in ("runner", "runner, full", "bare", "bare+eval"):
-        print(
-            f"speed float32 / float64, {name}: {best[f'{name} float64'] / best[f'{name} float32']:.3f}"
-        )
+        ratio = rate[f"{name} float32"] / rate[f"{name} float64"]
+        print(f"speed float32 / float64, {name}: {ratio:.3f}")
 
 
 if __name__ == "__main__":

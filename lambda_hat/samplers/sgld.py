@@ -30,8 +30,8 @@ last step of every block at the price of one extra *minibatch* gradient (never a
 pass). For frozen steps it is the exact acceptance of the fixed-P Langevin proposal.
 
 Estimators (:func:`build_block`, plans/sgld-estimator.md): λ̂ reads E[L_n] either from the
-minibatch losses the gradient steps compute anyway (``minibatch``, free) or from full-data L_n
-evaluations, one per block (``full``).
+minibatch losses the gradient steps compute anyway, with each row's loss at w* as a control
+variate (``minibatch``, free), or from full-data L_n evaluations, one per block (``full``).
 """
 
 from __future__ import annotations
