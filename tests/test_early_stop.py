@@ -3,8 +3,9 @@ or QMC first, then TPE on the same study). Trials are plain functions on a threa
 
 from __future__ import annotations
 
+import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import optuna
 import pytest
@@ -13,7 +14,16 @@ from optuna.trial import TrialState
 
 from lambda_hat.config import OptunaConfig
 from lambda_hat.schema import ConfigError
-from lambda_hat.workflow import progress, samplers, scoring, stopping, studies, tuning
+from lambda_hat.workflow import (
+    execution,
+    pipeline,
+    progress,
+    samplers,
+    scoring,
+    stopping,
+    studies,
+    tuning,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -255,3 +265,44 @@ def test_staged_recipe_tpe_is_warm_started_by_the_first_stage(tmp_path, first):
     # and every trial declares the same distributions: TPE models the first stage's jointly
     assert all(t.distributions == earlier[0].distributions for t in later)
     assert tuned.early_stop is None and tuned.study.user_attrs.get(stopping.ATTR) is None
+
+
+def test_parsl_optuna_runs_a_grid_to_its_end_and_a_rerun_asks_nothing(tmp_path, monkeypatch):
+    """The pipeline in one process (Parsl and the reference replaced): the grid is bound to the
+    study's space where the tasks are made, and the exhausted grid is recorded and kept."""
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        "problems: [{model: linear, data: small}]\nmethods: [vi]\n"
+        "optuna: {max_trials: 10, batch_size: 2, isolate: false, pruner: none, validate: null,"
+        " sampler: grid, search_space: {vi: {lr: {choices: [0.001, 0.01]}, M: 4, r: 1,"
+        " whitening_mode: none, steps: {choices: [500, 1000]}, batch_size: 32}}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    pool, payloads = ThreadPoolExecutor(2), []
+
+    def submit(payload):
+        payloads.append(payload)
+        return pool.submit(execution.execute_trial, payload)
+
+    def reference(payload):
+        fut = Future()
+        fut.set_result({**REF, "gate": {"passed": True}})
+        return fut
+
+    monkeypatch.setattr(execution, "parsl_session", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(execution, "trial_submitter", lambda: submit)
+    monkeypatch.setattr(execution, "reference_submitter", lambda: reference)
+    target = "lambda_hat.workflow.synthetic:synthetic_trial"
+    try:
+        assert pipeline.main(["--config", str(cfg), "--trial-target", target]) == 0
+        assert len(payloads) == 4
+        assert pipeline.main(["--config", str(cfg), "--trial-target", target]) == 0
+        assert len(payloads) == 4  # the rerun asked nothing
+    finally:
+        pool.shutdown()
+    storage = studies.open_storage(OptunaConfig(), tmp_path / "results")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    hps = {(t.params["lr"], t.params["steps"]) for t in study.trials}
+    assert hps == {(0.001, 500), (0.001, 1000), (0.01, 500), (0.01, 1000)}
+    assert study.user_attrs[stopping.ATTR]["rule"] == "grid"
