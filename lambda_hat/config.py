@@ -191,8 +191,8 @@ class OptunaConfig:
     grid_points: int | None = field(
         None,
         "sampler: grid: cut every numeric range into this many points (log-spaced for log "
-        "ranges); None: each searched parameter needs {choices: [...]} or a stepped range of "
-        "at most 100 values",
+        "ranges; other samplers ignore it); None: each searched parameter needs "
+        "{choices: [...]} or a stepped range of at most 100 values",
         ge=2,
     )
     stop_after_stale: int | None = field(

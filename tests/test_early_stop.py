@@ -193,8 +193,7 @@ def test_grid_without_finite_choices_names_the_parameter_and_the_fix(dist, words
     assert exc.value.where == "optuna.search_space.sgld.eta0"
     assert words in exc.value.problem and "grid_points" in exc.value.fix
     assert samplers.check_grid(OptunaConfig(sampler="grid", grid_points=3), space, "s") == 6
-    with pytest.raises(ConfigError, match="grid_points"):
-        samplers.check_sampler(OptunaConfig(grid_points=3))  # set without sampler: grid
+    assert samplers.check_grid(OptunaConfig(grid_points=3), space, "s") == 0  # not the grid
 
 
 @pytest.mark.parametrize("max_trials,expected", [(20, 9), (5, 5)])

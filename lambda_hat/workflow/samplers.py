@@ -53,12 +53,6 @@ def check_sampler(cfg: OptunaConfig) -> None:
             "faster runtime).",
             "remove stop_after_stale (run max_trials), or tune objectives: [error] alone.",
         )
-    if cfg.grid_points is not None and cfg.sampler != "grid":
-        raise ConfigError(
-            "optuna.grid_points",
-            f"is set, but the sampler is {cfg.sampler!r}.",
-            "use sampler: grid, or remove grid_points.",
-        )
 
 
 def make_sampler(cfg: OptunaConfig, seed: int) -> optuna.samplers.BaseSampler:
