@@ -36,7 +36,7 @@ from lambda_hat.workflow.tell import successful_trials
 if TYPE_CHECKING:
     from lambda_hat.workflow.task import StudyTask
 
-__all__ = ["ATTR", "StopRule", "early_stop", "stagnation", "unclaimed_points"]
+__all__ = ["ATTR", "StopRule", "applies", "early_stop", "stagnation", "unclaimed_points"]
 
 #: Study user attr: why the study is done before max_trials (a dict, see :func:`early_stop`),
 #: or None while it is not.
@@ -127,6 +127,13 @@ def _grid_exhausted(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str,
         "finished": len(done),
         "grid_size": sampler.size,
     }
+
+
+def applies(task: StudyTask) -> bool:
+    """Whether the study can be done early at all (a convergence rule or the grid)."""
+    rule = task.stop_rule
+    stale = rule is not None and rule.stale is not None
+    return stale or isinstance(task.study.sampler, SpaceGridSampler)
 
 
 def early_stop(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:

@@ -129,6 +129,7 @@ class Driver:
         self.sync, self.poll_sec = sync, poll_sec
         self._flights: dict[Future, _Flight] = {}
         self._by_dir: dict[str, Future] = {}
+        self._synced: set[str] = set()  # studies whose early_stop attr task.early_stop mirrors
         self.owner = sharing.Owner.this_process()
         self._beat = time.monotonic()
 
@@ -160,16 +161,21 @@ class Driver:
         self._check_early_stop(task, trials)
 
     def _check_early_stop(self, task: StudyTask, trials: list | None = None) -> None:
-        """Update ``task.early_stop`` and the study user attr from the stored trials."""
+        """Update ``task.early_stop`` and the study user attr from the stored trials (the attr
+        is read once per study, then known to equal ``task.early_stop``)."""
         trials = task.study.get_trials(deepcopy=False) if trials is None else trials
         verdict = stopping.early_stop(task, trials)
+        if task.name in self._synced:
+            stored = task.early_stop
+        else:
+            stored = task.study.user_attrs.get(stopping.ATTR)
+            self._synced.add(task.name)
         if verdict is not None and task.early_stop is None:
             log.info("study %s is done: %s", task.name, verdict["reason"])
+        elif verdict is None and stored is not None:
+            log.info("study %s: %s no longer holds; asking again", task.name, stored["rule"])
         task.early_stop = verdict
-        stored = task.study.user_attrs.get(stopping.ATTR)
         if stored != verdict:
-            if verdict is None:
-                log.info("study %s: %s no longer holds; asking again", task.name, stored["rule"])
             task.study.set_user_attr(stopping.ATTR, verdict)
 
     def _recount(self, task: StudyTask, trials: list | None = None) -> None:
@@ -227,8 +233,9 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        """Ask, submit and tell until every study has ``max_trials`` finished or is stopped
-        (waiting, when this driver has nothing left to run, for other drivers' trials)."""
+        """Ask, submit and tell until every study has ``max_trials`` finished, is done early
+        (converged, grid exhausted) or is stopped (waiting, when this driver has nothing left
+        to run, for other drivers' trials)."""
         self.owner.start()
         try:
             self._loop()
@@ -477,4 +484,5 @@ class Driver:
             )
             if not decision.proceed:
                 task.stop(decision.message)
-        self._check_early_stop(task)
+        if stopping.applies(task):
+            self._check_early_stop(task)
