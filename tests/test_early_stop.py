@@ -209,8 +209,27 @@ def test_a_grid_study_tries_every_point_once_and_stops_when_exhausted(
     assert points <= grid
     if expected == 9:
         assert task.early_stop["rule"] == "grid" and "all 9 points" in task.early_stop["reason"]
-    else:
+    else:  # a random 5 of the 9, not the first five in grid order
         assert task.early_stop is None and task.finished == 5
+        assert points != set(sorted(grid)[:5])
+
+
+def test_an_interrupted_grid_trial_is_requeued_on_its_point(tmp_path):
+    storage = studies.open_storage(OptunaConfig(), tmp_path / "results")
+    cfg = OptunaConfig(sampler="grid", grid_points=3)
+    task = _task(storage, tmp_path, cfg)
+    assert _run(task, lambda p: _ok(0.1), max_trials=4) == 4
+    lost = task.study.ask(SPACE)  # a driver died while this trial ran
+    lost.set_user_attr("run_dir", str(tmp_path / "lost"))
+    resumed = _task(storage, tmp_path, cfg)
+    assert _run(resumed, lambda p: _ok(0.1), max_trials=20, batch_size=2) == 5
+    trials = resumed.study.get_trials()
+    copy = [t for t in trials if t.user_attrs.get("requeued_from") == lost.number]
+    assert trials[lost.number].user_attrs["failure_kind"] == "interrupted"
+    assert len(copy) == 1 and copy[0].params == lost.params
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 9 == len({(t.params["x"], t.params["y"]) for t in finished})
+    assert resumed.early_stop["rule"] == "grid"
 
 
 def test_enqueued_trials_on_a_grid_get_their_point_or_a_free_one():

@@ -297,31 +297,66 @@ def check_grid(cfg: OptunaConfig, space: dict[str, Any], where: str) -> int:
 
 
 class _Grid(optuna.samplers.GridSampler):
-    """Optuna's GridSampler for an ask-and-tell driver: it leaves stopping to the driver (its
-    ``study.stop()`` works only inside ``optimize``), and gives a re-enqueued trial (a complete
-    set of parameters) its grid point, or a partly enqueued one a free point to fill the rest."""
+    """Optuna's GridSampler for an ask-and-tell driver that requeues and shares trials.
+
+    A point is taken by the trials whose *parameters* are that point (not by a ``grid_id``
+    attr): finished ones (:func:`~lambda_hat.workflow.studies.counts_as_finished`: an
+    interrupted trial does not take its point, its requeued copy does), running ones and queued
+    ones (``fixed_params``). Points are drawn at random among the free ones (Optuna's takes the
+    first ``n`` trials in grid order, which a grid larger than ``max_trials`` would cut to the
+    first values of the first parameters). Stopping is left to the driver (Optuna's
+    ``study.stop()`` works only inside ``optimize``).
+    """
 
     def after_trial(self, study, trial, state, values) -> None:
         return None
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        fixed = trial.system_attrs.get("fixed_params")
-        if fixed is None or "grid_id" in trial.system_attrs:
-            return super().before_trial(study, trial)
-        point = tuple(fixed.get(n) for n in self._param_names)
-        if point in self.index:
-            grid_id = self.index[point]
-        else:
-            free = self._get_unvisited_grid_ids(study) or list(range(len(self._all_grids)))
-            grid_id = int(self._rng.rng.choice(free))
-        study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
-        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
 
     @property
     def index(self) -> dict[tuple, int]:
         if not hasattr(self, "_index"):
             self._index = {tuple(p): i for i, p in enumerate(self._all_grids)}
         return self._index
+
+    def point_of(self, params: dict) -> int | None:
+        return self.index.get(tuple(params.get(n) for n in self._param_names))
+
+    def taken(self, trials: list[FrozenTrial]) -> tuple[set[int], set[int]]:
+        """Points with a finished trial, and points with a running or queued one."""
+        from lambda_hat.workflow.studies import counts_as_finished  # studies imports us
+
+        done, pending = set(), set()
+        for t in trials:
+            if t.state == TrialState.WAITING:
+                pending.add(self.point_of(t.system_attrs.get("fixed_params") or {}))
+            elif t.state == TrialState.RUNNING:
+                pending.add(self.point_of(t.params))
+            elif counts_as_finished(t.state, t.user_attrs.get("failure_kind")):
+                done.add(self.point_of(t.params))
+        return done - {None}, pending - {None}
+
+    def _get_unvisited_grid_ids(self, study: optuna.Study) -> list[int]:
+        done, pending = self.taken(study._storage.get_all_trials(study._study_id, deepcopy=False))
+        every = set(range(len(self._all_grids)))
+        return sorted(every - done - pending) or sorted(every - done)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if "grid_id" in trial.system_attrs:
+            return
+        fixed = trial.system_attrs.get("fixed_params") or {}
+        if all(n in fixed for n in self._param_names):  # requeued or fully enqueued
+            grid_id = self.point_of(fixed)
+            if grid_id is None:
+                return  # off the grid: every value is fixed, nothing to sample
+        else:
+            free = self._get_unvisited_grid_ids(study) or list(range(len(self._all_grids)))
+            fits = [i for i in free if self._fits(i, fixed)]
+            grid_id = int(self._rng.rng.choice(fits or free))
+        study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
+
+    def _fits(self, grid_id: int, fixed: dict) -> bool:
+        point = self._all_grids[grid_id]
+        return all(point[self._param_names.index(n)] == v for n, v in fixed.items())
 
 
 class SpaceGridSampler(optuna.samplers.BaseSampler):
@@ -349,7 +384,11 @@ class SpaceGridSampler(optuna.samplers.BaseSampler):
 
     def point_of(self, params: dict) -> int | None:
         """The grid index of a trial's ``params``; None when they are not a grid point."""
-        return self.grid.index.get(tuple(params.get(n) for n in self.grid._param_names))
+        return self.grid.point_of(params)
+
+    def taken(self, trials: list[FrozenTrial]) -> tuple[set[int], set[int]]:
+        """Grid points with a finished trial, and those with a running or queued one."""
+        return self.grid.taken(trials)
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return {}

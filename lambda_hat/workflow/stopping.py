@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from lambda_hat.config import OptunaConfig
 from lambda_hat.workflow.samplers import SpaceGridSampler
@@ -117,14 +117,13 @@ def _grid_exhausted(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str,
     sampler = task.study.sampler
     if not isinstance(sampler, SpaceGridSampler):
         return None
-    done = _finished(trials)
-    visited = {sampler.point_of(t.params) for t in done} - {None}
-    if len(visited) < sampler.size:
+    done, _ = sampler.taken(list(trials))
+    if len(done) < sampler.size:
         return None
     return {
         "rule": "grid",
         "reason": f"the grid is exhausted: all {sampler.size} points have a finished trial",
-        "finished": len(done),
+        "finished": len(_finished(trials)),
         "grid_size": sampler.size,
     }
 
@@ -148,12 +147,5 @@ def unclaimed_points(task: StudyTask) -> int | None:
     sampler = task.study.sampler
     if not isinstance(sampler, SpaceGridSampler):
         return None
-    taken = set()
-    for t in task.study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING:
-            taken.add(sampler.point_of(t.system_attrs.get("fixed_params") or {}))
-        elif t.state == TrialState.RUNNING or counts_as_finished(
-            t.state, t.user_attrs.get("failure_kind")
-        ):
-            taken.add(sampler.point_of(t.params))
-    return sampler.size - len(taken - {None})
+    done, pending = sampler.taken(task.study.get_trials(deepcopy=False))
+    return sampler.size - len(done | pending)
