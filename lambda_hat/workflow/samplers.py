@@ -67,7 +67,11 @@ def make_sampler(cfg: OptunaConfig, seed: int) -> optuna.samplers.BaseSampler:
     if s == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_asynchronous_seeding=False)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(
+                seed=seed, scramble=True, warn_asynchronous_seeding=False
+            )
     if s == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
     if s == "cmaes":

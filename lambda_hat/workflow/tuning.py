@@ -243,7 +243,9 @@ class Driver:
             self.owner.stop()
         for task in self.tasks:
             if task.early_stop is not None:
-                log.info("study %s stopped early: %s", task.name, task.early_stop["reason"])
+                log.info(
+                    "study %s done before max_trials: %s", task.name, task.early_stop["reason"]
+                )
 
     def _loop(self) -> None:
         last_tick = last_poll = time.monotonic()
