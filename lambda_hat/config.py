@@ -191,15 +191,40 @@ class OptunaConfig:
     objectives: list[Literal["error", "runtime"]] = field(
         ["error"], "[error] (single objective) or [error, runtime] (Pareto front)"
     )
-    sampler: Literal["tpe", "random", "qmc", "gp", "cmaes"] = field(
-        "tpe", "Optuna sampler (gp needs torch, cmaes the cmaes package)"
+    sampler: Literal["tpe", "random", "qmc", "gp", "cmaes", "grid"] = field(
+        "tpe",
+        "Optuna sampler (gp needs torch, cmaes the cmaes package; grid: every point of the "
+        "search space's finite choices once, see grid_points)",
     )
-    n_startup_trials: int = field(10, "random trials before TPE/GP model the space", ge=0)
+    n_startup_trials: int = field(
+        10,
+        "tpe: scrambled Sobol (QMC) trials before TPE models the space; gp, cmaes: their "
+        "random start-up trials",
+        ge=0,
+    )
+    grid_points: int | None = field(
+        None,
+        "sampler: grid: cut every numeric range into this many points (log-spaced for log "
+        "ranges; other samplers ignore it); None: each searched parameter needs "
+        "{choices: [...]} or a stepped range of at most 100 values",
+        ge=2,
+    )
+    stop_after_stale: int | None = field(
+        None,
+        "stop a study early (converged) when its last K finished trials improved the best "
+        "|error| by no more than stop_min_improvement in total; None: run max_trials",
+        ge=1,
+    )
+    stop_min_improvement: float | None = field(
+        None, "the improvement stop_after_stale calls real; None: the reference's SE", ge=0
+    )
     seed: int = field(0, "sampler seed (offset per study) and the seed every trial runs with")
     search_space: dict = field({}, "per-method search-space overrides {method: {param: ...}}")
     enqueue: dict = field({}, "per-method warm-start trials {method: [{param: value}, ...]}")
     storage: str | None = field(
-        None, "Optuna storage URL; None: a journal file in <results>/studies/journal.log"
+        None,
+        "Optuna storage: a database URL (sqlite:///..., postgresql://...) or a journal file "
+        "path; None: the journal file <results>/studies/journal.log",
     )
     allow_failed_reference: bool = field(
         False, "tune problems whose HMC reference failed its quality gate"

@@ -47,6 +47,7 @@ from lambda_hat.workflow.plan import (
     stored_curvatures,
     study_space,
 )
+from lambda_hat.workflow.stopping import StopRule
 from lambda_hat.workflow.tell import best_successful
 
 log = logging.getLogger("lambda_hat.workflow")
@@ -199,6 +200,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 max_retries=oc.infrastructure_retries,
                 prune=studies.prunes(oc),
                 refs=_ref_lookup(refs, pid, method, plan),
+                stop_rule=StopRule.from_config(oc),
             )
             if plan.enqueue[method] and not study.user_attrs.get("warm_start_enqueued"):
                 for params in plan.enqueue[method]:

@@ -21,6 +21,10 @@ def eta_seconds(remaining: int, finished_this_run: int, elapsed: float) -> float
     return remaining * elapsed / finished_this_run
 
 
+#: The ETA column of a study done before max_trials (``StudyTask.early_stop["rule"]``).
+_EARLY = {"stale": "converged", "grid": "grid done"}
+
+
 class StudyTable:
     """Prints one line per study: its label, finished / running / failed / pruned, best so
     far, ETA.
@@ -53,13 +57,14 @@ class StudyTable:
         elapsed = self.clock() - self.start
         rows = []
         for t in self.tasks:
-            remaining = 0 if t.stop_reason else self.max_trials - t.finished
+            remaining = 0 if t.done else self.max_trials - t.finished
             eta = eta_seconds(remaining, t.finished_this_run, elapsed)
             best = "-" if t.best_value is None else f"{t.best_value:.4g} (#{t.best_number})"
             state = (
                 "stopped"
                 if t.stop_reason
-                else ("done" if remaining == 0 else ("?" if eta is None else fmt_seconds(eta)))
+                else _EARLY.get((t.early_stop or {}).get("rule"))
+                or ("done" if remaining == 0 else ("?" if eta is None else fmt_seconds(eta)))
             )
             rows.append(
                 [
@@ -82,7 +87,7 @@ class StudyTable:
     def __call__(self, force: bool = False) -> None:
         """Show the table when a count changed, or every ``quiet_sec`` seconds regardless."""
         key = tuple(
-            (t.finished, t.running, t.failed, t.pruned, t.best_value, t.stop_reason)
+            (t.finished, t.running, t.failed, t.pruned, t.best_value, t.stop_reason, t.early_stop)
             for t in self.tasks
         )
         now = self.clock()
