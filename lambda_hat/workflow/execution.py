@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,7 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
+    from parsl.jobs.error_handlers import windowed_error_handler
     from parsl.providers import LocalProvider
 
     workers = workers or os.cpu_count() or 1
@@ -264,11 +266,13 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
                 cores_per_worker=1,
                 # one core per worker when there are enough (Parsl refuses more workers)
                 cpu_affinity="block" if 0 < workers <= cores else "none",
+                # a pool lost to kill -9 or the OOM killer is replaced (strategy "simple")
+                block_error_handler=partial(windowed_error_handler, threshold=3),
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
             )
         ],
         run_dir=str(run_dir),
-        strategy="none",
+        strategy="simple",
         usage_tracking=0,
     )
 
