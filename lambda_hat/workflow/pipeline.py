@@ -194,6 +194,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                     max_consecutive_failures=oc.max_consecutive_failures,
                     culprits=methods.culprits(method),
                     step_limits=resolved.limits,
+                    space=resolved.space,
                 ),
                 max_retries=oc.infrastructure_retries,
                 prune=studies.prunes(oc),
