@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -253,3 +254,26 @@ def test_a_killed_worker_pool_is_replaced_and_the_study_finishes(tmp_path):
     finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
     assert len(finished) == 6 and all(t.user_attrs.get("status", "ok") == "ok" for t in finished)
     assert done <= {t.number for t in finished}  # no finished trial lost
+
+
+def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_path, monkeypatch):
+    """Parsl lists ``runinfo/`` then creates the next number: a driver that loses that race to
+    another gets FileExistsError, and its start is retried with the next free number."""
+    import parsl.dataflow.dflow as dflow
+
+    from lambda_hat.workflow import execution, pipeline
+
+    real, calls = dflow.make_rundir, []
+
+    def racing(path):
+        calls.append(path)
+        if len(calls) == 1:  # the other driver took "000" between our listing and creating
+            os.makedirs(Path(path) / "000")
+            raise FileExistsError(str(Path(path) / "000"))
+        return real(path)
+
+    monkeypatch.setattr(dflow, "make_rundir", racing)
+    plan = types.SimpleNamespace(parsl_config=execution.local_config(1), results=tmp_path)
+    with pipeline.parsl_session(plan):
+        assert len(calls) == 2 and (tmp_path / "runinfo" / "001").is_dir()
+        assert read_json(blocks.record_path(tmp_path / "runinfo"))["driver_pid"] == os.getpid()

@@ -23,10 +23,13 @@ Exit codes: 0 done; 1 some problem or study could not be tuned to the end (reaso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import random
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from lambda_hat import methods, runs
@@ -203,6 +206,28 @@ def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
     return out
 
 
+@contextlib.contextmanager
+def parsl_session(plan: Plan, attempts: int = 5) -> Iterator[None]:
+    """:func:`execution.parsl_session` with the run's logs under ``<results>/runinfo``.
+
+    Two drivers sharing the results directory that start together can pick the same numbered
+    Parsl run directory (Parsl lists, then creates: one gets FileExistsError); that start is
+    retried after a short random wait, with the next free number.
+    """
+    with contextlib.ExitStack() as stack:
+        for attempt in range(attempts):
+            try:
+                stack.enter_context(
+                    execution.parsl_session(plan.parsl_config, plan.results / "runinfo")
+                )
+                break
+            except FileExistsError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.1, 1.0))
+        yield
+
+
 def execute(plan: Plan) -> int:
     """Run stages 1-3 (after :func:`check_plan`). Returns the exit code."""
     oc = plan.cfg.optuna
@@ -210,7 +235,7 @@ def execute(plan: Plan) -> int:
     plan.results.mkdir(parents=True, exist_ok=True)
     storage = studies.open_storage(oc, plan.results)
     code = 0
-    with execution.parsl_session(plan.parsl_config, plan.results / "runinfo"):
+    with parsl_session(plan):
         refs = reference_stage(plan)
         for pid in list(plan.pids):
             references.report(refs, pid)
