@@ -277,3 +277,46 @@ def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_pat
     with pipeline.parsl_session(plan):
         assert len(calls) == 2 and (tmp_path / "runinfo" / "001").is_dir()
         assert read_json(blocks.record_path(tmp_path / "runinfo"))["driver_pid"] == os.getpid()
+
+
+def _fake_pool(run_dir: Path) -> subprocess.Popen:
+    """A process named like a worker pool of ``run_dir`` with a helper in its own session
+    (as Parsl's multiprocessing manager outlives a killed pool)."""
+    code = (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+        " start_new_session=True)\n"
+        "time.sleep(120)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "process_worker_pool", f"--logdir={run_dir}/x"]
+    )
+
+
+def _helpers(pool: subprocess.Popen) -> list[psutil.Process]:
+    proc, deadline = psutil.Process(pool.pid), time.monotonic() + 20
+    while not proc.children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc.children()
+
+
+def test_what_a_dead_pool_left_is_killed_and_other_runs_pools_are_not_touched(tmp_path):
+    mine, other = tmp_path / "runinfo" / "000", tmp_path / "elsewhere" / "000"
+    pool, foreign = _fake_pool(mine), _fake_pool(other)
+    helpers = [*_helpers(pool), *_helpers(foreign)]
+    try:
+        helper, foreign_helper = helpers
+        reaper = blocks.PoolReaper(mine)
+        assert reaper.scan() == [] and list(reaper.pools.values()) == [
+            {helper.pid: helper.create_time()}
+        ]
+        pool.kill()
+        pool.wait()
+        assert helper.is_running()  # Parsl's case: the pool's helper outlives it
+        assert reaper.scan() == [helper.pid] and reaper.pools == {}
+        assert not helper.is_running() and foreign_helper.is_running()
+    finally:
+        for p in (pool, foreign):
+            p.kill()
+            p.wait()
+        kill_and_wait(helpers)

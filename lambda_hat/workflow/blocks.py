@@ -94,7 +94,7 @@ class PoolReaper:
     """
 
     def __init__(self, run_dir: str | Path):
-        self.marker = str(Path(run_dir).resolve())
+        self.marker = os.path.abspath(run_dir)  # as Parsl writes it into the pool's command
         self.pools: dict[tuple[int, float], dict[int, float]] = {}
 
     def _find_pools(self) -> list[psutil.Process]:
@@ -105,8 +105,8 @@ class PoolReaper:
                 found.append(p)
         return found
 
-    def scan(self) -> list[int]:
-        """Note the live pools, reap the dead ones; the pids killed."""
+    def scan(self, level: int = logging.WARNING) -> list[int]:
+        """Note the live pools, reap the dead ones; the pids killed (logged at ``level``)."""
         live = set()
         for pool in self._find_pools():
             with contextlib.suppress(psutil.Error):
@@ -117,14 +117,22 @@ class PoolReaper:
                     with contextlib.suppress(psutil.Error):
                         noted.setdefault(child.pid, child.create_time())
         killed: list[int] = []
-        for key in [k for k in self.pools if k not in live and _start_time(k[0]) != k[1]]:
+        for key in [k for k in self.pools if k not in live and _gone(*k)]:
             gone = _kill_noted(self.pools.pop(key))
             if gone:
-                log.warning(
-                    "worker pool %d is gone; killed the %d process(es) it left", key[0], len(gone)
-                )
+                msg = "worker pool %d is gone; killed the %d process(es) it left"
+                log.log(level, msg, key[0], len(gone))
             killed += gone
         return killed
+
+
+def _gone(pid: int, started: float) -> bool:
+    """Whether the process noted as (pid, start time) has ended (a zombie has)."""
+    try:
+        p = psutil.Process(pid)
+        return p.create_time() != started or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def _kill_noted(noted: dict[int, float]) -> list[int]:
@@ -162,7 +170,7 @@ class Recorder:
         never raised: the record must never take the run down)."""
         try:
             snap = snapshot(self.dfk)
-            if snap != self._last:
+            if snap != self._last or not self.path.exists():
                 atomic_write_json(self.path, snap)
                 self._last = snap
             else:
@@ -176,9 +184,14 @@ class Recorder:
             self.record()
 
     def close(self) -> None:
-        """Stop recording and remove the record (the session shut its blocks down)."""
+        """Stop recording, kill what pools lost since the last scan left, and remove the record
+        (the session shut its blocks down)."""
         self._stop.set()
         self._thread.join(timeout=10)
+        try:  # after a clean shut-down: stragglers of pools the session just stopped
+            self.reaper.scan(logging.DEBUG)
+        except Exception as exc:
+            log.debug("could not reap worker pools: %s", exc)
         self.path.unlink(missing_ok=True)
 
 
