@@ -263,7 +263,7 @@ def test_sigterm_of_the_driver_leaves_no_job_and_no_interchange(slurm, shared):
                 for p in (shared / "artifacts" / "runs").glob("*/*/*/isolation/progress.json")
                 if p.stat().st_mtime > t_start
             ],
-            90,
+            180,  # the job starts its worker pool first (the reference is read on the driver)
             log,
         )
         assert proc.poll() is None, log.read_text()[-3000:]
