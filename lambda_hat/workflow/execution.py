@@ -32,6 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,7 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
+    from parsl.jobs.error_handlers import windowed_error_handler
     from parsl.providers import LocalProvider
 
     workers = workers or os.cpu_count() or 1
@@ -306,11 +308,13 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
                 cores_per_worker=1,
                 # one core per worker when there are enough (Parsl refuses more workers)
                 cpu_affinity="block" if 0 < workers <= cores else "none",
+                # a pool lost to kill -9 or the OOM killer is replaced (strategy "simple")
+                block_error_handler=partial(windowed_error_handler, threshold=3),
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
             )
         ],
         run_dir=str(run_dir),
-        strategy="none",
+        strategy="simple",
         usage_tracking=0,
     )
 
