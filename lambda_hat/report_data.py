@@ -96,6 +96,14 @@ def _from_metrics(run_dir: Any, keys: tuple[str, ...]) -> float | None:
     return finite_float(obj)
 
 
+def _fill(df: pd.DataFrame, col: str, values) -> None:
+    """``df[col]`` where it is missing or null, from ``values()`` (computed only if needed)."""
+    if col in df and df[col].notna().all():
+        return
+    other = pd.Series(values(), index=df.index, dtype=object)
+    df[col] = other if col not in df else df[col].astype(object).where(df[col].notna(), other)
+
+
 def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with ``study_label``, ``fge``, ``rhat`` and ``ess`` columns: kept when the Parquet
     has them, else from the ``diagnostics`` column and the runs' metrics.json."""
@@ -105,13 +113,12 @@ def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
         for p, m, lab in zip(df.pid, df.method, _column(df, "label"), strict=True)
     ]
     dirs = df.run_dir if "run_dir" in df else pd.Series([None] * len(df), index=df.index)
-    if "fge" not in df:
-        df["fge"] = [_from_metrics(d, ("work", "fge")) for d in dirs]
     diag = df.diagnostics if "diagnostics" in df else pd.Series([None] * len(df), index=df.index)
-    if "rhat" not in df:
-        df["rhat"] = [_diagnostic(d, "rhat") for d in diag]
-    if "ess" not in df:
-        df["ess"] = df.ess_bulk if "ess_bulk" in df else [_diagnostic(d, "ess_bulk") for d in diag]
+    _fill(df, "fge", lambda: [_from_metrics(d, ("work", "fge")) for d in dirs])
+    _fill(df, "rhat", lambda: [_diagnostic(d, "rhat") for d in diag])
+    if "ess" not in df and "ess_bulk" in df:
+        df["ess"] = df.ess_bulk
+    _fill(df, "ess", lambda: [_diagnostic(d, "ess_bulk") for d in diag])
     for col in ("runtime_sec", "llc_hat", "se_hat", "llc_ref", "se_ref", "error", "failure_kind"):
         if col not in df:
             df[col] = None

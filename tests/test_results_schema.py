@@ -146,6 +146,7 @@ def test_labels_are_readable_unique_and_in_the_progress_tables():
     class Task:
         name, finished, running, failed, pruned, reused = f"{pids[0]}:sgld", 1, 0, 0, 0, 0
         finished_this_run, best_value, best_number, stop_reason = 1, 0.25, 0, None
+        done, early_stop = False, None
 
     text = progress.StudyTable([Task()], 3, labels={pids[0]: "linear·s0"}).render()
     head, _, line = text.splitlines()[:3]
