@@ -142,10 +142,12 @@ def test_a_fit_keeps_its_budget(linear_problem, tmp_path):
 
 @pytest.mark.slow  # an HMC reference (~4 min on 2 shared cores) and a 5000-step VI fit
 def test_defaults_on_the_small_mlp_are_close_or_flagged(artifacts, tmp_path):
-    """Small MLP (d = 92), HMC 4 x 2000 draws: 19.09 ± 0.05. Default VI reads 48.1 (+152 %):
-    a diagonal-plus-rank-2 covariance cannot spread along the ~54 flat directions, so it
-    lands near the mean-field value (≈ half the curved coordinates). Its ELBO was still
-    rising (3.1 ± 0.4 nats in the last quarter), and the run now says so instead of ``ok``."""
+    """Small MLP (d = 92), HMC 4 x 2000 draws: 19.09 ± 0.05. The 15 % target is NOT met
+    (plans/vi.md): in diagonal coordinates default VI read 48.1 (a mean-field-like fit that
+    never rotated into the curvature basis; ELBO −141.8); in the Lanczos eigenbasis it reads
+    35.0 (ELBO −88.9, 53 nats higher), and the ELBO-optimal Gaussian-like q is ~32: the family
+    on a singular posterior (KL(q‖p) ≳ 20 nats by importance sampling). The run says so: its
+    ELBO was still rising (``elbo_trend``) and its importance ESS is a few draws."""
     problem = build_problem(
         resolve_problem({"model": "small", "data": "small", "seed": 5}), artifacts
     )
@@ -155,6 +157,8 @@ def test_defaults_on_the_small_mlp_are_close_or_flagged(artifacts, tmp_path):
     close = m["status"] == "ok" and abs(m["llc_hat"] / ref["llc_ref"] - 1) < 0.15
     flagged = m["status"] == "failed" and m["failure"].get("check") == "elbo_trend"
     assert close or flagged, (m["llc_hat"], ref["llc_ref"], m["failure"])
+    assert m["llc_hat"] < 40  # the eigenbasis (diagonal coordinates: 48.1)
+    assert close or m["diagnostics"]["is_ess_frac"] < 0.02  # and q is visibly far from p
 
 
 def test_mixture_density_matches_scipy():
