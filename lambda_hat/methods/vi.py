@@ -4,9 +4,12 @@ A mixture of factor analyzers q(w) = Σ π_m N(μ_m, D_m + U_m U_mᵀ) in whiten
 ELBO maximized by Adam; ``chains`` independent fits, vmapped, then ``eval_samples`` draws from
 each fitted q give E_q[L_n].
 
-Each fit starts at the curvature estimate (see :func:`lambda_hat.samplers.vi.init_params`),
-and a fit whose ELBO still rose clearly in its last quarter (:func:`elbo_trend`) fails as
-``diverged`` (``check: elbo_trend``) with its estimate kept: plans/methods.md.
+The coordinates default to the Lanczos eigenbasis of the curvature at w* and each fit starts
+at the curvature estimate (:func:`lambda_hat.samplers.vi.whitening_and_curvature`); a fit
+whose ELBO still rose clearly in its last quarter (:func:`elbo_trend`) fails as ``diverged``
+(``check: elbo_trend``) with its estimate kept; the evaluation draws' importance weights say
+how far q is from the posterior (:func:`importance`); the budget is checked between short
+chunks (:func:`_drive`). plans/methods.md, plans/vi.md.
 """
 
 from __future__ import annotations

@@ -12,19 +12,24 @@ weights get exact gradients), and a minibatch L_B. Adam *descends −ELBO*, i.e.
 (the public prototype descended the ELBO itself and reported λ̂ ≈ 6.6e13).
 λ̂ = nβ(E_q[L_n] − L_n(w*)) uses independent draws from the fitted q and full-data L_n.
 
-Whitening a (a diagonal precision estimate, per coordinate) makes the family well conditioned:
+The coordinates z (:class:`Whitening`, w = w* + Q diag(scale) z) make the family well
+conditioned:
 
-- ``none``: a = nβ + γ (isotropic, as if L_n had unit curvature).
-- ``rmsprop``: a = nβ·B·v + γ with v the EMA of squared minibatch loss gradients at w*
-  (no bias correction). With rows drawn with replacement, B·Var(∇L_B) is the per-sample
-  Fisher, which equals the Hessian of L_n for a well-specified Gaussian model.
+- ``lanczos`` (the default): Q's first m columns are the top Ritz directions of
+  A = nβ∇²L_n(w*) + γI (Lanczos on Hessian-vector products), scale θ^{-1/2} there: the Laplace
+  approximation N(w*, A⁻¹) is N(0, I) in z and every component's diagonal is diagonal in the
+  curvature basis (plans/vi.md: in diagonal coordinates the small MLP's fit stayed
+  mean-field-like, λ̂ 48 against HMC's 19; here 35).
+- ``none``: Q = I, scale (nβ + γ)^{-1/2} (isotropic, as if L_n had unit curvature).
+- ``rmsprop``: Q = I, scale a^{-1/2}, a = nβ·B·v + γ with v the EMA of squared minibatch
+  loss gradients at w* (no bias correction). With rows drawn with replacement, B·Var(∇L_B)
+  is the per-sample Fisher, which equals the Hessian of L_n for a well-specified Gaussian model.
 - ``adam``: as rmsprop with bias-corrected moments and the squared mean removed (a variance,
   robust to a w* that is not exactly a minimum).
 
-Whatever the whitening, one pass of minibatch gradients at w* also gives the curvature
-estimate â (``adam``'s a), and every component starts at w* with per-coordinate sd √(a/â) in
-whitened units (:func:`whitening_and_curvature`, :func:`init_params`): the fit starts where
-the posterior is, not at unit sd in coordinates that may be 10× off (``none``).
+Whatever the mode, one pass of minibatch gradients at w* also gives the curvature estimate â
+(``adam``'s a), and every component starts at w* with per-coordinate sd √(a/â) in the
+diagonal modes, 1 for ``lanczos`` (:func:`whitening_and_curvature`, :func:`init_params`).
 
 A Gaussian family (M = 1, r large enough) contains the exact posterior of a linear-Gaussian
 model, so the estimate is exact there up to Monte Carlo and optimization error.
