@@ -1,7 +1,9 @@
 """``lambda-hat``: the command-line entry point and every sub-command.
 
-``reference`` (HMC references + table), ``trial`` (one run of one method), ``plots`` (PNGs),
-``dashboard`` (optuna-dashboard on the study storage).
+``reference`` (HMC references + table), ``trial`` (one run of one method), ``run`` (the
+experiments after tuning, :mod:`lambda_hat.workflow.experiments`), ``plots`` (PNGs),
+``report`` (one HTML + Markdown page of a run), ``dashboard`` (optuna-dashboard on the study
+storage).
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
 failed (a reference gate, a failed trial), 2 bad input (nothing was done).
 ``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.workflow`.
@@ -205,6 +207,52 @@ def _add_trial(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+# ------------------------------------------------------------------------------------ run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from lambda_hat.experiments_config import load_experiments
+    from lambda_hat.workflow import experiments
+
+    # Parsl starts its worker pool with fork+exec, which is safe; JAX warns about any fork.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    plan = experiments.plan_experiments(load_experiments(args.config), args.parsl_config)
+    print(experiments.describe(plan), flush=True)
+    if args.dry_run:
+        return 0
+    try:
+        return experiments.execute(plan)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (execution.parsl_session)
+        print("interrupted: finished runs are stored; run the same command to resume.")
+        return 130
+
+
+def _add_run(sub) -> None:
+    p = _command(
+        sub,
+        "run",
+        _cmd_run,
+        "run the experiments (tuned or fixed hyperparameters) into llc_runs.parquet",
+        "Run problems x methods x hyperparameter sets x seeds of an experiments YAML "
+        "(config/experiments.yaml) against their HMC references; results in "
+        "<paths.results>/llc_runs.parquet. Re-run the same command to resume.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local", action="store_true", help="run on this machine, one worker per core (default)"
+    )
+    where.add_argument(
+        "--parsl-config",
+        metavar="FILE",
+        help="Python file defining a Parsl `config` (e.g. parsl_configs/slurm.py)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the config and print the runs; write nothing"
+    )
+
+
 # ---------------------------------------------------------------------------------- plots
 
 
@@ -226,6 +274,40 @@ def _add_plots(sub) -> None:
         "(HMC references, one figure per study, a summary); missing inputs are skipped.",
     )
     p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lambda_hat.report import make_report
+
+    exp = load_experiment(args.config) if args.config else None
+    results = args.results or (Path(exp.config.paths.results) if exp else Path("results"))
+    artifacts = args.artifacts or (exp.config.paths.artifacts if exp else None)
+    written = make_report(results, args.out or results / "report", artifacts, exp)
+    print(written[0])
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = _command(
+        sub,
+        "report",
+        _cmd_report,
+        "write one HTML + Markdown report of a tuning and experiment run",
+        "Write <out>/index.html and summary.md (relative links) with the references, the best "
+        "and validated hyperparameters, experiment-run summaries, convergence, error vs cost, "
+        "importance and slice figures, from the stored files; what is missing is listed.",
+        config_required=False,
+    )
+    p.add_argument(
+        "--results", type=Path, help="results folder (default: the config's, or results/)"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: <results>/report)")
+    p.add_argument(
+        "--artifacts", type=Path, help="artifacts folder (default: where the trials' runs are)"
+    )
 
 
 # ------------------------------------------------------------------------------ dashboard
@@ -308,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_reference, _add_trial, _add_plots, _add_dashboard):
+    for add in (_add_reference, _add_trial, _add_run, _add_plots, _add_report, _add_dashboard):
         add(sub)
     return parser
 

@@ -150,6 +150,20 @@ class ValidateConfig:
 
 
 @config_dataclass
+class WarmConfig:
+    """Warm trial processes: one per worker runs trial after trial (imports, problems and
+    compiled programs paid once), replaced by a fresh one after a failure that kills it and
+    when it reaches either limit below (plans/warm-workers.md)."""
+
+    max_trials: int = field(
+        200, "trials one warm process runs before a fresh one replaces it", ge=1
+    )
+    max_rss_mb: float | None = field(
+        4096.0, "replace the warm process when its resident memory exceeds this (MiB)", gt=0
+    )
+
+
+@config_dataclass
 class OptunaConfig:
     """Tuning workflow settings (parsl-optuna).
 
@@ -177,15 +191,40 @@ class OptunaConfig:
     objectives: list[Literal["error", "runtime"]] = field(
         ["error"], "[error] (single objective) or [error, runtime] (Pareto front)"
     )
-    sampler: Literal["tpe", "random", "qmc", "gp", "cmaes"] = field(
-        "tpe", "Optuna sampler (gp needs torch, cmaes the cmaes package)"
+    sampler: Literal["tpe", "random", "qmc", "gp", "cmaes", "grid"] = field(
+        "tpe",
+        "Optuna sampler (gp needs torch, cmaes the cmaes package; grid: every point of the "
+        "search space's finite choices once, see grid_points)",
     )
-    n_startup_trials: int = field(10, "random trials before TPE/GP model the space", ge=0)
+    n_startup_trials: int = field(
+        10,
+        "tpe: scrambled Sobol (QMC) trials before TPE models the space; gp, cmaes: their "
+        "random start-up trials",
+        ge=0,
+    )
+    grid_points: int | None = field(
+        None,
+        "sampler: grid: cut every numeric range into this many points (log-spaced for log "
+        "ranges; other samplers ignore it); None: each searched parameter needs "
+        "{choices: [...]} or a stepped range of at most 100 values",
+        ge=2,
+    )
+    stop_after_stale: int | None = field(
+        None,
+        "stop a study early (converged) when its last K finished trials improved the best "
+        "|error| by no more than stop_min_improvement in total; None: run max_trials",
+        ge=1,
+    )
+    stop_min_improvement: float | None = field(
+        None, "the improvement stop_after_stale calls real; None: the reference's SE", ge=0
+    )
     seed: int = field(0, "sampler seed (offset per study) and the seed every trial runs with")
     search_space: dict = field({}, "per-method search-space overrides {method: {param: ...}}")
     enqueue: dict = field({}, "per-method warm-start trials {method: [{param: value}, ...]}")
     storage: str | None = field(
-        None, "Optuna storage URL; None: a journal file in <results>/studies/journal.log"
+        None,
+        "Optuna storage: a database URL (sqlite:///..., postgresql://...) or a journal file "
+        "path; None: the journal file <results>/studies/journal.log",
     )
     allow_failed_reference: bool = field(
         False, "tune problems whose HMC reference failed its quality gate"
@@ -195,6 +234,10 @@ class OptunaConfig:
     )
     timeout_grace: float = field(
         1.5, "a trial is killed after method_budget_sec x timeout_grace (s)", ge=1
+    )
+    warm: WarmConfig | None = field(
+        WarmConfig(),
+        "keep a warm trial process per worker (with isolate); None: a fresh process per trial",
     )
     max_consecutive_failures: int | None = field(
         10, "stop a study after this many failures without any success; None: never", ge=1
@@ -383,6 +426,12 @@ def _read_yaml(path: Path) -> Any:
             f"YAML syntax error at {loc}: {what}.",
             "fix the indentation/quoting there.",
         ) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents; a :class:`ConfigError` naming the file when it cannot be read
+    or parsed (the one reader of every config file)."""
+    return _read_yaml(Path(path))
 
 
 def load_experiment(path: str | Path, overrides: dict | None = None) -> Experiment:

@@ -30,7 +30,7 @@ computed on every draw (so thinning changes the picture's density, never its num
 
 LAMBDA_HAT = r"$\hat\lambda$"
 LAMBDA_REF = r"$\hat\lambda_{\mathrm{ref}}$"
-_KIND_STYLE = dict(
+KIND_STYLE = dict(
     zip(
         FAILURE_KINDS,
         [("v", "tab:red"), ("s", "tab:orange"), ("D", "tab:purple"), ("X", "black")]
@@ -81,7 +81,7 @@ def _fmt(x: Any, spec: str) -> str:
 # ---------------------------------------------------------------------------------- drawing
 
 
-def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kw) -> tuple:
+def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kw) -> tuple:
     """A figure on matplotlib's Agg canvas (no pyplot state, no display) and its axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -92,7 +92,7 @@ def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kw) -> 
     return fig, axes
 
 
-def _png(fig: Figure) -> bytes:
+def to_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
@@ -127,7 +127,7 @@ def _theory_line(
     line(lam, color="tab:red", ls="--", lw=1.2, label=label)
 
 
-def _no_success(ax: Axes, y: float = 0.5, transform=None) -> None:
+def no_success(ax: Axes, y: float = 0.5, transform=None) -> None:
     ax.text(
         0.5,
         y,
@@ -139,6 +139,12 @@ def _no_success(ax: Axes, y: float = 0.5, transform=None) -> None:
         color="dimgray",
         bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
     )
+
+
+def legend(ax: Axes, **kw) -> None:
+    """``ax.legend(**kw)`` when something drawn has a label (an empty legend only warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
 
 
 def _limits(
@@ -181,7 +187,7 @@ def plot_reference(
     C, T = per_chain.shape
     draws = np.arange(1, T + 1)
     s = _thin(T)
-    fig, axes = _figure(12, 4.6, 1, 2)
+    fig, axes = new_figure(12, 4.6, 1, 2)
     ax_trace, ax_run = axes[0]
 
     for c in range(C):
@@ -227,10 +233,10 @@ def plot_reference(
         fontsize=10,
         color="black" if passed else "tab:red",
     )
-    return _png(fig)
+    return to_png(fig)
 
 
-def _free_bottom_strip(ax: Axes, frac: float = 0.12) -> None:
+def free_bottom_strip(ax: Axes, frac: float = 0.12) -> None:
     """Lower the y axis so its bottom ``frac`` holds no data (room for the failure markers)."""
     lo, hi = ax.get_ylim()
     if ax.get_yscale() == "log":
@@ -239,16 +245,18 @@ def _free_bottom_strip(ax: Axes, frac: float = 0.12) -> None:
         ax.set_ylim(lo - (hi - lo) * frac / (1 - frac), hi)
 
 
-def _mark_failures(ax: Axes, failed: pd.DataFrame) -> None:
-    """Failed trials as markers along the bottom of ``ax``, one style per failure kind."""
+def mark_failures(ax: Axes, failed: pd.DataFrame, x: str = "trial_number") -> None:
+    """Failed trials as markers along the bottom of ``ax`` at their ``x`` column, one style per
+    failure kind (rows without an ``x`` value are left out)."""
+    failed = failed[failed[x].notna()] if x in failed else failed.iloc[:0]
     if failed.empty:
         return
     bottom = ax.get_xaxis_transform()  # x in data, y in axes fraction
     kinds = failed.failure_kind.fillna("unknown")
     for kind, group in failed.groupby(kinds):
-        marker, color = _KIND_STYLE.get(kind, ("o", "tab:gray"))
+        marker, color = KIND_STYLE.get(kind, ("o", "tab:gray"))
         ax.scatter(
-            group.trial_number,
+            group[x],
             np.full(len(group), 0.04),
             transform=bottom,
             marker=marker,
@@ -257,6 +265,9 @@ def _mark_failures(ax: Axes, failed: pd.DataFrame) -> None:
             clip_on=False,
             label=f"failed: {kind} ({len(group)})",
         )
+    xs = failed[x].to_numpy(float)  # markers in axes coordinates do not widen the x range
+    ax.update_datalim(np.column_stack([xs, np.zeros_like(xs)]), updatey=False)
+    ax.autoscale_view(scaley=False)
 
 
 def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: dict | None) -> None:
@@ -297,7 +308,7 @@ def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: d
                 label=f"best trial (#{int(top.trial_number.iloc[0])})",
             )
     else:
-        _no_success(ax_llc, 0.9)
+        no_success(ax_llc, 0.9)
 
 
 def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "objective") -> bytes:
@@ -309,7 +320,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
     finished = study[~study.state.isin(["RUNNING", "WAITING"])]
     ok = finished[(finished.status == "ok") & finished.llc_hat.notna()]
     failed = finished[finished.status != "ok"]
-    fig, axes = _figure(10, 7.2, 2, 1, sharex=True)
+    fig, axes = new_figure(10, 7.2, 2, 1, sharex=True)
     ax_obj, ax_llc = axes[:, 0]
 
     numbers, best = best_so_far(finished)
@@ -331,13 +342,13 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
         vals = scored.objective.to_numpy(float)
         if vals.min() > 0 and vals.max() / vals.min() > 30:
             ax_obj.set_yscale("log")
-        _free_bottom_strip(ax_obj)
+        free_bottom_strip(ax_obj)
     else:
-        _no_success(ax_obj)
+        no_success(ax_obj)
         ax_obj.set_yticks([])
-    _mark_failures(ax_obj, failed)
+    mark_failures(ax_obj, failed)
     ax_obj.set_ylabel(objective_label)
-    ax_obj.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    legend(ax_obj, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
     _draw_trial_llcs(ax_llc, study, ok, ref)
     if not finished.empty:  # markers in axes coordinates do not widen the x range by themselves
@@ -345,7 +356,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
     ax_llc.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_llc.set_xlabel("trial number")
     ax_llc.set_ylabel(LAMBDA_HAT)
-    ax_llc.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    legend(ax_llc, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
     running = len(study) - len(finished)
     fig.suptitle(
@@ -353,7 +364,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
         + (f", {running} running" if running else ""),
         fontsize=11,
     )
-    return _png(fig)
+    return to_png(fig)
 
 
 def _mark_off_scale(ax: Axes, ok: pd.DataFrame, lo: float, hi: float) -> None:
@@ -392,7 +403,7 @@ def plot_summary(
     pids = list(refs)
     cols = min(3, len(pids))
     rows = math.ceil(len(pids) / cols)
-    fig, axes = _figure(max(7.5, 5.2 * cols), (0.55 * len(methods) + 2.0) * rows, rows, cols)
+    fig, axes = new_figure(max(7.5, 5.2 * cols), (0.55 * len(methods) + 2.0) * rows, rows, cols)
     for ax in axes.ravel()[len(pids) :]:
         ax.set_visible(False)
     legend: dict[str, Any] = {}
@@ -405,7 +416,7 @@ def plot_summary(
         ys = np.arange(len(methods))
         for y, method in zip(ys, methods, strict=True):
             if method not in mine.index:
-                _no_success(ax, y, ax.get_yaxis_transform())
+                no_success(ax, y, ax.get_yaxis_transform())
                 continue
             r = mine.loc[method]
             se = r.se_hat if r.se_hat is not None and np.isfinite(r.se_hat) else 0.0
@@ -437,4 +448,4 @@ def plot_summary(
         f"best trial per method ({LAMBDA_HAT} ± SE) vs the HMC reference",
         fontsize=11,
     )
-    return _png(fig)
+    return to_png(fig)

@@ -163,37 +163,45 @@ def _exception_metrics(exc: BaseException, phase: str, tb_path: Path) -> dict:
     )
 
 
-def _child_main(argv: list[str] | None = None) -> int:
-    """Entry point of the child process: load the payload, call the target, write the result."""
-    parser = argparse.ArgumentParser(prog="python -m lambda_hat.isolation")
-    parser.add_argument("target")
-    parser.add_argument("workdir")
-    args = parser.parse_args(argv)
-    workdir = Path(args.workdir)
-    faulthandler.enable(file=sys.stderr, all_threads=True)
+def run_request(target: str, workdir: Path) -> bool:
+    """Run one trial in this (child) process: load ``workdir/payload.json``, call ``target``,
+    write ``result.json`` (every failure as metrics). Shared by the one-shot child and the warm
+    one (:mod:`lambda_hat.warm`). Returns False when the process should not run another trial
+    (an exception that is not an ``Exception``, e.g. ``SystemExit``, escaped the target)."""
     result_path, tb_path = workdir / "result.json", workdir / "traceback.txt"
     payload = read_json(workdir / "payload.json")
     if payload is None:
         atomic_write_json(result_path, failed_metrics("error", "payload.json missing or corrupt"))
-        return 0
+        return True
     try:
-        func = resolve_target(args.target)
+        func = resolve_target(target)
     except BaseException as exc:  # noqa: BLE001 - every failure must become metrics
         atomic_write_json(result_path, _exception_metrics(exc, "import", tb_path))
-        return 0
+        return isinstance(exc, Exception)
     mark_started("imported")
     try:
         result = func(**payload)
     except BaseException as exc:  # noqa: BLE001
         atomic_write_json(result_path, _exception_metrics(exc, "run", tb_path))
-        return 0
+        return isinstance(exc, Exception)
     if not isinstance(result, Mapping):
         result = failed_metrics(
             "error",
-            f"target {args.target} returned {type(result).__name__}, expected a metrics dict",
+            f"target {target} returned {type(result).__name__}, expected a metrics dict",
             exc_type="TypeError",
         )
     atomic_write_json(result_path, dict(result))
+    return True
+
+
+def _child_main(argv: list[str] | None = None) -> int:
+    """Entry point of the one-shot child process: run the one trial in ``workdir``."""
+    parser = argparse.ArgumentParser(prog="python -m lambda_hat.isolation")
+    parser.add_argument("target")
+    parser.add_argument("workdir")
+    args = parser.parse_args(argv)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    run_request(args.target, Path(args.workdir))
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,46 +131,92 @@ def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
     """Write every plot the stored outputs of ``exp`` allow; return the paths written."""
     from lambda_hat.reference import evaluate_gate, reference_settings
 
-    out = Path(out)
-    artifacts, results = Path(exp.config.paths.artifacts), Path(exp.config.paths.results)
-    written: list[Path] = []
-    refs: dict[str, dict | None] = {}
-    labels: dict[str, str] = {}
-    for spec in exp.problems:
-        pid = problem_id(spec)
-        path = problem_dir(artifacts, pid)
-        ref = refs[pid] = _read_reference(path, pid)
-        if ref is None:
-            continue
-        if ref.get("settings") != reference_settings(exp.config.reference):
+    settings = reference_settings(exp.config.reference)
+
+    def gate(ref: dict) -> dict:
+        if ref.get("settings") != settings:
             log.warning(
                 "reference %s: ref.json was made with other reference settings than this "
                 "config's (%s vs %s); plotting it as stored",
-                pid,
+                ref["pid"],
                 ref.get("settings"),
-                reference_settings(exp.config.reference),
+                settings,
             )
-        info = read_json(path / "problem.json")
-        labels[pid] = model_label(ref, info)
-        loss = _load_trace(path / "ref_trace.npz", ref)
-        if loss is None:
-            continue
-        _, pooled = running_llc(loss, ref["loss_star"], ref["nbeta"])
-        if not math.isclose(pooled[-1], ref["llc_ref"], rel_tol=1e-9, abs_tol=1e-9):
-            log.warning(
-                "reference %s: ref_trace.npz gives λ̂ = %.10g but ref.json says %.10g; the trace "
-                "does not belong to this ref.json, skipping its plot (re-run `lambda-hat "
-                "reference --force`)",
-                pid,
-                pooled[-1],
-                ref["llc_ref"],
-            )
-            continue
-        gate = evaluate_gate(ref, exp.config.reference)
-        png = plot_reference(ref, loss, gate, info)
-        written.append(atomic_write_bytes(out / f"reference_{pid}.png", png))
+        return evaluate_gate(ref, exp.config.reference)
 
+    return plot_stored(
+        exp.config.paths.artifacts,
+        exp.config.paths.results,
+        out,
+        pids=[problem_id(spec) for spec in exp.problems],
+        gate=gate,
+        objective_label=_objective_label(exp),
+        methods=list(exp.config.methods),
+    )
+
+
+def stored_pids(artifacts: str | Path, df: pd.DataFrame | None) -> list[str]:
+    """Every problem with a directory under ``<artifacts>/problems`` or rows in ``df``."""
+    root = Path(artifacts) / "problems"
+    on_disk = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    in_table = [] if df is None else list(dict.fromkeys(df.pid))
+    return list(dict.fromkeys([*in_table, *on_disk]))
+
+
+def plot_reference_of(
+    artifacts: str | Path, pid: str, gate: Callable[[dict], dict] | None = None
+) -> tuple[dict | None, str | None, bytes | None]:
+    """ref.json of ``pid`` (None when unusable), its model label and its figure (None when the
+    trace is missing or does not match). ``gate`` re-evaluates the quality gate (default: the
+    one stored in ref.json)."""
+    path = problem_dir(artifacts, pid)
+    ref = _read_reference(path, pid)
+    if ref is None:
+        return None, None, None
+    info = read_json(path / "problem.json")
+    label = model_label(ref, info)
+    loss = _load_trace(path / "ref_trace.npz", ref)
+    if loss is None:
+        return ref, label, None
+    _, pooled = running_llc(loss, ref["loss_star"], ref["nbeta"])
+    if not math.isclose(pooled[-1], ref["llc_ref"], rel_tol=1e-9, abs_tol=1e-9):
+        log.warning(
+            "reference %s: ref_trace.npz gives λ̂ = %.10g but ref.json says %.10g; the trace "
+            "does not belong to this ref.json, skipping its plot (re-run `lambda-hat "
+            "reference --force`)",
+            pid,
+            pooled[-1],
+            ref["llc_ref"],
+        )
+        return ref, label, None
+    verdict = gate(ref) if gate is not None else (ref.get("gate") or {})
+    return ref, label, plot_reference(ref, loss, verdict, info)
+
+
+def plot_stored(
+    artifacts: str | Path,
+    results: str | Path,
+    out: str | Path,
+    pids: list[str] | None = None,
+    gate: Callable[[dict], dict] | None = None,
+    objective_label: str = "objective",
+    methods: list[str] | None = None,
+) -> list[Path]:
+    """The plots of :func:`make_plots` from the files alone: ``pids`` None plots every problem
+    stored (:func:`stored_pids`); ``gate`` None shows each ref.json's stored gate."""
+    out, results = Path(out), Path(results)
     df = _read_parquet(results / PARQUET_NAME)
+    written: list[Path] = []
+    refs: dict[str, dict | None] = {}
+    labels: dict[str, str] = {}
+    for pid in stored_pids(artifacts, df) if pids is None else pids:
+        ref, label, png = plot_reference_of(artifacts, pid, gate)
+        refs[pid] = ref
+        if label is not None:
+            labels[pid] = label
+        if png is not None:
+            written.append(atomic_write_bytes(out / f"reference_{pid}.png", png))
+
     if df is not None:
         others = sorted(set(df.pid) - set(refs))
         if others:
@@ -182,13 +229,12 @@ def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
         if df.empty:
             log.info("Parquet has no trials of this config's problems; skipping study plots")
     if df is not None and not df.empty:
-        label = _objective_label(exp)
         for (pid, method), study in df.groupby(["pid", "method"], sort=False):
-            png = plot_study(study, refs.get(pid), label)
+            png = plot_study(study, refs.get(pid), objective_label)
             written.append(atomic_write_bytes(out / f"study_{pid}_{method}.png", png))
-        methods = list(dict.fromkeys([*exp.config.methods, *df.method.unique()]))
+        shown_methods = list(dict.fromkeys([*(methods or []), *df.method.unique()]))
         shown = {pid: refs[pid] for pid in refs if pid in set(df.pid)}
-        png = plot_summary(df, shown, methods, labels)
+        png = plot_summary(df, shown, shown_methods, labels)
         written.append(atomic_write_bytes(out / "summary.png", png))
     if not written:
         log.info("no plots written: nothing to plot yet")

@@ -130,5 +130,6 @@ def chain_starts(posterior: LLCPosterior, key: jax.Array, num_chains: int) -> ja
     """Chain starts for every sampler: w* plus a small jitter (scale 0.1/√(nβ + γ)), so that
     chains differ and R-hat has something to compare, while all start in w*'s basin."""
     scale = 0.1 / jnp.sqrt(posterior.nbeta + posterior.gamma)
-    noise = jax.random.normal(key, (num_chains, posterior.w_star.shape[0])) * scale
-    return posterior.w_star[None, :] + noise
+    w_star = posterior.w_star
+    noise = jax.random.normal(key, (num_chains, w_star.shape[0]), w_star.dtype) * scale
+    return w_star[None, :] + noise

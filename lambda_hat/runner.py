@@ -16,7 +16,8 @@
 The posterior is :class:`~lambda_hat.posterior.LLCPosterior` with β and γ taken from ``ref``
 (the HMC reference's settings, so that λ̂ and λ̂_HMC estimate the same quantity; defaults
 1/log n and 1 without one) — except SGLD, whose ``gamma`` hyperparameter is its own
-localization strength (see plans/methods.md).
+localization strength (see plans/methods.md). The data, w* and the posterior's numbers are cast
+to the method's ``dtype`` hyperparameter (:func:`lambda_hat.methods._base.make_target`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def run_method_trial(
             ps["beta"],
             ps["gamma"],
             timer,
+            hp.get("dtype", "float64"),  # every cheap method's schema has it
         )
         post = target.post
         metrics["posterior"].update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)

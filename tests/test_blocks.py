@@ -4,11 +4,24 @@ session finds them in the run directory's record and stops them (issue 10)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import types
+import uuid
+from pathlib import Path
+
+import optuna
+import psutil
+from _procs import kill_and_wait
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.workflow import blocks
+from lambda_hat.workflow.studies import counts_as_finished
 
 
 def _fake_interchange() -> subprocess.Popen:
@@ -57,6 +70,253 @@ def test_a_local_session_records_its_interchange_and_removes_the_record(tmp_path
 
     run_dir = tmp_path / "runinfo"
     with execution.parsl_session(execution.local_config(1, run_dir=run_dir)):
-        rec = read_json(run_dir / blocks.RECORD_NAME)
+        rec = read_json(blocks.record_path(run_dir))
         assert rec["driver_pid"] == os.getpid() and len(rec["interchanges"]) == 1
-    assert not (run_dir / blocks.RECORD_NAME).exists()
+    assert not blocks.record_path(run_dir).exists()
+
+
+# ----------------------------------------------------------- several drivers, one results dir
+
+
+def test_each_driver_has_its_own_record_and_a_live_ones_is_left_alone(tmp_path):
+    """Two drivers on one results directory: each writes its own record; a starting driver
+    cancels only the dead one's (it once took the live driver's interchange for a leftover)."""
+    live_driver, live_ic, dead_ic = _fake_interchange(), _fake_interchange(), _fake_interchange()
+    try:
+        started = psutil.Process(live_driver.pid).create_time()
+        live = {"host": socket.gethostname(), "driver_pid": live_driver.pid}
+        live.update(driver_started=started, interchanges=[live_ic.pid], jobs=[])
+        atomic_write_json(blocks.record_path(tmp_path, pid=live_driver.pid), live)
+        dead = {"host": socket.gethostname(), "driver_pid": 2**22 + 3}
+        dead.update(interchanges=[dead_ic.pid], jobs=[])
+        atomic_write_json(blocks.record_path(tmp_path, pid=2**22 + 3), dead)
+        assert blocks.cancel_previous(tmp_path) == [f"killed interchange {dead_ic.pid}"]
+        assert dead_ic.wait(timeout=10) == -9 and live_ic.poll() is None
+        assert [p.name for p in tmp_path.glob(blocks.RECORD_GLOB)] == [
+            blocks.record_path(tmp_path, pid=live_driver.pid).name
+        ]
+        # the same pid started later (pid reuse) is not the recorded driver: cancelled
+        live["driver_started"] = started - 100.0
+        atomic_write_json(blocks.record_path(tmp_path, pid=live_driver.pid), live)
+        assert blocks.cancel_previous(tmp_path) == [f"killed interchange {live_ic.pid}"]
+    finally:
+        for p in (live_driver, live_ic, dead_ic):
+            p.kill()
+            p.wait()
+
+
+def test_a_record_from_another_host_is_a_dead_drivers_only_once_stale(tmp_path):
+    path = blocks.record_path(tmp_path, host="elsewhere", pid=os.getpid())
+    record = {"host": "elsewhere", "driver_pid": os.getpid(), "interchanges": [os.getpid()]}
+    atomic_write_json(path, {**record, "jobs": []})
+    assert blocks.cancel_previous(tmp_path) == [] and path.exists()  # touched just now
+    old = time.time() - blocks.STALE_SEC - 1
+    os.utime(path, (old, old))
+    assert blocks.cancel_previous(tmp_path) == []  # nothing here to kill: another host's pid
+    assert not path.exists()
+
+
+def test_two_sessions_in_one_results_dir_keep_two_records(tmp_path):
+    """A second driver's session records itself beside the first one's and leaves it alone."""
+    from lambda_hat.workflow import execution
+
+    run_dir = tmp_path / "runinfo"
+    other = _fake_interchange()  # stands for the other driver (a live Python process)
+    try:
+        theirs = blocks.record_path(run_dir, pid=other.pid)
+        record = {"host": socket.gethostname(), "driver_pid": other.pid, "interchanges": []}
+        atomic_write_json(theirs, {**record, "jobs": []})
+        with execution.parsl_session(execution.local_config(1, run_dir=run_dir)):
+            assert read_json(theirs) == {**record, "jobs": []}
+            mine = read_json(blocks.record_path(run_dir))
+            assert mine["driver_pid"] == os.getpid() and len(mine["interchanges"]) == 1
+        assert theirs.exists() and not blocks.record_path(run_dir).exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+# ----------------------------------------------------------- a worker pool lost mid-study
+
+CLI = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
+FAST_HEARTBEAT = (  # --local's config, with a lost pool noticed in seconds rather than 120 s
+    "from lambda_hat.workflow.execution import local_config\n"
+    "config = local_config(2)\n"
+    "config.executors[0].heartbeat_period = 1\n"
+    "config.executors[0].heartbeat_threshold = 6\n"
+)
+ONE_STUDY = (
+    "problems: [{model: linear, data: small, teacher: _null, seed: 0}]\n"
+    "methods: [sgld]\n"
+    "reference: {chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}\n"
+    "optuna: {n_startup_trials: 2, pruner: none, seed: 5, validate: null}\n"
+)
+
+
+def _started_here(base: Path, mark: str) -> list[psutil.Process]:
+    """Live processes of one test: its mark in their environment, or their working directory
+    under ``base`` (the interchange overwrites its environment with its process title)."""
+    found = []
+    for p in psutil.process_iter(["cwd", "environ", "status"]):
+        cwd, env = p.info["cwd"] or "", p.info["environ"] or {}
+        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if env.get("LH_TEST_MARK") == mark or cwd == str(base) or cwd.startswith(f"{base}/"):
+            found.append(p)
+    return found
+
+
+def _pools(results: Path) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "process_worker_pool" in " ".join(p.info["cmdline"] or [])
+        and str(results) in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def _wait_for(what: str, check, timeout: float, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n{log.read_text()[-3000:]}")
+
+
+def kill_pool_mid_study(base: Path, driver_args: list[str], env: dict, results: Path, runs: Path):
+    """Start the driver, kill -9 its worker pool while trials run, let it finish. Returns
+    ``(return code, log text, finished trial numbers at the kill, killed pool pid)``."""
+    mark = uuid.uuid4().hex
+    log = base / "driver.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            CLI + driver_args,
+            cwd=base,
+            env={**os.environ, **env, "LH_TEST_MARK": mark},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        t0 = time.time()
+        _wait_for(
+            "two finished trials",
+            lambda: (
+                len([p for p in runs.glob("*/*/*/metrics.json") if p.stat().st_mtime > t0]) >= 2
+            ),
+            300,
+            log,
+        )
+        pool = _wait_for("the worker pool", lambda: _pools(results), 30, log)[0]
+        journal = JournalStorage(JournalFileBackend(str(results / "studies" / "journal.log")))
+        (summary,) = optuna.get_all_study_summaries(journal)
+        study = optuna.load_study(study_name=summary.study_name, storage=journal)
+        done = {t.number for t in study.trials if t.state.is_finished()}
+        assert any(t.state == TrialState.RUNNING for t in study.trials)
+        pool.kill()
+        proc.wait(timeout=300)
+        text = log.read_text()
+        deadline = time.monotonic() + 15  # the scheduler's and Parsl's own clean-up
+        while _started_here(base, mark) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [(p.pid, " ".join(p.cmdline())[:100]) for p in _started_here(base, mark)]
+        assert left == [], f"processes left: {left}\n{text[-3000:]}"
+        return proc.returncode, text, done, pool.pid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_and_wait(_started_here(base, mark))
+
+
+def test_a_killed_worker_pool_is_replaced_and_the_study_finishes(tmp_path):
+    """kill -9 of process_worker_pool (a node failure, the OOM killer) mid-study: the trials
+    it ran come back as infrastructure failures and are retried on a new pool; the study ends
+    with max_trials finished, none lost, nothing left running (the dead pool's helpers are
+    killed by the driver, Parsl leaves them)."""
+    results, artifacts = tmp_path / "results", tmp_path / "artifacts"
+    (tmp_path / "experiment.yaml").write_text(ONE_STUDY)
+    (tmp_path / "local_fast.py").write_text(FAST_HEARTBEAT)
+    args = ["--config", "experiment.yaml", "--parsl-config", "local_fast.py"]
+    args += ["--results", str(results), "--artifacts", str(artifacts), "--max-trials", "6"]
+    args += ["--batch-size", "2", "--trial-target", "lambda_hat.workflow.synthetic:synthetic_trial"]
+    rc, text, done, pool = kill_pool_mid_study(
+        tmp_path, args, {"LAMBDA_HAT_SYNTHETIC_SECONDS": "3"}, results, artifacts / "runs"
+    )
+    assert rc == 0, text[-4000:]
+    assert "lost to the infrastructure" in text and "resubmitting" in text, text[-4000:]
+    assert f"worker pool {pool} is gone" in text, text[-4000:]
+    journal = JournalStorage(JournalFileBackend(str(results / "studies" / "journal.log")))
+    (summary,) = optuna.get_all_study_summaries(journal)
+    trials = optuna.load_study(study_name=summary.study_name, storage=journal).trials
+    assert all(t.state.is_finished() for t in trials)
+    finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
+    assert len(finished) == 6 and all(t.user_attrs.get("status", "ok") == "ok" for t in finished)
+    assert done <= {t.number for t in finished}  # no finished trial lost
+
+
+def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_path, monkeypatch):
+    """Parsl lists ``runinfo/`` then creates the next number: a driver that loses that race to
+    another gets FileExistsError, and its start is retried with the next free number."""
+    import parsl.dataflow.dflow as dflow
+
+    from lambda_hat.workflow import execution, pipeline
+
+    real, calls = dflow.make_rundir, []
+
+    def racing(path):
+        calls.append(path)
+        if len(calls) == 1:  # the other driver took "000" between our listing and creating
+            os.makedirs(Path(path) / "000")
+            raise FileExistsError(str(Path(path) / "000"))
+        return real(path)
+
+    monkeypatch.setattr(dflow, "make_rundir", racing)
+    plan = types.SimpleNamespace(parsl_config=execution.local_config(1), results=tmp_path)
+    with pipeline.parsl_session(plan):
+        assert len(calls) == 2 and (tmp_path / "runinfo" / "001").is_dir()
+        assert read_json(blocks.record_path(tmp_path / "runinfo"))["driver_pid"] == os.getpid()
+
+
+def _fake_pool(run_dir: Path) -> subprocess.Popen:
+    """A process named like a worker pool of ``run_dir`` with a helper in its own session
+    (as Parsl's multiprocessing manager outlives a killed pool)."""
+    code = (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+        " start_new_session=True)\n"
+        "time.sleep(120)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "process_worker_pool", f"--logdir={run_dir}/x"]
+    )
+
+
+def _helpers(pool: subprocess.Popen) -> list[psutil.Process]:
+    proc, deadline = psutil.Process(pool.pid), time.monotonic() + 20
+    while not proc.children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc.children()
+
+
+def test_what_a_dead_pool_left_is_killed_and_other_runs_pools_are_not_touched(tmp_path):
+    mine, other = tmp_path / "runinfo" / "000", tmp_path / "elsewhere" / "000"
+    pool, foreign = _fake_pool(mine), _fake_pool(other)
+    helpers = [*_helpers(pool), *_helpers(foreign)]
+    try:
+        helper, foreign_helper = helpers
+        reaper = blocks.PoolReaper(mine)
+        assert reaper.scan() == [] and list(reaper.pools.values()) == [
+            {helper.pid: helper.create_time()}
+        ]
+        pool.kill()
+        pool.wait()
+        assert helper.is_running()  # Parsl's case: the pool's helper outlives it
+        assert reaper.scan() == [helper.pid] and reaper.pools == {}
+        assert not helper.is_running() and foreign_helper.is_running()
+    finally:
+        for p in (pool, foreign):
+            p.kill()
+            p.wait()
+        kill_and_wait(helpers)

@@ -20,10 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import psutil
 import pytest
 from _procs import kill_and_wait
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from lambda_hat.workflow.studies import counts_as_finished
 
 pytestmark = pytest.mark.cluster
 
@@ -35,7 +40,7 @@ CONFIG = (  # one tiny problem; {seed} differs per test, so no test reuses anoth
     "problems: [{{model: linear, data: small, teacher: _null, seed: 0}}]\n"
     "methods: [sgld]\n"
     "reference: {{chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}}\n"
-    "optuna: {{n_startup_trials: 2, method_budget_sec: 60, seed: {seed}}}\n"
+    "optuna: {{n_startup_trials: 2, method_budget_sec: 60, seed: {seed}{more}}}\n"
 )
 
 
@@ -88,8 +93,9 @@ def shared(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("slurm")
 
 
-def _filled_config(slurm: dict, dest: Path) -> Path:
-    """``parsl_configs/slurm.py`` with its placeholders replaced, as a user would."""
+def _filled_config(slurm: dict, dest: Path, extra: str = "") -> Path:
+    """``parsl_configs/slurm.py`` with its placeholders replaced, as a user would (``extra``:
+    lines appended)."""
     venv = Path(sys.prefix)
     activate = venv / "bin" / "activate"
     assert activate.is_file(), f"the tests run in a virtual environment ({activate} missing)"
@@ -112,23 +118,33 @@ def _filled_config(slurm: dict, dest: Path) -> Path:
     for name in sorted(values, key=lambda n: -assigns[n].lineno):  # bottom up: lines stay valid
         node = assigns[name]
         lines[node.lineno - 1 : node.end_lineno] = [f"{name} = {values[name]!r}\n"]
-    dest.write_text("".join(lines))
+    dest.write_text("".join(lines) + extra)
     return dest
 
 
-def _driver(shared: Path, slurm: dict, name: str, seed: int, max_trials: int, env: dict):
+def _driver(
+    shared: Path,
+    slurm: dict,
+    name: str,
+    seed: int,
+    max_trials: int,
+    env: dict,
+    extra: str = "",
+    more: str = "",
+):
     """Start ``parsl-optuna`` on the filled-in SLURM config in ``<shared>/<name>/`` (its jobs'
     working directory, which tells them apart in sacct), with output in ``<name>/driver.log``.
-    The artifacts (the reference) are shared."""
+    The artifacts (the reference) are shared; ``extra``: lines appended to the Parsl config;
+    ``more``: optuna keys added to the experiment's."""
     workdir = shared / name
     workdir.mkdir()
     config = workdir / "experiment.yaml"
-    config.write_text(CONFIG.format(seed=seed))
+    config.write_text(CONFIG.format(seed=seed, more=more))
     args = [
         "--config",
         str(config),
         "--parsl-config",
-        str(_filled_config(slurm, workdir / "slurm.py")),
+        str(_filled_config(slurm, workdir / "slurm.py", extra)),
         "--results",
         str(workdir / "results"),
         "--artifacts",
@@ -247,7 +263,7 @@ def test_sigterm_of_the_driver_leaves_no_job_and_no_interchange(slurm, shared):
                 for p in (shared / "artifacts" / "runs").glob("*/*/*/isolation/progress.json")
                 if p.stat().st_mtime > t_start
             ],
-            90,
+            180,  # the job starts its worker pool first (the reference is read on the driver)
             log,
         )
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -289,3 +305,80 @@ def test_a_job_left_by_a_killed_driver_is_cancelled_at_the_next_start(slurm, sha
         assert not (run_dir / blocks.RECORD_NAME).exists()
     finally:
         _sh("scancel", job)
+
+
+# Parsl notices a lost worker pool by its missing heartbeats (120 s by default); the test
+# shortens that, the rest is the shipped config.
+FAST_HEARTBEAT = (
+    "config.executors[0].heartbeat_period = 2\nconfig.executors[0].heartbeat_threshold = 10\n"
+)
+
+
+def _pools_of(workdir: Path) -> list[psutil.Process]:
+    """The worker pools of the driver in ``workdir`` (their command line names its run dir)."""
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "process_worker_pool" in " ".join(p.info["cmdline"] or [])
+        and str(workdir) in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def test_a_killed_worker_pool_is_replaced_by_a_new_job_and_the_study_finishes(slurm, shared):
+    """kill -9 of process_worker_pool in the SLURM job (a node failure, the OOM killer): the job
+    fails, Parsl submits a new one, the trials in flight come back as infrastructure failures
+    and are retried there; the study finishes with max_trials, none lost, nothing left."""
+    t_start = time.time()
+    cached = list((shared / "artifacts" / "problems").glob("*/ref.json"))  # the first test's
+    env = {"LAMBDA_HAT_SYNTHETIC_SECONDS": "3"}
+    proc, workdir = _driver(
+        shared, slurm, "poolkill", 2, 6, env, FAST_HEARTBEAT, ", validate: null"
+    )
+    log = workdir / "driver.log"
+    runs = shared / "artifacts" / "runs"
+    try:
+        _wait(
+            "two finished trials",
+            lambda: (
+                len([p for p in runs.glob("*/*/*/metrics.json") if p.stat().st_mtime > t_start])
+                >= 2
+            ),
+            180,
+            log,
+        )
+        (first_job,) = _queued_of(workdir)
+        (pool,) = _wait("the worker pool", lambda: _pools_of(workdir), 30, log)
+        done = {t.number for t in _study_trials(workdir / "results") if t.state.is_finished()}
+        pool.kill()
+        proc.wait(timeout=240)
+        text = log.read_text()
+        assert proc.returncode == 0, text[-4000:]
+        _wait(
+            "the run's jobs and processes to end",
+            lambda: not _queued_of(workdir) and not _in(workdir),
+            30,
+        )
+    finally:
+        _clean_up(workdir, [proc] if proc.poll() is None else [])
+    assert "lost to the infrastructure" in text and "resubmitting" in text, text[-4000:]
+    if cached:  # read on the driver: tuning did not wait for a job to run the reference
+        assert "1 cached, 0 submitted" in text, text[-4000:]
+    trials = _study_trials(workdir / "results")
+    finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
+    assert len(finished) == 6 and all(t.state.is_finished() for t in trials)
+    assert done <= {t.number for t in finished}  # no finished trial lost
+    metrics = _trial_metrics(workdir / "results")
+    assert all(m["status"] == "ok" for m in metrics), metrics
+    jobs = _wait(
+        "sacct to list both jobs", lambda: len(_jobs_of(workdir)) >= 2 and _jobs_of(workdir), 30
+    )
+    assert jobs[first_job] not in ("COMPLETED", "RUNNING"), jobs  # the killed pool's job
+    later = {m["job_id"] for m in metrics} - {first_job}
+    assert later and later <= set(jobs), (later, jobs)  # the retried trials ran in a new job
+    print(f"pool killed: jobs {jobs}")
+
+
+def _study_trials(results: Path) -> list:
+    journal = JournalStorage(JournalFileBackend(str(results / "studies" / "journal.log")))
+    (summary,) = optuna.get_all_study_summaries(journal)
+    return optuna.load_study(study_name=summary.study_name, storage=journal).trials

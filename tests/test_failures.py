@@ -303,6 +303,60 @@ def test_replay_restores_the_guard_after_a_driver_restart():
     assert decision.action == "stop" and len(study.get_trials()) == 10
 
 
+def _crash(n, p):
+    return failed_metrics("error", "ValueError: the data file is unreadable", exc_type="ValueError")
+
+
+def test_a_rerun_after_a_systematic_abort_continues_once_the_cause_is_fixed():
+    """Issue 10: replay re-applied the old abort, so a rerun stopped at once however the cause
+    had been fixed (only deleting the study helped). Now the rerun gets a fresh window."""
+    study = optuna.create_study()
+    told, decision = _loop(study, FailureGuard(), _crash)
+    assert decision.action == "abort" and len(told) == 3  # everything fails early: stopped
+    assert "the first 3 trials all failed the same way" in decision.message
+    assert "ValueError: the data file is unreadable" in decision.message
+    fixed = FailureGuard()
+    assert fixed.replay(study).proceed and fixed.previous.action == "abort"
+    told, decision = _loop(study, fixed, lambda n, p: dict(OK), n_trials=5)
+    assert decision.proceed and len(told) == 5 and fixed.n_success == 5
+
+
+def test_a_rerun_where_nothing_changed_stops_again_after_the_same_few_trials():
+    study = optuna.create_study()
+    _loop(study, FailureGuard(), _crash)
+    for rerun in range(2):
+        again = FailureGuard()
+        assert again.replay(study).proceed
+        told, decision = _loop(study, again, _crash)
+        assert decision.action == "abort" and len(told) == 3, rerun
+        assert "ValueError: the data file is unreadable" in decision.message
+    assert len(study.trials) == 9
+
+
+def test_an_all_fail_stop_is_lifted_on_rerun_and_reached_again_if_nothing_changed():
+    study = optuna.create_study()
+    told, decision = _loop(
+        study, FailureGuard(max_consecutive_failures=4), lambda n, p: diverged(5)
+    )
+    assert decision.action == "stop" and len(told) == 4 and "4 failed trials" in decision.message
+    again = FailureGuard(max_consecutive_failures=4)
+    assert again.replay(study).proceed and again.previous.action == "stop"
+    told, decision = _loop(study, again, lambda n, p: diverged(5))
+    assert decision.action == "stop" and len(told) == 4
+
+
+def test_replay_does_not_count_trials_of_an_earlier_search_space():
+    study = optuna.create_study()
+    _loop(study, FailureGuard(max_consecutive_failures=10), lambda n, p: diverged(5), n_trials=7)
+    same = {"eta0": optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True)}
+    narrower = {"eta0": optuna.distributions.FloatDistribution(1e-6, 1e-3, log=True)}
+    kept = FailureGuard(space=same)
+    kept.replay(study)
+    changed = FailureGuard(space=narrower)
+    changed.replay(study)
+    assert len(kept.records) == 7 and changed.records == []
+
+
 def test_an_ok_run_without_a_finite_objective_is_recorded_as_the_error_it_was_told_as():
     study = optuna.create_study()
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})

@@ -17,6 +17,14 @@ plain run and ``r_a99c6c2b4cf3`` for Adam). The sampled γ is in the manifest's 
 either way; an SGLD run that sets ``gamma: 1.0`` explicitly keeps its old id (pinned below).
 The manifest's ``posterior`` also records nβ, which is derived (n·β) and left out of the hash
 (:func:`lambda_hat.runs.run_id`), so MCLMC's ids are unchanged.
+
+Third deliberate change (issue 11, plans/sgld-estimator.md): SGLD gained the hyperparameters
+``estimator`` (default ``minibatch``: λ̂ from the steps' own minibatch losses instead of full-data
+L_n passes, a different estimate of the same quantity) and ``dtype`` (default ``float64``), VI
+gained ``dtype``; the resolved hyperparameters enter the hash, so their ids changed. Before:
+SGLD plain ``r_a3e09c7ac8f2``, with ``gamma: 1.0`` ``r_9e8b47c2aa8a``, Adam ``r_4e0a5f3f4183``;
+VI ``r_8098c8e99c8d``. MCLMC has no ``dtype`` (BlackJAX's MCLMC tuner does not run in float32
+under x64), so its id is unchanged.
 """
 
 from __future__ import annotations
@@ -42,14 +50,20 @@ def test_linear_problem_pid_is_frozen():
 @pytest.mark.parametrize(
     ("method", "hp", "run_id"),
     [
-        ("sgld", {"steps": 400, "batch": 32, "precond_type": "none"}, "r_a3e09c7ac8f2"),
+        ("sgld", {"steps": 400, "batch": 32, "precond_type": "none"}, "r_e0b2b56f9440"),
         (
             "sgld",
             {"steps": 400, "batch": 32, "precond_type": "none", "gamma": 1.0},
-            "r_9e8b47c2aa8a",
+            "r_0b5c62f22828",
         ),
-        ("sgld", {"steps": 400, "precond_type": "adam"}, "r_4e0a5f3f4183"),
-        ("vi", {"steps": 300}, "r_17980f676be6"),
+        ("sgld", {"steps": 400, "precond_type": "adam"}, "r_6f6bfbc9ec56"),
+        (
+            "sgld",
+            {"steps": 400, "batch": 32, "estimator": "full", "dtype": "float32"},
+            "r_975bfb4c2054",
+        ),
+        ("vi", {"steps": 300}, "r_13aad4bafa12"),
+        ("vi", {"steps": 300, "dtype": "float32"}, "r_0ccdf7f7f5fb"),
         ("mclmc", {"steps": 300}, "r_cba942237ced"),
     ],
 )

@@ -18,7 +18,7 @@ from lambda_hat.curvature import curvature_record, problem_curvature
 from lambda_hat.problems import problem_dir, problem_id
 from lambda_hat.schema import ConfigError
 from lambda_hat.stability import StabilityRange, resolve_space, step_limit
-from lambda_hat.workflow import studies
+from lambda_hat.workflow import samplers
 from lambda_hat.workflow.diagnosis import Record, diagnosis
 from lambda_hat.workflow.guard import FailureGuard
 from lambda_hat.workflow.plan import describe_space, method_space, stored_curvatures, study_space
@@ -154,9 +154,9 @@ def test_box_is_the_successes_span_widened_in_log_coordinates():
         _trial(0.3, {"eta": 1e-5, "g": 0.5, "b": 32, "n": 15}, dists, -1.0),
     ]
     bad = _trial(1.0, {"eta": 1e-1, "g": 0.9, "b": 32, "n": 90}, dists, 0.5)
-    anchors, found = studies.box_anchors([*ok, bad])
+    anchors, found = samplers.box_anchors([*ok, bad])
     assert found and anchors == ok
-    box = studies.feasible_box(dists, anchors, margin=0.5)
+    box = samplers.feasible_box(dists, anchors, margin=0.5)
     # eta: span 1 decade, padded by half a decade on each side: 10**-5.5 .. 10**-3.5
     assert box["eta"].low == pytest.approx(10**-5.5) and box["eta"].high == pytest.approx(10**-3.5)
     # g: span 0.2 -> 0.3..0.7; n: span 10 -> 5..25; categories untouched
@@ -164,13 +164,13 @@ def test_box_is_the_successes_span_widened_in_log_coordinates():
     assert (box["n"].low, box["n"].high) == (5, 25) and box["b"] == dists["b"]
     # nothing succeeded: the least infeasible failures (smallest constraint) are the anchors
     worse = _trial(1.0, {"eta": 1e-2, "g": 0.1, "b": 64, "n": 1}, dists, 0.9)
-    anchors, found = studies.box_anchors([worse, bad], min_anchors=1)
+    anchors, found = samplers.box_anchors([worse, bad], min_anchors=1)
     assert not found and anchors == [bad]
 
 
 def test_sampler_proposes_inside_the_box_and_declares_the_full_space():
     full = FloatDistribution(1e-8, 1.0, log=True)
-    sampler = studies.FeasibleBoxTPESampler(seed=0, n_startup_trials=5)
+    sampler = samplers.FeasibleBoxTPESampler(seed=0, n_startup_trials=5)
     study = optuna.create_study(sampler=sampler)
     for x in (1e-6, 2e-6, 4e-6, 1e-2, 1e-1):  # three successes around 2e-6
         ok = x < 1e-5

@@ -60,7 +60,7 @@ def _sgld_program(post, precond, every, blocks):
 
         @jax.jit
         def run(keys, states, eps, adapt):
-            block = sgld.build_block(kernel, post, eps, every, adapt)
+            block = sgld.build_block(kernel, post, eps, every, adapt, "full")
 
             def chain(key, state):
                 return jax.lax.scan(lambda s, b: block(key, s, b), state, jnp.arange(blocks))

@@ -11,14 +11,20 @@ import pytest
 from lambda_hat.runner import run_method_trial
 
 
-def test_sgld_counts_its_minibatch_gradients_probe_and_loss_passes(linear_problem, tmp_path):
-    hp = {"steps": 200, "batch": 32, "chains": 2, "eval_every": 10}
+@pytest.mark.parametrize("estimator", ["minibatch", "full"])
+def test_sgld_counts_its_minibatch_gradients_probe_and_loss_passes(
+    linear_problem, tmp_path, estimator
+):
+    hp = {"steps": 200, "batch": 32, "chains": 2, "eval_every": 10, "estimator": estimator}
     m = run_method_trial(linear_problem, "sgld", hp, None, 0, artifacts=tmp_path)
     assert m["status"] == "ok", m["failure"]
-    # 20 blocks per chain, each: 10 steps + 1 MALA-probe gradient on 32 of 200 rows, 1 L_n pass
+    # 20 blocks per chain, each: 10 steps + 1 MALA-probe gradient on 32 of 200 rows; the full
+    # estimator adds 1 L_n pass per block and chain, the minibatch one reads the steps' own
+    # batch losses and makes one pass in all (each row's loss at w*, its control variate)
+    passes = 2 * 20 if estimator == "full" else 1
     assert m["work"]["grad_evals"] == 2 * 20 * 11
-    assert m["work"]["loss_evals"] == 2 * 20
-    assert m["work"]["fge"] == pytest.approx(2 * (20 * 11 * 32 / 200 + 20))  # 110.4
+    assert m["work"]["loss_evals"] == passes
+    assert m["work"]["fge"] == pytest.approx(2 * 20 * 11 * 32 / 200 + passes)  # 110.4 | 71.4
 
 
 def test_vi_counts_fit_whitening_and_evaluation_draws(linear_problem, tmp_path):

@@ -22,7 +22,16 @@ from lambda_hat import outcome
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config import OptunaConfig
 from lambda_hat.schema import ConfigError
-from lambda_hat.workflow import execution, pipeline, plan, progress, results, studies, tuning
+from lambda_hat.workflow import (
+    execution,
+    pipeline,
+    plan,
+    progress,
+    results,
+    samplers,
+    studies,
+    tuning,
+)
 from lambda_hat.workflow.synthetic import synthetic_llc, synthetic_trial
 from lambda_hat.workflow.tell import best_successful
 
@@ -221,7 +230,7 @@ def test_identical_in_flight_manifests_share_one_future(tmp_path):
 
 
 def test_parallel_tpe_uses_a_constant_liar_and_spreads_a_batch():
-    sampler = studies.make_sampler(OptunaConfig(), seed=0)
+    sampler = samplers.make_sampler(OptunaConfig(), seed=0)
     assert sampler._constant_liar is True
     study = optuna.create_study(sampler=sampler)
     for _ in range(10):
@@ -338,6 +347,14 @@ BAD_CONFIGS = {
         "methods: [sgld]\noptuna: {search_space: {sgld: {eta0: {low: 1, high: 0}}}}\n",
         "optuna.search_space.sgld.eta0",
     ),
+    "grid over a continuous range": (
+        "methods: [sgld]\noptuna: {sampler: grid}\n",
+        "optuna.search_space.sgld.eta0",
+    ),
+    "stale stopping with two objectives": (
+        "methods: [sgld]\noptuna: {stop_after_stale: 5, objectives: [error, runtime]}\n",
+        "optuna.stop_after_stale",
+    ),
 }
 
 
@@ -425,7 +442,7 @@ def test_missing_sampler_package_is_a_config_error(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "cmaes" else real(name, *a)
     )
     with pytest.raises(ConfigError, match="optuna.sampler"):
-        studies.check_sampler(OptunaConfig(sampler="cmaes"))
+        samplers.check_sampler(OptunaConfig(sampler="cmaes"))
 
 
 def test_worker_path_puts_the_interpreter_bin_first(monkeypatch):

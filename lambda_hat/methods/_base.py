@@ -4,15 +4,28 @@ and the small helpers that turn chunk outputs into the adapter's result."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
-from lambda_hat.engine import Timer, f64
+from lambda_hat.engine import Timer
 from lambda_hat.estimator import estimate_llc
 from lambda_hat.posterior import LLCPosterior, regression_loss, regression_posterior
+from lambda_hat.schema import field
 
 MIN_DRAWS = 4  # kept draws per chain below which no estimate is made
+
+Dtype = Literal["float32", "float64"]
+
+
+def dtype_field() -> Any:
+    """The ``dtype`` hyperparameter of a cheap method: the float type its programs compute in.
+
+    :func:`make_target` casts the data, w*, β, γ and L_n(w*) to it, so every array derived from
+    them (chain starts, states, draws) follows; references always compute in float64.
+    """
+    return field("float64", "float type of the data, w* and the chains (references: float64)")
 
 
 class Method(NamedTuple):
@@ -44,7 +57,12 @@ class Target(NamedTuple):
     args: tuple  # (X, y, w*, β, γ, L_n(w*)): traced by every program
     apply: Callable
     noise: float
-    key: tuple  # (pid, n, d): what the closure over ``apply`` and ``noise`` depends on
+    key: tuple  # (pid, n, d, dtype): what the closure over ``apply`` and ``noise`` depends on
+    dtype: str = "float64"  # of X, y, w* and the traced scalars: what the programs compute in
+
+    def real(self, x) -> np.ndarray:
+        """``x`` as a host array of the target's float type (a traced argument of a program)."""
+        return np.asarray(x, self.dtype)
 
 
 def traced_posterior(target: Target, args: tuple) -> LLCPosterior:
@@ -54,15 +72,26 @@ def traced_posterior(target: Target, args: tuple) -> LLCPosterior:
 
 
 def make_target(
-    pid: str, apply: Callable, noise: float, X, y, w_star, beta: float, gamma: float, timer: Timer
+    pid: str,
+    apply: Callable,
+    noise: float,
+    X,
+    y,
+    w_star,
+    beta: float,
+    gamma: float,
+    timer: Timer,
+    dtype: str = "float64",
 ) -> Target:
-    """The posterior at (β, γ), L_n(w*) computed by a cached program (no per-trial trace)."""
-    key = (pid, int(X.shape[0]), int(w_star.shape[0]))
+    """The posterior at (β, γ) in ``dtype``, L_n(w*) computed by a cached program (no per-trial
+    trace). X, y and w* are cast to ``dtype`` (x64 stays enabled: float64 is the default)."""
+    X, y, w_star = (jnp.asarray(a, dtype) for a in (X, y, w_star))
+    key = (pid, int(X.shape[0]), int(w_star.shape[0]), dtype)
     loss = regression_loss(apply, noise)
     loss_star = float(timer.once(("loss", key), lambda X, y, w: loss(w, X, y), X, y, w_star))
     post = regression_posterior(apply, X, y, noise, w_star, float(beta), float(gamma), loss_star)
-    args = (X, y, w_star, f64(beta), f64(gamma), f64(loss_star))
-    return Target(post, args, apply, noise, key)
+    args = (X, y, w_star, *(np.asarray(v, dtype) for v in (beta, gamma, loss_star)))
+    return Target(post, args, apply, noise, key, dtype)
 
 
 def kept(loss: np.ndarray, burnin_frac: float) -> tuple[np.ndarray, int]:

@@ -2,8 +2,10 @@
 
 Literature convention (science.md): Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ with
 ε = ``eta0`` and P the diagonal preconditioner. The chains run in blocks of ``eval_every``
-steps; each block ends with one full-data L_n draw (the estimator's) and one MALA-acceptance
-probe (the health signal).
+steps; each block gives one draw of the L_n trace — the mean of the minibatch losses its steps
+computed for their gradients (``estimator: minibatch``, free) or one full-data L_n pass at its
+end (``estimator: full``) — and one MALA-acceptance probe on a minibatch (the health signal).
+The choice of default and cadence is measured in plans/sgld-estimator.md.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import jax
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.engine import Timer, concat, drive_units, f64, first_nonfinite, i64
+from lambda_hat.engine import Timer, concat, drive_units, first_nonfinite, i64
 from lambda_hat.methods._base import (
+    Dtype,
     Method,
     Target,
+    dtype_field,
     kept,
     mean_or_none,
     partial_llc,
@@ -30,6 +34,25 @@ from lambda_hat.schema import config_dataclass, field
 from lambda_hat.stability import StabilityRange
 
 Precond = Literal["none", "rmsprop", "adam"]
+Estimator = Literal["minibatch", "full"]
+
+
+def block_length(eval_every: int | None, n: int, batch: int, steps: int, estimator: str) -> int:
+    """Steps per block: ``eval_every``, or by default (plans/sgld-estimator.md)
+
+    - ``minibatch``: min(⌈n/B⌉, max(1, steps // 100)), one draw per epoch but >= 100 per chain
+      (a draw is free; the block's one cost is the MALA probe's gradient);
+    - ``full``: ⌈n/B⌉, one L_n pass per epoch (a pass costs about as much as the epoch's n/B
+      minibatch gradients; thinner lost precision on the linear problem, denser cost more).
+
+    Never more than ``steps``.
+    """
+    epoch = -(-n // min(batch, n))
+    if eval_every is None and estimator == "full":
+        eval_every = epoch
+    elif eval_every is None:
+        eval_every = min(epoch, max(1, steps // 100))
+    return min(eval_every, steps)
 
 
 @config_dataclass
@@ -48,12 +71,21 @@ class SGLDHyper:
     steps: int = field(10000, "SGLD steps per chain, burn-in included", ge=2)
     burnin_frac: float = field(0.2, "fraction of the steps discarded as burn-in", ge=0, lt=1)
     chains: int = field(4, "independent chains, vmapped", ge=1)
+    estimator: Estimator = field(
+        "minibatch",
+        "E[L_n] from the steps' own minibatch losses (free) or full-data L_n passes (one per "
+        "block)",
+    )
     eval_every: int | None = field(
-        None, "steps between full-data L_n draws (thinning); None: one per epoch (n/batch)", ge=1
+        None,
+        "steps per block: one trace draw and one MALA probe each (full: one L_n pass each); "
+        "None: minibatch min(n/batch, steps/100), full n/batch (one per epoch)",
+        ge=1,
     )
     precond_decay: float = field(0.99, "EMA decay of the squared-gradient moment", gt=0, lt=1)
     adam_beta1: float = field(0.9, "EMA decay of the gradient moment (adam only)", ge=0, lt=1)
     precond_eps: float = field(1e-8, "added to sqrt(v) in the preconditioner", gt=0)
+    dtype: Dtype = dtype_field()
 
 
 def space() -> dict:
@@ -72,20 +104,9 @@ def space() -> dict:
     }
 
 
-def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
-    """Run the SGLD chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
-    post = target.post
-    C, steps, n = hp["chains"], hp["steps"], post.n
-    batch = min(hp["batch"], n)
-    E = hp["eval_every"]
-    if E is None:
-        E = min(-(-n // batch), max(1, steps // 100))
-    E = min(E, steps)
-    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
-    precond = hp["precond_type"]
-    # P adapts during the first half of the burn-in and is then frozen: the second half lets
-    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
-    adapt = 0 if precond == "none" else int(hp["burnin_frac"] * blocks) * E // 2
+def _start(target: Target, C: int, key, table: bool, timer: Timer):
+    """(initial states, chain keys, each row's loss at w* or None unless ``table``), each from
+    a cached program; the table is one forward pass over the data, once per trial."""
 
     def setup(args, key):
         post = traced_posterior(target, args)
@@ -93,23 +114,46 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         starts = chain_starts(post, k_start, C)
         return jax.vmap(sgld_kernel.init)(starts), jax.random.split(k_run, C)
 
+    def rows(args):
+        return sgld_kernel.row_losses(traced_posterior(target, args))
+
     state, chain_keys = timer.once(("sgld", "setup", target.key, C), setup, target.args, key)
+    rows_star = timer.once(("sgld", "rows", target.key), rows, target.args) if table else None
+    return state, chain_keys, rows_star
+
+
+def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
+    """Run the SGLD chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
+    post = target.post
+    C, steps, n = hp["chains"], hp["steps"], post.n
+    batch = min(hp["batch"], n)
+    estimator = hp["estimator"]
+    E = block_length(hp["eval_every"], n, batch, steps, estimator)
+    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
+    precond = hp["precond_type"]
+    # P adapts during the first half of the burn-in and is then frozen: the second half lets
+    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
+    adapt = 0 if precond == "none" else int(hp["burnin_frac"] * blocks) * E // 2
+
+    table = estimator == "minibatch" and batch < n  # the control variate's w* row losses
+    state, chain_keys, rows_star = _start(target, C, key, table, timer)
     consts = (
         target.args,
-        f64(hp["eta0"]),
-        f64(hp["precond_decay"]),
-        f64(hp["adam_beta1"]),
-        f64(hp["precond_eps"]),
+        target.real(hp["eta0"]),
+        target.real(hp["precond_decay"]),
+        target.real(hp["adam_beta1"]),
+        target.real(hp["precond_eps"]),
         i64(E),
         i64(adapt),
         chain_keys,
+        rows_star,
     )
 
     def unit(consts, state, b):
-        args, eta, decay, beta1, eps, E, adapt, chain_keys = consts
+        args, eta, decay, beta1, eps, E, adapt, chain_keys, rows_star = consts
         post = traced_posterior(target, args)
-        kernel = sgld_kernel.build_kernel(post, batch, precond, decay, beta1, eps)
-        block = sgld_kernel.build_block(kernel, post, eta, E, adapt)
+        kernel = sgld_kernel.build_kernel(post, batch, precond, decay, beta1, eps, rows_star)
+        block = sgld_kernel.build_block(kernel, post, eta, E, adapt, estimator)
         return jax.vmap(block, in_axes=(0, 0, None))(chain_keys, state, b)
 
     def first_bad(info, finite):
@@ -117,7 +161,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
 
     state, infos, done, early = drive_units(
         timer,
-        ("sgld", target.key, C, batch, precond),
+        ("sgld", target.key, C, batch, precond, estimator),
         unit,
         consts,
         state,
@@ -128,20 +172,21 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         lambda s: s.position,
         lambda infos: partial_llc(concat(infos, 0), post, hp["burnin_frac"]),
     )
-    loss, accept = concat(infos, 0), concat(infos, 1)
+    loss, accept = concat(infos, 0).astype(np.float64), concat(infos, 1).astype(np.float64)
     draws, burn = kept(loss, hp["burnin_frac"])
     if burn * E < adapt:  # stopped early: no kept draw from before the freeze
         burn = min(-(-adapt // E), loss.shape[1])
         draws = loss[:, burn:]
     acc_kept = accept[:, burn:]
     grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
+    # full: one L_n pass per block and chain; minibatch: the w* row-loss table, once
+    passes = C * done if estimator == "full" else int(table)
     return {
         **run_output(loss, draws, burn, done, blocks, early, (done * E, blocks * E)),
         "work": {
             "grad_evals": C * grads_per_chain,
-            # minibatch gradients (B/n each) plus one full-data L_n pass per block
-            "fge": C * (grads_per_chain * batch / n + done),
-            "loss_evals": C * done,
+            "fge": C * grads_per_chain * batch / n + passes,  # a gradient on B rows: B/n
+            "loss_evals": passes,
         },
         "diagnostics": {
             "mala_acceptance": mean_or_none(acc_kept),

@@ -27,12 +27,18 @@ from lambda_hat.engine import (
     chunk_capacity,
     concat,
     drive,
-    f64,
     first_nonfinite,
     i64,
     unit_chunk,
 )
-from lambda_hat.methods._base import Method, Target, run_output, traced_posterior
+from lambda_hat.methods._base import (
+    Dtype,
+    Method,
+    Target,
+    dtype_field,
+    run_output,
+    traced_posterior,
+)
 from lambda_hat.samplers import vi as vi_kernel
 from lambda_hat.schema import config_dataclass, field
 
@@ -71,6 +77,7 @@ class VIHyper:
     init_spread: float = field(
         0.1, "spread of the initial component means (in posterior sd's from the curvature)", ge=0
     )
+    dtype: Dtype = dtype_field()
 
 
 def space() -> dict:
@@ -109,8 +116,8 @@ def _setup(target: Target, hp: dict, key, opt_args, timer: Timer):
         setup,
         target.args,
         key,
-        f64(hp["whiten_decay"]),
-        f64(hp["init_spread"]),
+        target.real(hp["whiten_decay"]),
+        target.real(hp["init_spread"]),
         opt_args,
     )
 
@@ -121,7 +128,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     C, steps, n = hp["chains"], hp["steps"], post.n
     M, r, S = hp["M"], hp["r"], hp["mc_samples"]
     batch = min(hp["batch_size"], n)
-    opt_args = (f64(hp["lr"]), f64(max(steps, 1)))
+    opt_args = (target.real(hp["lr"]), target.real(max(steps, 1)))
     whitening, state, chain_keys, eval_keys = _setup(target, hp, key, opt_args, timer)
     if not all(np.isfinite(np.asarray(x)).all() for x in whitening):
         raise Diverged(0, "non-finite whitening estimate at w*")

@@ -26,8 +26,12 @@ discretization bias (a Lyapunov closed form on quadratic models:
 
 Health signal: SGLD's MALA acceptance (devinterp; healthy ≈ 0.9–0.95), the Metropolis
 acceptance probability the proposal would have under the same minibatch's U_B, computed on the
-last step of every block at the price of one extra minibatch gradient. For frozen steps it is
-the exact acceptance of the fixed-P Langevin proposal.
+last step of every block at the price of one extra *minibatch* gradient (never a full-data
+pass). For frozen steps it is the exact acceptance of the fixed-P Langevin proposal.
+
+Estimators (:func:`build_block`, plans/sgld-estimator.md): λ̂ reads E[L_n] either from the
+minibatch losses the gradient steps compute anyway, with each row's loss at w* as a control
+variate (``minibatch``, free), or from full-data L_n evaluations, one per block (``full``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,15 @@ from blackjax.base import SamplingAlgorithm
 
 from lambda_hat.posterior import LLCPosterior, minibatch_indices
 
-__all__ = ["SGLDState", "SGLDInfo", "init", "build_kernel", "build_block", "as_top_level_api"]
+__all__ = [
+    "SGLDInfo",
+    "SGLDState",
+    "as_top_level_api",
+    "build_block",
+    "build_kernel",
+    "init",
+    "row_losses",
+]
 
 
 class SGLDState(NamedTuple):
@@ -58,10 +70,13 @@ class SGLDInfo(NamedTuple):
 
     batch_loss: L_B(w) on the step's minibatch, before the move.
     mala_accept: MALA acceptance probability of the move (NaN unless measured).
+    batch_loss_star: L_B(w*) on the same minibatch, looked up in the kernel's ``row_loss_star``
+      table; L_n(w*) (its expectation) on a full batch or without a table.
     """
 
     batch_loss: jax.Array
     mala_accept: jax.Array
+    batch_loss_star: jax.Array
 
 
 def init(position: jax.Array, precond: jax.Array | None = None) -> SGLDState:
@@ -82,8 +97,12 @@ def build_kernel(
     decay: float = 0.99,
     beta1: float = 0.9,
     eps: float = 1e-8,
+    row_loss_star: jax.Array | None = None,
 ):
     """``kernel(key, state, step_size, measure_mala, adapt) -> (state, SGLDInfo)`` (unjitted).
+
+    ``row_loss_star`` ((n,), optional, may be traced): each row's loss at w*
+    (:func:`row_losses`), from which the step reports L_B(w*) on its minibatch for free.
 
     The posterior's numbers, ``step_size``, ``decay``, ``beta1`` and ``eps`` may be traced;
     ``batch`` and ``precond_type`` shape the program. ``measure_mala`` is a Python bool: when
@@ -142,9 +161,20 @@ def build_kernel(
         accept = jnp.asarray(jnp.nan, w.dtype)
         if measure_mala:
             accept = _mala_accept(loss_and_grad, posterior, idx, w, loss, g, new_w, P, step_size)
-        return SGLDState(new_w, m, v, count, kept_P), SGLDInfo(loss, accept)
+        if row_loss_star is None or idx is None:
+            loss_star = jnp.asarray(posterior.loss_star, w.dtype)
+        else:
+            loss_star = jnp.mean(row_loss_star[idx])
+        return SGLDState(new_w, m, v, count, kept_P), SGLDInfo(loss, accept, loss_star)
 
     return kernel
+
+
+def row_losses(posterior: LLCPosterior) -> jax.Array:
+    """(n,) each row's loss at w* (one forward pass over the data; their mean is L_n(w*))."""
+    return jax.vmap(lambda i: posterior.batch_loss(posterior.w_star, i[None]))(
+        jnp.arange(posterior.n)
+    )
 
 
 def _mala_accept(loss_and_grad, posterior, idx, w, loss, g, new_w, P, step_size):
@@ -172,30 +202,56 @@ def _mala_accept(loss_and_grad, posterior, idx, w, loss, g, new_w, P, step_size)
     return jnp.exp(jnp.minimum(0.0, log_ratio))
 
 
-def build_block(kernel, posterior: LLCPosterior, step_size, block_len, adapt_steps):
+def build_block(
+    kernel,
+    posterior: LLCPosterior,
+    step_size,
+    block_len,
+    adapt_steps,
+    estimator: Literal["minibatch", "full"] = "minibatch",
+):
     """``block(chain_key, state, block_index) -> (state, (loss, mala_accept))``.
 
-    A block is ``block_len`` steps whose last one measures the MALA acceptance; it then records
-    the full-data L_n at the block's end (one draw of the thinned trace). Step keys are
-    ``fold_in(chain_key, global step)``, so results do not depend on how blocks are chunked.
-    Global steps below ``adapt_steps`` adapt the preconditioner, later ones use it frozen.
-    ``step_size``, ``block_len`` and ``adapt_steps`` may be traced (the steps run in a
-    ``fori_loop``), so one compiled program serves every step size, thinning and burn-in.
+    A block is ``block_len`` steps whose last one measures the MALA acceptance. Its ``loss``
+    (one draw of the thinned trace) is, with ``estimator="minibatch"``, the mean over the
+    block's steps of L_B(w) − L_B(w*) + L_n(w*) on the minibatch each step drew for its
+    gradient: L_B(w*) is a lookup in the kernel's ``row_loss_star`` (a control variate that
+    removes the minibatch noise w and w* share; without a table it is L_n(w*), and the draw the
+    plain mean of L_B(w)). No extra work, and unbiased for the mean of L_n(w) over the block's
+    states, the batch being drawn independently of w. With ``"full"`` the draw is the full-data
+    L_n at the block's end (one more pass over the data).
+
+    Step keys are ``fold_in(chain_key, global step)``, so results do not depend on how blocks
+    are chunked, nor on the estimator. Global steps below ``adapt_steps`` adapt the
+    preconditioner, later ones use it frozen. ``step_size``, ``block_len`` and ``adapt_steps``
+    may be traced (the steps run in a ``fori_loop``), so one compiled program serves every step
+    size, thinning and burn-in.
     """
+    if estimator not in ("minibatch", "full"):
+        raise ValueError(f"estimator must be minibatch or full, got {estimator!r}")
+
+    def drawn(info):
+        return info.batch_loss - info.batch_loss_star
 
     def block(chain_key, state, block_index):
         first = block_index * block_len
 
-        def plain(i, s):
+        def plain(i, carry):
+            s, total = carry
             step = first + i
             key = jax.random.fold_in(chain_key, step)
-            return kernel(key, s, step_size, adapt=step < adapt_steps)[0]
+            s, info = kernel(key, s, step_size, adapt=step < adapt_steps)
+            return s, total + drawn(info)
 
-        state = jax.lax.fori_loop(0, block_len - 1, plain, state)
+        zero = jnp.zeros((), state.position.dtype)
+        state, total = jax.lax.fori_loop(0, block_len - 1, plain, (state, zero))
         last = first + block_len - 1
         key = jax.random.fold_in(chain_key, last)
         state, info = kernel(key, state, step_size, measure_mala=True, adapt=last < adapt_steps)
-        return state, (posterior.loss(state.position), info.mala_accept)
+        if estimator == "full":
+            return state, (posterior.loss(state.position), info.mala_accept)
+        loss = (total + drawn(info)) / block_len + posterior.loss_star
+        return state, (loss, info.mala_accept)
 
     return block
 

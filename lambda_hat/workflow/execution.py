@@ -5,9 +5,12 @@ for the contract). The app bodies are module-level functions, so Parsl ships the
 and a worker imports this module like any other.
 
 A trial runs :data:`DEFAULT_TRIAL_TARGET` (``"module:function"``, called with the payload as
-keyword arguments) in a child process through :func:`lambda_hat.isolation.run_isolated`, which
-kills it past ``method_budget_sec × timeout_grace`` even inside compiled code and turns a
-crash into a failure kind, so a trial never takes down a worker. Whatever happens, the trial's
+keyword arguments) in a child process, which is killed past ``method_budget_sec ×
+timeout_grace`` even inside compiled code, and whose crash becomes a failure kind, so a trial
+never takes down a worker. The child is the worker's warm trial process
+(:func:`lambda_hat.warm.run_warm`: imports, problems and compiled programs kept between trials;
+the payload's ``warm`` policy says when it is replaced), or with ``warm: None`` a fresh one per
+trial (:func:`lambda_hat.isolation.run_isolated`). Whatever happens, the trial's
 ``metrics.json`` exists in its run directory afterwards (the results table is built from it).
 
 JAX in workers: the persistent compilation cache lives in ``<artifacts>/.jax_cache``, shared by
@@ -27,7 +30,9 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +50,15 @@ from lambda_hat.isolation import (
 )
 from lambda_hat.outcome import KINDS, TRACEBACK_CHARS, failed_metrics, from_exception
 from lambda_hat.schema import ConfigError
+from lambda_hat.warm import WarmPolicy, run_warm
 from lambda_hat.workflow import blocks
 
 log = logging.getLogger("lambda_hat.workflow")
 
 DEFAULT_TRIAL_TARGET = "lambda_hat.workflow.execution:run_method_trial"
+PROBLEM_CACHE_SIZE = 2  # problems a (warm) trial process keeps loaded, least recent dropped
+_SUPERVISOR_KEYS = ("target", "isolate", "timeout_grace", "warm")  # not the target's arguments
+_PROBLEMS: OrderedDict[tuple, tuple] = OrderedDict()  # (pid, artifacts) -> (stamp, Problem)
 
 
 # ------------------------------------------------------------------------ trial identity
@@ -129,11 +138,8 @@ def run_method_trial(**payload: Any) -> dict:
     """Build (or load) the problem and run one trial of ``payload["method"]`` (the default
     target; it runs inside the isolated child process)."""
     from lambda_hat import runner
-    from lambda_hat.config import ProblemSpec
-    from lambda_hat.problems import build_problem
-    from lambda_hat.schema import validate
 
-    problem = build_problem(validate(payload["spec"], ProblemSpec, "spec"), payload["artifacts"])
+    problem = cached_problem(payload["spec"], payload["artifacts"])
     mark_started("ready")  # the hard limit counts from here: imports and loading are start-up
     return runner.run_method_trial(
         problem,
@@ -146,8 +152,41 @@ def run_method_trial(**payload: Any) -> dict:
     )
 
 
+def cached_problem(spec: dict, artifacts: str | Path):
+    """The problem of ``spec`` under ``artifacts``, built or loaded once per process (a warm
+    trial process runs many trials of few problems): kept while its stored ``data.npz`` is the
+    same file, :data:`PROBLEM_CACHE_SIZE` problems at most."""
+    from lambda_hat.config import ProblemSpec
+    from lambda_hat.problems import build_problem, problem_dir, problem_id
+    from lambda_hat.schema import validate
+
+    spec_obj = validate(spec, ProblemSpec, "spec")
+    pid = problem_id(spec_obj)
+    key = (pid, str(Path(artifacts).resolve()))
+
+    def stamp() -> tuple | None:
+        with contextlib.suppress(OSError):
+            st = (problem_dir(artifacts, pid) / "data.npz").stat()
+            return st.st_ino, st.st_mtime_ns, st.st_size
+        return None
+
+    hit = _PROBLEMS.get(key)
+    if hit is not None and hit[0] is not None and hit[0] == stamp():
+        _PROBLEMS.move_to_end(key)
+        return hit[1]
+    problem = build_problem(spec_obj, artifacts)
+    _PROBLEMS[key] = (stamp(), problem)
+    while len(_PROBLEMS) > PROBLEM_CACHE_SIZE:
+        _PROBLEMS.popitem(last=False)
+    return problem
+
+
 def execute_trial(payload: dict) -> dict:
     """The trial app body: run the payload's target, write and return its metrics dict.
+
+    Isolated (``isolate``, the default) in this worker thread's warm trial process when the
+    payload has a ``warm`` policy (``{max_trials, max_rss_mb}``, the config's ``optuna.warm``),
+    else in a fresh process; ``isolate: False`` runs it in this process.
 
     Never raises for a failure of the trial itself: exceptions, crashes and hard timeouts come
     back as ``{"status": "failed", "failure": {"kind": ..., ...}}``. The outcome is judged by
@@ -166,12 +205,16 @@ def execute_trial(payload: dict) -> dict:
     run_dir = Path(payload["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     target = payload.get("target", DEFAULT_TRIAL_TARGET)
-    kwargs = {k: v for k, v in payload.items() if k not in ("target", "isolate", "timeout_grace")}
+    kwargs = {k: v for k, v in payload.items() if k not in _SUPERVISOR_KEYS}
     if payload.get("isolate", True):
         hard = float(payload["budget_sec"]) * float(payload.get("timeout_grace", 1.5))
-        spawned = time.time()
-        metrics = run_isolated(target, kwargs, hard, workdir=trial_workdir(run_dir), env=env)
-        metrics = {"startup_sec": startup_seconds(trial_workdir(run_dir), spawned), **metrics}
+        workdir, spawned = trial_workdir(run_dir), time.time()
+        if payload.get("warm") is not None:
+            policy = WarmPolicy.from_mapping(payload["warm"])
+            metrics = run_warm(target, kwargs, hard, workdir, env=env, policy=policy)
+        else:
+            metrics = run_isolated(target, kwargs, hard, workdir=workdir, env=env)
+        metrics = {"startup_sec": startup_seconds(workdir, spawned), **metrics}
     else:
         metrics = dict(_call_inline(target, kwargs, run_dir))
     metrics.setdefault("host", socket.gethostname())
@@ -251,6 +294,7 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
+    from parsl.jobs.error_handlers import windowed_error_handler
     from parsl.providers import LocalProvider
 
     workers = workers or os.cpu_count() or 1
@@ -264,11 +308,13 @@ def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
                 cores_per_worker=1,
                 # one core per worker when there are enough (Parsl refuses more workers)
                 cpu_affinity="block" if 0 < workers <= cores else "none",
+                # a pool lost to kill -9 or the OOM killer is replaced (strategy "simple")
+                block_error_handler=partial(windowed_error_handler, threshold=3),
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
             )
         ],
         run_dir=str(run_dir),
-        strategy="none",
+        strategy="simple",
         usage_tracking=0,
     )
 

@@ -6,16 +6,25 @@ learned) and stops a study that has produced ``max_consecutive_failures`` counte
 without a single success, saying what failed, where, and what to change
 (:mod:`lambda_hat.workflow.diagnosis`). Which kinds count is the *guarded* column of
 :data:`lambda_hat.outcome.KINDS`.
+
+On resume (:meth:`FailureGuard.replay`) a stop is not carried over: the stored trials are
+replayed through the same rules, but a stop or abort they reach ends their evidence, and the
+rerun starts a fresh window (the user reran because the cause may be fixed, often in the
+environment, which nothing stored can show). A rerun where nothing changed stops again after
+the same few trials, with the reason. Trials asked in another search space are not evidence.
+See ``plans/failures.md`` (Replay).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from lambda_hat.outcome import KINDS, failure_of
 from lambda_hat.workflow.diagnosis import Record
@@ -24,6 +33,8 @@ from lambda_hat.workflow.diagnosis import suggestion as suggest
 from lambda_hat.workflow.tell import TellArgs, failure_from_attrs
 
 __all__ = ["CONTINUE", "SYSTEMATIC_EXC_TYPES", "Decision", "FailureGuard"]
+
+log = logging.getLogger("lambda_hat.workflow")
 
 SYSTEMATIC_EXC_TYPES: frozenset[str] = frozenset(
     {"ImportError", "ModuleNotFoundError", "SyntaxError", "ConfigError", "AttributeError"}
@@ -75,6 +86,9 @@ class FailureGuard:
         step_limits: step-size name -> its stability limit ε_max on this problem (from the
             curvature, :func:`lambda_hat.workflow.plan.study_space`); a study whose failures
             are all divergences is told that limit. Default: none.
+        space: the study's search space in this run; :meth:`replay` skips stored trials whose
+            parameters were drawn from other distributions (an earlier space). Default: none
+            (every stored trial is evidence).
 
     Kinds that are not *guarded* (``interrupted``, ``infrastructure``, ``pruned``) are recorded
     for the diagnosis but do not count. Import and config errors (:data:`SYSTEMATIC_EXC_TYPES`,
@@ -86,8 +100,11 @@ class FailureGuard:
     systematic_after: int = 3
     culprits: Mapping[str, Sequence[str]] = field(default_factory=dict)
     step_limits: Mapping[str, float] = field(default_factory=dict)
+    space: Mapping[str, BaseDistribution] | None = None
     records: list[Record] = field(default_factory=list)
     decision: Decision = CONTINUE
+    #: the stop or abort the replayed trials reached last (lifted for this run), if any
+    previous: Decision | None = None
 
     def __post_init__(self) -> None:
         if self.max_consecutive_failures is not None and self.max_consecutive_failures < 1:
@@ -149,9 +166,15 @@ class FailureGuard:
 
     def replay(self, study: optuna.Study) -> Decision:
         """Re-record a resumed study's finished trials (in trial order) from their user attrs,
-        so that a restarted driver keeps the counts, and a stopped study stays stopped."""
+        so that a restarted driver keeps the counts.
+
+        Evidence is the trials since the last stop or abort they reach, of the current
+        :attr:`space`: a stop of the previous run is lifted (kept in :attr:`previous`, logged)
+        and this run gets a fresh window of ``systematic_after`` / ``max_consecutive_failures``
+        trials to show whether its cause is fixed. Returns the decision (``continue``).
+        """
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-            if not t.state.is_finished():
+            if not t.state.is_finished() or not self._same_space(t):
                 continue
             run_dir = t.user_attrs.get("run_dir")
             path = f"{run_dir}/metrics.json" if run_dir else None
@@ -161,8 +184,22 @@ class FailureGuard:
                 if ok
                 else {"status": "failed", "failure": failure_from_attrs(t.user_attrs)}
             )
-            self.record(t.number, metrics, path, t.params)
+            if not self.record(t.number, metrics, path, t.params).proceed:
+                self.previous, self.records, self.decision = self.decision, [], CONTINUE
+        if self.previous is not None:
+            log.warning(
+                "%s: the previous run stopped this study (%s); trying again: it stops after "
+                "the same few trials if the cause is not fixed",
+                study.study_name,
+                self.previous.message.splitlines()[0],
+            )
         return self.decision
+
+    def _same_space(self, t: FrozenTrial) -> bool:
+        """Whether the trial's parameters were drawn from this run's :attr:`space`."""
+        if self.space is None:
+            return True
+        return all(self.space.get(k) == d for k, d in t.distributions.items())
 
     def _systematic_message(self, recs: list[Record], why: str) -> str:
         f = recs[-1].failure or {}

@@ -5,8 +5,9 @@ Stages, in order:
 0. **Check** (nothing is written): the experiment YAML with the CLI overrides, every problem's
    presets, the methods' search-space overrides and warm-start trials, the sampler's package,
    the Parsl config file. Any error prints one paragraph naming the field and the fix, exit 2.
-1. **References**: one Parsl app per (problem, posterior γ), all in parallel; each builds the
-   problem and the HMC reference of that posterior (cached by its settings). The γ are the
+1. **References** (:mod:`references`): one per (problem, posterior γ), read on the driver when
+   stored, else one Parsl app each, all in parallel, that builds the problem and the HMC
+   reference of that posterior (cached by its settings). The γ are the
    config's and every γ choice of a search space (:attr:`Plan.gammas`). A reference that fails
    its quality gate stops tuning for that problem unless ``optuna.allow_failed_reference``.
 2. **Tuning**: one study per (problem, method), interleaved by :class:`tuning.Driver`.
@@ -22,23 +23,30 @@ Exit codes: 0 done; 1 some problem or study could not be tuned to the end (reaso
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import logging
+import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Iterator
 from pathlib import Path
 
 from lambda_hat import methods, runs
 from lambda_hat.config import ProblemSpec, load_experiment
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
-from lambda_hat.outcome import failed_metrics, from_exception
 from lambda_hat.problems import problem_id
 from lambda_hat.schema import ConfigError, as_dict
-from lambda_hat.workflow import execution, progress, results, studies, tuning, validation
+from lambda_hat.workflow import (
+    execution,
+    progress,
+    references,
+    results,
+    studies,
+    tuning,
+    validation,
+)
 from lambda_hat.workflow.guard import FailureGuard
 from lambda_hat.workflow.plan import (
     Plan,
@@ -47,96 +55,19 @@ from lambda_hat.workflow.plan import (
     stored_curvatures,
     study_space,
 )
+from lambda_hat.workflow.references import References, is_reference, reference_stage
+from lambda_hat.workflow.stopping import StopRule
 from lambda_hat.workflow.tell import best_successful
+
+__all__ = ["References", "execute", "is_reference", "main", "make_tasks", "reference_stage"]
 
 log = logging.getLogger("lambda_hat.workflow")
 
 # ---------------------------------------------------------------------------------- stages
 
 
-class References(dict):
-    """The reference stage's result: ``refs[pid]`` is the problem's reference at the config's
-    settings (or a failed record, :func:`lambda_hat.outcome.failed_metrics`), and
-    ``refs.at(pid, γ)`` the reference of the posterior at γ (None: the config's)."""
-
-    def __init__(self, by_gamma: dict[str, dict[float, dict]], gamma: float) -> None:
-        super().__init__({pid: refs[gamma] for pid, refs in by_gamma.items()})
-        self.by_gamma, self.gamma = by_gamma, gamma
-
-    def at(self, pid: str, gamma: float | None) -> dict:
-        """``{}`` for a γ this run has no reference of (a stored trial from an earlier search
-        space): such a trial is not scored."""
-        return self.by_gamma[pid].get(self.gamma if gamma is None else float(gamma), {})
-
-
-def reference_stage(plan: Plan, submit: Callable[[dict], Future] | None = None) -> References:
-    """Stage 1: one Parsl app per (problem, γ of :attr:`Plan.gammas`), all in parallel, each
-    cached by its settings (the config's γ in ``ref.json``, others in their own folder,
-    :func:`lambda_hat.reference.reference_home`). ``submit(payload) -> Future`` defaults to
-    the Parsl app :func:`execution.execute_reference`."""
-    submit = submit or execution.reference_submitter()
-    ref_cfg = dataclasses.asdict(plan.cfg.reference)
-    gammas = plan.gammas
-    futures: dict[str, dict[float, Future]] = {}
-    for spec in plan.exp.problems:
-        pid = problem_id(spec)
-        if pid in futures:
-            continue
-        payload = {"spec": as_dict(spec), "reference": ref_cfg, "artifacts": str(plan.artifacts)}
-        futures[pid] = {g: submit({**payload, "gamma": g}) for g in gammas}
-    log.info(
-        "references: %d problem(s) x %d γ (%s) submitted",
-        len(futures),
-        len(gammas),
-        ", ".join(f"{g:g}" for g in gammas),
-    )
-    by_gamma: dict[str, dict[float, dict]] = {}
-    for pid, futs in futures.items():
-        by_gamma[pid] = {}
-        for g, fut in futs.items():
-            try:
-                by_gamma[pid][g] = fut.result()
-            except Exception as exc:
-                by_gamma[pid][g] = failed_metrics(**from_exception(exc))
-    return References(by_gamma, gammas[0])
-
-
-def _num(x, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def is_reference(ref: dict) -> bool:
-    """Whether a reference stage result is a reference (not a failed record)."""
-    return ref.get("status") != "failed"
-
-
-def _usable(pid: str, ref: dict, allow_failed: bool) -> str | None:
-    """Why tuning cannot use this reference, or None when it can."""
-    if not is_reference(ref):
-        return f"the reference could not be computed: {ref['failure']['message']}"
-    gate = ref.get("gate") or {}
-    if not gate.get("passed", False) and not allow_failed:
-        reasons = "; ".join(gate.get("reasons") or ["no reason recorded"])
-        return (
-            f"the HMC reference failed its quality gate ({reasons}). Raise reference.draws "
-            "or reference.warmup, or set optuna.allow_failed_reference: true to tune anyway."
-        )
-    return None
-
-
 def _trial_ref(ref: dict) -> dict:
     return {k: v for k, v in ref.items() if k != "summary"}
-
-
-def _unusable(refs: dict, pid: str, allow_failed: bool) -> str | None:
-    """Why a problem cannot be tuned: the first of its references (one per γ) that is not
-    usable, or None."""
-    by_gamma = refs.by_gamma[pid] if isinstance(refs, References) else {None: refs[pid]}
-    for gamma, ref in by_gamma.items():
-        why = _usable(pid, ref, allow_failed)
-        if why:
-            return why if len(by_gamma) == 1 else f"at γ = {gamma:g}, {why}"
-    return None
 
 
 def _ref_lookup(refs: dict, pid: str, method: str, plan: Plan):
@@ -176,6 +107,7 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                 "target": plan.trial_target,
                 "isolate": oc.isolate,
                 "timeout_grace": oc.timeout_grace,
+                "warm": None if oc.warm is None else as_dict(oc.warm),
             }
             task = tuning.StudyTask(
                 pid=pid,
@@ -194,10 +126,12 @@ def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyT
                     max_consecutive_failures=oc.max_consecutive_failures,
                     culprits=methods.culprits(method),
                     step_limits=resolved.limits,
+                    space=resolved.space,
                 ),
                 max_retries=oc.infrastructure_retries,
                 prune=studies.prunes(oc),
                 refs=_ref_lookup(refs, pid, method, plan),
+                stop_rule=StopRule.from_config(oc),
             )
             if plan.enqueue[method] and not study.user_attrs.get("warm_start_enqueued"):
                 for params in plan.enqueue[method]:
@@ -240,9 +174,10 @@ def _locator(plan: Plan, spec: ProblemSpec, method: str):
 
 def aggregate(plan: Plan, tasks: list[tuning.StudyTask]) -> Path:
     """Stage 3: the Parquet table and the study pickles."""
-    rows = []
+    rows, problems = [], results.problem_table(plan.cfg.problems, plan.exp.problems)
     for t in tasks:
-        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref))
+        problem = problems.get(t.pid)
+        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem))
         studies.export_pickle(t.study, plan.results, t.pid, t.method)
     return results.write_parquet(rows, plan.results / results.PARQUET_NAME)
 
@@ -275,6 +210,28 @@ def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
     return out
 
 
+@contextlib.contextmanager
+def parsl_session(plan: Plan, attempts: int = 5) -> Iterator[None]:
+    """:func:`execution.parsl_session` with the run's logs under ``<results>/runinfo``.
+
+    Two drivers sharing the results directory that start together can pick the same numbered
+    Parsl run directory (Parsl lists, then creates: one gets FileExistsError); that start is
+    retried after a short random wait, with the next free number.
+    """
+    with contextlib.ExitStack() as stack:
+        for attempt in range(attempts):
+            try:
+                stack.enter_context(
+                    execution.parsl_session(plan.parsl_config, plan.results / "runinfo")
+                )
+                break
+            except FileExistsError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.1, 1.0))
+        yield
+
+
 def execute(plan: Plan) -> int:
     """Run stages 1-3 (after :func:`check_plan`). Returns the exit code."""
     oc = plan.cfg.optuna
@@ -282,26 +239,18 @@ def execute(plan: Plan) -> int:
     plan.results.mkdir(parents=True, exist_ok=True)
     storage = studies.open_storage(oc, plan.results)
     code = 0
-    with execution.parsl_session(plan.parsl_config, plan.results / "runinfo"):
+    with parsl_session(plan):
         refs = reference_stage(plan)
         for pid in list(plan.pids):
-            for gamma, ref in refs.by_gamma[pid].items():
-                if is_reference(ref):
-                    log.info(
-                        "reference %s (γ = %g): llc_ref = %s ± %s, gate %s",
-                        pid,
-                        gamma,
-                        _num(ref.get("llc_ref"), ".4g"),
-                        _num(ref.get("se_ref"), ".2g"),
-                        "passed" if ref["gate"]["passed"] else "FAILED",
-                    )
-            why = _unusable(refs, pid, oc.allow_failed_reference)
+            references.report(refs, pid)
+            why = references.unusable(refs, pid, oc.allow_failed_reference)
             if why:
                 log.error("problem %s is not tuned: %s", pid, why)
                 plan.pids.remove(pid)
                 code = 1
         tasks = make_tasks(plan, storage, refs)
-        show = progress.StudyTable(tasks, oc.max_trials)
+        labels = results.problem_labels(plan.cfg.problems, plan.exp.problems)
+        show = progress.StudyTable(tasks, oc.max_trials, labels=labels)
         last_parquet = [time.monotonic()]
 
         def tick() -> None:
@@ -328,7 +277,7 @@ def execute(plan: Plan) -> int:
     studies.sync_storage(storage)
     show(force=True)
     path = aggregate(plan, tasks)
-    print(progress.best_table(best_rows(tasks)))
+    print(progress.best_table(best_rows(tasks), labels))
     if validated is not None:
         print(validation.table(validated))
         code = 1 if any(v.validated and v.chosen is None for v in validated) else code

@@ -34,7 +34,7 @@ from lambda_hat.posterior import default_beta
 from lambda_hat.problems import problem_dir, problem_id
 from lambda_hat.schema import ConfigError
 from lambda_hat.stability import STABILITY_SCALE, StabilityRange, step_limit
-from lambda_hat.workflow import execution, studies
+from lambda_hat.workflow import execution, samplers, studies
 
 log = logging.getLogger("lambda_hat.workflow")
 #: Trials in flight when neither optuna.batch_size nor the executors say how many.
@@ -398,6 +398,7 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
                 m, oc.search_space.get(m), f"optuna.search_space.{m}"
             )
             enqueue[m] = _check_enqueue(m, oc.enqueue.get(m), spaces[m], fixed[m])
+            samplers.check_grid(oc, spaces[m], f"optuna.search_space.{m}")
     except ConfigError as exc:
         raise ConfigError(exc.where, exc.problem, exc.fix, source=exp.source) from None
     paths = cfg.paths

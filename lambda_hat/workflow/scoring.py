@@ -46,3 +46,16 @@ def _seconds(metrics: dict) -> float | None:
     """The trial's wall-clock seconds (``seconds`` may be a number or ``{"total": ...}``)."""
     seconds = metrics.get("seconds")
     return finite_float(seconds.get("total") if isinstance(seconds, dict) else seconds)
+
+
+def error_of_objective(value: float, task: StudyTask, ref: dict | None = None) -> float:
+    """|λ̂ − λ̂_ref| back from a told error objective ``value`` (the inverse of
+    :func:`objective_values` for ``error``), so that improvements compare with the reference's SE:
+    ``abs`` is the error itself; ``huber`` is √(2δh) for h ≤ δ/2 and h + δ/2 beyond."""
+    ref = task.ref if ref is None else ref
+    if task.objective != "huber":
+        return value
+    delta = task.huber_delta or 2.0 * float(ref.get("se_ref") or 0.0)
+    if delta <= 0:
+        return value
+    return (2 * delta * value) ** 0.5 if value <= delta / 2 else value + delta / 2

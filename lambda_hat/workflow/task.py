@@ -1,5 +1,5 @@
 """One (problem, method) study as the tuning driver sees it: its search space, payload,
-reference(s), content address, guard, and the counts the driver keeps for it."""
+reference(s), content address, guard, stopping rule, and the counts the driver keeps for it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from optuna.distributions import BaseDistribution
 
 from lambda_hat.workflow import execution
 from lambda_hat.workflow.guard import FailureGuard
+from lambda_hat.workflow.samplers import SpaceGridSampler
+from lambda_hat.workflow.stopping import StopRule
 
 __all__ = ["StudyTask"]
 
@@ -31,6 +33,11 @@ class StudyTask:
     same one the trial's runner writes to. ``refs(params)``, when set, is the reference of a
     trial's own posterior (params: fixed and searched, e.g. a γ choice): the trial's payload
     carries it and the trial is scored against it; None: every trial uses ``ref``.
+
+    ``stop_rule`` is the convergence rule (:mod:`lambda_hat.workflow.stopping`); ``early_stop`` the
+    driver's verdict (why the study is done before ``max_trials``, or None), which unlike
+    ``stop_reason`` (the guard's: something is wrong) is a success. A grid sampler
+    (:class:`~lambda_hat.workflow.samplers.SpaceGridSampler`) is bound to ``space`` here.
     """
 
     pid: str
@@ -49,6 +56,7 @@ class StudyTask:
     max_retries: int = 2
     prune: bool = False
     refs: Callable[[dict], dict] | None = None
+    stop_rule: StopRule | None = None
     finished: int = 0
     failed: int = 0
     pruned: int = 0
@@ -60,7 +68,12 @@ class StudyTask:
     best_value: float | None = None
     best_number: int | None = None
     stop_reason: str | None = None
+    early_stop: dict | None = None
     started_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if isinstance(getattr(self.study, "sampler", None), SpaceGridSampler):
+            self.study.sampler.bind(self.space)
 
     @property
     def name(self) -> str:
@@ -75,3 +88,8 @@ class StudyTask:
         if self.stop_reason is None:
             self.stop_reason = reason
             log.warning("study %s stopped: %s", self.name, reason)
+
+    @property
+    def done(self) -> bool:
+        """Asks no more trials: stopped by the guard, converged, or its grid exhausted."""
+        return self.stop_reason is not None or self.early_stop is not None

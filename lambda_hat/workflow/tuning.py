@@ -33,6 +33,12 @@ their ``metrics.json`` if their worker finished, otherwise told FAIL with failur
 ``interrupted`` and their parameters are enqueued again, so the run ends with exactly
 ``max_trials`` finished trials per study and no finished trial is lost or run twice.
 
+Stopping early. A study is done before ``max_trials`` when it converged (``stop_after_stale``)
+or its grid is exhausted (:mod:`lambda_hat.workflow.stopping`): checked after every told trial
+and on start; it then asks nothing more, its in-flight trials finish and are told, and the
+verdict is the study user attr ``early_stop`` (a rerun of it asks nothing). A grid study also
+asks no more trials than it has untaken grid points.
+
 Sharing. Several drivers may run one config on one storage at once: trials RUNNING under a live
 driver are counted as in flight and never settled by another, and a trial asked for a slot that
 another driver took first is told ``interrupted`` unrun (:mod:`lambda_hat.workflow.sharing`).
@@ -63,7 +69,7 @@ from lambda_hat.outcome import (
     is_retryable,
     screen_estimate,
 )
-from lambda_hat.workflow import execution, sharing
+from lambda_hat.workflow import execution, sharing, stopping
 from lambda_hat.workflow.scoring import objective_values
 from lambda_hat.workflow.studies import counts_as_finished
 from lambda_hat.workflow.task import StudyTask
@@ -123,6 +129,7 @@ class Driver:
         self.sync, self.poll_sec = sync, poll_sec
         self._flights: dict[Future, _Flight] = {}
         self._by_dir: dict[str, Future] = {}
+        self._synced: set[str] = set()  # studies whose early_stop attr task.early_stop mirrors
         self.owner = sharing.Owner.this_process()
         self._beat = time.monotonic()
 
@@ -149,7 +156,27 @@ class Driver:
                 task.study.enqueue_trial(frozen.params, user_attrs={"requeued_from": frozen.number})
         if at_start and task.guard is not None and not task.guard.replay(task.study).proceed:
             task.stop(task.guard.decision.message)
-        self._recount(task)
+        trials = task.study.get_trials(deepcopy=False)
+        self._recount(task, trials)
+        self._check_early_stop(task, trials)
+
+    def _check_early_stop(self, task: StudyTask, trials: list | None = None) -> None:
+        """Update ``task.early_stop`` and the study user attr from the stored trials (the attr
+        is read once per study, then known to equal ``task.early_stop``)."""
+        trials = task.study.get_trials(deepcopy=False) if trials is None else trials
+        verdict = stopping.early_stop(task, trials)
+        if task.name in self._synced:
+            stored = task.early_stop
+        else:
+            stored = task.study.user_attrs.get(stopping.ATTR)
+            self._synced.add(task.name)
+        if verdict is not None and task.early_stop is None:
+            log.info("study %s is done: %s", task.name, verdict["reason"])
+        elif verdict is None and stored is not None:
+            log.info("study %s: %s no longer holds; asking again", task.name, stored["rule"])
+        task.early_stop = verdict
+        if stored != verdict:
+            task.study.set_user_attr(stopping.ATTR, verdict)
 
     def _recount(self, task: StudyTask, trials: list | None = None) -> None:
         """Count the study's stored trials afresh (other drivers tell trials too)."""
@@ -188,9 +215,11 @@ class Driver:
                 task.best_value, task.best_number = values[0], number
 
     def _need(self, task: StudyTask) -> int:
-        if task.stop_reason is not None:
+        if task.done:
             return 0
-        return self.max_trials - task.finished - task.running - task.others
+        need = self.max_trials - task.finished - task.running - task.others
+        free = stopping.unclaimed_points(task)
+        return need if free is None else min(need, free)
 
     def _next_task(self) -> StudyTask | None:
         open_tasks = [t for t in self.tasks if self._need(t) > 0]
@@ -204,13 +233,19 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        """Ask, submit and tell until every study has ``max_trials`` finished or is stopped
-        (waiting, when this driver has nothing left to run, for other drivers' trials)."""
+        """Ask, submit and tell until every study has ``max_trials`` finished, is done early
+        (converged, grid exhausted) or is stopped (waiting, when this driver has nothing left
+        to run, for other drivers' trials)."""
         self.owner.start()
         try:
             self._loop()
         finally:
             self.owner.stop()
+        for task in self.tasks:
+            if task.early_stop is not None:
+                log.info(
+                    "study %s done before max_trials: %s", task.name, task.early_stop["reason"]
+                )
 
     def _loop(self) -> None:
         last_tick = last_poll = time.monotonic()
@@ -238,7 +273,7 @@ class Driver:
 
     def _wait_for_others(self) -> bool:
         """Nothing of ours in flight: wait for other drivers' trials (True), if any (False)."""
-        waiting = [t for t in self.tasks if t.stop_reason is None and t.others]
+        waiting = [t for t in self.tasks if not t.done and t.others]
         if not waiting:
             return False
         time.sleep(min(self.poll_sec, self.tick_sec))
@@ -451,3 +486,5 @@ class Driver:
             )
             if not decision.proceed:
                 task.stop(decision.message)
+        if stopping.applies(task):
+            self._check_early_stop(task)

@@ -1,0 +1,306 @@
+"""``lambda-hat run``: hyperparameter sets from studies, bad input before any work, the runs
+table and its summary, and a rerun that costs nothing.
+
+The fast tests use stored studies written here and the analytic stand-in for a method run
+(:mod:`lambda_hat.workflow.synthetic`) on a thread pool; the slow one tunes a tiny problem with
+``parsl-optuna`` and runs ``lambda-hat run`` on its results through the real Parsl executor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.distributions import FloatDistribution
+
+from lambda_hat import cli, runs
+from lambda_hat._io import atomic_write_json
+from lambda_hat.config import OptunaConfig, load_experiment
+from lambda_hat.experiments_config import (
+    ExperimentsConfig,
+    FromStudy,
+    HyperSet,
+    load_experiments,
+)
+from lambda_hat.problems import problem_id
+from lambda_hat.schema import ConfigError
+from lambda_hat.workflow import execution, experiments, studies
+from lambda_hat.workflow.experiments_summary import summarize
+from lambda_hat.workflow.synthetic import synthetic_llc
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC = "lambda_hat.workflow.synthetic:synthetic_trial"
+PROBLEM = "{model: linear, data: small, teacher: _null, seed: 0}"
+REFERENCE = "{chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}"
+BEST_HP = {"eta0": 2e-4, "steps": 300, "chains": 2, "batch": 64, "precond_type": "none"}
+VALIDATED_HP = {**BEST_HP, "eta0": 5e-4}
+
+
+def _config(tmp_path: Path, methods: str, seeds: str = "[0, 1]", results: str = "out") -> Path:
+    path = tmp_path / "experiments.yaml"
+    path.write_text(
+        f"problems: [{PROBLEM}]\nreference: {REFERENCE}\nmethods: {methods}\nseeds: {seeds}\n"
+        "budget_sec: 30\nisolate: false\n"
+        f"paths: {{artifacts: {tmp_path / 'artifacts'}, results: {tmp_path / results}}}\n"
+    )
+    return path
+
+
+def _from(results: Path, pick: str, fixed: str = "") -> str:
+    """A ``from_study`` set in YAML flow style."""
+    return f"{{from_study: {{results: {results}, pick: {pick}}}, fixed: {{{fixed}}}}}"
+
+
+def _pid(config: Path) -> str:
+    return problem_id(load_experiments(config).problems[0])
+
+
+def _tuned(results: Path, pid: str, method: str = "sgld", validated: bool = True) -> None:
+    """A stored study like parsl-optuna leaves: two successful trials with their metrics.json
+    (the full hyperparameters) and, when ``validated``, a recommendation of the worse one."""
+    storage = studies.open_storage(OptunaConfig(), results)
+    study = optuna.create_study(storage=storage, study_name=studies.study_name(pid, method))
+    for number, (value, hp) in enumerate([(0.3, VALIDATED_HP), (0.1, BEST_HP)]):
+        run_dir = results.parent / "artifacts" / "runs" / pid / method / f"r_{number}"
+        atomic_write_json(run_dir / "metrics.json", {"status": "ok", "hyperparams": hp})
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"eta0": hp["eta0"]},
+                distributions={"eta0": FloatDistribution(1e-6, 1e-2, log=True)},
+                value=value,
+                user_attrs={"status": "ok", "run_dir": str(run_dir)},
+            )
+        )
+    if validated:
+        study.set_user_attr("validation", {"hyperparams": VALIDATED_HP, "trial_number": 0})
+    storage.backend.close()
+
+
+def test_from_study_best_and_validated_record_their_study_and_trial(tmp_path):
+    tuned = tmp_path / "tuned"
+    sets = f"{{sgld: [{_from(tuned, 'best')}, {_from(tuned, 'validated', 'steps: 400')}, "
+    sets += "{fixed: {eta0: 1.0e-5}}]}"
+    config = _config(tmp_path, sets)
+    pid = _pid(config)
+    _tuned(tmp_path / "tuned", pid)
+    plan = experiments.plan_experiments(load_experiments(config))
+    best, validated, fixed = plan.sets[pid]
+    assert best.hyperparams == runs.resolve_hyperparams("sgld", BEST_HP)
+    assert (best.source_study, best.source_trial, best.source_pick) == (f"{pid}:sgld", 1, "best")
+    assert validated.hyperparams == runs.resolve_hyperparams("sgld", {**VALIDATED_HP, "steps": 400})
+    assert (validated.source_trial, validated.source_pick) == (0, "validated")
+    assert fixed.hyperparams["eta0"] == 1e-5 and fixed.source_study is None
+    assert [s.index for s in plan.sets[pid]] == [0, 1, 2]
+    assert "set 1 from" in experiments.describe(plan)
+
+
+@pytest.mark.parametrize(
+    "case, where, says",
+    [
+        ("no results folder", "from_study.results", "parsl-optuna --config"),
+        ("no such study", "methods.sgld[0].from_study", "tune this problem with sgld"),
+        ("never validated", "from_study.pick", "optuna.validate"),
+    ],
+)
+def test_from_study_without_what_it_needs_exits_2_before_any_work(
+    case, where, says, tmp_path, capsys
+):
+    pick = "validated" if case == "never validated" else "best"
+    config = _config(tmp_path, f"{{sgld: [{_from(tmp_path / 'tuned', pick)}]}}")
+    if case == "no such study":
+        _tuned(tmp_path / "tuned", "p_000000000000")
+    elif case == "never validated":
+        _tuned(tmp_path / "tuned", _pid(config), validated=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(["run", "--config", str(config), "--local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {config}: ") and where in err and says in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    "methods, seeds, where",
+    [
+        ("{sgld: [{fixed: {eta: 1.0e-4}}]}", "[0]", "methods.sgld[0].fixed.eta"),
+        ("{sgld: [{fixed: {eta0: -1.0}}]}", "[0]", "methods.sgld[0].fixed.eta0"),
+        ("{sgld: [{from_study: {pick: newest}}]}", "[0]", "methods.sgld[0].from_study.pick"),
+        ("{sgdl: [{}]}", "[0]", "methods"),
+        ("{sgld: []}", "[0]", "methods"),
+        ("{sgld: [{}]}", "[]", "seeds"),
+        ("{sgld: [{}]}", "[1, 1]", "seeds"),
+    ],
+)
+def test_bad_sets_and_seeds_name_the_field(tmp_path, methods, seeds, where):
+    with pytest.raises(ConfigError) as err:
+        load_experiments(_config(tmp_path, methods, seeds))
+    assert err.value.where.startswith(where), str(err.value)
+
+
+def test_the_bundled_config_runs_the_demos_problems_against_its_references():
+    exp = load_experiments(REPO / "config" / "experiments.yaml")
+    demo = load_experiment(REPO / "config" / "optuna_demo.yaml")
+    assert [problem_id(p) for p in exp.problems] == [problem_id(p) for p in demo.problems]
+    assert exp.config.reference == demo.config.reference
+    assert exp.config.paths.results == demo.config.paths.results
+    assert exp.config.budget_sec == demo.config.optuna.method_budget_sec  # tuned runs reused
+    for method in demo.config.methods:
+        (hs,) = exp.config.methods[method]
+        assert hs.from_study.results == demo.config.paths.results
+        assert hs.from_study.pick == "validated" and demo.config.optuna.validate is not None
+    assert isinstance(exp.config, ExperimentsConfig)
+
+
+def _walk(block: dict, cls: type, where: str = "") -> list[str]:
+    """Keys of ``block`` the schema class lacks, and its fields ``block`` leaves out."""
+    fields = cls.__pydantic_fields__
+    out = [f"{where}{k} is not in {cls.__name__}" for k in block if k not in fields]
+    return out + [f"{where}{k} is not documented" for k in fields if k not in block]
+
+
+def test_readme_documents_every_experiments_key_with_its_default(tmp_path):
+    readme = (REPO / "README.md").read_text().split("## Config format\n", 1)[1]
+    text = readme.split("<!-- experiments-example", 1)[1].split("```yaml\n", 1)[1]
+    block = yaml.safe_load(text.split("```", 1)[0])
+    (sgld,) = block["methods"]["sgld"]
+    assert _walk(block, ExperimentsConfig) == []
+    assert set(block["methods"]) == {"sgld", "vi"}
+    assert _walk(sgld, HyperSet) == [] and _walk(sgld["from_study"], FromStudy) == []
+    defaults = ExperimentsConfig(problems=[])
+    for key in ("seeds", "budget_sec", "allow_failed_reference", "isolate", "timeout_grace"):
+        assert block[key] == getattr(defaults, key), key
+    assert block["infrastructure_retries"] == defaults.infrastructure_retries
+    assert sgld["from_study"] == dataclasses.asdict(FromStudy())
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(block))
+    assert load_experiments(path).config.methods["vi"][0].fixed == {"M": 4}
+
+
+def _done(value) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _fake_reference(payload: dict) -> Future:
+    return _done(
+        {
+            "llc_ref": 1.5,
+            "se_ref": 0.01,
+            "llc_theory": 1.5,
+            "beta": 0.2,
+            "gamma": payload["gamma"],
+            "gate": {"passed": True},
+        }
+    )
+
+
+def synthetic_run(plan, pool) -> int:
+    """``experiments.execute`` with the analytic trial on ``pool`` and fixed references."""
+
+    def submit(payload: dict) -> Future:
+        return pool.submit(execution.execute_trial, {**payload, "target": SYNTHETIC})
+
+    return experiments.execute(plan, submit, _fake_reference)
+
+
+def test_runs_table_one_row_per_run_a_summary_and_a_rerun_that_costs_nothing(tmp_path, capsys):
+    config = _config(
+        tmp_path, "{sgld: [{fixed: {eta0: 1.0e-4, batch: 64}}], vi: [{}]}", "[0, 1, 2]"
+    )
+    plan = experiments.plan_experiments(load_experiments(config))
+    with ThreadPoolExecutor(2) as pool:
+        assert synthetic_run(plan, pool) == 0
+        first = pd.read_parquet(tmp_path / "out" / experiments.PARQUET_NAME)
+        printed = capsys.readouterr().out
+        assert synthetic_run(plan, pool) == 0
+    again = pd.read_parquet(tmp_path / "out" / experiments.PARQUET_NAME)
+    assert len(first) == 2 * 3 and (first.status == "ok").all()
+    assert list(again.run_id) == list(first.run_id) and again.reused.all()
+    assert not first.reused.any() and first.run_id.str.startswith("r_").all()
+    sgld = first[first.method == "sgld"]
+    assert sgld.hp_batch.dtype == "Int64" and sgld.hp_batch.tolist() == [64] * 3
+    assert sgld.hyperparams.iloc[0]["eta0"] == 1e-4
+    want = synthetic_llc(runs.resolve_hyperparams("sgld", {"eta0": 1e-4, "batch": 64}), 1.5)
+    assert sgld.llc_hat.tolist() == pytest.approx([want] * 3)
+    assert set(first.seed) == {0, 1, 2} and first.source_study.isna().all()
+    assert (first.label == "linear·s0").all() and (first.model == "linear").all()
+    assert (first.family == "dln").all() and first.widths.map(list).tolist() == [[]] * 6
+    assert (first.n == 200).all() and (first.d == 3).all() and (first.problem_seed == 0).all()
+    assert first.llc_ref.eq(1.5).all() and first.error.tolist() == pytest.approx(
+        (first.llc_hat - 1.5).tolist()
+    )
+    (row,) = [s for s in summarize(first.to_dict("records")) if s["method"] == "sgld"]
+    assert row["n_ok"] == 3 and row["mean"] == pytest.approx(statistics.fmean(sgld.llc_hat))
+    assert row["d_ref"] == pytest.approx(want - 1.5) and row["d_theory"] == pytest.approx(
+        want - 1.5
+    )
+    assert "linear·s0:sgld" in printed and "linear·s0:vi" in printed
+
+
+def test_a_problem_whose_reference_failed_is_not_run_and_exits_1(tmp_path):
+    config = _config(tmp_path, "{sgld: [{}]}", "[0]")
+    plan = experiments.plan_experiments(load_experiments(config))
+
+    def failed_reference(payload: dict) -> Future:
+        return _done({**_fake_reference(payload).result(), "gate": {"passed": False}})
+
+    assert experiments.execute(plan, lambda p: _done({}), failed_reference) == 1
+    assert len(pd.read_parquet(tmp_path / "out" / experiments.PARQUET_NAME)) == 0
+
+
+CLI = [sys.executable, "-c", "import sys; from lambda_hat.cli import main; sys.exit(main())"]
+TUNE = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
+
+
+@pytest.mark.slow  # tunes one tiny problem (2 trials per method) and runs it: a few minutes
+def test_tune_then_run_through_parsl(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tuning = tmp_path / "tune.yaml"
+    tuning.write_text(
+        f"problems: [{PROBLEM}]\nmethods: [sgld]\nreference: {REFERENCE}\n"
+        "optuna: {max_trials: 2, batch_size: 2, method_budget_sec: 60, n_startup_trials: 2, "
+        "validate: {top_k: 1, seeds: 1}, search_space: {sgld: {steps: 300, chains: 2, "
+        "batch: 64, precond_type: none, eta0: {low: 1.0e-5, high: 1.0e-3, log: true}}}}\n"
+        "paths: {artifacts: artifacts, results: results}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run([*TUNE, "--config", str(tuning), "--local"], **run)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    config = tmp_path / "experiments.yaml"
+    config.write_text(
+        f"problems: [{PROBLEM}]\nreference: {REFERENCE}\nseeds: [0, 1, 2]\nbudget_sec: 60\n"
+        "methods: {sgld: [{from_study: {results: results, pick: validated}}, "
+        "{from_study: {results: results, pick: best}}]}\n"
+        "paths: {artifacts: artifacts, results: results}\n"
+    )
+    out = subprocess.run([*CLI, "run", "--config", str(config), "--local"], **run)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "results" / experiments.PARQUET_NAME)
+    trials = pd.read_parquet(tmp_path / "results" / "optuna_trials.parquet")
+    assert len(df) == 2 * 3 and (df.status == "ok").all()
+    best = trials[trials.status == "ok"].nsmallest(1, "objective").iloc[0]
+    from_best = df[df.source_pick == "best"]
+    assert (from_best.source_trial == best.trial_number).all()
+    assert (from_best.hp_eta0 == best.hp_eta0).all() and (df.hp_steps == 300).all()
+    assert from_best[from_best.seed == 0].reused.all()  # the tuning trial's own run
+    assert df.llc_ref.notna().all() and df.rhat.notna().all() and df.fge.gt(0).all()
+    assert "linear·s0:sgld" in out.stdout
+    readme = (REPO / "README.md").read_text()
+    for marker in ("<!-- parquet-snippet", "<!-- llc-runs-snippet"):  # as written, real tables
+        code = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        exec(code, {"__name__": "readme"})  # runs in tmp_path (the test changed directory)
+    again = subprocess.run([*CLI, "run", "--config", str(config), "--local"], **run)
+    assert again.returncode == 0
+    assert pd.read_parquet(tmp_path / "results" / experiments.PARQUET_NAME).reused.all()
