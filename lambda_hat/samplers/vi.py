@@ -157,16 +157,19 @@ def _orthogonal_completion(V: jax.Array) -> tuple[jax.Array, jax.Array]:
     return Y, jax.lax.fori_loop(0, m, column, jnp.zeros((m, m), V.dtype))
 
 
-def lanczos_eigenpairs(matvec, key: jax.Array, d: int, m: int) -> tuple[jax.Array, jax.Array]:
-    """(θ (m,), V (d, m)): Ritz pairs of the symmetric ``matvec`` from ``m`` Lanczos steps.
+def lanczos_eigenpairs(
+    matvec, key: jax.Array, d: int, m: int, dtype=jnp.float64
+) -> tuple[jax.Array, jax.Array]:
+    """(θ (m,), V (d, m)): Ritz pairs of the symmetric ``matvec`` from ``m`` Lanczos steps
+    (vectors in ``dtype``, the posterior's).
 
     Fully reorthogonalized (classical Gram–Schmidt twice); on breakdown (the Krylov space is
     invariant, e.g. A = γI + low rank) it continues from a fresh random direction, so V is
     always an orthonormal basis of m dimensions. Traceable (``fori_loop``): m ≤ d products.
     """
     k_start, k_fresh = jax.random.split(key)
-    start = jax.random.normal(k_start, (d,))
-    basis = jnp.zeros((m + 1, d)).at[0].set(start / jnp.linalg.norm(start))
+    start = jax.random.normal(k_start, (d,), dtype)
+    basis = jnp.zeros((m + 1, d), dtype).at[0].set(start / jnp.linalg.norm(start))
 
     def orthogonalize(basis, w, mask):
         for _ in range(2):
@@ -180,13 +183,15 @@ def lanczos_eigenpairs(matvec, key: jax.Array, d: int, m: int) -> tuple[jax.Arra
         mask = (jnp.arange(m + 1) <= j).astype(w.dtype)
         r = orthogonalize(basis, w, mask)
         beta = jnp.linalg.norm(r)
-        fresh = orthogonalize(basis, jax.random.normal(jax.random.fold_in(k_fresh, j), (d,)), mask)
+        fresh = orthogonalize(
+            basis, jax.random.normal(jax.random.fold_in(k_fresh, j), (d,), dtype), mask
+        )
         broke = beta <= 1e-9 * jnp.linalg.norm(w)
         nxt = jnp.where(broke, fresh / jnp.maximum(jnp.linalg.norm(fresh), 1e-300), r / beta)
         beta = jnp.where(broke, 0.0, beta)
         return basis.at[j + 1].set(nxt), alphas.at[j].set(alpha), betas.at[j].set(beta)
 
-    zeros = jnp.zeros((m,))
+    zeros = jnp.zeros((m,), dtype)
     basis, alphas, betas = jax.lax.fori_loop(0, m, body, (basis, zeros, zeros))
     tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
     theta, S = jnp.linalg.eigh(tri)
@@ -203,7 +208,7 @@ def _lanczos_whitening(posterior: LLCPosterior, key, m: int, curvature: jax.Arra
     def matvec(v):
         return nbeta * jax.jvp(grad, (w_star,), (v,))[1] + gamma * v
 
-    theta, V = lanczos_eigenpairs(matvec, key, d, m)
+    theta, V = lanczos_eigenpairs(matvec, key, d, m, w_star.dtype)
     theta = jnp.maximum(theta, gamma)
     rest = (jnp.sum(curvature) - jnp.sum(theta)) / max(d - m, 1)
     c = jnp.clip(rest, gamma, jnp.max(theta))
