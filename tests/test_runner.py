@@ -46,7 +46,7 @@ def test_search_spaces_are_the_documented_ones():
     assert vi["lr"] == FloatDistribution(1e-5, 5e-2, log=True)
     assert vi["M"] == CategoricalDistribution([4, 8, 16])
     assert vi["r"] == CategoricalDistribution([1, 2, 4])
-    assert vi["whitening_mode"] == CategoricalDistribution(["none", "rmsprop", "adam"])
+    assert vi["whitening_mode"] == CategoricalDistribution(["none", "rmsprop", "adam", "lanczos"])
     assert vi["steps"] == IntDistribution(2000, 20000)
     assert vi["batch_size"] == CategoricalDistribution([32, 64, 128, 256])
     mc = methods.search_space("mclmc")

@@ -193,9 +193,9 @@ def run_vi(name, M, r, steps, mc_samples=1, fits=4, eval_samples=4096, lr=1e-2, 
     curvature at w* to estimate); se = max(Monte Carlo SE, between-fit SE)."""
     post = singular_posterior(name)
     ks = jax.random.split(jax.random.PRNGKey(seed), 3)
-    precision = vi.whitening_and_curvature(post, "none", ks[0], N, 1, 0.99)[0]
+    whitening = vi.whitening_and_curvature(post, "none", ks[0], N, 1, 0.99)[0]
     optimizer = vi.build_optimizer(lr, steps)
-    step = vi.build_step(post, precision, optimizer, N, mc_samples)
+    step = vi.build_step(post, whitening, optimizer, N, mc_samples)
 
     @jax.jit
     def fit(keys):
@@ -208,8 +208,8 @@ def run_vi(name, M, r, steps, mc_samples=1, fits=4, eval_samples=4096, lr=1e-2, 
         return jax.vmap(one)(keys)
 
     params = fit(jax.random.split(ks[1], fits))
-    evaluate = jax.jit(jax.vmap(vi.build_eval(post, precision, eval_samples)))
-    loss = np.asarray(evaluate(jax.random.split(ks[2], fits), params))
+    evaluate = jax.jit(jax.vmap(vi.build_eval(post, whitening, eval_samples)))
+    loss = np.asarray(evaluate(jax.random.split(ks[2], fits), params)[0])
     res = estimate_llc(loss, 0.0, post.nbeta, independent=True)
     between = float(np.std(res["llc_per_chain"], ddof=1) / math.sqrt(fits))
     return res["llc_hat"], max(res["se_hat"], between)

@@ -31,7 +31,7 @@ def test_gaussian_vi_reproduces_exact_llc_by_maximizing_the_elbo(linear, tmp_pat
     # the ELBO's maximum over Gaussians is the log normalizer of the (Gaussian) posterior
     log_z = -post.nbeta * post.loss_star + 1.5 * np.log(2 * np.pi)
     log_z -= 0.5 * np.linalg.slogdet(post.nbeta * H + post.gamma * np.eye(3))[1]
-    assert elbo[:, -100:].mean() == pytest.approx(log_z, abs=1e-6)  # reached it
+    assert elbo[:, -100:].mean() == pytest.approx(log_z, abs=1e-4)  # reached it
     assert elbo[:, -100:].std() < 1e-3  # and settled (sticking-the-landing gradients)
     assert log_z - elbo[:, :20].mean() < 0.05  # it started close: at the curvature estimate
     assert not m["diagnostics"]["elbo_moving"]
@@ -42,7 +42,8 @@ def test_gaussian_vi_reproduces_exact_llc_by_maximizing_the_elbo(linear, tmp_pat
 
 
 def test_defaults_are_within_5_percent_on_the_linear_problem(linear, tmp_path):
-    """Measured: 1.529 ± 0.040 against 1.4996 (+2.0 %); before issue 9: 1.546 ± 0.042."""
+    """Measured: 1.559 ± 0.040 against 1.4996 (+4.0 %; Lanczos coordinates, importance ESS
+    0.998 of the draws); diagonal coordinates 1.529 ± 0.040; before issue 9: 1.546 ± 0.042."""
     problem, post, H = linear
     m = run_method_trial(problem, "vi", {}, None, 0, artifacts=tmp_path)
     assert m["status"] == "ok", m["failure"]
@@ -51,6 +52,7 @@ def test_defaults_are_within_5_percent_on_the_linear_problem(linear, tmp_path):
     assert abs(m["llc_hat"] - exact) < 4 * m["se_hat"]
     dg = m["diagnostics"]
     assert m["se_hat"] >= dg["se_between_fits"] and m["se_hat"] >= dg["se_mc"]
+    assert dg["is_ess_frac"] > 0.9  # q is the (Gaussian) posterior: the weights are flat
 
 
 def test_the_fit_starts_from_the_curvature_whatever_the_whitening(linear, tmp_path):
@@ -97,12 +99,57 @@ def test_elbo_trend_rule():
     assert _unconverged(moving, 300, 300, early=False)["check"] == "elbo_trend"
 
 
+def test_lanczos_whitening_is_the_laplace_eigenbasis():
+    """A = I + rank 2 (d = 6): the Krylov space breaks down after 3 steps and Lanczos goes on
+    from a fresh direction; Q diag(scale) then maps N(0, I) onto N(0, A⁻¹) exactly."""
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(6, 2))
+    A = np.eye(6) + 50.0 * B @ B.T
+    theta, V = jax.jit(lambda k: vi.lanczos_eigenpairs(lambda v: A @ v, k, 6, 6))(
+        jax.random.PRNGKey(0)
+    )
+    np.testing.assert_allclose(np.sort(theta), np.linalg.eigvalsh(A), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(V.T @ V, np.eye(6), atol=1e-10)
+    Y, T = vi._orthogonal_completion(V[:, ::-1][:, :2])  # the top two directions
+    wh = vi.Whitening(np.array([0.1, 0.2, 1, 1, 1, 1.0]), Y, T)
+    M = np.asarray(jax.vmap(lambda z: vi.to_weights(wh, z))(np.eye(6))).T
+    Q = M / wh.scale
+    np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-12)
+    np.testing.assert_allclose(np.abs(Q[:, :2]), np.abs(V[:, ::-1][:, :2]), atol=1e-12)
+    assert float(vi.log_det(wh)) == pytest.approx(np.linalg.slogdet(M)[1], rel=1e-12)
+
+
+def test_the_linear_laplace_is_exact_in_lanczos_coordinates(linear):
+    _, post, H = linear
+    wh, scale = vi.whitening_and_curvature(post, "lanczos", jax.random.PRNGKey(0), 64, 10, 0.99)
+    M = np.asarray(jax.vmap(lambda z: vi.to_weights(wh, z))(np.eye(3))).T
+    A = post.nbeta * H + post.gamma * np.eye(3)
+    np.testing.assert_allclose(M.T @ A @ M, np.eye(3), atol=1e-8)
+    np.testing.assert_allclose(scale, 1.0)
+
+
+def test_a_fit_keeps_its_budget(linear_problem, tmp_path):
+    """Chunks of capacity/8 steps, none started past the deadline at the rate so far; a fit
+    cut short before half its steps is a timeout with its fraction done (issue 10: with
+    ``method_budget_sec: 20`` every VI trial ran into the 30 s hard limit)."""
+    budget = 2.0
+    hp = {"steps": 200_000}
+    m = run_method_trial(linear_problem, "vi", hp, budget, 0, artifacts=tmp_path)
+    assert m["stopped_early"] and m["status"] == "failed", m["failure"]
+    assert m["failure"]["kind"] == "timeout" and 0 < m["fraction_done"] < 0.5
+    s = m["seconds"]
+    assert s["total"] - s["compile"] < 1.5 * budget, s  # compiling is not the fit's to cut
+    assert m["llc_hat"] is not None
+
+
 @pytest.mark.slow  # an HMC reference (~4 min on 2 shared cores) and a 5000-step VI fit
 def test_defaults_on_the_small_mlp_are_close_or_flagged(artifacts, tmp_path):
-    """Small MLP (d = 92), HMC 4 x 2000 draws: 19.09 ± 0.05. Default VI reads 48.1 (+152 %):
-    a diagonal-plus-rank-2 covariance cannot spread along the ~54 flat directions, so it
-    lands near the mean-field value (≈ half the curved coordinates). Its ELBO was still
-    rising (3.1 ± 0.4 nats in the last quarter), and the run now says so instead of ``ok``."""
+    """Small MLP (d = 92), HMC 4 x 2000 draws: 19.09 ± 0.05. The 15 % target is NOT met
+    (plans/vi.md): in diagonal coordinates default VI read 48.1 (a mean-field-like fit that
+    never rotated into the curvature basis; ELBO −141.8); in the Lanczos eigenbasis it reads
+    35.0 (ELBO −88.9, 53 nats higher), and the ELBO-optimal Gaussian-like q is ~32: the family
+    on a singular posterior (KL(q‖p) ≳ 20 nats by importance sampling). The run says so: its
+    ELBO was still rising (``elbo_trend``) and its importance ESS is a few draws."""
     problem = build_problem(
         resolve_problem({"model": "small", "data": "small", "seed": 5}), artifacts
     )
@@ -112,6 +159,8 @@ def test_defaults_on_the_small_mlp_are_close_or_flagged(artifacts, tmp_path):
     close = m["status"] == "ok" and abs(m["llc_hat"] / ref["llc_ref"] - 1) < 0.15
     flagged = m["status"] == "failed" and m["failure"].get("check") == "elbo_trend"
     assert close or flagged, (m["llc_hat"], ref["llc_ref"], m["failure"])
+    assert m["llc_hat"] < 40  # the eigenbasis (diagonal coordinates: 48.1)
+    assert close or m["diagnostics"]["is_ess_frac"] < 0.02  # and q is visibly far from p
 
 
 def test_mixture_density_matches_scipy():
@@ -139,7 +188,7 @@ def test_mixture_density_matches_scipy():
 def test_whitening_estimates_the_curvature(linear):
     """B·Var(∇L_B) at w* is the per-sample Fisher, ≈ diag H for a well-specified model."""
     _, post, H = linear
-    a_adam = vi.whitening_and_curvature(post, "adam", jax.random.PRNGKey(1), 64, 2000, 0.999)[0]
-    np.testing.assert_allclose(a_adam, post.nbeta * np.diag(H) + post.gamma, rtol=0.25)
-    a_none = vi.whitening_and_curvature(post, "none", jax.random.PRNGKey(1), 64, 10, 0.99)[0]
-    np.testing.assert_allclose(a_none, post.nbeta + post.gamma)
+    adam = vi.whitening_and_curvature(post, "adam", jax.random.PRNGKey(1), 64, 2000, 0.999)[0]
+    np.testing.assert_allclose(adam.scale**-2, post.nbeta * np.diag(H) + post.gamma, rtol=0.25)
+    none = vi.whitening_and_curvature(post, "none", jax.random.PRNGKey(1), 64, 10, 0.99)[0]
+    np.testing.assert_allclose(none.scale**-2, post.nbeta + post.gamma)

@@ -4,9 +4,12 @@ A mixture of factor analyzers q(w) = Σ π_m N(μ_m, D_m + U_m U_mᵀ) in whiten
 ELBO maximized by Adam; ``chains`` independent fits, vmapped, then ``eval_samples`` draws from
 each fitted q give E_q[L_n].
 
-Each fit starts at the curvature estimate (see :func:`lambda_hat.samplers.vi.init_params`),
-and a fit whose ELBO still rose clearly in its last quarter (:func:`elbo_trend`) fails as
-``diverged`` (``check: elbo_trend``) with its estimate kept: plans/methods.md.
+The coordinates default to the Lanczos eigenbasis of the curvature at w* and each fit starts
+at the curvature estimate (:func:`lambda_hat.samplers.vi.whitening_and_curvature`); a fit
+whose ELBO still rose clearly in its last quarter (:func:`elbo_trend`) fails as ``diverged``
+(``check: elbo_trend``) with its estimate kept; the evaluation draws' importance weights say
+how far q is from the posterior (:func:`importance`); the budget is checked between short
+chunks (:func:`_drive`). plans/methods.md, plans/vi.md.
 """
 
 from __future__ import annotations
@@ -15,11 +18,19 @@ import math
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.engine import Diverged, Timer, concat, drive_units, first_nonfinite
+from lambda_hat.engine import (
+    Diverged,
+    Timer,
+    chunk_capacity,
+    concat,
+    drive,
+    first_nonfinite,
+    i64,
+    unit_chunk,
+)
 from lambda_hat.methods._base import (
     Dtype,
     Method,
@@ -31,10 +42,12 @@ from lambda_hat.methods._base import (
 from lambda_hat.samplers import vi as vi_kernel
 from lambda_hat.schema import config_dataclass, field
 
-Precond = Literal["none", "rmsprop", "adam"]
+Precond = Literal["none", "rmsprop", "adam", "lanczos"]
 
 TREND_SE = 4.0  # a late ELBO gain this many SEs above 0 is not noise
 TREND_REL = 0.05  # ... and it counts when it implies a λ̂ still moving by this fraction
+CHECKS_PER_CHUNK = 8  # budget checks per compiled chunk's capacity
+MIN_STEPS_PER_CHECK = 16
 
 
 @config_dataclass
@@ -45,7 +58,9 @@ class VIHyper:
     M: int = field(4, "mixture components", ge=1)
     r: int = field(2, "rank of each component's factor loading U_m (0: diagonal)", ge=0)
     whitening_mode: Precond = field(
-        "adam", "diagonal whitening of the coordinates from loss-gradient moments at w*"
+        "lanczos",
+        "coordinates of the fit: lanczos (the Laplace approximation's eigenbasis at w*, from "
+        "Hessian-vector products) or a diagonal from loss-gradient moments (none/rmsprop/adam)",
     )
     steps: int = field(5000, "optimizer steps", ge=1)
     batch_size: int = field(128, "minibatch for the ELBO gradient (>= n: full batch)", ge=1)
@@ -54,6 +69,11 @@ class VIHyper:
     eval_samples: int = field(256, "draws from q per fit for E_q[L_n] (full-data passes)", ge=2)
     whiten_steps: int = field(200, "minibatch gradients at w* used to estimate the whitening", ge=1)
     whiten_decay: float = field(0.99, "EMA decay of the whitening moments", gt=0, lt=1)
+    lanczos_steps: int = field(
+        128,
+        "Hessian-vector products at w* for the lanczos whitening (top curvature directions)",
+        ge=1,
+    )
     init_spread: float = field(
         0.1, "spread of the initial component means (in posterior sd's from the curvature)", ge=0
     )
@@ -66,7 +86,7 @@ def space() -> dict:
         "lr": FloatDistribution(1e-5, 5e-2, log=True),
         "M": CategoricalDistribution([4, 8, 16]),
         "r": CategoricalDistribution([1, 2, 4]),
-        "whitening_mode": CategoricalDistribution(["none", "rmsprop", "adam"]),
+        "whitening_mode": CategoricalDistribution(["none", "rmsprop", "adam", "lanczos"]),
         "steps": IntDistribution(2000, 20000),
         "batch_size": CategoricalDistribution([32, 64, 128, 256]),
     }
@@ -76,23 +96,23 @@ def _setup(target: Target, hp: dict, key, opt_args, timer: Timer):
     """Whitening at w*, initial mixtures, optimizer states and the per-fit keys."""
     C, d, M, r = hp["chains"], target.post.d, hp["M"], hp["r"]
     mode, white_batch, white_steps = hp["whitening_mode"], hp["batch_size"], hp["whiten_steps"]
+    lanczos = hp["lanczos_steps"] if mode == "lanczos" else 0
 
     def setup(args, key, decay, spread, opt_args):
         post = traced_posterior(target, args)
         optimizer = vi_kernel.build_optimizer(*opt_args)
         k_white, k_init, k_run, k_eval = jax.random.split(key, 4)
-        precision, curvature = vi_kernel.whitening_and_curvature(
-            post, mode, k_white, white_batch, white_steps, decay
+        whitening, scale = vi_kernel.whitening_and_curvature(
+            post, mode, k_white, white_batch, white_steps, decay, max(lanczos, 1)
         )
-        scale = jnp.sqrt(precision / curvature)  # the posterior's sd in whitened units
         params = jax.vmap(lambda k: vi_kernel.init_params(k, d, M, r, spread, scale))(
             jax.random.split(k_init, C)
         )
         state = jax.vmap(lambda p: vi_kernel.init(p, optimizer))(params)
-        return precision, state, jax.random.split(k_run, C), jax.random.split(k_eval, C)
+        return whitening, state, jax.random.split(k_run, C), jax.random.split(k_eval, C)
 
     return timer.once(
-        ("vi", "setup", target.key, mode, white_batch, white_steps, C, M, r),
+        ("vi", "setup", target.key, mode, white_batch, white_steps, lanczos, C, M, r),
         setup,
         target.args,
         key,
@@ -109,51 +129,72 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     M, r, S = hp["M"], hp["r"], hp["mc_samples"]
     batch = min(hp["batch_size"], n)
     opt_args = (target.real(hp["lr"]), target.real(max(steps, 1)))
-    precision, state, chain_keys, eval_keys = _setup(target, hp, key, opt_args, timer)
-    if not np.isfinite(np.asarray(precision)).all():
+    whitening, state, chain_keys, eval_keys = _setup(target, hp, key, opt_args, timer)
+    if not all(np.isfinite(np.asarray(x)).all() for x in whitening):
         raise Diverged(0, "non-finite whitening estimate at w*")
 
     def unit(consts, state, i):
-        args, precision, opt_args, chain_keys = consts
+        args, whitening, opt_args, chain_keys = consts
         post = traced_posterior(target, args)
-        step = vi_kernel.build_step(post, precision, vi_kernel.build_optimizer(*opt_args), batch, S)
+        step = vi_kernel.build_step(post, whitening, vi_kernel.build_optimizer(*opt_args), batch, S)
         return jax.vmap(lambda ck, s: step(jax.random.fold_in(ck, i), s))(chain_keys, state)
 
     def first_bad(info, finite):
         return first_nonfinite(np.asarray(info.elbo), finite)
 
-    state, infos, done, early = drive_units(
-        timer,
-        ("vi", target.key, C, M, r, S, batch),
-        unit,
-        (target.args, precision, opt_args, chain_keys),
-        state,
-        steps,
-        deadline,
-        first_bad,
-        1,
-        lambda s: s.params,
-    )
+    key = ("vi", target.key, C, M, r, S, batch)
+    consts = (target.args, whitening, opt_args, chain_keys)
+    state, infos, done, early = _drive(timer, key, unit, consts, state, steps, deadline, first_bad)
     elbo = concat(infos, "elbo")
     num = hp["eval_samples"]
 
-    def evaluate(args, precision, keys, params):
+    def evaluate(args, whitening, keys, params):
         post = traced_posterior(target, args)
-        return jax.vmap(vi_kernel.build_eval(post, precision, num))(keys, params)
+        return jax.vmap(vi_kernel.build_eval(post, whitening, num))(keys, params)
 
-    loss = np.asarray(
-        timer.once(
+    loss, log_w = (
+        np.asarray(x)
+        for x in timer.once(
             ("vi", "eval", target.key, C, M, r, num),
             evaluate,
             target.args,
-            precision,
+            whitening,
             eval_keys,
             state.params,
         )
     )
     if first_nonfinite(loss) is not None:
         raise Diverged(done, "non-finite L_n at a draw from the fitted q")
-    return _output(hp, n, done, early, elbo, loss, state)
+    out = _output(hp, n, done, early, elbo, loss, state)
+    out["diagnostics"].update(importance(log_w, loss, post.nbeta, post.loss_star))
+    return out
+
+
+def _drive(timer: Timer, key: tuple, unit, consts, state, steps: int, deadline: float, first_bad):
+    """The fit's chunk loop, with the budget kept: the compiled chunk holds ``chunk_capacity``
+    steps (one program per capacity, as :func:`lambda_hat.engine.drive_units`) but runs
+    CHECKS_PER_CHUNK-th of them at a time, and a chunk that would end past the deadline at the
+    rate so far is not started (``predict_budget``): a fit whose chunk of 1024 steps took 80 s
+    overran a 5 s budget by 90 s."""
+    capacity = chunk_capacity(steps)
+    chunk = unit_chunk(unit, capacity, lambda s: s.params)
+    exe = timer.compiled((*key, "chunk", capacity), chunk, consts, state, i64(0), i64(0))
+
+    def run_chunk(carry, first, m):
+        carry, bufs, finite = timer.call(exe, consts, carry, i64(first), i64(m))
+        info = jax.tree_util.tree_map(lambda b: np.asarray(b)[:, :m], jax.device_get(bufs))
+        return carry, info, finite
+
+    length = max(MIN_STEPS_PER_CHECK, capacity // CHECKS_PER_CHUNK)
+    return drive(
+        run_chunk,
+        state,
+        steps,
+        min(capacity, length),
+        deadline,
+        first_bad=first_bad,
+        predict_budget=True,
+    )
 
 
 def _output(hp: dict, n: int, done: int, early: bool, elbo, loss, state) -> dict:
@@ -186,6 +227,12 @@ def _output(hp: dict, n: int, done: int, early: bool, elbo, loss, state) -> dict
     }
     if trend["elbo_moving"]:
         out["failure"] = _unconverged(trend, done, steps, early)
+    elif early and done < steps / 2:
+        out["failure"] = {
+            "kind": "timeout",
+            "message": f"VI fit cut short by the budget after {done} of {steps} steps "
+            "(its learning rate had not decayed: the fit is not finished)",
+        }
     return out
 
 
@@ -204,6 +251,26 @@ def _unconverged(trend: dict, done: int, steps: int, early: bool) -> dict:
         "message": message + ": raise lr or steps",
         "step": done,
         "steps_planned": steps,
+    }
+
+
+def importance(log_w: np.ndarray, loss: np.ndarray, nbeta: float, loss_star: float) -> dict:
+    """Self-normalized importance sampling of the posterior with each fit's q as proposal:
+    the effective sample size per fit (Kish, 1/Σw̄²) and the IS estimate nβ(Σ w̄ L − L*).
+
+    An ESS near the draws means q ≈ the posterior (and λ̂ from q is trustworthy); an ESS of a
+    few draws means q is far from it (KL(q‖p) ≳ log of the draws), and then neither the plain
+    nor the IS estimate can be trusted (the latter rests on the few heaviest draws).
+    """
+    shifted = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    w = shifted / shifted.sum(axis=1, keepdims=True)
+    ess = 1.0 / np.sum(w**2, axis=1)
+    llc_is = nbeta * (np.sum(w * loss, axis=1) - loss_star)
+    return {
+        "is_ess_per_chain": ess.tolist(),
+        "is_ess_frac": float(ess.mean() / log_w.shape[1]),
+        "llc_is": float(llc_is.mean()),
+        "llc_is_per_chain": llc_is.tolist(),
     }
 
 
@@ -252,5 +319,5 @@ METHOD = Method(
         "timeout": ("steps", "whiten_steps", "M"),
         "oom": ("batch_size", "M", "r"),
     },
-    revision=lambda hp: "curvature init, ELBO trend check",
+    revision=lambda hp: "lanczos whitening, importance diagnostics",
 )

@@ -12,19 +12,24 @@ weights get exact gradients), and a minibatch L_B. Adam *descends −ELBO*, i.e.
 (the public prototype descended the ELBO itself and reported λ̂ ≈ 6.6e13).
 λ̂ = nβ(E_q[L_n] − L_n(w*)) uses independent draws from the fitted q and full-data L_n.
 
-Whitening a (a diagonal precision estimate, per coordinate) makes the family well conditioned:
+The coordinates z (:class:`Whitening`, w = w* + Q diag(scale) z) make the family well
+conditioned:
 
-- ``none``: a = nβ + γ (isotropic, as if L_n had unit curvature).
-- ``rmsprop``: a = nβ·B·v + γ with v the EMA of squared minibatch loss gradients at w*
-  (no bias correction). With rows drawn with replacement, B·Var(∇L_B) is the per-sample
-  Fisher, which equals the Hessian of L_n for a well-specified Gaussian model.
+- ``lanczos`` (the default): Q's first m columns are the top Ritz directions of
+  A = nβ∇²L_n(w*) + γI (Lanczos on Hessian-vector products), scale θ^{-1/2} there: the Laplace
+  approximation N(w*, A⁻¹) is N(0, I) in z and every component's diagonal is diagonal in the
+  curvature basis (plans/vi.md: in diagonal coordinates the small MLP's fit stayed
+  mean-field-like, λ̂ 48 against HMC's 19; here 35).
+- ``none``: Q = I, scale (nβ + γ)^{-1/2} (isotropic, as if L_n had unit curvature).
+- ``rmsprop``: Q = I, scale a^{-1/2}, a = nβ·B·v + γ with v the EMA of squared minibatch
+  loss gradients at w* (no bias correction). With rows drawn with replacement, B·Var(∇L_B)
+  is the per-sample Fisher, which equals the Hessian of L_n for a well-specified Gaussian model.
 - ``adam``: as rmsprop with bias-corrected moments and the squared mean removed (a variance,
   robust to a w* that is not exactly a minimum).
 
-Whatever the whitening, one pass of minibatch gradients at w* also gives the curvature
-estimate â (``adam``'s a), and every component starts at w* with per-coordinate sd √(a/â) in
-whitened units (:func:`whitening_and_curvature`, :func:`init_params`): the fit starts where
-the posterior is, not at unit sd in coordinates that may be 10× off (``none``).
+Whatever the mode, one pass of minibatch gradients at w* also gives the curvature estimate â
+(``adam``'s a), and every component starts at w* with per-coordinate sd √(a/â) in the
+diagonal modes, 1 for ``lanczos`` (:func:`whitening_and_curvature`, :func:`init_params`).
 
 A Gaussian family (M = 1, r large enough) contains the exact posterior of a linear-Gaussian
 model, so the estimate is exact there up to Monte Carlo and optimization error.
@@ -45,6 +50,10 @@ __all__ = [
     "MFAParams",
     "VIState",
     "VIInfo",
+    "Whitening",
+    "to_weights",
+    "log_det",
+    "lanczos_eigenpairs",
     "whitening_and_curvature",
     "init_params",
     "component_logpdf",
@@ -99,32 +108,150 @@ def _variance_precision(posterior: LLCPosterior, m, v, batch: int, steps: int, d
     return posterior.nbeta * batch * var + posterior.gamma
 
 
+class Whitening(NamedTuple):
+    """The fixed linear map w = w* + Q diag(scale) z, Q = I − Y T Yᵀ orthogonal (compact WY
+    form of m Householder reflectors; m = 0 and Q = I for the diagonal modes). For ``lanczos``
+    Q's first m columns are the Ritz directions, so z's first m axes are curvature axes."""
+
+    scale: jax.Array  # (d,)
+    Y: jax.Array  # (d, m) Householder vectors
+    T: jax.Array  # (m, m) upper triangular
+
+
+def to_weights(wh: Whitening, z: jax.Array) -> jax.Array:
+    """Q diag(scale) z (d,), the displacement w − w* of whitened ``z``, in O(d m)."""
+    x = wh.scale * z
+    if wh.Y.shape[1] == 0:
+        return x
+    return x - wh.Y @ (wh.T @ (wh.Y.T @ x))
+
+
+def log_det(wh: Whitening) -> jax.Array:
+    """log |det dw/dz| = Σ log scale (Q is orthogonal)."""
+    return jnp.sum(jnp.log(wh.scale))
+
+
+def _orthogonal_completion(V: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(Y, T) with Q = I − Y T Yᵀ orthogonal and Q[:, :m] = ±V (V orthonormal, (d, m)): the
+    Householder QR of V (Q = H_1⋯H_m, H_j = I − τ_j y_j y_jᵀ) and the triangular factor T of
+    its reflectors (T_jj = τ_j, T[:j, j] = −τ_j T[:j, :j] Y[:, :j]ᵀ y_j), in O(d m²)."""
+    d, m = V.shape
+    rows = jnp.arange(d)
+
+    def reflect(j, carry):
+        R, Y, taus = carry
+        x = jnp.where(rows >= j, R[:, j], 0.0)
+        alpha = -jnp.where(x[j] >= 0, 1.0, -1.0) * jnp.linalg.norm(x)
+        y = x.at[j].add(-alpha)
+        tau = jnp.where(y @ y > 0, 2.0 / jnp.maximum(y @ y, 1e-300), 0.0)
+        return R - tau * jnp.outer(y, y @ R), Y.at[:, j].set(y), taus.at[j].set(tau)
+
+    init = (V, jnp.zeros_like(V), jnp.zeros((m,), V.dtype))
+    _, Y, taus = jax.lax.fori_loop(0, m, reflect, init)
+
+    def column(j, T):
+        below = (jnp.arange(m) < j).astype(V.dtype)
+        col = -taus[j] * (T @ (below * (Y.T @ Y[:, j])))
+        return T.at[:, j].set(below * col).at[j, j].set(taus[j])
+
+    return Y, jax.lax.fori_loop(0, m, column, jnp.zeros((m, m), V.dtype))
+
+
+def lanczos_eigenpairs(
+    matvec, key: jax.Array, d: int, m: int, dtype=jnp.float64
+) -> tuple[jax.Array, jax.Array]:
+    """(θ (m,), V (d, m)): Ritz pairs of the symmetric ``matvec`` from ``m`` Lanczos steps
+    (vectors in ``dtype``, the posterior's).
+
+    Fully reorthogonalized (classical Gram–Schmidt twice); on breakdown (the Krylov space is
+    invariant, e.g. A = γI + low rank) it continues from a fresh random direction, so V is
+    always an orthonormal basis of m dimensions. Traceable (``fori_loop``): m ≤ d products.
+    """
+    k_start, k_fresh = jax.random.split(key)
+    start = jax.random.normal(k_start, (d,), dtype)
+    basis = jnp.zeros((m + 1, d), dtype).at[0].set(start / jnp.linalg.norm(start))
+
+    def orthogonalize(basis, w, mask):
+        for _ in range(2):
+            w = w - basis.T @ (mask * (basis @ w))
+        return w
+
+    def body(j, carry):
+        basis, alphas, betas = carry
+        w = matvec(basis[j])
+        alpha = basis[j] @ w
+        mask = (jnp.arange(m + 1) <= j).astype(w.dtype)
+        r = orthogonalize(basis, w, mask)
+        beta = jnp.linalg.norm(r)
+        fresh = orthogonalize(
+            basis, jax.random.normal(jax.random.fold_in(k_fresh, j), (d,), dtype), mask
+        )
+        broke = beta <= 1e-9 * jnp.linalg.norm(w)
+        nxt = jnp.where(broke, fresh / jnp.maximum(jnp.linalg.norm(fresh), 1e-300), r / beta)
+        beta = jnp.where(broke, 0.0, beta)
+        return basis.at[j + 1].set(nxt), alphas.at[j].set(alpha), betas.at[j].set(beta)
+
+    zeros = jnp.zeros((m,), dtype)
+    basis, alphas, betas = jax.lax.fori_loop(0, m, body, (basis, zeros, zeros))
+    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    theta, S = jnp.linalg.eigh(tri)
+    return theta, basis[:m].T @ S
+
+
+def _lanczos_whitening(posterior: LLCPosterior, key, m: int, curvature: jax.Array) -> Whitening:
+    """w − w* = Q diag(scale) z with the Laplace N(w*, A⁻¹), A = nβ∇²L_n(w*) + γI, ≈ N(0, I)
+    in z: scale θ^{-1/2} on the m Ritz directions (θ ≥ γ); on the rest c^{-1/2}, c their mean
+    precision (tr â − Σθ)/(d − m) clipped to [γ, max θ] (â: the gradient-moment estimate)."""
+    w_star, nbeta, gamma, d = posterior.w_star, posterior.nbeta, posterior.gamma, posterior.d
+    grad = jax.grad(posterior.loss)
+
+    def matvec(v):
+        return nbeta * jax.jvp(grad, (w_star,), (v,))[1] + gamma * v
+
+    theta, V = lanczos_eigenpairs(matvec, key, d, m, w_star.dtype)
+    theta = jnp.maximum(theta, gamma)
+    rest = (jnp.sum(curvature) - jnp.sum(theta)) / max(d - m, 1)
+    c = jnp.clip(rest, gamma, jnp.max(theta))
+    Y, T = _orthogonal_completion(V)
+    return Whitening(jnp.concatenate([theta, jnp.full((d - m,), c)]) ** -0.5, Y, T)
+
+
 def whitening_and_curvature(
     posterior: LLCPosterior,
-    mode: Literal["none", "rmsprop", "adam"],
+    mode: Literal["none", "rmsprop", "adam", "lanczos"],
     key: jax.Array,
     batch: int,
     steps: int,
     decay: float,
-) -> tuple[jax.Array, jax.Array]:
-    """(a, â): the whitening precision of ``mode`` and the curvature estimate â (``adam``'s),
-    both (d,), from one pass of ``steps`` minibatch gradients at w*.
+    lanczos_steps: int = 128,
+) -> tuple[Whitening, jax.Array]:
+    """(T, s): the whitening of ``mode`` and the posterior's sd (d,) in its units, where each
+    fit starts (:func:`init_params`), from one pass of ``steps`` minibatch gradients at w*
+    (the curvature estimate â, ``adam``'s precision) and, for ``lanczos``, min(d,
+    ``lanczos_steps``) Hessian-vector products.
 
-    â is where the fit starts (:func:`init_params`): in whitened units the posterior's
-    per-coordinate sd is about √(a/â), which is 1 for ``adam`` and far from 1 for ``none`` on a
-    model whose curvature is not 1 (the linear problem: ~0.1).
+    Diagonal modes: T = diag(1/√a) and s = √(a/â), which is 1 for ``adam`` and far from 1 for
+    ``none`` on a model whose curvature is not 1 (the linear problem: ~0.1). ``lanczos``: T ≈
+    A^{-1/2} from the top curvature directions (the Laplace approximation N(w*, A⁻¹) is
+    N(0, I) in z) and s = 1.
     """
-    if mode not in ("none", "rmsprop", "adam"):
-        raise ValueError(f"whitening mode must be none, rmsprop or adam, got {mode!r}")
+    if mode not in ("none", "rmsprop", "adam", "lanczos"):
+        raise ValueError(f"whitening mode must be none, rmsprop, adam or lanczos, got {mode!r}")
     m, v = _gradient_moments(posterior, key, batch, steps, decay)
     curvature = _variance_precision(posterior, m, v, batch, steps, decay)
+    if mode == "lanczos":
+        k_lanczos = jax.random.fold_in(key, 1)
+        wh = _lanczos_whitening(posterior, k_lanczos, min(posterior.d, lanczos_steps), curvature)
+        return wh, jnp.ones_like(curvature)
     if mode == "none":
         a = jnp.full_like(posterior.w_star, posterior.nbeta + posterior.gamma)
     elif mode == "rmsprop":
         a = posterior.nbeta * batch * v + posterior.gamma
     else:
         a = curvature
-    return a, curvature
+    d = posterior.d
+    none = Whitening(1.0 / jnp.sqrt(a), jnp.zeros((d, 0)), jnp.zeros((0, 0)))
+    return none, jnp.sqrt(a / curvature)
 
 
 def init_params(
@@ -206,7 +333,7 @@ def init(params: MFAParams, optimizer: optax.GradientTransformation) -> VIState:
 
 def build_step(
     posterior: LLCPosterior,
-    precision: jax.Array,
+    whitening: Whitening,
     optimizer: optax.GradientTransformation,
     batch: int,
     mc_samples: int,
@@ -220,11 +347,10 @@ def build_step(
     posterior converges to it instead of jittering around it.
     """
     nbeta, gamma, w_star, n = posterior.nbeta, posterior.gamma, posterior.w_star, posterior.n
-    inv_sqrt_a = 1.0 / jnp.sqrt(precision)
-    log_jac = -0.5 * jnp.sum(jnp.log(precision))  # log |dw/dz|
+    log_jac = log_det(whitening)  # log |dw/dz|
 
     def log_target(z, idx):
-        w = w_star + inv_sqrt_a * z
+        w = w_star + to_weights(whitening, z)
         loss = posterior.loss(w) if idx is None else posterior.batch_loss(w, idx)
         return -nbeta * loss - 0.5 * gamma * jnp.sum((w - w_star) ** 2) + log_jac
 
@@ -252,14 +378,21 @@ def build_step(
     return step
 
 
-def build_eval(posterior: LLCPosterior, precision: jax.Array, num: int, map_batch: int = 8):
-    """``evaluate(key, params) -> (num,)`` full-data L_n at independent draws from q."""
-    inv_sqrt_a = 1.0 / jnp.sqrt(precision)
+def build_eval(posterior: LLCPosterior, whitening: Whitening, num: int, map_batch: int = 8):
+    """``evaluate(key, params) -> (L, log_w)``, both (num,): full-data L_n at independent draws
+    from q and their log importance weights log p̃(w) − log q(w) (unnormalized posterior
+    density over q's, in w coordinates): how far q is from the posterior, for free."""
+    log_jac = log_det(whitening)
+
+    def one(zz):
+        dw = to_weights(whitening, zz)
+        return posterior.loss(posterior.w_star + dw), dw
 
     def evaluate(key, params: MFAParams):
         z = sample(params, key, num)
-        return jax.lax.map(
-            lambda zz: posterior.loss(posterior.w_star + inv_sqrt_a * zz), z, batch_size=map_batch
-        )
+        loss, dw = jax.lax.map(one, z, batch_size=map_batch)
+        log_p = -posterior.nbeta * loss - 0.5 * posterior.gamma * jnp.sum(dw**2, axis=-1)
+        log_w = log_p + log_jac - jax.vmap(lambda zz: log_q(params, zz))(z)
+        return loss, log_w
 
     return evaluate
