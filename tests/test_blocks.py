@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import psutil
+import pytest
 from _procs import kill_and_wait
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -230,6 +231,7 @@ def kill_pool_mid_study(base: Path, driver_args: list[str], env: dict, results: 
         kill_and_wait(_started_here(base, mark))
 
 
+@pytest.mark.slow  # ~60 s; the same fault is tested on real SLURM in CI (tests/test_cluster_slurm.py)
 def test_a_killed_worker_pool_is_replaced_and_the_study_finishes(tmp_path):
     """kill -9 of process_worker_pool (a node failure, the OOM killer) mid-study: the trials
     it ran come back as infrastructure failures and are retried on a new pool; the study ends

@@ -223,6 +223,7 @@ def test_two_drivers_share_postgres_studies_exactly(postgres_url, shared_config,
     print(f"two drivers on PostgreSQL: {time.monotonic() - t0:.1f}s")
 
 
+@pytest.mark.slow  # ~30 s; the same two-driver sharing is tested on PostgreSQL in CI
 def test_two_drivers_share_one_journal_exactly(shared_config, tmp_path):
     t0 = time.monotonic()
     journal = str(tmp_path / "shared" / "journal.log")
