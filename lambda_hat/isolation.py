@@ -273,6 +273,16 @@ def _wait(pid: int, limit: _Limit, stop_file: Path | None = None) -> tuple[int, 
         time.sleep(_POLL_SEC)
 
 
+def _timing(limit: _Limit, log_path) -> dict:
+    """The outcome fields every supervised trial has: wall time, start-up, its log."""
+    startup = None if limit.startup_sec is None else round(limit.startup_sec, 3)
+    return {
+        "elapsed_sec": round(time.monotonic() - limit.spawned, 3),
+        "startup_sec": startup,
+        "log_path": str(log_path),
+    }
+
+
 def run_isolated(
     target: str,
     payload: Mapping[str, Any],
@@ -330,12 +340,7 @@ def run_isolated(
             start_new_session=True,
         )
     timed_out, stopped = _supervise(proc, limit, paths[STOP_NAME], stop_grace_sec)
-    startup = None if limit.startup_sec is None else round(limit.startup_sec, 3)
-    common = {
-        "elapsed_sec": round(time.monotonic() - limit.spawned, 3),
-        "startup_sec": startup,
-        "log_path": str(log_path),
-    }
+    common = _timing(limit, log_path)
     limits = (hard_timeout_sec, startup_timeout_sec, stop_grace_sec)
     return _outcome(paths, common, limit, limits, (timed_out, stopped), proc.returncode, oom_before)
 

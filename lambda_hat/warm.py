@@ -59,6 +59,7 @@ from lambda_hat.isolation import (
     _oom_kills,
     _outcome,
     _prepare,
+    _timing,
 )
 from lambda_hat.outcome import failure_of
 
@@ -282,12 +283,7 @@ def run_warm(
         proc.send(request)
     proc.trials += 1
     timed_out, stopped, code, answer = _supervise(proc, limit, paths[STOP_NAME], stop_grace_sec)
-    startup = None if limit.startup_sec is None else round(limit.startup_sec, 3)
-    common = {
-        "elapsed_sec": round(time.monotonic() - limit.spawned, 3),
-        "startup_sec": startup,
-        "log_path": str(log_path),
-    }
+    common = _timing(limit, log_path)
     limits = (hard_timeout_sec, startup_timeout_sec, stop_grace_sec)
     ended = (timed_out, stopped)
     result = _outcome(paths, common, limit, limits, ended, 0 if code is None else code, oom_before)

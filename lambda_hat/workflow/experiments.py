@@ -51,7 +51,7 @@ from lambda_hat.outcome import (
 )
 from lambda_hat.problems import problem_id
 from lambda_hat.schema import ConfigError, as_dict
-from lambda_hat.workflow import execution, results, studies, validation
+from lambda_hat.workflow import execution, references, results, studies, validation
 from lambda_hat.workflow.experiments_summary import summary_table
 from lambda_hat.workflow.tell import best_successful
 
@@ -280,28 +280,25 @@ def _result(fut: Future) -> dict:
 
 
 def reference_stage(plan: ExperimentPlan, submit: Callable[[dict], Future]) -> dict:
-    """Stage 1: ``{(pid, γ): ref.json or a failed record}``, all references in parallel."""
-    ref_cfg = dataclasses.asdict(plan.exp.config.reference)
-    futures = {}
+    """Stage 1: ``{(pid, γ): ref.json or a failed record}``. A stored reference is read on
+    the driver (:func:`references.cached_reference`); the rest are computed in parallel."""
+    cfg = plan.exp.config.reference
+    ref_cfg, futures, out = dataclasses.asdict(cfg), {}, {}
     for pid, spec in plan.specs.items():
         payload = {"spec": as_dict(spec), "reference": ref_cfg, "artifacts": str(plan.artifacts)}
         for g in plan.gammas(pid):
-            futures[(pid, g)] = submit({**payload, "gamma": g})
-    return {key: _result(fut) for key, fut in futures.items()}
+            stored = references.cached_reference(spec, cfg, plan.artifacts, g)
+            if stored is not None:
+                out[(pid, g)] = stored
+            else:
+                futures[(pid, g)] = submit({**payload, "gamma": g})
+    log.info("references: %d stored, %d submitted", len(out), len(futures))
+    return {**out, **{key: _result(fut) for key, fut in futures.items()}}
 
 
 def unusable(ref: dict, allow_failed: bool) -> str | None:
     """Why the runs of a problem cannot be scored against ``ref``, or None."""
-    if ref.get("status") == "failed":
-        return f"its reference could not be computed: {(ref.get('failure') or {}).get('message')}"
-    gate = ref.get("gate") or {}
-    if not gate.get("passed", False) and not allow_failed:
-        reasons = "; ".join(gate.get("reasons") or ["no reason recorded"])
-        return (
-            f"its HMC reference failed its quality gate ({reasons}); raise reference.draws or "
-            "set allow_failed_reference: true"
-        )
-    return None
+    return references.usable_reason(ref, allow_failed, key="allow_failed_reference")
 
 
 def make_jobs(plan: ExperimentPlan, refs: dict) -> tuple[list[Job], list[str]]:

@@ -130,8 +130,11 @@ def is_reference(ref: dict) -> bool:
     return ref.get("status") != "failed"
 
 
-def _usable(ref: dict, allow_failed: bool) -> str | None:
-    """Why tuning cannot use this reference, or None when it can."""
+def usable_reason(
+    ref: dict, allow_failed: bool, key: str = "optuna.allow_failed_reference"
+) -> str | None:
+    """Why runs cannot be scored against this reference, or None when they can; ``key`` is
+    the config key that lets a failed gate through (named in the fix)."""
     if not is_reference(ref):
         return f"the reference could not be computed: {ref['failure']['message']}"
     gate = ref.get("gate") or {}
@@ -139,7 +142,7 @@ def _usable(ref: dict, allow_failed: bool) -> str | None:
         reasons = "; ".join(gate.get("reasons") or ["no reason recorded"])
         return (
             f"the HMC reference failed its quality gate ({reasons}). Raise reference.draws "
-            "or reference.warmup, or set optuna.allow_failed_reference: true to tune anyway."
+            f"or reference.warmup, or set {key}: true to use it anyway."
         )
     return None
 
@@ -149,7 +152,7 @@ def unusable(refs: dict, pid: str, allow_failed: bool) -> str | None:
     usable, or None."""
     by_gamma = refs.by_gamma[pid] if isinstance(refs, References) else {None: refs[pid]}
     for gamma, ref in by_gamma.items():
-        why = _usable(ref, allow_failed)
+        why = usable_reason(ref, allow_failed)
         if why:
             return why if len(by_gamma) == 1 else f"at γ = {gamma:g}, {why}"
     return None
