@@ -4,6 +4,7 @@ a session guard that fails the run when a test leaves a process behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
+from lambda_hat import cli
 from lambda_hat.config import resolve_problem
 from lambda_hat.problems import build_problem
 
@@ -130,3 +132,29 @@ def linear(linear_problem):
     post = linear_problem.posterior()
     H = np.asarray(jax.hessian(post.loss)(linear_problem.w_star))
     return linear_problem, post, H
+
+
+#: The one tiny problem, and its short HMC reference (2 x 200 draws, the gate relaxed to match),
+#: of the tests that drive ``parsl-optuna`` with synthetic trials.
+TINY_PROBLEM = "{model: linear, data: small, teacher: _null, seed: 0}"
+TINY_REFERENCE = "{chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}"
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory):
+    """Copy ``TINY_PROBLEM`` with its ``TINY_REFERENCE`` into an artifacts directory:
+    ``tiny_reference(artifacts)``. The reference is computed once per session (``lambda-hat
+    reference``); each test gets its own copy, so its trial runs stay apart from others'."""
+    root = tmp_path_factory.mktemp("tiny_reference")
+    config = root / "config.yaml"
+    config.write_text(
+        f"problems: [{TINY_PROBLEM}]\nmethods: [sgld]\nreference: {TINY_REFERENCE}\n"
+        f"paths: {{artifacts: {root / 'artifacts'}, results: {root / 'results'}}}\n"
+    )
+    assert cli.main(["reference", "--config", str(config)]) == 0
+
+    def copy_into(artifacts: Path) -> Path:
+        shutil.copytree(root / "artifacts" / "problems", artifacts / "problems")
+        return artifacts
+
+    return copy_into

@@ -307,10 +307,17 @@ def test_a_job_left_by_a_killed_driver_is_cancelled_at_the_next_start(slurm, sha
         _sh("scancel", job)
 
 
-# Parsl notices a lost worker pool by its missing heartbeats (120 s by default); the test
-# shortens that, the rest is the shipped config.
-FAST_HEARTBEAT = (
-    "config.executors[0].heartbeat_period = 2\nconfig.executors[0].heartbeat_threshold = 10\n"
+# Parsl notices a lost worker pool by its missing heartbeats (120 s by default), and the failed
+# job, which it must see before it submits a new one, by polling sacct (every 60 s: the
+# SlurmProvider's read-only status_polling_interval, so a subclass of the same name, which
+# lambda_hat's job record keys on). The test shortens both; the rest is the shipped config.
+FAST_FAILURE_DETECTION = (
+    "config.executors[0].heartbeat_period = 2\n"
+    "config.executors[0].heartbeat_threshold = 10\n"
+    "_provider = config.executors[0].provider\n"
+    "_provider.__class__ = type(\n"
+    "    'SlurmProvider', (type(_provider),), {'status_polling_interval': 5}\n"
+    ")\n"
 )
 
 
@@ -332,7 +339,7 @@ def test_a_killed_worker_pool_is_replaced_by_a_new_job_and_the_study_finishes(sl
     cached = list((shared / "artifacts" / "problems").glob("*/ref.json"))  # the first test's
     env = {"LAMBDA_HAT_SYNTHETIC_SECONDS": "3"}
     proc, workdir = _driver(
-        shared, slurm, "poolkill", 2, 6, env, FAST_HEARTBEAT, ", validate: null"
+        shared, slurm, "poolkill", 2, 6, env, FAST_FAILURE_DETECTION, ", validate: null"
     )
     log = workdir / "driver.log"
     runs = shared / "artifacts" / "runs"

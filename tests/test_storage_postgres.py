@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from conftest import TINY_PROBLEM, TINY_REFERENCE
 from optuna.trial import TrialState
 
 from lambda_hat import cli
@@ -143,18 +144,21 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def shared_config(tmp_path_factory) -> Path:
-    """One problem, two methods; its HMC reference computed once, so the drivers share it."""
+def shared_config(tmp_path_factory, tiny_reference) -> Path:
+    """One problem, two methods; its HMC reference there before the drivers start (conftest's
+    ``tiny_reference``, computed once per session), so they share it."""
     root = tmp_path_factory.mktemp("two_drivers")
+    tiny_reference(root / "artifacts")
     config = root / "config.yaml"
     config.write_text(
-        "problems: [{model: linear, data: small, teacher: _null, seed: 0}]\n"
-        "methods: [sgld, vi]\n"
-        "reference: {chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}\n"
-        "optuna: {n_startup_trials: 2, isolate: false}\n"
+        f"problems: [{TINY_PROBLEM}]\nmethods: [sgld, vi]\nreference: {TINY_REFERENCE}\n"
+        # No pruning: whether a trial is pruned depends on timing, and the check wants every
+        # counted trial COMPLETE. Validation (tested elsewhere) kept to one run per study.
+        "optuna: {n_startup_trials: 2, isolate: false, pruner: none,"
+        " validate: {top_k: 1, seeds: 1}}\n"
         f"paths: {{artifacts: {root / 'artifacts'}, results: {root / 'results'}}}\n"
     )
-    assert cli.main(["reference", "--config", str(config)]) == 0
+    assert cli.main(["reference", "--config", str(config)]) == 0  # reads the stored one
     return config
 
 

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -247,7 +248,8 @@ def _trial(artifacts: Path, tmp_path: Path, method: str, seed: int, where: str, 
 
 def test_warm_trials_give_the_numbers_of_fresh_processes(tmp_path, artifacts, tiny_mlp_problem):
     trials = [("sgld", 0), ("vi", 1), ("sgld", 3)]
-    fresh = [_trial(artifacts, tmp_path, m, s, "fresh", None) for m, s in trials]
+    with ThreadPoolExecutor(2) as pool:  # fresh processes are independent: two at a time
+        fresh = list(pool.map(lambda t: _trial(artifacts, tmp_path, *t, "fresh", None), trials))
     hot = [_trial(artifacts, tmp_path, m, s, "warm", {"max_trials": 10}) for m, s in trials]
     assert len({m["warm"]["pid"] for m in hot}) == 1 and "warm" not in fresh[0]
     for f, w in zip(fresh, hot, strict=True):

@@ -1,8 +1,9 @@
 """``parsl-optuna`` end to end through the real Parsl local executor (subprocesses).
 
-One module-scoped artifacts directory: the first test computes the two tiny references and the
-real trials; the kill-and-resume test reuses the references and runs synthetic trials (each
-sleeps, so the driver can be killed with trials in flight).
+One module-scoped directory: the first test computes the two tiny references and the real
+trials; the kill-and-resume test runs synthetic trials (each sleeps, so the driver can be killed
+with trials in flight) in its own artifacts, which start with the session's copy of the first
+problem's reference (conftest's ``tiny_reference``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 import psutil
 import pytest
 from _procs import kill_and_wait
+from conftest import TINY_PROBLEM, TINY_REFERENCE
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -135,14 +137,14 @@ def test_tiny_config_end_to_end_with_real_methods(shared):
     print(f"second run {time.monotonic() - t0:.0f}s")
 
 
-def test_sigkill_mid_tuning_then_rerun_finishes_exactly_max_trials(shared):
-    results, artifacts = shared / "resume_results", shared / "artifacts"
+def test_sigkill_mid_tuning_then_rerun_finishes_exactly_max_trials(shared, tiny_reference):
+    results = shared / "resume_results"
+    artifacts = tiny_reference(shared / "resume_artifacts")  # its reference is read, not run
     config = shared / "one_problem.yaml"  # the first problem of tiny_test.yaml
     config.write_text(
-        "problems: [{model: linear, data: small, teacher: _null, seed: 0}]\n"
-        "methods: [sgld, vi]\n"
-        "reference: {chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}\n"
-        "optuna: {n_startup_trials: 2, pruner: none}\n"  # pruning is timing-dependent here
+        f"problems: [{TINY_PROBLEM}]\nmethods: [sgld, vi]\nreference: {TINY_REFERENCE}\n"
+        # pruning is timing-dependent here; validation (tested elsewhere) kept to one run each
+        "optuna: {n_startup_trials: 2, pruner: none, validate: {top_k: 1, seeds: 1}}\n"
     )
     args = [
         "--config",
@@ -173,6 +175,8 @@ def test_sigkill_mid_tuning_then_rerun_finishes_exactly_max_trials(shared):
         assert proc.poll() is None, "the driver finished before it could be killed"
     finally:
         _kill_leftovers(proc, marker)  # SIGKILL: no clean-up of its own
+    first, _ = proc.communicate(timeout=30)
+    assert "1 cached, 0 submitted" in first, first[-4000:]  # tiny_reference's, as configured
     before = _studies(results)
     assert any(t.state == TrialState.RUNNING for ts in before.values() for t in ts)
 
