@@ -66,6 +66,27 @@ def test_a_pid_that_is_no_interchange_is_never_killed(tmp_path):
     assert blocks.cancel_previous(tmp_path) == []  # this pytest process is still here
 
 
+def test_only_parsls_interchange_is_taken_for_one(tmp_path):
+    """By its title or its launch script, not by the word: pytest-xdist titles a worker with
+    the test it runs, and this file's ``..._no_interchange_...`` test once killed its worker."""
+    script = tmp_path / "interchange.py"
+    script.write_text("import time\ntime.sleep(120)\n")
+    sleeper = "import time; time.sleep(120)"
+    procs = {
+        "title": subprocess.Popen([sys.executable, "-c", sleeper, "parsl: HTEX interchange"]),
+        "launch": subprocess.Popen([sys.executable, str(script)]),
+        "word": subprocess.Popen([sys.executable, "-c", sleeper, "test_no_interchange_here"]),
+    }
+    try:
+        time.sleep(0.2)
+        found = {name: blocks._is_interchange(p.pid) for name, p in procs.items()}
+        assert found == {"title": True, "launch": True, "word": False}
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+
+
 def test_a_local_session_records_its_interchange_and_removes_the_record(tmp_path):
     from lambda_hat.workflow import execution
 

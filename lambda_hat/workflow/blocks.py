@@ -43,6 +43,8 @@ RECORD_GLOB = "blocks*.json"
 RECORD_EVERY_SEC = 5.0
 #: A record from another host whose driver has not touched it for this long is a dead driver's.
 STALE_SEC = 120.0
+#: The process title Parsl's HTEX interchange gives itself (parsl/executors/high_throughput/).
+INTERCHANGE_TITLE = "parsl: HTEX interchange"
 #: provider class -> the command that cancels its jobs (job ids appended)
 CANCEL_COMMANDS: dict[str, list[str]] = {
     "SlurmProvider": ["scancel"],
@@ -196,11 +198,17 @@ class Recorder:
 
 
 def _is_interchange(pid: int) -> bool:
+    """Whether ``pid`` is a Parsl HTEX interchange: the process title Parsl gives it, or, before
+    it sets one, its launch command ``interchange.py``. Not any command line that contains the
+    word (a pytest-xdist worker's title names the test it runs, and a test named
+    ``..._no_interchange_...`` was killed as one)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return "interchange" in cmdline
+    return any(
+        INTERCHANGE_TITLE in arg or Path(arg).name == "interchange.py" for arg in argv if arg
+    )
 
 
 def driver_alive(record: dict, mtime: float, now: float | None = None) -> bool:
