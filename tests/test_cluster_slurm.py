@@ -30,7 +30,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from lambda_hat.workflow.studies import counts_as_finished
 
-pytestmark = pytest.mark.cluster
+# one xdist worker runs these in order: they share one small SLURM node
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[1]
 START = "bash tests/cluster/start_slurm.sh"

@@ -39,6 +39,9 @@ MAX_TRIALS = 6
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# one xdist worker: the module's PostgreSQL server and shared study are built once
+pytestmark = pytest.mark.xdist_group("postgres")
+
 
 def _unavailable(reason: str) -> None:
     """Skip, or fail in CI (where PostgreSQL must be installable)."""
