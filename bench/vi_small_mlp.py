@@ -34,6 +34,7 @@ import optax
 
 jax.config.update("jax_enable_x64", True)
 
+from lambda_hat import theory  # noqa: E402
 from lambda_hat.config import resolve_problem  # noqa: E402
 from lambda_hat.problems import build_problem  # noqa: E402
 from lambda_hat.samplers import vi  # noqa: E402
@@ -42,9 +43,9 @@ SPEC = {"model": "small", "data": "small", "seed": 5}
 
 
 def laplace_llc(post, w) -> float:
-    """½ Σ nβh/(nβh + γ) over the positive eigenvalues h of ∇²L_n(w)."""
-    h = np.clip(np.linalg.eigvalsh(np.asarray(jax.hessian(post.loss)(w))), 0, None)
-    return float(0.5 * np.sum(post.nbeta * h / (post.nbeta * h + post.gamma)))
+    """The Laplace value ½ Σ nβh/(nβh + γ) over the Hessian of L_n at ``w`` (negative
+    eigenvalues clipped to 0): :func:`lambda_hat.theory.linear_gaussian_llc`."""
+    return theory.linear_gaussian_llc(jax.hessian(post.loss)(w), post.n, post.beta, post.gamma)
 
 
 def geometry(post, model, args) -> None:
