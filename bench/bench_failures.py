@@ -10,10 +10,10 @@ Each strategy gets the same trial budget and seed:
 
 - ``worst``: TPE, a failure told as ``COMPLETE`` with the worst value (``inf``), what users did;
 - ``fail``: TPE, a failure told as Optuna's ``FAIL`` state (ignored by the sampler);
-- ``constraint``: TPE, :func:`lambda_hat.workflow.tell.tell` (graded constraint, finite
+- ``constraint``: TPE, :func:`lambda_hat.study.tell.tell` (graded constraint, finite
   placeholder): lambda_hat before issue 13;
 - ``lambda_hat``: the same ``tell`` with lambda_hat's ``tpe`` sampler
-  (:func:`lambda_hat.workflow.studies.make_sampler`: Sobol start-up, then multivariate TPE in a
+  (:func:`lambda_hat.study.storage.make_sampler`: Sobol start-up, then multivariate TPE in a
   box around the successes).
 
 Prints, per strategy, the median over seeds of the number of failed trials in the second half
@@ -32,10 +32,10 @@ import warnings
 
 import optuna
 
-from lambda_hat.config import OptunaConfig
-from lambda_hat.outcome import failed_metrics
-from lambda_hat.workflow.studies import make_sampler
-from lambda_hat.workflow.tell import tell
+from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.study.storage import make_sampler
+from lambda_hat.study.tell import tell
+from lambda_hat.trial.outcome import failed_metrics
 
 STEPS = 10_000
 STRATEGIES = ("worst", "fail", "constraint", "lambda_hat")

@@ -20,10 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lambda_hat.config import ReferenceConfig, resolve_problem
+from lambda_hat.config.tuning import ReferenceConfig, resolve_problem
 from lambda_hat.log import setup_logging
-from lambda_hat.problems import build_problem
-from lambda_hat.reference import compute_reference
+from lambda_hat.problem.build import build_problem
+from lambda_hat.reference.nuts import compute_reference
 
 
 def bare_grad_rate(post, chains: int, steps: int) -> float:

@@ -8,9 +8,9 @@ the same sampler (Optuna 5 TPE, multivariate + constant liar, same seed and star
   but with ``batch_size`` trials asked ahead (so TPE's constant liar sees them running) and the
   ``failure`` constraint told on every trial, as the workflow does: what TPE itself costs
   when it is asked what the workflow asks it;
-- **workflow**: :class:`lambda_hat.workflow.tuning.Driver` — ask, content-address the trial,
+- **workflow**: :class:`lambda_hat.study.driver.Driver` — ask, content-address the trial,
   submit a Parsl app to a local HighThroughputExecutor, write metrics.json in the worker, tell
-  through :func:`lambda_hat.workflow.tell.tell` into the journal file, then build the Parquet table
+  through :func:`lambda_hat.study.tell.tell` into the journal file, then build the Parquet table
   from the metrics files and export the study pickle (aggregation). The default pruner is on
   (progress files are polled; the synthetic trials report none).
 
@@ -32,9 +32,13 @@ from pathlib import Path
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.config import OptunaConfig
-from lambda_hat.workflow import execution, results, studies, tell, tuning
-from lambda_hat.workflow.synthetic import synthetic_llc
+from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.parallel import apps as execution
+from lambda_hat.results import tables as results
+from lambda_hat.study import driver as tuning
+from lambda_hat.study import storage as studies
+from lambda_hat.study import tell
+from lambda_hat.trial.synthetic import synthetic_llc
 
 SPACE = {
     "eta0": FloatDistribution(1e-6, 1e-1, log=True),
@@ -81,7 +85,7 @@ def workflow(trials: int, cfg: OptunaConfig, seed: int, submit, root: Path) -> f
         "ref": REF,
         "artifacts": str(root / "artifacts"),
         "isolate": False,
-        "target": "lambda_hat.workflow.synthetic:synthetic_trial",
+        "target": "lambda_hat.trial.synthetic:synthetic_trial",
     }
     task = tuning.StudyTask(
         pid="p_bench",
@@ -136,7 +140,7 @@ def main() -> None:
                 "artifacts": str(root),
                 "budget_sec": 1.0,
                 "isolate": False,
-                "target": "lambda_hat.workflow.synthetic:synthetic_trial",
+                "target": "lambda_hat.trial.synthetic:synthetic_trial",
             }
             submit(warm).result()
             startup = time.perf_counter() - t0

@@ -5,7 +5,7 @@ Problem: presets ``model: mlp10k`` (about 10k parameters), ``data: large`` (n = 
 4 chains, batch 256. Timings of execution (compile excluded everywhere), in rounds that
 interleave the variants (best of ``--repeats`` rounds kept), so load drift hits all alike:
 
-- ``runner``: :func:`lambda_hat.runner.run_method_trial` at SGLD's defaults (estimator
+- ``runner``: :func:`lambda_hat.trial.runner.run_method_trial` at SGLD's defaults (estimator
   included: the minibatch estimator costs no extra work) — chunked loops with budget and
   divergence checks between chunks, the MALA probe (one extra minibatch gradient per block);
   its ``seconds.run``. ``runner, full`` is the same with ``estimator: full`` (one full-data
@@ -31,10 +31,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lambda_hat.config import resolve_problem
-from lambda_hat.posterior import regression_posterior
-from lambda_hat.problems import build_problem
-from lambda_hat.runner import run_method_trial
+from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.llc.posterior import regression_posterior
+from lambda_hat.problem.build import build_problem
+from lambda_hat.trial.runner import run_method_trial
 
 CHAINS, BATCH, ETA = 4, 256, 1e-7
 DTYPES = ("float64", "float32")

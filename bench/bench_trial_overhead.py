@@ -15,7 +15,7 @@ the wall time includes the process start and imports.
 
 ``--workers`` compares the workflow's two ways of running isolated trials in one run, through
 the worker's own app body (``execution.execute_trial``): a fresh process per trial
-(``optuna.warm: null``) and a warm process per worker (:mod:`lambda_hat.warm`). It prints the
+(``optuna.warm: null``) and a warm process per worker (:mod:`lambda_hat.trial.process.warm`). It prints the
 median per-trial overhead (the worker's wall seconds minus the runner's own
 ``seconds.total``) after each method's first trial, and the ratio fresh / warm. ``--rss N``
 then runs N more trials in one warm process and prints its resident memory along the way.
@@ -42,12 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lambda_hat import warm as warm_procs
-from lambda_hat.config import resolve_problem
-from lambda_hat.problems import build_problem
-from lambda_hat.runner import run_method_trial
-from lambda_hat.schema import as_dict
-from lambda_hat.workflow import execution
+from lambda_hat.config.schema import as_dict
+from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.parallel import apps as execution
+from lambda_hat.problem.build import build_problem
+from lambda_hat.trial.process import warm as warm_procs
+from lambda_hat.trial.runner import run_method_trial
 
 
 def proposals(method: str, rng: np.random.Generator) -> dict:
@@ -70,10 +70,10 @@ def proposals(method: str, rng: np.random.Generator) -> dict:
 
 _CHILD = """
 import json, sys
-from lambda_hat.problems import load_problem
-from lambda_hat.runner import run_method_trial
-from lambda_hat.schema import as_dict
-from lambda_hat.workflow import execution
+from lambda_hat.problem.build import load_problem
+from lambda_hat.trial.runner import run_method_trial
+from lambda_hat.config.schema import as_dict
+from lambda_hat.parallel import apps as execution
 a = json.loads(sys.argv[1])
 problem = load_problem(a["artifacts"], a["pid"])
 m = run_method_trial(problem, a["method"], a["hp"], None, a["seed"], artifacts=a["runs"])
@@ -244,7 +244,7 @@ def _demo(args, root: Path) -> None:
     cli = [
         sys.executable,
         "-c",
-        "import sys; from lambda_hat.workflow import main; sys.exit(main())",
+        "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
     ]
 
     def run(name: str, warm, artifacts: Path) -> tuple[float, float]:

@@ -9,8 +9,8 @@ the tuning seed, then applies two rules:
 
 - ``best trial``: the configuration of the smallest observed |error|;
 - ``validated``: the ``top_k`` best configurations re-run on ``seeds`` fresh seeds, the lowest
-  mean |error| recommended — :func:`lambda_hat.workflow.validation.top_candidates` and
-  :func:`lambda_hat.workflow.validation.pick`, the stage's own code.
+  mean |error| recommended — :func:`lambda_hat.study.validation.top_candidates` and
+  :func:`lambda_hat.study.validation.pick`, the stage's own code.
 
 Prints, over ``--reps`` repetitions: the mean true error of each rule, their ratio, the
 fraction of repetitions where the validated choice is strictly better / the same / worse, the
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from lambda_hat.workflow.validation import Validated, pick, top_candidates
+from lambda_hat.study.validation import Validated, pick, top_candidates
 
 A, B, EPS0 = 0.05, 2.0, 1e-4  # bias at ε₀, noise scale
 LOG_EPS, STEPS = (-6.0, -3.0), (500, 5000)

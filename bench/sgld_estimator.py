@@ -1,6 +1,6 @@
 """Variance of SGLD's λ̂ per second of work, by estimator and full-data cadence (and dtype).
 
-For each setting, ``--seeds`` trials through :func:`lambda_hat.runner.run_method_trial` (one
+For each setting, ``--seeds`` trials through :func:`lambda_hat.trial.runner.run_method_trial` (one
 untimed trial first compiles its programs; the timed rounds interleave the settings). Printed per setting: the mean λ̂, the spread of λ̂
 across seeds (sd), the mean reported SE, the mean execution seconds (``seconds.run``), FGE, and
 the efficiency 1 / (SE² · seconds) — higher is better: a setting twice as efficient reaches the
@@ -18,9 +18,9 @@ import tempfile
 
 import numpy as np
 
-from lambda_hat.config import resolve_problem
-from lambda_hat.problems import build_problem
-from lambda_hat.runner import run_method_trial
+from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.problem.build import build_problem
+from lambda_hat.trial.runner import run_method_trial
 
 PROBLEMS = {
     # name: (problem presets, base hyperparameters, settings to compare)

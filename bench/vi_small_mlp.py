@@ -34,9 +34,9 @@ import optax
 
 jax.config.update("jax_enable_x64", True)
 
-from lambda_hat import theory  # noqa: E402
-from lambda_hat.config import resolve_problem  # noqa: E402
-from lambda_hat.problems import build_problem  # noqa: E402
+from lambda_hat.config.tuning import resolve_problem  # noqa: E402
+from lambda_hat.problem import theory  # noqa: E402
+from lambda_hat.problem.build import build_problem  # noqa: E402
 from lambda_hat.samplers import vi  # noqa: E402
 
 SPEC = {"model": "small", "data": "small", "seed": 5}
@@ -44,7 +44,7 @@ SPEC = {"model": "small", "data": "small", "seed": 5}
 
 def laplace_llc(post, w) -> float:
     """The Laplace value ½ Σ nβh/(nβh + γ) over the Hessian of L_n at ``w`` (negative
-    eigenvalues clipped to 0): :func:`lambda_hat.theory.linear_gaussian_llc`."""
+    eigenvalues clipped to 0): :func:`lambda_hat.problem.theory.linear_gaussian_llc`."""
     return theory.linear_gaussian_llc(jax.hessian(post.loss)(w), post.n, post.beta, post.gamma)
 
 

@@ -1,12 +1,12 @@
 """``lambda-hat``: the command-line entry point and every sub-command.
 
 ``reference`` (HMC references + table), ``trial`` (one run of one method), ``run`` (the
-experiments after tuning, :mod:`lambda_hat.workflow.experiments`), ``plots`` (PNGs),
+experiments after tuning, :mod:`lambda_hat.runs.stage`), ``plots`` (PNGs),
 ``report`` (one HTML + Markdown page of a run), ``dashboard`` (optuna-dashboard on the study
 storage).
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
 failed (a reference gate, a failed trial), 2 bad input (nothing was done).
-``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.workflow`.
+``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.study.pipeline`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from pathlib import Path
 
 import yaml
 
-from lambda_hat import methods, plots, reference, runner, runs
-from lambda_hat.config import ProblemSpec, ReferenceConfig, load_experiment
+from lambda_hat import methods
+from lambda_hat.config.schema import ConfigError, as_dict
+from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig, load_experiment
 from lambda_hat.log import fmt_seconds, format_table, setup_logging
-from lambda_hat.problems import build_problem, problem_id
-from lambda_hat.schema import ConfigError, as_dict
+from lambda_hat.problem.build import build_problem, problem_id
+from lambda_hat.reference import nuts as reference
+from lambda_hat.report import plots
+from lambda_hat.trial import identity as runs
+from lambda_hat.trial import runner
 
 
 def select_problems(specs: list[ProblemSpec], wanted: list[str] | None) -> list[ProblemSpec]:
@@ -213,8 +217,8 @@ def _add_trial(sub) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import warnings
 
-    from lambda_hat.experiments_config import load_experiments
-    from lambda_hat.workflow import experiments
+    from lambda_hat.config.runs import load_experiments
+    from lambda_hat.runs import stage as experiments
 
     # Parsl starts its worker pool with fork+exec, which is safe; JAX warns about any fork.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
@@ -280,7 +284,7 @@ def _add_plots(sub) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from lambda_hat.report import make_report
+    from lambda_hat.report.page import make_report
 
     exp = load_experiment(args.config) if args.config else None
     results = args.results or (Path(exp.config.paths.results) if exp else Path("results"))
@@ -318,7 +322,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def dashboard_storage(args: argparse.Namespace) -> str:
     """Where the studies are: ``--storage``, else the config's ``optuna.storage``, else its
     results journal (which must exist: the dashboard would otherwise show an empty new one)."""
-    from lambda_hat.workflow import studies
+    from lambda_hat.study import storage as studies
 
     if args.storage:
         where, field = args.storage, "--storage"
@@ -338,7 +342,7 @@ def dashboard_storage(args: argparse.Namespace) -> str:
 
 def dashboard_lines(where: str, host: str, port: int) -> list[str]:
     """What ``lambda-hat dashboard`` prints: the storage, the URL, the SSH tunnel for a cluster."""
-    from lambda_hat.workflow import studies
+    from lambda_hat.study import storage as studies
 
     lines = [
         f"optuna-dashboard on {studies.describe_storage(where)}",
@@ -354,7 +358,7 @@ def dashboard_lines(where: str, host: str, port: int) -> list[str]:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from lambda_hat.workflow import studies
+    from lambda_hat.study import storage as studies
 
     where = dashboard_storage(args)
     storage = studies.open_storage_at(where)

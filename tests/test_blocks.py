@@ -21,8 +21,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_json, read_json
-from lambda_hat.workflow import blocks
-from lambda_hat.workflow.studies import counts_as_finished
+from lambda_hat.parallel import blocks
+from lambda_hat.study.storage import counts_as_finished
 
 
 def _fake_interchange() -> subprocess.Popen:
@@ -88,7 +88,7 @@ def test_only_parsls_interchange_is_taken_for_one(tmp_path):
 
 
 def test_a_local_session_records_its_interchange_and_removes_the_record(tmp_path):
-    from lambda_hat.workflow import execution
+    from lambda_hat.parallel import apps as execution
 
     run_dir = tmp_path / "runinfo"
     with execution.parsl_session(execution.local_config(1, run_dir=run_dir)):
@@ -140,7 +140,7 @@ def test_a_record_from_another_host_is_a_dead_drivers_only_once_stale(tmp_path):
 
 def test_two_sessions_in_one_results_dir_keep_two_records(tmp_path):
     """A second driver's session records itself beside the first one's and leaves it alone."""
-    from lambda_hat.workflow import execution
+    from lambda_hat.parallel import apps as execution
 
     run_dir = tmp_path / "runinfo"
     other = _fake_interchange()  # stands for the other driver (a live Python process)
@@ -160,9 +160,13 @@ def test_two_sessions_in_one_results_dir_keep_two_records(tmp_path):
 
 # ----------------------------------------------------------- a worker pool lost mid-study
 
-CLI = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
+CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
+]
 FAST_HEARTBEAT = (  # --local's config, with a lost pool noticed in seconds rather than 120 s
-    "from lambda_hat.workflow.execution import local_config\n"
+    "from lambda_hat.parallel.apps import local_config\n"
     "config = local_config(2)\n"
     "config.executors[0].heartbeat_period = 1\n"
     "config.executors[0].heartbeat_threshold = 6\n"
@@ -263,7 +267,7 @@ def test_a_killed_worker_pool_is_replaced_and_the_study_finishes(tmp_path):
     (tmp_path / "local_fast.py").write_text(FAST_HEARTBEAT)
     args = ["--config", "experiment.yaml", "--parsl-config", "local_fast.py"]
     args += ["--results", str(results), "--artifacts", str(artifacts), "--max-trials", "6"]
-    args += ["--batch-size", "2", "--trial-target", "lambda_hat.workflow.synthetic:synthetic_trial"]
+    args += ["--batch-size", "2", "--trial-target", "lambda_hat.trial.synthetic:synthetic_trial"]
     rc, text, done, pool = kill_pool_mid_study(
         tmp_path, args, {"LAMBDA_HAT_SYNTHETIC_SECONDS": "3"}, results, artifacts / "runs"
     )
@@ -284,7 +288,8 @@ def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_pat
     another gets FileExistsError, and its start is retried with the next free number."""
     import parsl.dataflow.dflow as dflow
 
-    from lambda_hat.workflow import execution, pipeline
+    from lambda_hat.parallel import apps as execution
+    from lambda_hat.study import pipeline
 
     real, calls = dflow.make_rundir, []
 

@@ -28,15 +28,19 @@ from _procs import kill_and_wait
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from lambda_hat.workflow.studies import counts_as_finished
+from lambda_hat.study.storage import counts_as_finished
 
 # one xdist worker runs these in order: they share one small SLURM node
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[1]
 START = "bash tests/cluster/start_slurm.sh"
-CLI = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
-SYNTHETIC = "lambda_hat.workflow.synthetic:synthetic_trial"
+CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
+]
+SYNTHETIC = "lambda_hat.trial.synthetic:synthetic_trial"
 CONFIG = (  # one tiny problem; {seed} differs per test, so no test reuses another's trials
     "problems: [{{model: linear, data: small, teacher: _null, seed: 0}}]\n"
     "methods: [sgld]\n"
@@ -286,9 +290,9 @@ def test_sigterm_of_the_driver_leaves_no_job_and_no_interchange(slurm, shared):
 
 def test_a_job_left_by_a_killed_driver_is_cancelled_at_the_next_start(slurm, shared):
     """kill -9 of the driver runs no clean-up: the jobs it recorded in its run directory are
-    cancelled by the next session (lambda_hat.workflow.blocks.cancel_previous)."""
+    cancelled by the next session (lambda_hat.parallel.blocks.cancel_previous)."""
     from lambda_hat._io import atomic_write_json
-    from lambda_hat.workflow import blocks
+    from lambda_hat.parallel import blocks
 
     sub = _sh("sbatch", "--parsable", "-p", slurm["partition"], "-t", "5", "--wrap", "sleep 300")
     assert sub.returncode == 0, sub.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lambda_hat import engine
-from lambda_hat.runner import run_method_trial
+from lambda_hat.llc import engine
+from lambda_hat.trial.runner import run_method_trial
 
 # Two trials per method: every continuous hyperparameter differs, and so does ``steps`` (within
 # one chunk-capacity bucket); the discrete ones (batch, precond_type, M, r, chains) are shared.

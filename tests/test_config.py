@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from lambda_hat.config import load_experiment, resolve_problem
-from lambda_hat.problems import problem_id
-from lambda_hat.schema import ConfigError
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import load_experiment, resolve_problem
+from lambda_hat.problem.build import problem_id
 
 
 def write(tmp_path, text, name="x.yaml"):
@@ -110,7 +110,7 @@ def test_pid_is_stable_across_key_order_and_processes():
     assert pid == problem_id(resolve_problem(e2))
     assert pid.startswith("p_") and len(pid) == 14
     code = (
-        "from lambda_hat.config import resolve_problem; from lambda_hat.problems import "
+        "from lambda_hat.config.tuning import resolve_problem; from lambda_hat.problem.build import "
         f"problem_id; print(problem_id(resolve_problem({e2!r})))"
     )
     out = subprocess.run(
@@ -141,9 +141,9 @@ def test_pid_changes_with_any_resolved_value():
 
 def test_pid_format_is_frozen():
     """Stored artifacts are found by pid: the canonical form and hash must never drift."""
-    from lambda_hat.config import ProblemSpec
+    from lambda_hat.config.schema import as_dict, validate
+    from lambda_hat.config.tuning import ProblemSpec
     from lambda_hat.hashing import canonical_json
-    from lambda_hat.schema import as_dict, validate
 
     canonical = (
         '{"data":{"input_dim":3,"n":200,"noise":0.1,"output_dim":1,"x_dist":"gauss"},'

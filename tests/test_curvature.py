@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lambda_hat import curvature, theory
-from lambda_hat.runner import run_method_trial
+from lambda_hat.problem import theory
+from lambda_hat.reference import curvature
+from lambda_hat.trial.runner import run_method_trial
 
 
 def dense_a(post) -> np.ndarray:

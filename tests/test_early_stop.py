@@ -12,18 +12,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lambda_hat.config import OptunaConfig
-from lambda_hat.schema import ConfigError
-from lambda_hat.workflow import (
-    execution,
-    pipeline,
-    progress,
-    samplers,
-    scoring,
-    stopping,
-    studies,
-    tuning,
-)
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.parallel import apps as execution
+from lambda_hat.study import driver as tuning
+from lambda_hat.study import pipeline, progress, samplers, scoring, stopping
+from lambda_hat.study import storage as studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -310,7 +304,7 @@ def test_parsl_optuna_runs_a_grid_to_its_end_and_a_rerun_asks_nothing(tmp_path, 
     monkeypatch.setattr(execution, "parsl_session", lambda *a: contextlib.nullcontext())
     monkeypatch.setattr(execution, "trial_submitter", lambda: submit)
     monkeypatch.setattr(execution, "reference_submitter", lambda: reference)
-    target = "lambda_hat.workflow.synthetic:synthetic_trial"
+    target = "lambda_hat.trial.synthetic:synthetic_trial"
     try:
         assert pipeline.main(["--config", str(cfg), "--trial-target", target]) == 0
         assert len(payloads) == 4

@@ -2,7 +2,7 @@
 table and its summary, and a rerun that costs nothing.
 
 The fast tests use stored studies written here and the analytic stand-in for a method run
-(:mod:`lambda_hat.workflow.synthetic`) on a thread pool; the slow one tunes a tiny problem with
+(:mod:`lambda_hat.trial.synthetic`) on a thread pool; the slow one tunes a tiny problem with
 ``parsl-optuna`` and runs ``lambda-hat run`` on its results through the real Parsl executor.
 """
 
@@ -22,25 +22,28 @@ import pytest
 import yaml
 from optuna.distributions import FloatDistribution
 
-from lambda_hat import cli, runs
+from lambda_hat import cli
 from lambda_hat._io import atomic_write_json
-from lambda_hat.config import OptunaConfig, load_experiment
-from lambda_hat.experiments_config import (
+from lambda_hat.config.runs import (
     ExperimentsConfig,
     FromStudy,
     HyperSet,
     load_experiments,
 )
-from lambda_hat.problems import problem_id
-from lambda_hat.schema import ConfigError
-from lambda_hat.workflow import execution, experiments, studies
-from lambda_hat.workflow.experiments_summary import summarize
-from lambda_hat.workflow.synthetic import synthetic_llc
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import OptunaConfig, load_experiment
+from lambda_hat.parallel import apps as execution
+from lambda_hat.problem.build import problem_id
+from lambda_hat.runs import stage as experiments
+from lambda_hat.runs.summary import summarize
+from lambda_hat.study import storage as studies
+from lambda_hat.trial import identity as runs
+from lambda_hat.trial.synthetic import synthetic_llc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC = "lambda_hat.workflow.synthetic:synthetic_trial"
+SYNTHETIC = "lambda_hat.trial.synthetic:synthetic_trial"
 PROBLEM = "{model: linear, data: small, teacher: _null, seed: 0}"
 REFERENCE = "{chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}"
 BEST_HP = {"eta0": 2e-4, "steps": 300, "chains": 2, "batch": 64, "precond_type": "none"}
@@ -260,7 +263,11 @@ def test_a_problem_whose_reference_failed_is_not_run_and_exits_1(tmp_path):
 
 
 CLI = [sys.executable, "-c", "import sys; from lambda_hat.cli import main; sys.exit(main())"]
-TUNE = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
+TUNE = [
+    sys.executable,
+    "-c",
+    "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
+]
 
 
 @pytest.mark.slow  # tunes one tiny problem (2 trials per method) and runs it: a few minutes

@@ -1,5 +1,5 @@
-"""Failure kinds (lambda_hat.outcome), graded constraints, tell_args/tell and best_successful
-(lambda_hat.workflow.tell), FailureGuard (lambda_hat.workflow.guard)."""
+"""Failure kinds (lambda_hat.trial.outcome), graded constraints, tell_args/tell and best_successful
+(lambda_hat.study.tell), FailureGuard (lambda_hat.study.guard)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import pytest
 from optuna.trial import TrialState
 
 from lambda_hat.methods import METHODS, culprits, default_hyperparams
-from lambda_hat.outcome import (
+from lambda_hat.study.guard import FailureGuard
+from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import (
+    CONSTRAINT_KEY,
+    best_successful,
+    constraint_value,
+    describe_best,
+    tell,
+    tell_args,
+)
+from lambda_hat.trial.outcome import (
     FAILURE_KINDS,
     KINDS,
     estimate_error,
@@ -19,16 +29,6 @@ from lambda_hat.outcome import (
     finite_float,
     from_exception,
     is_retryable,
-)
-from lambda_hat.workflow.guard import FailureGuard
-from lambda_hat.workflow.studies import counts_as_finished
-from lambda_hat.workflow.tell import (
-    CONSTRAINT_KEY,
-    best_successful,
-    constraint_value,
-    describe_best,
-    tell,
-    tell_args,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

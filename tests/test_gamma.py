@@ -19,19 +19,26 @@ import pandas as pd
 import pytest
 import yaml
 
-from lambda_hat import methods, reference, runs, theory
+from lambda_hat import methods
 from lambda_hat._io import atomic_write_json
-from lambda_hat.config import load_experiment
-from lambda_hat.runner import run_method_trial
-from lambda_hat.schema import ConfigError
-from lambda_hat.workflow import execution, pipeline, plan, results, studies, tuning
-from lambda_hat.workflow.synthetic import synthetic_llc
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import load_experiment
+from lambda_hat.parallel import apps as execution
+from lambda_hat.problem import theory
+from lambda_hat.reference import nuts as reference
+from lambda_hat.results import tables as results
+from lambda_hat.study import driver as tuning
+from lambda_hat.study import pipeline, plan
+from lambda_hat.study import storage as studies
+from lambda_hat.trial import identity as runs
+from lambda_hat.trial.runner import run_method_trial
+from lambda_hat.trial.synthetic import synthetic_llc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 LINEAR = {"model": "linear", "data": "small", "teacher": "_null", "seed": 0}
 TINY_REF = {"chains": 2, "draws": 200, "warmup": 100, "chunk": 200}
-SYNTHETIC = "lambda_hat.workflow.synthetic:synthetic_trial"
+SYNTHETIC = "lambda_hat.trial.synthetic:synthetic_trial"
 
 
 def _experiment(tmp_path: Path, search_space: dict, **optuna_cfg):

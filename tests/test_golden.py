@@ -16,7 +16,7 @@ manifest's hyperparameters say ``gamma: null`` and its id changes (was ``r_9e8b4
 plain run and ``r_a99c6c2b4cf3`` for Adam). The sampled γ is in the manifest's ``posterior``
 either way; an SGLD run that sets ``gamma: 1.0`` explicitly keeps its old id (pinned below).
 The manifest's ``posterior`` also records nβ, which is derived (n·β) and left out of the hash
-(:func:`lambda_hat.runs.run_id`), so MCLMC's ids are unchanged.
+(:func:`lambda_hat.trial.identity.run_id`), so MCLMC's ids are unchanged.
 
 Third deliberate change (issue 11, plans/sgld-estimator.md): SGLD gained the hyperparameters
 ``estimator`` (default ``minibatch``: λ̂ from the steps' own minibatch losses instead of full-data
@@ -33,9 +33,9 @@ import math
 
 import pytest
 
-from lambda_hat import runs
-from lambda_hat.config import resolve_problem
-from lambda_hat.problems import problem_id
+from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.problem.build import problem_id
+from lambda_hat.trial import identity as runs
 
 LINEAR_PID = "p_ff2e65329cb6"
 REF = {"beta": 1 / math.log(200), "gamma": 1.0}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lambda_hat import isolation
-from lambda_hat.isolation import report_progress, run_isolated
-from lambda_hat.outcome import FAILURE_KINDS, failed_metrics
+from lambda_hat.trial.outcome import FAILURE_KINDS, failed_metrics
+from lambda_hat.trial.process import oneshot as isolation
+from lambda_hat.trial.process.oneshot import report_progress, run_isolated
 
 ENV = {
     "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
@@ -185,4 +185,4 @@ def test_bad_arguments_fail_before_starting(tmp_path):
 def test_report_progress_is_a_noop_outside_isolation(monkeypatch):
     monkeypatch.delenv(isolation.PROGRESS_ENV, raising=False)
     report_progress(0.5)  # must not raise or write anywhere
-    assert sys.modules["lambda_hat.isolation"] is isolation
+    assert sys.modules["lambda_hat.trial.process.oneshot"] is isolation

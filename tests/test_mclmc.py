@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 
-from lambda_hat import theory
-from lambda_hat.config import resolve_problem
-from lambda_hat.outcome import KINDS
-from lambda_hat.problems import build_problem
-from lambda_hat.runner import run_method_trial
+from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.problem import theory
+from lambda_hat.problem.build import build_problem
 from lambda_hat.samplers import mclmc
+from lambda_hat.trial.outcome import KINDS
+from lambda_hat.trial.runner import run_method_trial
 
 
 def test_mclmc_reproduces_exact_llc(linear, tmp_path):

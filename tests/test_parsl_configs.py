@@ -9,9 +9,9 @@ import pytest
 from parsl.launchers import SingleNodeLauncher, SrunLauncher
 from parsl.providers import PBSProProvider, SlurmProvider
 
-from lambda_hat.config import OptunaConfig
-from lambda_hat.schema import ConfigError
-from lambda_hat.workflow.execution import load_parsl_config
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.parallel.apps import load_parsl_config
 
 ROOT = Path(__file__).resolve().parents[1] / "parsl_configs"
 
@@ -125,9 +125,9 @@ def test_a_lost_job_is_replaced_and_workers_are_pinned(name, no_internet):
 def test_batch_size_defaults_to_the_executors_capacity(no_internet, tmp_path, caplog):
     """Issue 10: optuna.batch_size (default null) fills the executors: the SLURM template's
     2 nodes x 32 workers run 64 trials at once, not 16; a different value is warned about."""
-    from lambda_hat.config import load_experiment
-    from lambda_hat.workflow import execution
-    from lambda_hat.workflow.plan import check_plan
+    from lambda_hat.config.tuning import load_experiment
+    from lambda_hat.parallel import apps as execution
+    from lambda_hat.study.plan import check_plan
 
     assert execution.capacity(load_parsl_config(ROOT / "slurm.py")) == 64
     assert execution.capacity(load_parsl_config(ROOT / "pbs.py")) > 0

@@ -11,15 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lambda_hat import figures
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
-from lambda_hat.config import load_experiment
-from lambda_hat.estimator import estimate_llc
-from lambda_hat.problems import build_problem, problem_dir, problem_id
-from lambda_hat.reference import REF_SCHEMA, ensure_reference, evaluate_gate, reference_settings
-from lambda_hat.schema import as_dict
-from lambda_hat.workflow.results import PARQUET_NAME, write_parquet
+from lambda_hat.config.schema import as_dict
+from lambda_hat.config.tuning import load_experiment
+from lambda_hat.llc.estimator import estimate_llc
+from lambda_hat.problem.build import build_problem, problem_dir, problem_id
+from lambda_hat.reference.nuts import (
+    REF_SCHEMA,
+    ensure_reference,
+    evaluate_gate,
+    reference_settings,
+)
+from lambda_hat.report import figures
+from lambda_hat.results.tables import PARQUET_NAME, write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG = """\

@@ -13,9 +13,11 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from test_experiments import _config, synthetic_run
 from test_workflow import _journal, _run, _task
 
-from lambda_hat.config import load_experiment
-from lambda_hat.experiments_config import load_experiments
-from lambda_hat.workflow import execution, experiments, results
+from lambda_hat.config.runs import load_experiments
+from lambda_hat.config.tuning import load_experiment
+from lambda_hat.parallel import apps as execution
+from lambda_hat.results import tables as results
+from lambda_hat.runs import stage as experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -13,14 +13,14 @@ from pathlib import Path
 import yaml
 
 from lambda_hat import methods
-from lambda_hat.config import (
+from lambda_hat.config.schema import validate
+from lambda_hat.config.tuning import (
     PRESET_GROUPS,
     ExperimentConfig,
     ProblemSpec,
     preset_names,
     resolve_problem,
 )
-from lambda_hat.schema import validate
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 SECTION = README.split("## Config format\n", 1)[1].split("\n## ", 1)[0]

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from lambda_hat import engine, theory
 from lambda_hat.cli import main
-from lambda_hat.config import ReferenceConfig
-from lambda_hat.posterior import chain_starts
-from lambda_hat.reference import STATE_FILE, ensure_reference, evaluate_gate, ref_path
+from lambda_hat.config.tuning import ReferenceConfig
+from lambda_hat.llc import engine
+from lambda_hat.llc.posterior import chain_starts
+from lambda_hat.problem import theory
+from lambda_hat.reference.nuts import STATE_FILE, ensure_reference, evaluate_gate, ref_path
 from lambda_hat.samplers import hmc
 
 FAST = ReferenceConfig(chains=4, draws=1500, warmup=300, chunk=500, gamma=1.0)

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from lambda_hat.config import load_experiment
-from lambda_hat.workflow import execution, pipeline, plan, references
+from lambda_hat.config.tuning import load_experiment
+from lambda_hat.parallel import apps as execution
+from lambda_hat.reference import stage as references
+from lambda_hat.study import pipeline, plan
 
 LINEAR = {"model": "linear", "data": "small", "teacher": "_null", "seed": 0}
 TINY_REF = {"chains": 2, "draws": 200, "warmup": 100, "chunk": 200}
-SYNTHETIC = "lambda_hat.workflow.synthetic:synthetic_trial"
+SYNTHETIC = "lambda_hat.trial.synthetic:synthetic_trial"
 
 
 def _plan(tmp_path: Path):

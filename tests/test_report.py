@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 from test_plots import CONFIG, PNG_MAGIC, _fake_reference
 
-from lambda_hat import report_figures
 from lambda_hat._io import atomic_write_json
 from lambda_hat.cli import main
-from lambda_hat.config import load_experiment
-from lambda_hat.problems import problem_dir, problem_id
-from lambda_hat.report_data import best_table, load_inputs, runs_table, validated_table
-from lambda_hat.workflow import validation
-from lambda_hat.workflow.results import PARQUET_NAME, write_parquet
-from lambda_hat.workflow.studies import pickle_path
+from lambda_hat.config.tuning import load_experiment
+from lambda_hat.problem.build import problem_dir, problem_id
+from lambda_hat.report import study_figures as report_figures
+from lambda_hat.report.data import best_table, load_inputs, runs_table, validated_table
+from lambda_hat.results.tables import PARQUET_NAME, write_parquet
+from lambda_hat.study import validation
+from lambda_hat.study.storage import pickle_path
 
 # λ̂ of the sgld trials on the referenced problem, as offsets from λ̂_ref (str: a failure kind)
 SGLD = [0.6, -0.4, 0.5, "diverged", 0.1, -0.3, "timeout", 0.05, "error", -0.2, 40.0]

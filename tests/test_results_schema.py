@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from lambda_hat.config import ProblemEntry, load_experiment, resolve_problem
-from lambda_hat.problems import problem_id
-from lambda_hat.workflow import progress, results
+from lambda_hat.config.tuning import ProblemEntry, load_experiment, resolve_problem
+from lambda_hat.problem.build import problem_id
+from lambda_hat.results import tables as results
+from lambda_hat.study import progress
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,13 +11,14 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat import engine, methods
+from lambda_hat import methods
 from lambda_hat.cli import main as cli_main
-from lambda_hat.config import ReferenceConfig
-from lambda_hat.runner import run_method_trial
-from lambda_hat.runs import load_metrics, run_dir_for
-from lambda_hat.schema import ConfigError
-from lambda_hat.stability import StabilityRange
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import ReferenceConfig
+from lambda_hat.llc import engine
+from lambda_hat.reference.stability import StabilityRange
+from lambda_hat.trial.identity import load_metrics, run_dir_for
+from lambda_hat.trial.runner import run_method_trial
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +186,7 @@ def test_an_exception_becomes_a_failed_trial(linear, tmp_path, monkeypatch):
     ],
 )
 def test_metrics_record_the_job_node_and_gpu(linear, tmp_path, monkeypatch, env, job_id, gpu):
-    from lambda_hat.workflow.synthetic import synthetic_trial
+    from lambda_hat.trial.synthetic import synthetic_trial
 
     for key in ("SLURM_JOB_ID", "PBS_JOBID", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(key, raising=False)
@@ -249,7 +250,7 @@ def test_cli_trial(linear, artifacts, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_defaults_land_within_15_percent_of_hmc_on_a_small_mlp(tiny_mlp_problem, tmp_path):
-    from lambda_hat.reference import ensure_reference
+    from lambda_hat.reference.nuts import ensure_reference
 
     cfg = ReferenceConfig(chains=4, draws=2000, warmup=500, target_accept=0.9)
     ref = ensure_reference(tiny_mlp_problem, cfg)

@@ -13,15 +13,15 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from lambda_hat import methods
 from lambda_hat._io import atomic_write_json
-from lambda_hat.config import ReferenceConfig, resolve_problem
-from lambda_hat.curvature import curvature_record, problem_curvature
-from lambda_hat.problems import problem_dir, problem_id
-from lambda_hat.schema import ConfigError
-from lambda_hat.stability import StabilityRange, resolve_space, step_limit
-from lambda_hat.workflow import samplers
-from lambda_hat.workflow.diagnosis import Record, diagnosis
-from lambda_hat.workflow.guard import FailureGuard
-from lambda_hat.workflow.plan import describe_space, method_space, stored_curvatures, study_space
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import ReferenceConfig, resolve_problem
+from lambda_hat.problem.build import problem_dir, problem_id
+from lambda_hat.reference.curvature import curvature_record, problem_curvature
+from lambda_hat.reference.stability import StabilityRange, resolve_space, step_limit
+from lambda_hat.study import samplers
+from lambda_hat.study.diagnosis import Record, diagnosis
+from lambda_hat.study.guard import FailureGuard
+from lambda_hat.study.plan import describe_space, method_space, stored_curvatures, study_space
 
 A_MAX, D = 1_385_088.35, 9_871  # mlp10k/large (plans/curvature.md)
 EPS_SGLD = 4.0 / A_MAX  # 2.888e-6

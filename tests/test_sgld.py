@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy.linalg import solve_discrete_lyapunov
 
-from lambda_hat import theory
-from lambda_hat.runner import run_method_trial
+from lambda_hat.problem import theory
 from lambda_hat.samplers import sgld
+from lambda_hat.trial.runner import run_method_trial
 
 
 def minibatch_ula_llc(post, H, F, eps, batch):

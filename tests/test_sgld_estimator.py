@@ -17,8 +17,8 @@ import pytest
 from test_sgld import minibatch_ula_llc
 
 from lambda_hat.methods.sgld import block_length
-from lambda_hat.runner import run_method_trial
 from lambda_hat.samplers import sgld
+from lambda_hat.trial.runner import run_method_trial
 
 EPS, BATCH, STEPS = 1e-4, 32, 8000
 

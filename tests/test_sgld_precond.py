@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lambda_hat import theory
-from lambda_hat.estimator import estimate_llc
-from lambda_hat.posterior import chain_starts, make_posterior
-from lambda_hat.runner import run_method_trial
+from lambda_hat.llc.estimator import estimate_llc
+from lambda_hat.llc.posterior import chain_starts, make_posterior
+from lambda_hat.problem import theory
 from lambda_hat.samplers import sgld
+from lambda_hat.trial.runner import run_method_trial
 
 # ------------------------------------------------------------------------------- helpers
 

@@ -6,7 +6,7 @@ Two test targets with w* = 0 and L_n = K, so λ̂ = E[nβK] under exp(−nβK �
 - product  K(w) = ½ w₁² w₂²       (λ = 1/2; the posterior is a cross along the axes),
 
 at n = 200, β = 1/log n (nβ = 37.7), γ = 1, with the exact finite-nβ, finite-γ answers from
-quadrature (:mod:`lambda_hat.theory`). The samplers are driven through their kernels directly.
+quadrature (:mod:`lambda_hat.problem.theory`). The samplers are driven through their kernels directly.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 from scipy import optimize
 from test_sgld_precond import drive_sgld
 
-from lambda_hat import theory
-from lambda_hat.estimator import estimate_llc
-from lambda_hat.posterior import LLCPosterior, chain_starts
+from lambda_hat.llc.estimator import estimate_llc
+from lambda_hat.llc.posterior import LLCPosterior, chain_starts
+from lambda_hat.problem import theory
 from lambda_hat.samplers import hmc, mclmc, vi
 
 N = 200

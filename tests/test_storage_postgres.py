@@ -30,11 +30,16 @@ from conftest import TINY_PROBLEM, TINY_REFERENCE
 from optuna.trial import TrialState
 
 from lambda_hat import cli
-from lambda_hat.workflow import sharing, studies
-from lambda_hat.workflow.studies import counts_as_finished
+from lambda_hat.study import sharing
+from lambda_hat.study import storage as studies
+from lambda_hat.study.storage import counts_as_finished
 
-CLI = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
-SYNTHETIC = "lambda_hat.workflow.synthetic:synthetic_trial"
+CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
+]
+SYNTHETIC = "lambda_hat.trial.synthetic:synthetic_trial"
 MAX_TRIALS = 6
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -295,7 +300,8 @@ def test_last_slot_ranking_counts_running_waiting_and_finished_trials_before():
 def test_two_in_process_drivers_on_one_journal_end_exact(tmp_path, monkeypatch):
     from test_workflow import _task
 
-    from lambda_hat.workflow import execution, tuning
+    from lambda_hat.parallel import apps as execution
+    from lambda_hat.study import driver as tuning
 
     monkeypatch.setenv("LAMBDA_HAT_SYNTHETIC_SECONDS", "0.1")
     path, drivers, errors = tmp_path / "journal.log", [], []

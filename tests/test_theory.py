@@ -1,11 +1,11 @@
-"""Known answers of lambda_hat.theory (science.md's sanity values)."""
+"""Known answers of lambda_hat.problem.theory (science.md's sanity values)."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from lambda_hat import theory
+from lambda_hat.problem import theory
 
 
 @pytest.mark.parametrize("h0,h1,r", [(1, 1, 0), (3, 1, 1), (5, 4, 2), (7, 3, 3), (2, 6, 0)])

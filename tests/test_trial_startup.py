@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lambda_hat import _cgroup, isolation
-from lambda_hat.isolation import run_isolated
-from lambda_hat.workflow import execution
+from lambda_hat.parallel import apps as execution
+from lambda_hat.trial.process import _cgroup
+from lambda_hat.trial.process import oneshot as isolation
+from lambda_hat.trial.process.oneshot import run_isolated
 
 SLOW_MODULE = """
 import os, time

@@ -17,10 +17,13 @@ import pandas as pd
 import pytest
 from optuna.distributions import FloatDistribution
 
-from lambda_hat.config import OptunaConfig, ValidateConfig
+from lambda_hat.config.tuning import OptunaConfig, ValidateConfig
 from lambda_hat.hashing import content_hash
-from lambda_hat.workflow import execution, pipeline, studies, tuning, validation
-from lambda_hat.workflow.synthetic import synthetic_llc
+from lambda_hat.parallel import apps as execution
+from lambda_hat.study import driver as tuning
+from lambda_hat.study import pipeline, validation
+from lambda_hat.study import storage as studies
+from lambda_hat.trial.synthetic import synthetic_llc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

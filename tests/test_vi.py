@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from lambda_hat import theory
-from lambda_hat.config import ReferenceConfig, resolve_problem
+from lambda_hat.config.schema import validate
+from lambda_hat.config.tuning import ReferenceConfig, resolve_problem
 from lambda_hat.methods.vi import _unconverged, elbo_trend
-from lambda_hat.problems import build_problem
-from lambda_hat.reference import ensure_reference
-from lambda_hat.runner import run_method_trial
+from lambda_hat.problem import theory
+from lambda_hat.problem.build import build_problem
+from lambda_hat.reference.nuts import ensure_reference
 from lambda_hat.samplers import vi
-from lambda_hat.schema import validate
+from lambda_hat.trial.runner import run_method_trial
 
 
 def test_gaussian_vi_reproduces_exact_llc_by_maximizing_the_elbo(linear, tmp_path):

@@ -1,4 +1,4 @@
-"""Warm trial processes (lambda_hat.warm): many trials in one child, the same numbers as fresh
+"""Warm trial processes (lambda_hat.trial.process.warm): many trials in one child, the same numbers as fresh
 children, and every way a trial can end contained exactly as in tests/test_isolation.py.
 
 The targets are test_isolation's (the child imports that file: its directory is on the child's
@@ -23,13 +23,13 @@ from _procs import kill_and_wait
 from test_isolation import ENV
 from test_trial_startup import _slow_start
 
-from lambda_hat import warm
-from lambda_hat.config import resolve_problem
-from lambda_hat.isolation import request_stop
-from lambda_hat.problems import problem_id
-from lambda_hat.schema import as_dict
-from lambda_hat.warm import WarmPolicy, run_warm
-from lambda_hat.workflow import execution
+from lambda_hat.config.schema import as_dict
+from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.parallel import apps as execution
+from lambda_hat.problem.build import problem_id
+from lambda_hat.trial.process import warm
+from lambda_hat.trial.process.oneshot import request_stop
+from lambda_hat.trial.process.warm import WarmPolicy, run_warm
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +70,7 @@ def test_one_child_runs_many_trials_and_only_the_first_pays_start_up(tmp_path):
 
 
 def test_start_up_is_measured_per_trial(tmp_path):
-    from lambda_hat.isolation import startup_seconds
+    from lambda_hat.trial.process.oneshot import startup_seconds
 
     def timed(x):
         sent = time.time()
@@ -78,7 +78,7 @@ def test_start_up_is_measured_per_trial(tmp_path):
         return m, startup_seconds(tmp_path / "trial", sent)
 
     (_, first), (_, second) = timed(1.0), timed(2.0)
-    assert first > 0.3  # a fresh interpreter importing lambda_hat.isolation
+    assert first > 0.3  # a fresh interpreter importing lambda_hat.trial.process.oneshot
     assert second < 0.2 and second < first / 5
 
 
@@ -133,7 +133,7 @@ def test_failures_match_the_one_shot_child_field_by_field(tmp_path):
 
 def test_sigkill_with_oom_kill_evidence_is_oom(tmp_path, monkeypatch):
     monkeypatch.setattr(warm, "_oom_kills", lambda: 4)  # before the trial (the supervisor)
-    monkeypatch.setattr("lambda_hat.isolation._oom_kills", lambda: 5)  # after its death
+    monkeypatch.setattr("lambda_hat.trial.process.oneshot._oom_kills", lambda: 5)  # after its death
     m = _run("sigkill_self", tmp_path)
     assert _kind(m) == "oom" and "4 -> 5" in m["failure"]["message"]
 
@@ -185,7 +185,7 @@ def test_the_child_of_a_thread_ends_with_the_thread(tmp_path):
 WORKER = """
 import os, sys, time
 from pathlib import Path
-from lambda_hat.warm import run_warm
+from lambda_hat.trial.process.warm import run_warm
 env = {"PYTHONPATH": os.environ["PYTHONPATH"]}
 run_warm("test_isolation:ok", {"x": 1.0, "name": "w"}, 30, Path(sys.argv[1]) / "a", env=env)
 print(os.getpid(), flush=True)

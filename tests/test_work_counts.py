@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from lambda_hat.runner import run_method_trial
+from lambda_hat.trial.runner import run_method_trial
 
 
 @pytest.mark.parametrize("estimator", ["minibatch", "full"])

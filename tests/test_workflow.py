@@ -18,22 +18,17 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from lambda_hat import outcome
 from lambda_hat._io import atomic_write_json
-from lambda_hat.config import OptunaConfig
-from lambda_hat.schema import ConfigError
-from lambda_hat.workflow import (
-    execution,
-    pipeline,
-    plan,
-    progress,
-    results,
-    samplers,
-    studies,
-    tuning,
-)
-from lambda_hat.workflow.synthetic import synthetic_llc, synthetic_trial
-from lambda_hat.workflow.tell import best_successful
+from lambda_hat.config.schema import ConfigError
+from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.parallel import apps as execution
+from lambda_hat.results import tables as results
+from lambda_hat.study import driver as tuning
+from lambda_hat.study import pipeline, plan, progress, samplers
+from lambda_hat.study import storage as studies
+from lambda_hat.study.tell import best_successful
+from lambda_hat.trial import outcome
+from lambda_hat.trial.synthetic import synthetic_llc, synthetic_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,7 +47,7 @@ def _task(storage, tmp_path, pid="p_a", method="sgld", cfg=None, **kw) -> tuning
         "ref": REF,
         "artifacts": str(tmp_path / "artifacts"),
         "isolate": False,
-        "target": "lambda_hat.workflow.synthetic:synthetic_trial",
+        "target": "lambda_hat.trial.synthetic:synthetic_trial",
     }
     return tuning.StudyTask(
         pid=pid,
@@ -393,7 +388,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
             "20",
         ]
     )
-    from lambda_hat.config import load_experiment
+    from lambda_hat.config.tuning import load_experiment
 
     exp = load_experiment(cfg, pipeline._overrides(args))
     oc = exp.config.optuna
@@ -463,7 +458,7 @@ def test_metrics_json_is_written_for_a_failed_inline_trial(tmp_path):
         "seed": 0,
         "artifacts": str(tmp_path),
         "isolate": False,
-        "target": "lambda_hat.workflow.synthetic:no_such_function",
+        "target": "lambda_hat.trial.synthetic:no_such_function",
     }
     run_id, run_dir = execution.trial_location(payload)
     m = execution.execute_trial(dict(payload, run_id=run_id, run_dir=str(run_dir)))
@@ -555,13 +550,13 @@ def test_pruner_config_and_multi_objective_studies_do_not_prune():
     assert studies.prunes(OptunaConfig()) and not studies.prunes(OptunaConfig(pruner="none"))
     assert not studies.prunes(OptunaConfig(objectives=["error", "runtime"]))
     with pytest.raises(ConfigError, match="optuna.pruner"):
-        from lambda_hat.schema import validate
+        from lambda_hat.config.schema import validate
 
         validate({"pruner": "sometimes"}, OptunaConfig, "optuna")
 
 
 def test_a_trial_that_ignores_the_stop_request_is_killed_and_reported_pruned(tmp_path):
-    from lambda_hat import isolation
+    from lambda_hat.trial.process import oneshot as isolation
 
     env = {"PYTHONPATH": str(Path(__file__).parent)}
     workdir = tmp_path / "trial"
@@ -637,7 +632,9 @@ def test_journal_reads_back_its_own_writes_and_other_writers(tmp_path):
 def test_the_runner_reports_its_estimate_between_chunks_and_stops_on_request(
     linear_problem, tmp_path, monkeypatch
 ):
-    from lambda_hat import engine, isolation, runner
+    from lambda_hat.llc import engine
+    from lambda_hat.trial import runner
+    from lambda_hat.trial.process import oneshot as isolation
 
     progress, stop = tmp_path / isolation.PROGRESS_NAME, tmp_path / isolation.STOP_NAME
     monkeypatch.setenv(isolation.PROGRESS_ENV, str(progress))

@@ -25,11 +25,15 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from lambda_hat.workflow.studies import counts_as_finished
+from lambda_hat.study.storage import counts_as_finished
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "config" / "tiny_test.yaml"
-CLI = [sys.executable, "-c", "import sys; from lambda_hat.workflow import main; sys.exit(main())"]
+CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
+]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -159,7 +163,7 @@ def test_sigkill_mid_tuning_then_rerun_finishes_exactly_max_trials(shared, tiny_
         "--batch-size",
         "2",
         "--trial-target",
-        "lambda_hat.workflow.synthetic:synthetic_trial",
+        "lambda_hat.trial.synthetic:synthetic_trial",
     ]
     env = {"LAMBDA_HAT_SYNTHETIC_SECONDS": "0.5"}
     marker = str(shared)

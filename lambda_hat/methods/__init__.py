@@ -11,7 +11,7 @@ An adapter ``run(target, hp, key, deadline, timer)`` returns a plain dict, ``Run
 ``steps_planned``, ``independent`` (fits rather than chains), ``work`` (grad_evals, fge,
 loss_evals, ...), ``diagnostics`` and ``trace`` (arrays for ``trace.npz``), and optionally
 ``failure`` (a failure record of the adapter's own check: the estimate is kept, the trial
-fails). It raises :class:`lambda_hat.engine.Diverged` or :class:`lambda_hat.engine.Pruned` to stop.
+fails). It raises :class:`lambda_hat.llc.engine.Diverged` or :class:`lambda_hat.llc.engine.Pruned` to stop.
 
 The runner reads exactly the fields of each schema, so a hyperparameter that does nothing
 cannot exist unnoticed (``tests/test_runner.py`` checks that every searched one changes the run).
@@ -24,9 +24,9 @@ import dataclasses
 
 from optuna.distributions import BaseDistribution
 
+from lambda_hat.config.schema import ConfigError, validate
 from lambda_hat.methods import mclmc, sgld, vi
 from lambda_hat.methods._base import Method
-from lambda_hat.schema import ConfigError, validate
 
 __all__ = [
     "METHODS",

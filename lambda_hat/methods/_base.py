@@ -9,10 +9,10 @@ from typing import Any, Literal, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from lambda_hat.engine import Timer
-from lambda_hat.estimator import estimate_llc
-from lambda_hat.posterior import LLCPosterior, regression_loss, regression_posterior
-from lambda_hat.schema import field
+from lambda_hat.config.schema import field
+from lambda_hat.llc.engine import Timer
+from lambda_hat.llc.estimator import estimate_llc
+from lambda_hat.llc.posterior import LLCPosterior, regression_loss, regression_posterior
 
 MIN_DRAWS = 4  # kept draws per chain below which no estimate is made
 
@@ -32,7 +32,7 @@ class Method(NamedTuple):
     """One cheap LLC method, in the spirit of Optax's ``GradientTransformation``.
 
     ``hyper`` is the hyperparameter schema (a frozen dataclass checked by
-    :func:`lambda_hat.config.validate`); ``space()`` the default Optuna search space;
+    :func:`lambda_hat.config.tuning.validate`); ``space()`` the default Optuna search space;
     ``run(target, hp, key, deadline, timer)`` the adapter that runs the sampler and returns a
     :data:`RunOutput` dict; ``culprits`` maps a failure kind to the hyperparameters that
     usually cause it, most likely first (the all-fail guard's diagnosis); ``check(hp, where)``

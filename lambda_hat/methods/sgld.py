@@ -16,7 +16,9 @@ import jax
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.engine import Timer, concat, drive_units, first_nonfinite, i64
+from lambda_hat.config.schema import config_dataclass, field
+from lambda_hat.llc.engine import Timer, concat, drive_units, first_nonfinite, i64
+from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.methods._base import (
     Dtype,
     Method,
@@ -28,10 +30,8 @@ from lambda_hat.methods._base import (
     run_output,
     traced_posterior,
 )
-from lambda_hat.posterior import chain_starts
+from lambda_hat.reference.stability import StabilityRange
 from lambda_hat.samplers import sgld as sgld_kernel
-from lambda_hat.schema import config_dataclass, field
-from lambda_hat.stability import StabilityRange
 
 Precond = Literal["none", "rmsprop", "adam"]
 Estimator = Literal["minibatch", "full"]

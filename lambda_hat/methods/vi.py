@@ -21,7 +21,8 @@ import jax
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.engine import (
+from lambda_hat.config.schema import config_dataclass, field
+from lambda_hat.llc.engine import (
     Diverged,
     Timer,
     chunk_capacity,
@@ -40,7 +41,6 @@ from lambda_hat.methods._base import (
     traced_posterior,
 )
 from lambda_hat.samplers import vi as vi_kernel
-from lambda_hat.schema import config_dataclass, field
 
 Precond = Literal["none", "rmsprop", "adam", "lanczos"]
 
@@ -172,7 +172,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
 
 def _drive(timer: Timer, key: tuple, unit, consts, state, steps: int, deadline: float, first_bad):
     """The fit's chunk loop, with the budget kept: the compiled chunk holds ``chunk_capacity``
-    steps (one program per capacity, as :func:`lambda_hat.engine.drive_units`) but runs
+    steps (one program per capacity, as :func:`lambda_hat.llc.engine.drive_units`) but runs
     CHECKS_PER_CHUNK-th of them at a time, and a chunk that would end past the deadline at the
     rate so far is not started (``predict_budget``): a fit whose chunk of 1024 steps took 80 s
     overran a 5 s budget by 90 s."""

@@ -33,7 +33,7 @@ from blackjax.adaptation.staged_adaptation import (
 from blackjax.mcmc.hmc import HMCState
 
 from lambda_hat._io import atomic_write_npz
-from lambda_hat.posterior import LLCPosterior
+from lambda_hat.llc.posterior import LLCPosterior
 
 __all__ = [
     "ChunkInfo",

@@ -32,7 +32,7 @@ from blackjax.diagnostics import effective_sample_size
 from blackjax.mcmc.integrators import IntegratorState
 from blackjax.util import incremental_value_update
 
-from lambda_hat.posterior import LLCPosterior
+from lambda_hat.llc.posterior import LLCPosterior
 
 __all__ = [
     "MCLMCChains",

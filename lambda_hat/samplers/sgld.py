@@ -22,7 +22,7 @@ the position, and without the correction term of Li et al. (2016) the chain then
 another law (measured +8 % to +42 % on the linear-Gaussian model, growing as ε shrinks); with P fixed the frozen
 steps are preconditioned Langevin, which targets the posterior up to the usual O(ε)
 discretization bias (a Lyapunov closed form on quadratic models:
-:func:`lambda_hat.theory.precond_ula_llc`). Callers adapt during burn-in only.
+:func:`lambda_hat.problem.theory.precond_ula_llc`). Callers adapt during burn-in only.
 
 Health signal: SGLD's MALA acceptance (devinterp; healthy ≈ 0.9–0.95), the Metropolis
 acceptance probability the proposal would have under the same minibatch's U_B, computed on the
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
-from lambda_hat.posterior import LLCPosterior, minibatch_indices
+from lambda_hat.llc.posterior import LLCPosterior, minibatch_indices
 
 __all__ = [
     "SGLDInfo",

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lambda_hat.posterior import LLCPosterior, draw_rows, minibatch_indices
+from lambda_hat.llc.posterior import LLCPosterior, draw_rows, minibatch_indices
 
 __all__ = [
     "MFAParams",

@@ -1,0 +1,141 @@
+"""The schema of an experiments YAML (``lambda-hat run``): problems x methods x hyperparameter
+sets x seeds.
+
+It is read with the one config loader's pieces (:func:`lambda_hat.config.tuning.read_yaml`,
+:func:`lambda_hat.config.tuning.resolve_problem` for presets, :func:`lambda_hat.config.schema.validate`), so
+an unknown key, a wrong type or a missing preset is the same :class:`ConfigError` (YAML path,
+value, fix) as for a tuning config. The problems and ``reference`` block take the tuning
+config's keys: copy them from the tuning config and the references (and, at the tuning seed and
+budget, the runs) are the stored ones. Hyperparameter sets are checked here against the
+method's schema; ``from_study`` sets are resolved against the stored studies by
+:mod:`lambda_hat.runs.stage` before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lambda_hat.config.schema import ConfigError, config_dataclass, field, validate
+from lambda_hat.config.tuning import (
+    MethodName,
+    PathsConfig,
+    ProblemEntry,
+    ProblemSpec,
+    ReferenceConfig,
+    read_yaml,
+    resolve_problem,
+)
+from lambda_hat.trial import identity as runs
+
+__all__ = ["Experiments", "ExperimentsConfig", "FromStudy", "HyperSet", "load_experiments"]
+
+
+@config_dataclass
+class FromStudy:
+    """Where a set's hyperparameters come from: the tuning study of the same (problem, method)
+    (study ``<pid>:<method>``) in a finished ``parsl-optuna`` run."""
+
+    results: str = field(
+        "results", "the tuning run's results folder (its paths.results; relative: to the cwd)"
+    )
+    pick: Literal["best", "validated"] = field(
+        "best",
+        "best: the study's best successful trial; validated: the validation stage's "
+        "recommendation (optuna.validate)",
+    )
+    storage: str | None = field(
+        None, "the tuning run's optuna.storage; None: <results>/studies/journal.log"
+    )
+
+
+@config_dataclass
+class HyperSet:
+    """One hyperparameter set of a method: fixed values, or a tuning study's pick (the fixed
+    values then replace single tuned ones). Neither: the method's defaults."""
+
+    from_study: FromStudy | None = field(None, "take the hyperparameters from a tuning study")
+    fixed: dict = field({}, "hyperparameter values; with from_study, they replace tuned ones")
+
+
+@config_dataclass
+class ExperimentsConfig:
+    """A whole experiments YAML."""
+
+    problems: list[ProblemEntry] = field([], "problems, as in a tuning config")
+    methods: dict[MethodName, list[HyperSet]] = field(
+        {}, "per method: its hyperparameter sets; each runs on every problem and seed"
+    )
+    seeds: list[int] = field([0, 1, 2], "run seeds: every set runs once per seed")
+    budget_sec: float = field(600.0, "wall-clock budget per run (s)", gt=0)
+    reference: ReferenceConfig = field(ReferenceConfig(), "HMC reference settings")
+    allow_failed_reference: bool = field(
+        False, "also run problems whose reference failed its quality gate"
+    )
+    isolate: bool = field(True, "each run in a killable child process")
+    timeout_grace: float = field(1.5, "a run is killed after budget_sec x timeout_grace (s)", ge=1)
+    infrastructure_retries: int = field(
+        2, "resubmissions of a run whose worker or node was lost", ge=0
+    )
+    paths: PathsConfig = field(PathsConfig(), "output locations")
+
+
+@dataclass(frozen=True)
+class Experiments:
+    """A loaded experiments config and its resolved problems, in order."""
+
+    config: ExperimentsConfig
+    problems: list[ProblemSpec]
+    source: str
+
+
+def load_experiments(path: str | Path) -> Experiments:
+    """Read, compose and check an experiments YAML; raises :class:`ConfigError` naming the
+    field. Fixed hyperparameters are validated against their method's schema here."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "the file must be a mapping with a 'problems:' list.")
+    try:
+        cfg = validate(raw, ExperimentsConfig, "")
+        _check(cfg)
+        search = [path.parent / "conf"]
+        problems = [
+            resolve_problem(p, f"problems[{i}]", search) for i, p in enumerate(cfg.problems)
+        ]
+    except ConfigError as exc:
+        raise ConfigError(exc.where, exc.problem, exc.fix, source=str(path)) from None
+    return Experiments(config=cfg, problems=problems, source=str(path))
+
+
+def _check(cfg: ExperimentsConfig) -> None:
+    if not cfg.problems:
+        raise ConfigError("problems", "is empty.", "list at least one problem.")
+    if not cfg.methods or not any(cfg.methods.values()):
+        raise ConfigError(
+            "methods",
+            "lists no hyperparameter set.",
+            "give a method a list of sets, e.g. sgld: [{from_study: {results: results}}].",
+        )
+    if not cfg.seeds:
+        raise ConfigError("seeds", "is empty.", "list at least one seed, e.g. [0, 1, 2].")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError("seeds", f"lists a seed twice: {cfg.seeds}.", "list each seed once.")
+    for method, sets in cfg.methods.items():
+        for i, hs in enumerate(sets):
+            where = f"methods.{method}[{i}].fixed"
+            if hs.from_study is None:
+                runs.resolve_hyperparams(method, hs.fixed, where)
+            else:  # only names here: the values are checked once merged with the tuned ones
+                known = set(runs.resolve_hyperparams(method, {})) | set(runs.POSTERIOR_HYPERPARAMS)
+                for name in hs.fixed:
+                    if name not in known:
+                        raise ConfigError(
+                            f"{where}.{name}",
+                            f"{method} has no hyperparameter {name!r}. "
+                            f"Valid: {', '.join(sorted(known))}.",
+                            "correct the name.",
+                        )

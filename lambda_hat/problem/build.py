@@ -1,0 +1,256 @@
+"""Problems (targets): data, teacher, trained w*, stored content-addressed by pid.
+
+``pid = "p_" + sha256(canonical JSON of the fully resolved ProblemSpec)[:12]``: the same in
+every process, on every machine and for every key order (see :mod:`lambda_hat.hashing`),
+different whenever any resolved value differs. A problem lives in
+``artifacts/problems/<pid>/``: ``data.npz`` (X, y, w_star, w_teacher) is written first and
+``problem.json`` (resolved spec, d, n, L_n(w*), training summary, theoretical λ) last, both
+atomically, so a directory without a valid ``problem.json`` is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
+from lambda_hat.config.schema import as_dict, validate
+from lambda_hat.config.tuning import ProblemSpec
+from lambda_hat.hashing import content_hash
+from lambda_hat.llc.posterior import (
+    LLCPosterior,
+    make_posterior,
+    minibatch_indices,
+    regression_loss,
+)
+from lambda_hat.log import Progress
+from lambda_hat.problem import theory
+from lambda_hat.problem.models import (
+    Model,
+    build_model,
+    init_params,
+    product_matrix,
+    widths_for_budget,
+)
+
+log = logging.getLogger("lambda_hat.problem.build")
+
+PROBLEM_SCHEMA = 1
+TRAIN_CHUNKS = 10
+
+
+def problem_id(spec: ProblemSpec) -> str:
+    """The content address of a resolved problem spec."""
+    return content_hash(as_dict(spec), prefix="p_")
+
+
+def student_widths(spec: ProblemSpec) -> list[int]:
+    """Hidden widths of the student (explicit, or derived from ``target_params``)."""
+    m, data = spec.model, spec.data
+    if m.widths is not None:
+        return list(m.widths)
+    if m.depth == 0:
+        return []
+    return widths_for_budget(data.input_dim, data.output_dim, m.depth, m.target_params, m.bias)
+
+
+def student_model(spec: ProblemSpec) -> Model:
+    m, data = spec.model, spec.data
+    return build_model(
+        m.family, data.input_dim, student_widths(spec), data.output_dim, m.activation, m.bias
+    )
+
+
+def teacher_model(spec: ProblemSpec) -> Model:
+    m, t, data = spec.model, spec.teacher, spec.data
+    hidden = list(t.widths) if t.widths is not None else student_widths(spec)
+    act = t.activation or m.activation
+    return build_model(m.family, data.input_dim, hidden, data.output_dim, act, m.bias)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A built problem: everything a sampler needs to target its LLC posterior."""
+
+    pid: str
+    spec: ProblemSpec
+    model: Model
+    X: jax.Array
+    y: jax.Array
+    w_star: jax.Array
+    w_teacher: jax.Array
+    info: dict  # the contents of problem.json
+    path: Path
+
+    @property
+    def d(self) -> int:
+        return self.model.d
+
+    @property
+    def n(self) -> int:
+        return self.spec.data.n
+
+    def posterior(self, beta: float | None = None, gamma: float = 1.0) -> LLCPosterior:
+        """The localized tempered posterior at w* (β = 1/log n when ``beta`` is None)."""
+        return make_posterior(
+            self.model.apply, self.X, self.y, self.spec.data.noise, self.w_star, beta, gamma
+        )
+
+    def summary(self) -> str:
+        m = self.spec.model
+        arch = "-".join(str(w) for w in self.model.layer_widths)
+        return f"{m.family} {arch}" + (f" {m.activation}" if m.family == "mlp" else "")
+
+
+def theoretical_llc(spec: ProblemSpec, model: Model, w_teacher) -> dict | None:
+    """The learning coefficient λ when theory gives it, with where it comes from."""
+    if len(model.layer_widths) == 2:  # no hidden layer: linear/affine regression is regular
+        return {"lambda": theory.regular_llc(model.d), "source": "regular model: d/2"}
+    if spec.model.family == "dln":
+        tm = teacher_model(spec)
+        r = theory.numerical_rank(product_matrix(tm, jnp.asarray(w_teacher)))
+        if r <= min(model.layer_widths):
+            return {
+                "lambda": theory.dln_llc(model.layer_widths, r),
+                "source": f"Aoyagi (2024) deep linear network, true rank {r}",
+                "rank": r,
+            }
+    return None
+
+
+def _sample_inputs(key, data) -> jax.Array:
+    shape = (data.n, data.input_dim)
+    if data.x_dist == "uniform":
+        return jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
+    return jax.random.normal(key, shape)
+
+
+def _train(spec: ProblemSpec, model: Model, X, y, w0, key) -> tuple[jax.Array, list[float]]:
+    """Train w* with optax in a compiled scan, in chunks that report progress."""
+    tc, noise, n = spec.model.train, spec.data.noise, spec.data.n
+    lr = optax.cosine_decay_schedule(tc.lr, tc.steps, 0.01) if tc.schedule == "cosine" else tc.lr
+    opt = optax.adam(lr) if tc.optimizer == "adam" else optax.sgd(lr)
+
+    rows = regression_loss(model.apply, noise)
+
+    def loss_fn(w, idx):
+        return rows(w, X, y) if idx is None else rows(w, X[idx], y[idx])
+
+    def step(carry, k):
+        w, opt_state = carry
+        idx = minibatch_indices(k, n, tc.batch_size)
+        loss, g = jax.value_and_grad(loss_fn)(w, idx)
+        updates, opt_state = opt.update(g, opt_state, w)
+        return (optax.apply_updates(w, updates), opt_state), loss
+
+    chunk = max(1, -(-tc.steps // TRAIN_CHUNKS))
+    run_chunk = jax.jit(lambda carry, keys: jax.lax.scan(step, carry, keys))
+    carry, done, curve = (w0, opt.init(w0)), 0, []
+    full_loss = jax.jit(lambda w: loss_fn(w, None))
+    progress = Progress(log, "training w*", tc.steps)
+    while done < tc.steps:
+        m = min(chunk, tc.steps - done)
+        keys = jax.random.split(jax.random.fold_in(key, done), m)
+        carry, _ = run_chunk(carry, keys)
+        done += m
+        curve.append(float(full_loss(carry[0])))
+        progress.update(done, f"L_n {curve[-1]:.6g}")
+    return carry[0], curve
+
+
+def _generate(spec: ProblemSpec) -> dict:
+    """Data, teacher and trained w* for ``spec`` (deterministic in ``spec.seed``)."""
+    key = jax.random.PRNGKey(spec.seed)
+    k_x, k_teacher, k_noise, k_student, k_train = jax.random.split(key, 5)
+    model, tm = student_model(spec), teacher_model(spec)
+    w_teacher = init_params(tm, k_teacher, spec.teacher.scale, spec.teacher.rank)
+    X = _sample_inputs(k_x, spec.data)
+    y = tm.apply(w_teacher, X) + spec.data.noise * jax.random.normal(
+        k_noise, (spec.data.n, spec.data.output_dim)
+    )
+    w0 = init_params(model, k_student, spec.model.init_scale)
+    w_star, curve = _train(spec, model, X, y, w0, k_train)
+    return {"X": X, "y": y, "w_star": w_star, "w_teacher": w_teacher, "curve": curve}
+
+
+def problem_dir(artifacts: str | Path, pid: str) -> Path:
+    return Path(artifacts) / "problems" / pid
+
+
+def _load(spec: ProblemSpec, pid: str, path: Path) -> Problem | None:
+    info = read_json(path / "problem.json")
+    if info is None or info.get("schema") != PROBLEM_SCHEMA or info.get("pid") != pid:
+        return None
+    try:
+        with np.load(path / "data.npz") as z:
+            arrays = {k: jnp.asarray(z[k]) for k in ("X", "y", "w_star", "w_teacher")}
+    except (OSError, KeyError, ValueError):
+        return None
+    model = student_model(spec)
+    if arrays["w_star"].shape != (model.d,) or arrays["X"].shape[0] != spec.data.n:
+        return None
+    return Problem(pid, spec, model, info=info, path=path, **arrays)
+
+
+def build_problem(
+    spec: ProblemSpec, artifacts: str | Path = "artifacts", force: bool = False
+) -> Problem:
+    """Load the stored problem for ``spec``, or generate, train and store it."""
+    pid = problem_id(spec)
+    path = problem_dir(artifacts, pid)
+    if not force and (loaded := _load(spec, pid, path)) is not None:
+        log.debug("problem %s: reusing %s", pid, path)
+        return loaded
+    t0 = time.perf_counter()
+    model = student_model(spec)
+    log.info("problem %s: building %s, d=%d, n=%d", pid, model.layer_widths, model.d, spec.data.n)
+    g = _generate(spec)
+
+    loss = regression_loss(model.apply, spec.data.noise)
+    loss_star, grad = jax.jit(jax.value_and_grad(loss))(g["w_star"], g["X"], g["y"])
+    loss_star, grad_norm = float(loss_star), float(jnp.linalg.norm(grad))
+    info = {
+        "schema": PROBLEM_SCHEMA,
+        "pid": pid,
+        "spec": as_dict(spec),
+        "d": model.d,
+        "n": spec.data.n,
+        "layer_widths": list(model.layer_widths),
+        "loss_star": loss_star,
+        "grad_norm_star": grad_norm,
+        "train_curve": g["curve"],
+        "theory": theoretical_llc(spec, model, g["w_teacher"]),
+        "build_sec": time.perf_counter() - t0,
+    }
+    atomic_write_npz(
+        path / "data.npz", X=g["X"], y=g["y"], w_star=g["w_star"], w_teacher=g["w_teacher"]
+    )
+    atomic_write_json(path / "problem.json", info)
+    log.info(
+        "problem %s: L_n(w*) = %.6g, |grad| = %.2e (%.1fs)",
+        pid,
+        loss_star,
+        grad_norm,
+        info["build_sec"],
+    )
+    return Problem(pid, spec, model, g["X"], g["y"], g["w_star"], g["w_teacher"], info, path)
+
+
+def load_problem(artifacts: str | Path, pid: str) -> Problem:
+    """A stored problem by pid alone (its spec is read back from problem.json)."""
+    path = problem_dir(artifacts, pid)
+    info = read_json(path / "problem.json")
+    if info is None:
+        raise FileNotFoundError(f"no valid problem {pid} under {path}; build it first")
+    spec = validate(info["spec"], ProblemSpec, "spec")
+    problem = _load(spec, pid, path)
+    if problem is None:
+        raise FileNotFoundError(f"problem {pid} under {path} is incomplete; rebuild it")
+    return problem

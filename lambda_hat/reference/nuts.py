@@ -1,0 +1,493 @@
+"""Content-addressed HMC reference LLCs: ``artifacts/problems/<pid>/ref.json``.
+
+The config's reference (``reference.gamma``) lives in the problem's folder (``ref.json``,
+``ref_trace.npz``), where ``lambda-hat reference`` and ``lambda-hat plots`` find it. A
+reference of the same problem at another γ (a γ choice of a search space, plans/workflow.md)
+lives in its own folder, ``refs/g_<hash of its settings>/``, with the same file names
+(:func:`reference_home`).
+
+A reference is computed once per (problem, reference settings) and reused: a valid ref.json
+whose ``settings`` match the requested ones is returned as is (``force`` recomputes); a
+corrupt, partial or mismatched one is recomputed, never trusted. Budgets (``budget_sec``) are
+honoured between warm-up chunks and between sampling chunks: the work so far is kept,
+``stopped_early`` (and ``stopped_in``: warmup or sampling) is recorded and the chains' state is
+saved to ``ref_state.npz``. A reference stopped early is reused only for a budget no larger than
+the one it had; a larger budget (or none) *extends* it from the saved state — the same draws an
+uninterrupted run with a budget gives — or recomputes it when the state is unusable (logged).
+A reference that misses its quality gate (R-hat > ``rhat_max``, bulk ESS < ``ess_min``,
+divergent draws > ``max_divergence_frac``, or no draws at all) is stored with
+``gate.passed = false`` and reported loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import logging
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lambda_hat import __version__
+from lambda_hat._io import atomic_write_json, atomic_write_npz, finite_float, read_json
+from lambda_hat.config.schema import as_dict, validate
+from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
+from lambda_hat.hashing import content_hash
+from lambda_hat.llc import engine
+from lambda_hat.llc.diagnostics import chain_health
+from lambda_hat.llc.engine import Timer
+from lambda_hat.llc.estimator import estimate_llc
+from lambda_hat.llc.posterior import chain_starts
+from lambda_hat.log import Progress, fmt_seconds, setup_logging
+from lambda_hat.problem.build import Problem, build_problem
+from lambda_hat.reference.curvature import curvature_record
+from lambda_hat.samplers import hmc
+
+log = logging.getLogger("lambda_hat.reference.nuts")
+
+REF_SCHEMA = 1
+STATE_FILE = "ref_state.npz"  # the chains' state of a reference stopped early
+REFS_DIR = "refs"  # references at γ choices other than the config's, one folder each
+# Settings that change what a reference estimates or how precisely; the chunking, gate
+# thresholds and worker count do not invalidate a stored reference, and the budget only does
+# when it stopped the reference early (:func:`ensure_reference`).
+_KEY_FIELDS = ("chains", "draws", "warmup", "target_accept", "max_tree_depth", "beta", "gamma")
+_KEY_FIELDS += ("seed",)
+_REQUIRED = ("llc_ref", "se_ref", "draws_per_chain", "gate", "settings", "beta", "gamma", "n")
+_SECONDS = ("compile", "warmup", "sampling", "total")
+
+
+def reference_settings(cfg: ReferenceConfig) -> dict:
+    """The part of the reference config that a stored ref.json must match."""
+    return {k: getattr(cfg, k) for k in _KEY_FIELDS}
+
+
+def ref_path(problem: Problem) -> Path:
+    return problem.path / "ref.json"
+
+
+def reference_home(problem: Problem, cfg: ReferenceConfig, primary: bool = True) -> Problem:
+    """``problem`` seen from the folder its reference at ``cfg`` lives in: its own folder for
+    the config's reference (``primary``), ``refs/g_<hash of reference_settings(cfg)>/`` for a
+    reference at another γ, so every posterior has its own content-addressed ref.json (and
+    trace) and computing one never overwrites another."""
+    if primary:
+        return problem
+    home = problem.path / REFS_DIR / content_hash(reference_settings(cfg), "g_")
+    return dataclasses.replace(problem, path=home)
+
+
+def evaluate_gate(ref: dict, cfg: ReferenceConfig) -> dict:
+    """Quality gate: some draws, rank-normalized R-hat <= rhat_max, bulk ESS >= ess_min and
+    divergent draws <= max_divergence_frac of the draws."""
+    reasons = []
+    draws = ref.get("chains", 0) * ref.get("draws_per_chain", 0)
+    if not draws:
+        at = f"warm-up step {ref.get('warmup_done', 0)} of {ref.get('warmup', 0)}"
+        reasons.append(f"no draws: the budget stopped it ({ref.get('stopped_in')}, {at})")
+    rhat, ess = ref.get("rhat"), ref.get("ess_bulk")
+    if draws and (rhat is None or not rhat <= cfg.rhat_max):
+        reasons.append(f"R-hat {rhat if rhat is None else f'{rhat:.4f}'} > {cfg.rhat_max}")
+    if draws and (ess is None or not ess >= cfg.ess_min):
+        reasons.append(f"bulk ESS {ess if ess is None else f'{ess:.0f}'} < {cfg.ess_min:g}")
+    div = ref.get("divergences", 0)
+    if draws and div > cfg.max_divergence_frac * draws:
+        reasons.append(
+            f"divergences {div}/{draws} = {div / draws:.2%} > {cfg.max_divergence_frac:.2%}"
+        )
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "rhat_max": cfg.rhat_max,
+        "ess_min": cfg.ess_min,
+        "max_divergence_frac": cfg.max_divergence_frac,
+    }
+
+
+def _stored(problem: Problem, cfg: ReferenceConfig) -> dict | None:
+    """The stored ref.json if it is intact and was made with the same settings, else None
+    (it may hold no draws: a reference stopped during warm-up)."""
+    path = ref_path(problem)
+    if not path.exists():
+        return None
+    ref = read_json(path)
+    problems = []
+    if ref is None:
+        problems.append("unreadable or not JSON")
+    else:
+        if ref.get("schema") != REF_SCHEMA:
+            problems.append(f"schema {ref.get('schema')} != {REF_SCHEMA}")
+        if ref.get("pid") != problem.pid:
+            problems.append(f"pid {ref.get('pid')} != {problem.pid}")
+        missing = [k for k in _REQUIRED if k not in ref]
+        if missing:
+            problems.append(f"missing {', '.join(missing)}")
+        elif ref["settings"] != reference_settings(cfg):
+            log.info("reference %s: settings changed, recomputing", problem.pid)
+            return None
+        elif ref["draws_per_chain"] > 0 and finite_float(ref["llc_ref"]) is None:
+            problems.append("draws but no finite estimate")
+    if problems:
+        log.warning(
+            "reference %s: ignoring %s (%s); recomputing", problem.pid, path, "; ".join(problems)
+        )
+        return None
+    ref["gate"] = evaluate_gate(ref, cfg)  # thresholds may have changed since it was stored
+    return ref
+
+
+def load_reference(problem: Problem, cfg: ReferenceConfig) -> dict | None:
+    """The stored reference if it is complete, has draws and was made with the same settings."""
+    ref = _stored(problem, cfg)
+    return ref if ref is not None and ref["draws_per_chain"] > 0 else None
+
+
+def _versions() -> dict:
+    out = {"lambda_hat": __version__}
+    for pkg in ("jax", "jaxlib", "blackjax", "numpy", "optax"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys, deadline, timer):
+    """Window adaptation per chain, vmapped; the adapted states start sampling.
+
+    Without a budget: BlackJAX's ``window_adaptation`` in one call (the numbers references
+    have always had). With one: the same adaptation in chunks (:func:`hmc.build_warmup_chunk`,
+    the same draws for any split), the budget checked between chunks; a stop leaves
+    ``run.warm`` to continue from.
+    """
+    C, W = cfg.chains, cfg.warmup
+    k_init, k_warm = keys
+    key = ("hmc", "warmup", problem.pid, post.beta, post.gamma, C, W, cfg.target_accept)
+    t0, c0 = engine.clock(), timer.compile
+    if cfg.budget_sec is None and run.warm is None:
+        positions = chain_starts(post, k_init, C)
+        warm_fn = hmc.build_warmup(post, W, cfg.target_accept, cfg.max_tree_depth)
+        warm_keys = jax.random.split(k_warm, C)
+        exe = timer.compiled((*key, cfg.max_tree_depth), warm_fn, warm_keys, positions)
+        run.chains, grads, div = timer.call(exe, warm_keys, positions)
+        run.grads_warm, run.div_warm, run.warmup_done = int(grads.sum()), int(div.sum()), W
+    else:
+        _chunked_warmup(post, cfg, run, key, k_init, k_warm, deadline, timer)
+    sec = engine.clock() - t0 - (timer.compile - c0)  # compile is reported apart
+    run.seconds["warmup"] += sec
+    if run.chains is None:
+        at = f"step {run.warmup_done} of {W}"
+        spent = fmt_seconds(cfg.budget_sec)
+        log.warning(
+            "reference %s: budget %s spent during warm-up (%s): no draws", problem.pid, spent, at
+        )
+        return
+    log.info(
+        "reference %s: warm-up done in %s (compile %s); step sizes %s",
+        problem.pid,
+        fmt_seconds(sec),
+        fmt_seconds(timer.compile),
+        np.array2string(np.asarray(run.chains.step_size), precision=3),
+    )
+
+
+def _chunked_warmup(
+    post, cfg: ReferenceConfig, run: hmc.NUTSRun, key, k_init, k_warm, deadline, timer
+):
+    """The warm-up in chunks through the engine's loop, from ``run.warm`` or the start."""
+    ta, W = cfg.target_accept, cfg.warmup
+    if run.warm is None:
+        positions = chain_starts(post, k_init, cfg.chains)
+        run.warm = timer.once((*key, "init"), hmc.build_warmup_init(post, ta), positions)
+    steps, schedule = hmc.warmup_inputs(k_warm, cfg.chains, W)
+    chunk_fn = hmc.build_warmup_chunk(post, ta, cfg.max_tree_depth)
+    args = (run.warm, steps, schedule, engine.i64(0), engine.i64(0))
+    exe = timer.compiled((*key, cfg.max_tree_depth, "chunk"), chunk_fn, *args)
+    start = run.warmup_done
+
+    def run_chunk(carry, first, m):
+        first = engine.i64(start + first)
+        return timer.call(exe, carry, steps, schedule, first, engine.i64(m)), None, True
+
+    t_run = timer.run
+    out = engine.drive(
+        run_chunk, run.warm, W - start, engine.chunk_capacity(W), deadline, predict_budget=True
+    )
+    run.warm, run.warmup_done = out.carry, start + out.done
+    run.sec_per_step = (timer.run - t_run) / max(out.done, 1)
+    if not out.stopped_early:
+        final = functools.partial(hmc.warmup_final, target_accept=ta)
+        run.chains = timer.once(("hmc", "warmup_final", ta), final, out.carry)
+        run.grads_warm = int(np.asarray(out.carry.grad_evals).sum())
+        run.div_warm = int(np.asarray(out.carry.divergent).sum())
+        run.warm = None
+
+
+def _sample(
+    problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, k_sample, deadline, timer
+):
+    """NUTS draws in chunks through the engine's loop (budget checked before each chunk),
+    continuing at ``run.draws_done``; chunk ``i`` always draws from ``fold_in(k, i·chunk)``."""
+    C = cfg.chains
+    chunk_fn = hmc.build_sample_chunk(post, cfg.max_tree_depth)
+    key = ("hmc", "sample", problem.pid, post.beta, post.gamma, C, cfg.max_tree_depth)
+    progress = Progress(log, f"reference {problem.pid}", cfg.draws, "draws per chain")
+    start = run.draws_done
+
+    def run_chunk(chains, done, this):
+        first = start + done
+        keys = jax.random.split(jax.random.fold_in(k_sample, first), C * this).reshape(C, this, -1)
+        exe = timer.compiled(key, chunk_fn, keys, chains)
+        chains, info = timer.call(exe, keys, chains)
+        return chains, jax.tree.map(np.asarray, info), True
+
+    def on_chunk(done, info):
+        progress.update(start + done, f"acceptance {float(info.acceptance_rate.mean()):.2f}")
+
+    if run.draws_done:  # seconds per draw: from the draws so far, else from the warm-up's steps
+        run.sec_per_step = run.seconds["sampling"] / run.draws_done
+    m = min(run.chunk, cfg.draws - start)
+    if run.sec_per_step and engine.clock() + run.sec_per_step * m > deadline:
+        log.warning("reference %s: no time left for the next %d draws; stopping", problem.pid, m)
+        return
+    t_run = timer.run
+    out = engine.drive(
+        run_chunk,
+        run.chains,
+        cfg.draws - start,
+        run.chunk,
+        deadline,
+        on_chunk=on_chunk,
+        predict_budget=True,
+    )
+    run.seconds["sampling"] += timer.run - t_run
+    run.chains, run.draws_done = out.carry, start + out.done
+    run.infos += out.infos
+    if out.stopped_early:
+        at = f"{run.draws_done}/{cfg.draws} draws"
+        spent = fmt_seconds(cfg.budget_sec)
+        log.warning(
+            "reference %s: budget %s spent after %s; stopping early", problem.pid, spent, at
+        )
+
+
+def compute_reference(
+    problem: Problem, cfg: ReferenceConfig, resume: hmc.NUTSRun | None = None
+) -> dict:
+    """Run NUTS on the problem's LLC posterior and write ref.json (+ ref_trace.npz, and
+    ref_state.npz when the budget stopped it), continuing ``resume`` when given.
+
+    The budget covers the reference's whole life: a resumed one has what its earlier
+    sessions did not spend.
+    """
+    t_start = engine.clock()
+    run = resume or hmc.NUTSRun(
+        chunk=min(cfg.chunk, cfg.draws), seconds=dict.fromkeys(_SECONDS, 0.0)
+    )
+    left = math.inf if cfg.budget_sec is None else cfg.budget_sec - run.seconds["total"]
+    deadline = t_start + left
+    post = problem.posterior(cfg.beta, cfg.gamma)
+    timer = Timer()
+    k_init, k_warm, k_sample = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+    shape = f"{cfg.chains} chains x {cfg.draws} draws (+{cfg.warmup} warm-up)"
+    where = f"; resuming at warm-up {run.warmup_done}, draw {run.draws_done}" if resume else ""
+    log.info(
+        "reference %s: NUTS %s, d=%d, n=%d, nβ=%.4g, γ=%g%s",
+        *(problem.pid, shape, post.d, post.n, post.nbeta, post.gamma, where),
+    )
+    if run.chains is None:
+        _warmup(problem, post, cfg, run, (k_init, k_warm), deadline, timer)
+    if run.chains is not None and run.draws_done < cfg.draws:
+        _sample(problem, post, cfg, run, k_sample, deadline, timer)
+    run.sessions += 1
+    run.seconds["compile"] += timer.compile
+    run.seconds["total"] += engine.clock() - t_start
+    ref = _record(problem, post, cfg, run)
+    if (info := run.info()) is not None:
+        trace = {"loss": info.loss, "acceptance_rate": info.acceptance_rate}
+        atomic_write_npz(problem.path / "ref_trace.npz", **trace)
+    if ref.get("stopped_early"):
+        hmc.save_run(problem.path / STATE_FILE, run)
+    else:
+        (problem.path / STATE_FILE).unlink(missing_ok=True)
+    atomic_write_json(ref_path(problem), ref)
+    _report(problem, ref)
+    return ref
+
+
+def _record(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun) -> dict:
+    """The ref.json contents."""
+    none = dict.fromkeys(("llc_hat", "se_hat", "llc_per_chain", "rhat", "ess_bulk", "ess_tail"))
+    info = run.info()
+    est = estimate_llc(info.loss, post.loss_star, post.nbeta) if info is not None else none
+    grads_sample = int(info.num_integration_steps.sum()) if info is not None else 0
+    if run.warm is not None:  # stopped during warm-up: what it spent so far
+        run.grads_warm = int(np.asarray(run.warm.grad_evals).sum())
+        run.div_warm = int(np.asarray(run.warm.divergent).sum())
+    theory = problem.info.get("theory")
+    stopped_in = None
+    if run.chains is None:
+        stopped_in = "warmup"
+    elif run.draws_done < cfg.draws:
+        stopped_in = "sampling"
+    ref = {
+        "schema": REF_SCHEMA,
+        "pid": problem.pid,
+        "llc_ref": est["llc_hat"],
+        "se_ref": est["se_hat"],
+        "llc_per_chain": est["llc_per_chain"],
+        "rhat": est["rhat"],
+        "ess_bulk": est["ess_bulk"],
+        "ess_tail": est["ess_tail"],
+        "divergences": int(info.is_divergent.sum()) if info is not None else 0,
+        "divergences_per_chain": None if info is None else info.is_divergent.sum(1).tolist(),
+        "divergences_warmup": run.div_warm,
+        "acceptance_rate": float(info.acceptance_rate.mean()) if info is not None else None,
+        "step_size": None if run.chains is None else np.asarray(run.chains.step_size).tolist(),
+        "chains": cfg.chains,
+        "draws_per_chain": run.draws_done,
+        "warmup": cfg.warmup,
+        "warmup_done": run.warmup_done,
+        "stopped_early": stopped_in is not None,
+        "stopped_in": stopped_in,
+        "budget_sec": cfg.budget_sec,
+        "sessions": run.sessions,
+        "chunk": run.chunk,
+        "grad_evals": {
+            "warmup": run.grads_warm,
+            "sampling": grads_sample,
+            "total": run.grads_warm + grads_sample,
+        },
+        "seconds": dict(run.seconds),
+        "beta": post.beta,
+        "gamma": post.gamma,
+        "nbeta": post.nbeta,
+        "n": post.n,
+        "d": post.d,
+        "loss_star": post.loss_star,
+        "chain_health": chain_health(info.loss, post.loss_star) if info is not None else None,
+        "theory": theory,
+        "llc_theory": theory["lambda"] if theory else None,
+        "settings": reference_settings(cfg),
+        "spec": as_dict(problem.spec),
+        "versions": _versions(),
+        "backend": jax.default_backend(),
+    }
+    ref["gate"] = evaluate_gate(ref, cfg)
+    return ref
+
+
+def _report(problem: Problem, ref: dict) -> None:
+    msg = (
+        f"reference {problem.pid}: λ̂ = {_fmt(ref['llc_ref'], '.4g')} ± "
+        f"{_fmt(ref['se_ref'], '.2g')}, R-hat {_fmt(ref['rhat'], '.4f')}, ESS {_fmt(ref['ess_bulk'], '.0f')}, "
+        f"{ref['divergences']} divergences, {fmt_seconds(ref['seconds']['total'])}"
+    )
+    if ref["llc_theory"] is not None:
+        msg += f"; theory λ = {ref['llc_theory']:.4g}"
+    log.info(msg)
+    if not ref["gate"]["passed"]:
+        fix = "reference.draws or reference.warmup (or target_accept for divergences)"
+        if ref.get("stopped_early"):
+            fix = "reference.budget_sec (a larger budget extends this reference)"
+        log.warning(
+            "!!! reference %s FAILED its quality gate: %s. Do not tune against it: raise %s.",
+            problem.pid,
+            "; ".join(ref["gate"]["reasons"]),
+            fix,
+        )
+
+
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _load_state(problem: Problem, cfg: ReferenceConfig, ref: dict) -> hmc.NUTSRun:
+    """The run a stopped reference left (ValueError/OSError/KeyError when it is unusable)."""
+    post = problem.posterior(cfg.beta, cfg.gamma)
+    kind = "warm" if ref["stopped_in"] == "warmup" else "chains"
+    run = hmc.load_run(problem.path / STATE_FILE, post, cfg.target_accept, cfg.chains, kind)
+    if (run.warmup_done, run.draws_done) != (ref["warmup_done"], ref["draws_per_chain"]):
+        raise ValueError("the state file does not belong to ref.json")
+    run.chunk, run.sessions = ref["chunk"], ref["sessions"]
+    run.seconds = {k: ref["seconds"][k] for k in _SECONDS}
+    return run
+
+
+def _larger(budget: float | None, than: float | None) -> bool:
+    """Whether ``budget`` allows more than ``than`` (None: no budget)."""
+    return than is not None and (budget is None or budget > than)
+
+
+def load_reference_at(
+    problem: Problem, cfg: ReferenceConfig, gamma: float | None = None
+) -> dict | None:
+    """The stored reference of the posterior at ``gamma`` (None: the config's), or None."""
+    if gamma is None or float(gamma) == cfg.gamma:
+        return load_reference(problem, cfg)
+    cfg = dataclasses.replace(cfg, gamma=float(gamma))
+    return load_reference(reference_home(problem, cfg, primary=False), cfg)
+
+
+def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False) -> dict:
+    """The problem's reference: reused when a valid matching ref.json exists, else computed.
+
+    A stored reference stopped early by its budget is reused only for a budget no larger;
+    for a larger one (or none) it is extended from its saved state, or recomputed when that
+    state is missing or unusable — logged either way.
+    """
+    ref = None if force else _stored(problem, cfg)
+    if ref is None:
+        return compute_reference(problem, cfg)
+    if not (ref.get("stopped_early") and _larger(cfg.budget_sec, ref.get("budget_sec"))):
+        est = f"{_fmt(ref['llc_ref'], '.4g')} ± {_fmt(ref['se_ref'], '.2g')}"
+        if ref.get("stopped_early"):
+            est += f"; stopped early under budget {fmt_seconds(ref['budget_sec'])}"
+        log.info("reference %s: cached (λ̂ = %s)", problem.pid, est)
+        return ref
+    was = (
+        f"stopped early ({ref.get('stopped_in')}: warm-up {ref.get('warmup_done')}/{ref['warmup']}, "
+        f"draws {ref['draws_per_chain']}/{cfg.draws}) under budget "
+        f"{fmt_seconds(ref['budget_sec'])}; budget now "
+        f"{'none' if cfg.budget_sec is None else fmt_seconds(cfg.budget_sec)}"
+    )
+    try:
+        run = _load_state(problem, cfg, ref)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning(
+            "reference %s: %s; saved state unusable (%s): recomputing", problem.pid, was, exc
+        )
+        return compute_reference(problem, cfg)
+    log.info("reference %s: %s: extending it from its saved state", problem.pid, was)
+    return compute_reference(problem, cfg, resume=run)
+
+
+def reference_job(
+    spec: dict,
+    cfg: dict,
+    artifacts: str,
+    force: bool = False,
+    verbose: int | None = 0,
+    gamma: float | None = None,
+) -> dict:
+    """Build the problem and its reference from plain dicts (for worker processes).
+
+    ``gamma`` (when it is not ``cfg``'s) asks for the reference of the posterior at that γ, the
+    other settings the config's: it is stored in its own folder (:func:`reference_home`)."""
+    if verbose is not None:
+        setup_logging(verbose)
+    spec_obj = validate(spec, ProblemSpec, "spec")
+    cfg_obj = validate(cfg, ReferenceConfig, "reference")
+    primary = gamma is None or float(gamma) == cfg_obj.gamma
+    if not primary:
+        cfg_obj = dataclasses.replace(cfg_obj, gamma=float(gamma))
+    problem = build_problem(spec_obj, artifacts)
+    ref = ensure_reference(reference_home(problem, cfg_obj, primary), cfg_obj, force)
+    return {
+        **ref,
+        "summary": problem.summary(),
+        "curvature": curvature_record(problem, ref["beta"], ref["gamma"]),
+    }

@@ -1,0 +1,85 @@
+"""The summary ``lambda-hat run`` prints: per (problem, method, set), the mean λ̂ over the
+seeds, its spread, and how it agrees with the HMC reference and with theory where known."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from lambda_hat.log import format_table
+from lambda_hat.results.tables import study_label
+
+__all__ = ["summarize", "summary_table"]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (problem, method, set), in table order: successful/all runs, the mean λ̂ over the
+    seeds and its spread (sd), the reference, ``d_ref`` = mean − λ_ref and ``z`` = d_ref over
+    √(se_ref² + se_mean²) (se_mean: sd/√k over k ≥ 2 seeds, else the run's own SE), ``agrees``
+    (|z| ≤ 2), and ``d_theory`` = mean − λ_theory where theory gives λ."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["pid"], r["method"], r["set"]), []).append(r)
+    out = []
+    for (pid, method, index), group in groups.items():
+        ok = [r for r in group if r["status"] == "ok"]
+        vals = [r["llc_hat"] for r in ok]
+        first = group[0]
+        mean = statistics.fmean(vals) if vals else None
+        sd = statistics.stdev(vals) if len(vals) > 1 else None
+        se_mean = sd / math.sqrt(len(vals)) if sd is not None else (ok[0]["se_hat"] if ok else None)
+        ref, se_ref, theory = first["llc_ref"], first["se_ref"], first["llc_theory"]
+        d_ref = None if mean is None or ref is None else mean - ref
+        se = math.sqrt((se_ref or 0.0) ** 2 + (se_mean or 0.0) ** 2)
+        z = None if d_ref is None or se == 0 else d_ref / se
+        source = first["source_study"] and f"{first['source_pick']} #{first['source_trial']}"
+        out.append(
+            {
+                "label": study_label(first["label"], method) if first["label"] else pid,
+                "pid": pid,
+                "method": method,
+                "set": index,
+                "source": source or "fixed",
+                "n_ok": len(ok),
+                "n": len(group),
+                "mean": mean,
+                "sd": sd,
+                "llc_ref": ref,
+                "se_ref": se_ref,
+                "d_ref": d_ref,
+                "z": z,
+                "agrees": None if z is None else abs(z) <= 2,
+                "llc_theory": theory,
+                "d_theory": None if mean is None or theory is None else mean - theory,
+            }
+        )
+    return out
+
+
+def _f(x: Any, spec: str = ".4g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The printed summary (:func:`summarize`), one line per (problem, method, set)."""
+    header = "study set source ok mean_λ̂ sd λ_ref±se Δref z agrees λ_theory Δtheory".split()
+    lines = []
+    for s in summarize(rows):
+        lines.append(
+            [
+                s["label"],
+                str(s["set"]),
+                s["source"],
+                f"{s['n_ok']}/{s['n']}",
+                _f(s["mean"]),
+                _f(s["sd"], ".2g"),
+                f"{_f(s['llc_ref'])} ± {_f(s['se_ref'], '.2g')}",
+                _f(s["d_ref"], "+.3g"),
+                _f(s["z"], "+.2f"),
+                "-" if s["agrees"] is None else ("yes" if s["agrees"] else "NO"),
+                _f(s["llc_theory"]),
+                _f(s["d_theory"], "+.3g"),
+            ]
+        )
+    return format_table(header, lines)

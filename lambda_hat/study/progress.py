@@ -1,0 +1,140 @@
+"""What the driver shows: a progress table per study while it runs, the best trials at the end."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from lambda_hat.log import fmt_seconds, format_table
+from lambda_hat.results.tables import study_label
+
+log = logging.getLogger("lambda_hat.workflow")
+
+
+def eta_seconds(remaining: int, finished_this_run: int, elapsed: float) -> float | None:
+    """Remaining trials at the rate seen so far in this run; None before the first finish."""
+    if remaining <= 0:
+        return 0.0
+    if finished_this_run <= 0 or elapsed <= 0:
+        return None
+    return remaining * elapsed / finished_this_run
+
+
+#: The ETA column of a study done before max_trials (``StudyTask.early_stop["rule"]``).
+_EARLY = {"stale": "converged", "grid": "grid done"}
+
+
+class StudyTable:
+    """Prints one line per study: its label, finished / running / failed / pruned, best so
+    far, ETA.
+
+    ``labels`` maps a pid to its readable problem label
+    (:func:`lambda_hat.results.tables.problem_labels`; a study's label is
+    :func:`~lambda_hat.results.tables.study_label`); ``clock`` is the one time source (tests
+    substitute it); ``emit`` receives the text.
+    """
+
+    quiet_sec = 60.0  # a table that did not change is shown again after this long
+
+    def __init__(
+        self,
+        tasks: Sequence,
+        max_trials: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[[str], None] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ):
+        self.tasks, self.max_trials, self.clock = tasks, max_trials, clock
+        self.labels = dict(labels or {})
+        self.emit = emit or (lambda text: log.info("progress\n%s", text))
+        self.start = clock()
+        self._last: tuple | None = None
+        self._last_at = -float("inf")
+
+    def render(self) -> str:
+        elapsed = self.clock() - self.start
+        rows = []
+        for t in self.tasks:
+            remaining = 0 if t.done else self.max_trials - t.finished
+            eta = eta_seconds(remaining, t.finished_this_run, elapsed)
+            best = "-" if t.best_value is None else f"{t.best_value:.4g} (#{t.best_number})"
+            state = (
+                "stopped"
+                if t.stop_reason
+                else _EARLY.get((t.early_stop or {}).get("rule"))
+                or ("done" if remaining == 0 else ("?" if eta is None else fmt_seconds(eta)))
+            )
+            rows.append(
+                [
+                    label_of(t.name, self.labels),
+                    t.name,
+                    f"{t.finished}/{self.max_trials}",
+                    str(t.running),
+                    str(t.failed),
+                    str(t.pruned),
+                    str(t.reused),
+                    best,
+                    state,
+                ]
+            )
+        return format_table(
+            ["label", "study", "finished", "running", "failed", "pruned", "reused", "best", "ETA"],
+            rows,
+        )
+
+    def __call__(self, force: bool = False) -> None:
+        """Show the table when a count changed, or every ``quiet_sec`` seconds regardless."""
+        key = tuple(
+            (t.finished, t.running, t.failed, t.pruned, t.best_value, t.stop_reason, t.early_stop)
+            for t in self.tasks
+        )
+        now = self.clock()
+        if force or key != self._last or now - self._last_at >= self.quiet_sec:
+            self._last, self._last_at = key, now
+            self.emit(self.render())
+
+
+def label_of(study: str, labels: Mapping[str, str]) -> str:
+    """The readable label of study ``<pid>:<method>`` (``-`` when its pid has none)."""
+    pid, _, method = study.rpartition(":")
+    return study_label(labels[pid], method) if pid in labels else "-"
+
+
+def best_table(rows: list[dict], labels: Mapping[str, str] | None = None) -> str:
+    """The final table: best successful trial per (problem, method) and its hyperparameters.
+
+    ``rows`` are dicts with ``study``, ``number``, ``objective``, ``llc_hat``, ``llc_ref``,
+    ``params`` (or ``note`` when the study has no successful trial); ``labels`` as in
+    :class:`StudyTable`.
+    """
+    labels = labels or {}
+    out = []
+    for r in rows:
+        label = label_of(r["study"], labels)
+        if r.get("number") is None:
+            note = r.get("note", "no successful trial")
+            out.append([label, r["study"], "-", "-", "-", "-", note])
+            continue
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["params"].items()))
+        out.append(
+            [
+                label,
+                r["study"],
+                f"#{r['number']}",
+                f"{r['objective']:.4g}",
+                _fmt(r.get("llc_hat")),
+                _fmt(r.get("llc_ref")),
+                params,
+            ]
+        )
+    return format_table(
+        ["label", "study", "trial", "objective", "llc_hat", "llc_ref", "hyperparameters"], out
+    )
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
