@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from lambda_hat.llc import channel
+from lambda_hat.llc.channel import report_progress
 from lambda_hat.trial.outcome import FAILURE_KINDS, failed_metrics
-from lambda_hat.trial.process import oneshot as isolation
-from lambda_hat.trial.process.oneshot import report_progress, run_isolated
+from lambda_hat.trial.process import supervise
+from lambda_hat.trial.process.oneshot import run_isolated
 
 ENV = {
     "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
@@ -148,7 +150,7 @@ def test_sigkill_is_crashed_and_caller_survives(tmp_path):
 
 def test_sigkill_with_oom_kill_evidence_is_oom(tmp_path, monkeypatch):
     counts = iter([4, 5])
-    monkeypatch.setattr(isolation, "_oom_kills", lambda: next(counts))
+    monkeypatch.setattr(supervise, "oom_kills", lambda: next(counts))
     m = _run("sigkill_self", tmp_path)
     assert _kind(m) == "oom" and "4 -> 5" in m["failure"]["message"]
 
@@ -183,6 +185,6 @@ def test_bad_arguments_fail_before_starting(tmp_path):
 
 
 def test_report_progress_is_a_noop_outside_isolation(monkeypatch):
-    monkeypatch.delenv(isolation.PROGRESS_ENV, raising=False)
+    monkeypatch.delenv(channel.PROGRESS_ENV, raising=False)
     report_progress(0.5)  # must not raise or write anywhere
-    assert sys.modules["lambda_hat.trial.process.oneshot"] is isolation
+    assert sys.modules["lambda_hat.llc.channel"] is channel

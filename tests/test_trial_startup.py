@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lambda_hat.llc import channel
 from lambda_hat.parallel import apps as execution
 from lambda_hat.trial.process import _cgroup
-from lambda_hat.trial.process import oneshot as isolation
 from lambda_hat.trial.process.oneshot import run_isolated
 
 SLOW_MODULE = """
@@ -40,7 +40,7 @@ def test_start_up_does_not_count_against_the_hard_limit(tmp_path):
     spawned = time.time()
     m = run_isolated("slow_start:ok", {}, 1.0, tmp_path / "t", env=env)
     assert m["status"] == "ok", m
-    assert isolation.startup_seconds(tmp_path / "t", spawned) >= 2.5  # measured
+    assert channel.startup_seconds(tmp_path / "t", spawned) >= 2.5  # measured
 
 
 def test_the_hard_limit_still_holds_after_start_up(tmp_path):

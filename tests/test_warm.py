@@ -25,10 +25,10 @@ from test_trial_startup import _slow_start
 
 from lambda_hat.config.schema import as_dict
 from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.llc.channel import request_stop
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_id
 from lambda_hat.trial.process import warm
-from lambda_hat.trial.process.oneshot import request_stop
 from lambda_hat.trial.process.warm import WarmPolicy, run_warm
 
 
@@ -70,7 +70,7 @@ def test_one_child_runs_many_trials_and_only_the_first_pays_start_up(tmp_path):
 
 
 def test_start_up_is_measured_per_trial(tmp_path):
-    from lambda_hat.trial.process.oneshot import startup_seconds
+    from lambda_hat.llc.channel import startup_seconds
 
     def timed(x):
         sent = time.time()
@@ -132,8 +132,8 @@ def test_failures_match_the_one_shot_child_field_by_field(tmp_path):
 
 
 def test_sigkill_with_oom_kill_evidence_is_oom(tmp_path, monkeypatch):
-    monkeypatch.setattr(warm, "_oom_kills", lambda: 4)  # before the trial (the supervisor)
-    monkeypatch.setattr("lambda_hat.trial.process.oneshot._oom_kills", lambda: 5)  # after its death
+    counts = iter([4, 5])  # before the trial (the supervisor), after its death
+    monkeypatch.setattr("lambda_hat.trial.process.supervise.oom_kills", lambda: next(counts))
     m = _run("sigkill_self", tmp_path)
     assert _kind(m) == "oom" and "4 -> 5" in m["failure"]["message"]
 

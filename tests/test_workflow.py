@@ -556,20 +556,21 @@ def test_pruner_config_and_multi_objective_studies_do_not_prune():
 
 
 def test_a_trial_that_ignores_the_stop_request_is_killed_and_reported_pruned(tmp_path):
-    from lambda_hat.trial.process import oneshot as isolation
+    from lambda_hat.llc import channel
+    from lambda_hat.trial.process.oneshot import run_isolated
 
     env = {"PYTHONPATH": str(Path(__file__).parent)}
     workdir = tmp_path / "trial"
 
     def stop_once_it_reports():  # as the driver does: after a progress report
-        while isolation.read_progress(workdir) is None:
+        while channel.read_progress(workdir) is None:
             time.sleep(0.05)
-        isolation.request_stop(workdir)
+        channel.request_stop(workdir)
 
     watcher = threading.Thread(target=stop_once_it_reports, daemon=True)
     watcher.start()
     t0 = time.monotonic()
-    m = isolation.run_isolated(
+    m = run_isolated(
         "test_isolation:native_hang", {"seconds": 60}, 60.0, workdir, env=env, stop_grace_sec=0.5
     )
     watcher.join()
@@ -632,26 +633,25 @@ def test_journal_reads_back_its_own_writes_and_other_writers(tmp_path):
 def test_the_runner_reports_its_estimate_between_chunks_and_stops_on_request(
     linear_problem, tmp_path, monkeypatch
 ):
-    from lambda_hat.llc import engine
+    from lambda_hat.llc import channel, engine
     from lambda_hat.trial import runner
-    from lambda_hat.trial.process import oneshot as isolation
 
-    progress, stop = tmp_path / isolation.PROGRESS_NAME, tmp_path / isolation.STOP_NAME
-    monkeypatch.setenv(isolation.PROGRESS_ENV, str(progress))
-    monkeypatch.setenv(isolation.STOP_ENV, str(stop))
+    progress, stop = tmp_path / channel.PROGRESS_NAME, tmp_path / channel.STOP_NAME
+    monkeypatch.setenv(channel.PROGRESS_ENV, str(progress))
+    monkeypatch.setenv(channel.STOP_ENV, str(stop))
     hp = {"eta0": 1e-4, "batch": 32, "steps": 1600, "eval_every": 5, "chains": 2}
     blocks = engine.chunk_capacity(320)  # 5-step blocks per chunk
-    isolation.request_stop(tmp_path)
+    channel.request_stop(tmp_path)
     m = runner.run_method_trial(linear_problem, "sgld", hp, 600.0, 0, artifacts=tmp_path / "a")
     assert m["status"] == "failed" and m["failure"]["kind"] == "pruned"
     assert m["work"]["steps"] == 5 * blocks < m["work"]["steps_planned"] == 1600
     assert m["failure"]["fraction_done"] == pytest.approx(blocks / 320)
-    history = isolation.read_progress(tmp_path)["history"]
+    history = channel.read_progress(tmp_path)["history"]
     assert history == [[pytest.approx(blocks / 320), pytest.approx(m["llc_hat"])]]
     assert 0.5 < m["llc_hat"] < 3.0  # exact 1.4996 (plans/methods.md); a first-chunk estimate
 
     stop.unlink()  # no request: one point per chunk, the last one the final estimate
     m = runner.run_method_trial(linear_problem, "sgld", hp, 600.0, 1, artifacts=tmp_path / "a")
-    history = isolation.read_progress(tmp_path)["history"]
+    history = channel.read_progress(tmp_path)["history"]
     assert m["status"] == "ok" and len(history) == -(-320 // blocks)
     assert history[-1] == [1.0, pytest.approx(m["llc_hat"])]

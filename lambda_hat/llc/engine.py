@@ -19,7 +19,6 @@ same shapes compiles nothing (``tests/test_compilation.py``). Chunk programs loo
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lambda_hat.trial.process import oneshot as isolation
+from lambda_hat.llc import channel
 
 __all__ = [
     "CACHE_SIZE",
@@ -70,7 +69,7 @@ class Diverged(Exception):
 
 
 class Pruned(Exception):
-    """The tuning driver asked the run to stop (``isolation.stop_requested``)."""
+    """The tuning driver asked the run to stop (:func:`lambda_hat.llc.channel.stop_requested`)."""
 
     def __init__(self, step: int, steps_planned: int, llc_hat: float | None):
         super().__init__(f"stopped on request (pruned) at step {step} of {steps_planned}")
@@ -238,10 +237,10 @@ def drive(
         done += m
         if on_chunk is not None:
             on_chunk(done, info)
-        if os.environ.get(isolation.PROGRESS_ENV):
+        if channel.active():
             llc = estimate(infos) if estimate is not None else None
-            isolation.report_progress(done / total, step=done * unit_steps, llc_hat=llc)
-            if done < total and isolation.stop_requested():
+            channel.report_progress(done / total, step=done * unit_steps, llc_hat=llc)
+            if done < total and channel.stop_requested():
                 raise Pruned(done * unit_steps, total * unit_steps, llc)
         if not predict_budget and done < total and clock() >= deadline:
             return Drive(carry, infos, done, True)

@@ -39,18 +39,18 @@ from typing import Any
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.hashing import content_hash
-from lambda_hat.parallel import blocks
-from lambda_hat.trial.outcome import KINDS, TRACEBACK_CHARS, failed_metrics, from_exception
-from lambda_hat.trial.process.oneshot import (
+from lambda_hat.llc.channel import (
     PROGRESS_ENV,
     PROGRESS_NAME,
     STOP_ENV,
     STOP_NAME,
     mark_started,
-    resolve_target,
-    run_isolated,
     startup_seconds,
 )
+from lambda_hat.parallel import blocks
+from lambda_hat.trial.outcome import KINDS, TRACEBACK_CHARS, failed_metrics, from_exception
+from lambda_hat.trial.process.oneshot import run_isolated
+from lambda_hat.trial.process.request import resolve_target
 from lambda_hat.trial.process.warm import WarmPolicy, run_warm
 
 log = logging.getLogger("lambda_hat.workflow")

@@ -23,7 +23,7 @@ runner, in the run directory on a filesystem the driver shares with the workers)
 intermediate LLC estimates onto :data:`PRUNING_STEPS` steps (the estimate available at k/10 of
 the trial's work), calls ``trial.report`` and ``trial.should_prune`` (the study's pruner), and
 when the pruner says so writes a stop request into the run directory
-(:func:`lambda_hat.trial.process.oneshot.request_stop`). The runner stops at its next chunk boundary and
+(:func:`lambda_hat.llc.channel.request_stop`). The runner stops at its next chunk boundary and
 returns ``status: failed``, kind ``pruned``, with its estimate so far (a trial that does not
 check is killed after a grace period); the trial is told ``PRUNED``, which TPE learns from,
 and counts as finished.
@@ -59,6 +59,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from lambda_hat.llc import channel
 from lambda_hat.parallel import apps as execution
 from lambda_hat.study import sharing, stopping
 from lambda_hat.study.scoring import objective_values
@@ -74,7 +75,6 @@ from lambda_hat.trial.outcome import (
     is_retryable,
     screen_estimate,
 )
-from lambda_hat.trial.process import oneshot as isolation
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -358,13 +358,13 @@ class Driver:
                 continue
             workdir = execution.trial_workdir(flight.run_dir)
             if flight.stop_requested:
-                if not (workdir / isolation.STOP_NAME).exists():  # a re-run cleared a stale one
-                    isolation.request_stop(workdir, reason="pruned")
+                if not (workdir / channel.STOP_NAME).exists():  # a re-run cleared a stale one
+                    channel.request_stop(workdir, reason="pruned")
                 continue
-            if not self._report(flight, isolation.read_progress(workdir)):
+            if not self._report(flight, channel.read_progress(workdir)):
                 continue
             if all(trial.should_prune() for _, trial in members):
-                isolation.request_stop(workdir, reason="pruned", step=flight.reported)
+                channel.request_stop(workdir, reason="pruned", step=flight.reported)
                 flight.stop_requested = True
                 log.info(
                     "%s: trial %d pruned at %d/%d of its work; asked it to stop",
@@ -415,7 +415,7 @@ class Driver:
         kind = (failure_of(metrics) or {}).get("kind")
         if flight.pruned_members and kind != "infrastructure":
             workdir = execution.trial_workdir(flight.run_dir)
-            self._report(flight, isolation.read_progress(workdir), final=metrics)
+            self._report(flight, channel.read_progress(workdir), final=metrics)
         task0 = flight.members[0][0]
         if is_retryable(metrics, flight.attempts, task0.max_retries):
             log.warning(

@@ -7,8 +7,8 @@ it to check a new cluster config, or to measure orchestration overhead (``bench/
 optimum is where every numeric hyperparameter is 1 (or the closest bound).
 ``LAMBDA_HAT_SYNTHETIC_SECONDS`` (environment of the workers) makes each trial sleep that long,
 in ten chunks like the runner's: after each it reports its (exact) estimate with
-:func:`lambda_hat.trial.process.oneshot.report_progress` and stops early, as ``pruned``, when asked to
-(:func:`lambda_hat.trial.process.oneshot.stop_requested`), so pruning can be checked end to end too. Like the runner's, its metrics say where it ran
+:func:`lambda_hat.llc.channel.report_progress` and stops early, as ``pruned``, when asked to
+(:func:`lambda_hat.llc.channel.stop_requested`), so pruning can be checked end to end too. Like the runner's, its metrics say where it ran
 (``job_id``, ``node``, ``gpu``): the cluster tests compare those job ids with ``sacct``.
 """
 
@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from lambda_hat.trial.process.oneshot import report_progress, stop_requested
+from lambda_hat.llc.channel import report_progress, stop_requested
 from lambda_hat.trial.runner import _where_run
 
 CHUNKS = 10

@@ -46,28 +46,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lambda_hat.llc import channel
+from lambda_hat.llc.channel import PROGRESS_ENV, STARTED_ENV, STARTED_NAME, STOP_ENV, STOP_NAME
 from lambda_hat.trial.outcome import failure_of
-from lambda_hat.trial.process import oneshot as isolation
-from lambda_hat.trial.process.oneshot import (
-    _TERM_GRACE_SEC,
-    PROGRESS_ENV,
-    STARTED_ENV,
-    STARTED_NAME,
-    STOP_ENV,
-    STOP_NAME,
-    _kill_group,
-    _Limit,
-    _oom_kills,
-    _outcome,
-    _prepare,
-    _timing,
+from lambda_hat.trial.process import supervise
+from lambda_hat.trial.process.request import run_request
+from lambda_hat.trial.process.supervise import (
+    STOP_POLL_SEC,
+    TERM_GRACE_SEC,
+    Limit,
+    fixed_limit,
+    kill_group,
+    outcome,
+    prepare,
+    timing,
 )
 
 __all__ = ["IDLE_EXIT_SEC", "WarmPolicy", "WarmProcess", "run_warm", "shutdown"]
 
 IDLE_EXIT_SEC = 900.0
 """An idle warm child exits by itself after this long without a trial (a leak backstop)."""
-_STOP_POLL_SEC = 0.25
 _WATCHDOG_SEC = 0.5
 
 
@@ -90,7 +88,7 @@ class WarmPolicy:
 
 def _reap(proc: subprocess.Popen, reply_fd: int) -> None:
     """Kill the child's whole process group, reap it and close our ends of its pipes."""
-    _kill_group(proc.pid, signal.SIGKILL)
+    kill_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
         proc.wait(timeout=10)
     with contextlib.suppress(OSError):
@@ -188,10 +186,10 @@ def _acquire(env: Mapping[str, str], log_path: Path, fresh: bool = False) -> War
     return _local.process
 
 
-def _await(proc: WarmProcess, limit: _Limit, stop_file: Path | None) -> dict | None:
+def _await(proc: WarmProcess, limit: Limit, stop_file: Path | None) -> dict | None:
     """The child's reply (``{}`` when it died), or None at ``limit.deadline`` or as soon as
-    ``stop_file`` exists (checked every ``_STOP_POLL_SEC``)."""
-    next_check = time.monotonic() + _STOP_POLL_SEC
+    ``stop_file`` exists (checked every ``STOP_POLL_SEC``)."""
+    next_check = time.monotonic() + STOP_POLL_SEC
     while True:
         now = time.monotonic()
         answer = proc.reply(max(0.0, min(limit.deadline, next_check) - now))
@@ -202,28 +200,27 @@ def _await(proc: WarmProcess, limit: _Limit, stop_file: Path | None) -> dict | N
             limit.poll()
             if stop_file is not None and stop_file.exists():
                 return None
-            next_check = now + _STOP_POLL_SEC
+            next_check = now + STOP_POLL_SEC
         if now >= limit.deadline:
             return None
 
 
-def _supervise(proc: WarmProcess, limit: _Limit, stop_path: Path, stop_grace_sec: float):
-    """Wait for the trial like :func:`lambda_hat.trial.process.oneshot._supervise`: ``(timed_out, stopped,
+def _supervise(proc: WarmProcess, limit: Limit, stop_path: Path, stop_grace_sec: float):
+    """Wait for the trial like :func:`lambda_hat.trial.process.oneshot.run_isolated`: ``(timed_out, stopped,
     returncode, answer)``; the child is killed past the limit or the stop grace, or when the
     caller is interrupted (then the exception goes on)."""
     timed_out = stopped = False
     try:
         answer = _await(proc, limit, stop_path)
         if answer is None and time.monotonic() < limit.deadline:  # stop requested
-            grace = _Limit(None, 0.0, 0.0)
-            grace.deadline = min(limit.deadline, time.monotonic() + stop_grace_sec)
+            grace = fixed_limit(min(limit.deadline, time.monotonic() + stop_grace_sec))
             answer = _await(proc, grace, None)
             stopped = answer is None
         if answer is None:
             timed_out = not stopped
-            _kill_group(proc.pid, signal.SIGTERM)
+            kill_group(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.proc.wait(timeout=_TERM_GRACE_SEC)
+                proc.proc.wait(timeout=TERM_GRACE_SEC)
         if answer == {} or answer is None:
             proc.close()  # dead or killed: reap it (SIGKILL to what is left of its group)
     except BaseException:
@@ -269,24 +266,24 @@ def run_warm(
     policy = policy or WarmPolicy()
     wd = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lh_trial_"))
     wd.mkdir(parents=True, exist_ok=True)
-    paths, child_env = _prepare(wd, payload, None)
+    paths, child_env = prepare(wd, payload, None)
     channel = {k: child_env[k] for k in (PROGRESS_ENV, STOP_ENV, STARTED_ENV)}
     stop_grace_sec = max(5.0, 0.1 * hard_timeout_sec) if stop_grace_sec is None else stop_grace_sec
     startup_timeout_sec = startup_timeout_sec or max(120.0, hard_timeout_sec)
     log_path = wd / "child.log"
     request = {"target": target, "workdir": str(wd), "log": str(log_path), "env": channel}
-    oom_before = _oom_kills()
-    limit = _Limit(paths[STARTED_NAME], hard_timeout_sec, startup_timeout_sec)
+    oom_before = supervise.oom_kills()
+    limit = Limit(paths[STARTED_NAME], hard_timeout_sec, startup_timeout_sec)
     proc = _acquire(env or {}, log_path)
     if not proc.send(request):  # it died while idle: a fresh child, as in the one-shot case
         proc = _acquire(env or {}, log_path, fresh=True)
         proc.send(request)
     proc.trials += 1
     timed_out, stopped, code, answer = _supervise(proc, limit, paths[STOP_NAME], stop_grace_sec)
-    common = _timing(limit, log_path)
+    common = timing(limit, log_path)
     limits = (hard_timeout_sec, startup_timeout_sec, stop_grace_sec)
     ended = (timed_out, stopped)
-    result = _outcome(paths, common, limit, limits, ended, 0 if code is None else code, oom_before)
+    result = outcome(paths, common, limit, limits, ended, 0 if code is None else code, oom_before)
     info = {"pid": proc.pid, "trial": proc.trials, "rss_mb": None, "recycled": "killed"}
     if answer:
         info["rss_mb"] = proc.rss_mb()
@@ -305,7 +302,7 @@ def _watch_parent(parent: int) -> None:
     """Kill this child's whole group once its parent (the worker) is gone, even mid-trial."""
     while os.getppid() == parent:
         time.sleep(_WATCHDOG_SEC)
-    _kill_group(os.getpgrp(), signal.SIGKILL)
+    kill_group(os.getpgrp(), signal.SIGKILL)
 
 
 def _redirect_output(log: str) -> None:
@@ -330,8 +327,8 @@ def _child_main(reply_fd: int) -> int:
         req = json.loads(line)
         _redirect_output(req["log"])
         os.environ.update(req["env"])
-        isolation._history.clear()  # progress histories of earlier trials
-        keep = isolation.run_request(req["target"], Path(req["workdir"]))
+        channel.clear_history()  # progress histories of earlier trials
+        keep = run_request(req["target"], Path(req["workdir"]))
         done += 1
         sys.stdout.flush()
         sys.stderr.flush()
