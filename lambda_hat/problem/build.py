@@ -40,7 +40,7 @@ from lambda_hat.problem.models import (
     widths_for_budget,
 )
 
-log = logging.getLogger("lambda_hat.problem.build")
+log = logging.getLogger("lambda_hat.problems")
 
 PROBLEM_SCHEMA = 1
 TRAIN_CHUNKS = 10

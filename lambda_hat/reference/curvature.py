@@ -56,7 +56,7 @@ __all__ = [
     "problem_curvature",
 ]
 
-log = logging.getLogger("lambda_hat.reference.curvature")
+log = logging.getLogger("lambda_hat.curvature")
 
 CURVATURE_SCHEMA = 1
 _RITZ_KEPT = 5  # top Ritz values stored (the gap below a_max, for the record)

@@ -46,7 +46,7 @@ from lambda_hat.problem.build import Problem, build_problem
 from lambda_hat.reference.curvature import curvature_record
 from lambda_hat.samplers import hmc
 
-log = logging.getLogger("lambda_hat.reference.nuts")
+log = logging.getLogger("lambda_hat.reference")
 
 REF_SCHEMA = 1
 STATE_FILE = "ref_state.npz"  # the chains' state of a reference stopped early

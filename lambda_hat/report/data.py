@@ -30,7 +30,7 @@ from lambda_hat.results.tables import PARQUET_NAME
 from lambda_hat.study import validation
 from lambda_hat.study.storage import pickle_path, study_name
 
-log = logging.getLogger("lambda_hat.report.page")
+log = logging.getLogger("lambda_hat.report")
 
 RUNS_NAME = "llc_runs.parquet"
 TRIAL_COLUMNS = ("pid", "method", "trial_number", "state", "status", "objective")

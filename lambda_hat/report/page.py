@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from lambda_hat.config.tuning import Experiment
 
-log = logging.getLogger("lambda_hat.report.page")
+log = logging.getLogger("lambda_hat.report")
 
 Block = tuple
 """One piece of the page, rendered alike to Markdown and HTML: ``("h", level, text)``,

@@ -43,7 +43,7 @@ from lambda_hat.results.tables import PARQUET_NAME
 if TYPE_CHECKING:
     import pandas as pd
 
-log = logging.getLogger("lambda_hat.report.plots")
+log = logging.getLogger("lambda_hat.plots")
 
 _REF_NUMBERS = ("llc_ref", "nbeta", "loss_star", "chains", "draws_per_chain")
 _PARQUET_COLUMNS = (

@@ -169,6 +169,23 @@ class _Params(NamedTuple):
     inverse_mass_matrix: jax.Array
 
 
+def _phase3(kernel, logdensity, key, n3, capacity: int):
+    """``run(state, params, positions) -> (state, positions)``: BlackJAX's phase 3, ``n3``
+    steps at the tuned L and step size, each position kept for the autocorrelation estimate."""
+    keys3 = jax.random.split(key, capacity)
+
+    def run(state, params: _Params, positions):
+        def sample(i, carry):
+            s, pos = carry
+            imm = params.inverse_mass_matrix
+            s, _ = kernel(keys3[i], s, logdensity, imm, params.L, params.step_size)
+            return s, pos.at[i].set(s.position)
+
+        return jax.lax.fori_loop(0, n3, sample, (state, positions))
+
+    return run
+
+
 def build_tuner(posterior: LLCPosterior, capacity: int, precondition: bool, phase3: bool):
     """``tune(keys (C,), states, counts, energy_var, step_size0) -> (chains, positions)``.
 
@@ -215,14 +232,8 @@ def build_tuner(posterior: LLCPosterior, capacity: int, precondition: bool, phas
         params = _Params(L, params.step_size, imm)
         positions = jnp.zeros((capacity, d))
         if phase3:
-            keys3 = jax.random.split(part2_key, capacity)
-
-            def sample(i, carry):
-                s, pos = carry
-                s, _ = kernel(keys3[i], s, posterior.logdensity, imm, params.L, params.step_size)
-                return s, pos.at[i].set(s.position)
-
-            state, positions = jax.lax.fori_loop(0, n3, sample, (state, positions))
+            phase3_run = _phase3(kernel, posterior.logdensity, part2_key, n3, capacity)
+            state, positions = phase3_run(state, params, positions)
         return MCLMCChains(state, *params), positions
 
     def tune(keys, states, counts, energy_var, step_size0):

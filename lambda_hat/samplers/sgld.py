@@ -90,6 +90,33 @@ def init(position: jax.Array, precond: jax.Array | None = None) -> SGLDState:
     return SGLDState(position, z, z, jnp.zeros((), jnp.int32), P)
 
 
+def _preconditioned(state: SGLDState, g, count, adapt, nbeta, hyper: tuple):
+    """(P, drift, m, v): adapted from this step's ∇L_B, or the frozen P and plain drift.
+
+    ``hyper`` is ``(precond_type, decay, beta1, eps)`` of :func:`build_kernel`.
+    """
+    precond_type, decay, beta1, eps = hyper
+    v = decay * state.v + (1 - decay) * g**2
+    m = state.m
+    if precond_type == "adam":
+        m = beta1 * m + (1 - beta1) * g
+        t = count.astype(g.dtype)
+        v_hat = v / (1 - decay**t)
+        drift = nbeta * m / (1 - beta1**t)
+    else:
+        v_hat = v
+        drift = nbeta * g
+    P = 1.0 / (jnp.sqrt(v_hat) + eps)
+    P = P / jnp.mean(P)
+    adapt = jnp.asarray(adapt)
+    return (
+        jnp.where(adapt, P, state.precond),
+        jnp.where(adapt, drift, nbeta * g),
+        jnp.where(adapt, m, state.m),
+        jnp.where(adapt, v, state.v),
+    )
+
+
 def build_kernel(
     posterior: LLCPosterior,
     batch: int,
@@ -121,28 +148,6 @@ def build_kernel(
 
     loss_and_grad = jax.value_and_grad(loss_on)
 
-    def preconditioned(state, g, count, adapt):
-        """(P, drift, m, v): adapted from this step's ∇L_B, or the frozen P and plain drift."""
-        v = decay * state.v + (1 - decay) * g**2
-        m = state.m
-        if precond_type == "adam":
-            m = beta1 * m + (1 - beta1) * g
-            t = count.astype(g.dtype)
-            v_hat = v / (1 - decay**t)
-            drift = nbeta * m / (1 - beta1**t)
-        else:
-            v_hat = v
-            drift = nbeta * g
-        P = 1.0 / (jnp.sqrt(v_hat) + eps)
-        P = P / jnp.mean(P)
-        adapt = jnp.asarray(adapt)
-        return (
-            jnp.where(adapt, P, state.precond),
-            jnp.where(adapt, drift, nbeta * g),
-            jnp.where(adapt, m, state.m),
-            jnp.where(adapt, v, state.v),
-        )
-
     def kernel(key, state: SGLDState, step_size, measure_mala: bool = False, adapt=True):
         k_batch, k_noise = jax.random.split(key)
         idx = minibatch_indices(k_batch, n, batch)
@@ -153,7 +158,8 @@ def build_kernel(
             P, drift, m, v = jnp.ones_like(w), nbeta * g, state.m, state.v
             kept_P = state.precond
         else:
-            P, drift, m, v = preconditioned(state, g, count, adapt)
+            hyper = (precond_type, decay, beta1, eps)
+            P, drift, m, v = _preconditioned(state, g, count, adapt, nbeta, hyper)
             kept_P = P
         grad_u = drift + gamma * (w - w_star)
         noise = jax.random.normal(k_noise, w.shape, w.dtype)

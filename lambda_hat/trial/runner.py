@@ -45,7 +45,7 @@ from lambda_hat.trial.outcome import estimate_error, from_exception
 
 __all__ = ["run_method_trial"]
 
-log = logging.getLogger("lambda_hat.trial.runner")
+log = logging.getLogger("lambda_hat.runner")
 
 
 def _where_run() -> dict[str, str | None]:
