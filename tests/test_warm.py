@@ -1,7 +1,7 @@
 """Warm trial processes (lambda_hat.trial.process.warm): many trials in one child, the same numbers as fresh
-children, and every way a trial can end contained exactly as in tests/test_isolation.py.
+children, and every way a trial can end contained exactly as a fresh child's (tests/test_supervision.py).
 
-The targets are test_isolation's (the child imports that file: its directory is on the child's
+The targets are tests/trial_targets.py's (the child imports that file: its directory is on the child's
 PYTHONPATH) plus the real default target on the tiny MLP problem.
 """
 
@@ -20,12 +20,11 @@ from pathlib import Path
 import psutil
 import pytest
 from _procs import kill_and_wait
-from test_isolation import ENV
 from test_trial_startup import _slow_start
+from trial_targets import ENV
 
 from lambda_hat.config.schema import as_dict
 from lambda_hat.config.tuning import resolve_problem
-from lambda_hat.llc.channel import request_stop
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_id
 from lambda_hat.trial.process import warm
@@ -40,7 +39,7 @@ def _no_warm_child_left():
 
 def _run(target: str, tmp_path: Path, timeout: float = 30.0, policy=None, **payload) -> dict:
     return run_warm(
-        f"test_isolation:{target}", payload, timeout, tmp_path / "trial", env=ENV, policy=policy
+        f"trial_targets:{target}", payload, timeout, tmp_path / "trial", env=ENV, policy=policy
     )
 
 
@@ -93,69 +92,6 @@ def test_start_up_does_not_count_against_the_hard_limit_and_later_trials_have_no
     assert m["failure"]["startup_sec"] < 0.5  # the warm child had nothing left to start
 
 
-@pytest.mark.parametrize(
-    ("target", "timeout", "payload", "kind"),
-    [
-        ("native_hang", 3.0, {"seconds": 120}, "timeout"),
-        ("segfault", 30.0, {}, "crashed"),
-        ("sigkill_self", 30.0, {}, "crashed"),
-        ("exit_three", 30.0, {}, "crashed"),
-    ],
-)
-def test_a_trial_that_kills_its_child_is_contained_and_the_next_gets_a_fresh_one(
-    tmp_path, target, timeout, payload, kind
-):
-    before = _run("ok", tmp_path, x=1.0, name="before")
-    m = _run(target, tmp_path, timeout=timeout, **payload)
-    assert _kind(m) == kind and m["warm"]["recycled"] == "killed"
-    assert m["warm"]["pid"] == before["warm"]["pid"] and _gone(m["warm"]["pid"])
-    after = _run("ok", tmp_path, x=2.0, name="after")
-    assert after["llc_hat"] == 4.0 and after["warm"]["trial"] == 1
-    assert after["warm"]["pid"] != before["warm"]["pid"]
-
-
-def test_failures_match_the_one_shot_child_field_by_field(tmp_path):
-    _run("ok", tmp_path, x=1.0, name="warm-up")
-    m = _run("native_hang", tmp_path, timeout=3.0, seconds=120)
-    assert m["failure"]["fraction_done"] == 0.25 and m["failure"]["progress"] == {"step": 250}
-    m = _run("segfault", tmp_path)
-    assert m["failure"]["signal_name"] == "SIGSEGV"
-    assert "segfault" in Path(m["failure"]["log_path"]).read_text()  # faulthandler, this log
-    m = _run("exit_three", tmp_path)
-    assert m["failure"]["exit_code"] == 3
-    m = _run("raises", tmp_path, x=3)
-    assert _kind(m) == "error" and m["failure"]["phase"] == "run"
-    assert "ValueError: bad x=3" in Path(m["failure"]["traceback_path"]).read_text()
-    m = _run("returns_list", tmp_path)
-    assert _kind(m) == "error" and "expected a metrics dict" in m["failure"]["message"]
-    assert m["warm"]["recycled"] is None  # an exception leaves the child usable
-
-
-def test_sigkill_with_oom_kill_evidence_is_oom(tmp_path, monkeypatch):
-    counts = iter([4, 5])  # before the trial (the supervisor), after its death
-    monkeypatch.setattr("lambda_hat.trial.process.supervise.oom_kills", lambda: next(counts))
-    m = _run("sigkill_self", tmp_path)
-    assert _kind(m) == "oom" and "4 -> 5" in m["failure"]["message"]
-
-
-@pytest.mark.parametrize("target", ["memory_error", "xla_oom"])
-def test_memory_exhaustion_is_oom_and_recycles_the_child(tmp_path, target):
-    m = _run(target, tmp_path)
-    assert _kind(m) == "oom" and m["warm"]["recycled"] == "oom" and _gone(m["warm"]["pid"])
-
-
-def test_a_stop_request_past_its_grace_is_pruned_and_kills_the_child(tmp_path):
-    _run("ok", tmp_path, x=1.0, name="warm-up")
-    threading.Timer(0.5, request_stop, args=(tmp_path / "trial",)).start()
-    t0 = time.monotonic()
-    m = run_warm(
-        "test_isolation:native_hang", {"seconds": 120}, 60, tmp_path / "trial", env=ENV,
-        stop_grace_sec=1.0,
-    )  # fmt: skip
-    assert _kind(m) == "pruned" and m["failure"]["fraction_done"] == 0.25
-    assert time.monotonic() - t0 < 10 and _gone(m["warm"]["pid"])
-
-
 def test_recycled_after_max_trials_and_above_max_rss(tmp_path):
     policy = WarmPolicy(max_trials=3, max_rss_mb=None)
     runs = [_run("ok", tmp_path, policy=policy, x=1.0, name="n") for _ in range(7)]
@@ -169,7 +105,7 @@ def test_recycled_after_max_trials_and_above_max_rss(tmp_path):
 def test_another_environment_gets_another_child(tmp_path):
     a = _run("ok", tmp_path, x=1.0, name="a")
     b = run_warm(
-        "test_isolation:ok", {"x": 1.0, "name": "b"}, 30, tmp_path / "t", env={**ENV, "X_LH": "1"}
+        "trial_targets:ok", {"x": 1.0, "name": "b"}, 30, tmp_path / "t", env={**ENV, "X_LH": "1"}
     )
     assert a["warm"]["pid"] != b["warm"]["pid"] and _gone(a["warm"]["pid"])
 
@@ -187,9 +123,9 @@ import os, sys, time
 from pathlib import Path
 from lambda_hat.trial.process.warm import run_warm
 env = {"PYTHONPATH": os.environ["PYTHONPATH"]}
-run_warm("test_isolation:ok", {"x": 1.0, "name": "w"}, 30, Path(sys.argv[1]) / "a", env=env)
+run_warm("trial_targets:ok", {"x": 1.0, "name": "w"}, 30, Path(sys.argv[1]) / "a", env=env)
 print(os.getpid(), flush=True)
-run_warm("test_isolation:native_hang", {"seconds": 120}, 300, Path(sys.argv[1]) / "b", env=env)
+run_warm("trial_targets:native_hang", {"seconds": 120}, 300, Path(sys.argv[1]) / "b", env=env)
 """
 
 
