@@ -38,6 +38,7 @@ from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies
 from lambda_hat.study import tell
+from lambda_hat.study.optuna_samplers import make_sampler
 from lambda_hat.trial.synthetic import synthetic_llc
 
 SPACE = {
@@ -51,7 +52,7 @@ REF = {"llc_ref": 2.0, "se_ref": 0.01}
 
 def plain(trials: int, cfg: OptunaConfig, seed: int) -> float:
     """Seconds for ``trials`` rounds of a plain Optuna ask/evaluate/tell loop."""
-    study = optuna.create_study(sampler=studies.make_sampler(cfg, seed))
+    study = optuna.create_study(sampler=make_sampler(cfg, seed))
     t0 = time.perf_counter()
     for _ in range(trials):
         trial = study.ask(SPACE)
@@ -61,7 +62,7 @@ def plain(trials: int, cfg: OptunaConfig, seed: int) -> float:
 
 def plain_same_work(trials: int, cfg: OptunaConfig, seed: int) -> float:
     """Seconds for the plain loop with ``batch_size`` asks ahead and the constraint told."""
-    study = optuna.create_study(sampler=studies.make_sampler(cfg, seed))
+    study = optuna.create_study(sampler=make_sampler(cfg, seed))
     t0 = time.perf_counter()
     pending = []
     for _ in range(trials):

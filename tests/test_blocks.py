@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.parallel import blocks
-from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import counts_as_finished
 
 
 def _fake_interchange() -> subprocess.Popen:

@@ -18,7 +18,7 @@ from lambda_hat.config.tuning import ReferenceConfig, resolve_problem
 from lambda_hat.problem.build import problem_dir, problem_id
 from lambda_hat.reference.curvature import curvature_record, problem_curvature
 from lambda_hat.reference.stability import StabilityRange, resolve_space, step_limit
-from lambda_hat.study import samplers
+from lambda_hat.study import optuna_samplers as samplers
 from lambda_hat.study.diagnosis import Record, diagnosis
 from lambda_hat.study.guard import FailureGuard
 from lambda_hat.study.plan import describe_space, method_space, stored_curvatures, study_space

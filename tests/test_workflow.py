@@ -24,9 +24,10 @@ from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import apps as execution
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
-from lambda_hat.study import pipeline, plan, progress, samplers
+from lambda_hat.study import optuna_samplers as samplers
+from lambda_hat.study import pipeline, plan, progress, scoring
 from lambda_hat.study import storage as studies
-from lambda_hat.study.tell import best_successful
+from lambda_hat.study.tell import best_successful, counts_as_finished
 from lambda_hat.trial import outcome
 from lambda_hat.trial.synthetic import synthetic_llc, synthetic_trial
 
@@ -177,9 +178,7 @@ def test_kill_resume_marks_interrupted_requeues_and_ends_with_exact_count(tmp_pa
     assert by_number[done_trial.number].state == TrialState.COMPLETE
     assert by_number[done_trial.number].user_attrs["reused"] is True
     assert by_number[lost_trial.number].user_attrs["failure_kind"] == "interrupted"
-    finished = [
-        t for t in trials if studies.counts_as_finished(t.state, t.user_attrs.get("failure_kind"))
-    ]
+    finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
     assert len(finished) == 6 and resumed.finished == 6
     assert not [t for t in trials if not t.state.is_finished()]
     requeued = [t for t in trials if t.user_attrs.get("requeued_from") == lost_trial.number]
@@ -235,21 +234,28 @@ def test_parallel_tpe_uses_a_constant_liar_and_spreads_a_batch():
     assert len({round(x, 6) for x in batch}) == 8
 
 
+def _objective_values(metrics: dict, task) -> list[float] | None:
+    """The study's objective values of ``metrics``, scored as the driver scores them."""
+    return scoring.objective_values(
+        metrics, task.ref, task.objective, task.objectives, task.huber_delta
+    )
+
+
 def test_huber_objective_keeps_units_and_defaults_to_twice_the_reference_se(tmp_path):
     task = _task(_journal(tmp_path), tmp_path, cfg=OptunaConfig(objective="huber", isolate=False))
     ok = {"status": "ok", "llc_hat": 1.5 + 0.01}  # |e| = 0.01 <= delta = 0.02
-    assert tuning.objective_values(ok, task) == [pytest.approx(0.01**2 / (2 * 0.02))]
+    assert _objective_values(ok, task) == [pytest.approx(0.01**2 / (2 * 0.02))]
     far = {"status": "ok", "llc_hat": 1.5 - 1.0}
-    assert tuning.objective_values(far, task) == [pytest.approx(1.0 - 0.01)]
-    assert tuning.objective_values({"status": "failed"}, task) is None
-    assert tuning.objective_values({"status": "ok", "llc_hat": None}, task) is None
+    assert _objective_values(far, task) == [pytest.approx(1.0 - 0.01)]
+    assert _objective_values({"status": "failed"}, task) is None
+    assert _objective_values({"status": "ok", "llc_hat": None}, task) is None
 
 
 def test_two_objectives_error_and_runtime(tmp_path):
     cfg = OptunaConfig(objectives=["error", "runtime"], isolate=False)
     task = _task(_journal(tmp_path), tmp_path, cfg=cfg)
     m = {"status": "ok", "llc_hat": 2.0, "seconds": {"total": 3.0}}
-    assert tuning.objective_values(m, task) == [pytest.approx(0.5), 3.0]
+    assert _objective_values(m, task) == [pytest.approx(0.5), 3.0]
     _run([task], execution.execute_trial, max_trials=4, batch_size=2)
     assert len(task.study.best_trials) >= 1
 

@@ -35,8 +35,8 @@ from lambda_hat.llc.posterior import default_beta
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_dir, problem_id
 from lambda_hat.reference.stability import STABILITY_SCALE, StabilityRange, step_limit
-from lambda_hat.study import samplers
-from lambda_hat.study import storage as studies
+from lambda_hat.study.grid_sampler import check_grid
+from lambda_hat.study.optuna_samplers import check_sampler
 from lambda_hat.trial import identity as runs
 
 log = logging.getLogger("lambda_hat.workflow")
@@ -394,14 +394,14 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
                     source=exp.source,
                 )
     try:
-        studies.check_sampler(oc)
+        check_sampler(oc)
         spaces, fixed, enqueue = {}, {}, {}
         for m in cfg.methods:
             spaces[m], fixed[m] = method_space(
                 m, oc.search_space.get(m), f"optuna.search_space.{m}"
             )
             enqueue[m] = _check_enqueue(m, oc.enqueue.get(m), spaces[m], fixed[m])
-            samplers.check_grid(oc, spaces[m], f"optuna.search_space.{m}")
+            check_grid(oc, spaces[m], f"optuna.search_space.{m}")
     except ConfigError as exc:
         raise ConfigError(exc.where, exc.problem, exc.fix, source=exp.source) from None
     paths = cfg.paths

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import counts_as_finished
 
 #: User attr naming the driver that asked a trial.
 OWNER_ATTR = "driver"
@@ -146,7 +146,7 @@ def why_not_run(trials: list[FrozenTrial], trial: Trial, owner: Owner, max_trial
 
 def slots_before(trials: Iterable[FrozenTrial], number: int) -> int:
     """Slots of ``max_trials`` taken by trials numbered before ``number``: finished trials that
-    count (:func:`studies.counts_as_finished`), and running or waiting ones (they will)."""
+    count (:func:`lambda_hat.study.tell.counts_as_finished`), and running or waiting ones (they will)."""
     taken = 0
     for t in trials:
         if t.number >= number:
