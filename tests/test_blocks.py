@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 import uuid
 from pathlib import Path
 
@@ -301,8 +300,7 @@ def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_pat
         return real(path)
 
     monkeypatch.setattr(dflow, "make_rundir", racing)
-    plan = types.SimpleNamespace(parsl_config=execution.local_config(1), results=tmp_path)
-    with pipeline.parsl_session(plan):
+    with pipeline.parsl_session(execution.local_config(1), tmp_path):
         assert len(calls) == 2 and (tmp_path / "runinfo" / "001").is_dir()
         assert read_json(blocks.record_path(tmp_path / "runinfo"))["driver_pid"] == os.getpid()
 

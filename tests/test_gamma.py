@@ -28,7 +28,7 @@ from lambda_hat.problem import theory
 from lambda_hat.reference import nuts as reference
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
-from lambda_hat.study import pipeline, plan
+from lambda_hat.study import pipeline, plan, space
 from lambda_hat.study import storage as studies
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial.runner import run_method_trial
@@ -130,7 +130,7 @@ def test_gamma_choices_are_checked(tmp_path):
     ]
     for spec, pattern in bad:
         with pytest.raises(ConfigError, match=pattern):
-            plan.method_space("vi", {"gamma": spec}, "optuna.search_space.vi")
+            space.method_space("vi", {"gamma": spec}, "optuna.search_space.vi")
     exp = _experiment(
         tmp_path, {"sgld": {"gamma": {"choices": [1.0, 300.0]}}}, enqueue={"sgld": [{"gamma": 2}]}
     )
@@ -239,7 +239,9 @@ def _gamma_study(tmp_path, monkeypatch, compute) -> dict[float, dict]:
             batch_size=2,
         )
         driver.run()
-    df = pd.read_parquet(pipeline.aggregate(p, tasks))
+    df = pd.read_parquet(
+        pipeline.aggregate(tasks, results.problem_table(p.cfg.problems, p.exp.problems), p.results)
+    )
     assert len(df) == 6 and set(df.status) == {"ok"} and set(df.gamma) == set(CHOICES)
     for row in df.itertuples():
         own = by_gamma[row.hp_gamma]

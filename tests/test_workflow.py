@@ -23,9 +23,10 @@ from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import apps as execution
 from lambda_hat.results import tables as results
+from lambda_hat.study import command, pipeline, progress, scoring
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import optuna_samplers as samplers
-from lambda_hat.study import pipeline, plan, progress, scoring
+from lambda_hat.study import space as search_space
 from lambda_hat.study import storage as studies
 from lambda_hat.study.tell import best_successful, counts_as_finished
 from lambda_hat.trial import outcome
@@ -380,7 +381,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("problems: [{model: linear, data: small}]\nmethods: [sgld, vi]\n")
     monkeypatch.chdir(tmp_path)
-    args = pipeline.build_parser().parse_args(
+    args = command.build_parser().parse_args(
         [
             "--config",
             str(cfg),
@@ -396,7 +397,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
     )
     from lambda_hat.config.tuning import load_experiment
 
-    exp = load_experiment(cfg, pipeline._overrides(args))
+    exp = load_experiment(cfg, command.overrides(args))
     oc = exp.config.optuna
     assert (oc.max_trials, oc.batch_size, oc.method_budget_sec) == (7, 3, 20.0)
     assert exp.config.reference.budget_sec == 30.0
@@ -405,7 +406,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
 
 
 def test_search_space_overrides_and_warm_start_are_checked():
-    space, fixed = plan.method_space(
+    space, fixed = search_space.method_space(
         "sgld",
         {
             "steps": 300,
@@ -418,9 +419,9 @@ def test_search_space_overrides_and_warm_start_are_checked():
     assert space["eta0"].low == 1e-5 and space["eta0"].log
     assert space["batch"].choices == (32, 64)
     with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\].steps"):
-        plan._check_enqueue("sgld", [{"steps": 100}], space, fixed)
+        search_space.check_enqueue("sgld", [{"steps": 100}], space, fixed)
     with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\]"):
-        plan._check_enqueue("sgld", [{"eta0": -1.0}], space, fixed)
+        search_space.check_enqueue("sgld", [{"eta0": -1.0}], space, fixed)
 
 
 def test_parsl_config_file_is_loaded_or_rejected_clearly(tmp_path):
