@@ -34,6 +34,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import apps as execution
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies
@@ -109,7 +110,7 @@ def workflow(trials: int, cfg: OptunaConfig, seed: int, submit, root: Path) -> f
     driver.run()
     studies.sync_storage(storage)
     rows = results.study_rows(study, task.pid, task.method, REF)
-    results.write_parquet(rows, root / "results" / results.PARQUET_NAME)
+    parquet.write_parquet(rows, root / "results" / results.PARQUET_NAME)
     studies.export_pickle(study, root / "results", task.pid, task.method)
     elapsed = time.perf_counter() - t0
     assert task.finished == trials and len(rows) == trials

@@ -26,6 +26,7 @@ from lambda_hat.config.tuning import load_experiment
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem import theory
 from lambda_hat.reference import nuts as reference
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import pipeline, plan, space
@@ -284,5 +285,5 @@ def test_results_rows_carry_the_runs_posterior(tmp_path):
     metrics = {"status": "ok", "llc_hat": 1.2, "posterior": {"beta": 0.2, "gamma": 3.0}}
     row = results.trial_row(frozen, "p_x", "vi", ref, metrics)
     assert (row["beta"], row["gamma"], row["nbeta"]) == (0.2, 3.0, 40.0)
-    table = results.to_table([row])
+    table = parquet.to_table([row])
     assert table.schema.field("gamma").type == "double"

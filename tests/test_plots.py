@@ -24,7 +24,8 @@ from lambda_hat.reference.nuts import (
     reference_settings,
 )
 from lambda_hat.report import figures
-from lambda_hat.results.tables import PARQUET_NAME, write_parquet
+from lambda_hat.results.parquet import write_parquet
+from lambda_hat.results.tables import PARQUET_NAME
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG = """\

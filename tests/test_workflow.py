@@ -22,6 +22,7 @@ from lambda_hat._io import atomic_write_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import apps as execution
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import command, pipeline, progress, scoring
 from lambda_hat.study import driver as tuning
@@ -266,7 +267,7 @@ def test_parquet_schema_and_the_readme_snippet(tmp_path):
     tasks = [_task(storage, tmp_path, pid) for pid in ("p_a", "p_b")]
     _run(tasks, execution.execute_trial, max_trials=5, batch_size=2)
     rows = [r for t in tasks for r in results.study_rows(t.study, t.pid, t.method, t.ref)]
-    path = results.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
+    path = parquet.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
 
     df = pd.read_parquet(path)
     ok = df[df.status == "ok"]
@@ -291,7 +292,7 @@ def test_mixed_hyperparameter_types_unify_to_one_arrow_type():
         {"hyperparams": {"a": 2.5, "b": 3}},
         {"hyperparams": {"c": True}},
     ]
-    table = results.to_table(rows)
+    table = parquet.to_table(rows)
     assert str(table.schema.field("hp_a").type) == "double"
     assert str(table.schema.field("hp_b").type) == "string"
     assert table.column("hp_c").to_pylist() == [None, None, True]

@@ -41,6 +41,7 @@ from lambda_hat.problem.build import problem_id
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.stage import References, is_reference, reference_stage
 from lambda_hat.results import tables as results
+from lambda_hat.results.parquet import write_parquet
 from lambda_hat.study import command, progress, validation
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies
@@ -188,7 +189,7 @@ def aggregate(tasks: list[tuning.StudyTask], problems: dict[str, dict], out: Pat
         problem = problems.get(t.pid)
         rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem))
         studies.export_pickle(t.study, out, t.pid, t.method)
-    return results.write_parquet(rows, out / results.PARQUET_NAME)
+    return write_parquet(rows, out / results.PARQUET_NAME)
 
 
 def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:

@@ -37,6 +37,7 @@ from lambda_hat.config.tuning import ValidateConfig
 from lambda_hat.log import Progress, format_table
 from lambda_hat.parallel import apps as execution
 from lambda_hat.results import tables as results
+from lambda_hat.results.parquet import to_table
 from lambda_hat.study.task import StudyTask
 from lambda_hat.study.tell import successful_trials
 from lambda_hat.trial.outcome import (
@@ -51,8 +52,8 @@ from lambda_hat.trial.outcome import (
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = "validation.parquet"
-JSON_NAME = "validation.json"
+PARQUET_NAME = results.VALIDATION_NAME
+JSON_NAME = results.VALIDATION_JSON_NAME
 #: The study user attr holding the recommendation (a dict, see :func:`recommendation`).
 USER_ATTR = "validation"
 
@@ -330,10 +331,10 @@ _COLUMNS = (
 
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
     """``rows`` as Parquet at ``path``, atomically: the trials table's types
-    (:func:`lambda_hat.results.tables.to_table`, hyperparameters as a struct and one
+    (:func:`lambda_hat.results.parquet.to_table`, hyperparameters as a struct and one
     ``hp_<name>`` column each) with ``trial_id`` named ``run_id``, plus ``candidate``,
     ``seed`` and ``abs_error``."""
-    table = results.to_table(rows)
+    table = to_table(rows)
     table = table.rename_columns(["run_id" if c == "trial_id" else c for c in table.column_names])
     for name, tp in _EXTRA.items():
         table = table.append_column(name, pa.array([r[name] for r in rows], type=tp))
