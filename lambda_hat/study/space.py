@@ -27,6 +27,7 @@ from lambda_hat.trial import identity as runs
 
 #: Keys of a search-space override mapping.
 _RANGE_KEYS = {"low", "high", "log", "step", "scale"}
+
 #: A searched parameter: an Optuna distribution, or a range relative to ε_max (per problem).
 Searched = BaseDistribution | StabilityRange
 
@@ -37,8 +38,8 @@ def method_space(
     """The method's search space with the user's overrides, and the fixed (untuned) values.
 
     An override is a fixed value, ``{low, high[, log][, step]}``, ``{low, high[, log], scale:
-    stability}`` (``low·ε_max … high·ε_max``, resolved per problem: :func:`study_space`) or
-    ``{choices: [...]}``.
+    stability}`` (``low·ε_max … high·ε_max``, resolved per problem:
+    :func:`lambda_hat.study.resolved_space.study_space`) or ``{choices: [...]}``.
     """
     space = dict(methods.search_space(method))
     if overrides is None:
