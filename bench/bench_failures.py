@@ -13,7 +13,7 @@ Each strategy gets the same trial budget and seed:
 - ``constraint``: TPE, :func:`lambda_hat.study.tell.tell` (graded constraint, finite
   placeholder): lambda_hat before issue 13;
 - ``lambda_hat``: the same ``tell`` with lambda_hat's ``tpe`` sampler
-  (:func:`lambda_hat.study.storage.make_sampler`: Sobol start-up, then multivariate TPE in a
+  (:func:`lambda_hat.study.optuna_samplers.make_sampler`: Sobol start-up, then multivariate TPE in a
   box around the successes).
 
 Prints, per strategy, the median over seeds of the number of failed trials in the second half
@@ -33,7 +33,7 @@ import warnings
 import optuna
 
 from lambda_hat.config.tuning import OptunaConfig
-from lambda_hat.study.storage import make_sampler
+from lambda_hat.study.optuna_samplers import make_sampler
 from lambda_hat.study.tell import tell
 from lambda_hat.trial.outcome import failed_metrics
 

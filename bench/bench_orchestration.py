@@ -34,10 +34,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import apps as execution
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies
 from lambda_hat.study import tell
+from lambda_hat.study.optuna_samplers import make_sampler
 from lambda_hat.trial.synthetic import synthetic_llc
 
 SPACE = {
@@ -51,7 +53,7 @@ REF = {"llc_ref": 2.0, "se_ref": 0.01}
 
 def plain(trials: int, cfg: OptunaConfig, seed: int) -> float:
     """Seconds for ``trials`` rounds of a plain Optuna ask/evaluate/tell loop."""
-    study = optuna.create_study(sampler=studies.make_sampler(cfg, seed))
+    study = optuna.create_study(sampler=make_sampler(cfg, seed))
     t0 = time.perf_counter()
     for _ in range(trials):
         trial = study.ask(SPACE)
@@ -61,7 +63,7 @@ def plain(trials: int, cfg: OptunaConfig, seed: int) -> float:
 
 def plain_same_work(trials: int, cfg: OptunaConfig, seed: int) -> float:
     """Seconds for the plain loop with ``batch_size`` asks ahead and the constraint told."""
-    study = optuna.create_study(sampler=studies.make_sampler(cfg, seed))
+    study = optuna.create_study(sampler=make_sampler(cfg, seed))
     t0 = time.perf_counter()
     pending = []
     for _ in range(trials):
@@ -108,7 +110,7 @@ def workflow(trials: int, cfg: OptunaConfig, seed: int, submit, root: Path) -> f
     driver.run()
     studies.sync_storage(storage)
     rows = results.study_rows(study, task.pid, task.method, REF)
-    results.write_parquet(rows, root / "results" / results.PARQUET_NAME)
+    parquet.write_parquet(rows, root / "results" / results.PARQUET_NAME)
     studies.export_pickle(study, root / "results", task.pid, task.method)
     elapsed = time.perf_counter() - t0
     assert task.finished == trials and len(rows) == trials

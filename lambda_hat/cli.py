@@ -24,7 +24,7 @@ import yaml
 from lambda_hat import methods
 from lambda_hat.config.schema import ConfigError, as_dict
 from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig, load_experiment
-from lambda_hat.log import fmt_seconds, format_table, setup_logging
+from lambda_hat.log import fmt_seconds, fmt_value, format_table, setup_logging
 from lambda_hat.problem.build import build_problem, problem_id
 from lambda_hat.reference import nuts as reference
 from lambda_hat.report import plots
@@ -89,20 +89,16 @@ def reference_table(refs: list[dict]) -> str:
                 r.get("summary", ""),
                 str(r["d"]),
                 str(r["n"]),
-                f"{_or_na(r['llc_ref'], '.4g')} ± {_or_na(r['se_ref'], '.2g')}",
-                _or_na(r["rhat"], ".4f"),
-                _or_na(r["ess_bulk"], ".0f"),
+                f"{fmt_value(r['llc_ref'], '.4g')} ± {fmt_value(r['se_ref'], '.2g')}",
+                fmt_value(r["rhat"], ".4f"),
+                fmt_value(r["ess_bulk"], ".0f"),
                 _div(r),
                 fmt_seconds(r["seconds"]["total"]),
-                _or_na(r["llc_theory"], ".4g"),
+                fmt_value(r["llc_theory"], ".4g"),
                 "ok" if r["gate"]["passed"] else "FAILED: " + "; ".join(r["gate"]["reasons"]),
             ]
         )
     return format_table(header, rows)
-
-
-def _or_na(x, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+from typing import Any
 
 
 def setup_logging(verbose: int = 0) -> None:
@@ -31,6 +33,20 @@ def fmt_seconds(sec: float) -> str:
         return f"{m}m{s:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m"
+
+
+def fmt_value(
+    x: Any, spec: str = "", missing: str = "n/a", *, finite: bool = False, floats: bool = False
+) -> str:
+    """``format(x, spec)`` for a table cell or a log line, and ``missing`` where there is no
+    value: None, or with ``finite`` a float that is not finite. With ``floats`` the spec
+    formats floats only and any other value is ``str(x)`` (hyperparameters of mixed types).
+    The one "n/a if None" formatter: ``fmt_value(se, ".2g")``, ``fmt_value(z, "+.2f", "-")``."""
+    if x is None or (finite and isinstance(x, float) and not math.isfinite(x)):
+        return missing
+    if floats and not isinstance(x, float):
+        return str(x)
+    return format(x, spec)
 
 
 class Progress:

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 import uuid
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.parallel import blocks
-from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import counts_as_finished
 
 
 def _fake_interchange() -> subprocess.Popen:
@@ -108,18 +107,18 @@ def test_each_driver_has_its_own_record_and_a_live_ones_is_left_alone(tmp_path):
         started = psutil.Process(live_driver.pid).create_time()
         live = {"host": socket.gethostname(), "driver_pid": live_driver.pid}
         live.update(driver_started=started, interchanges=[live_ic.pid], jobs=[])
-        atomic_write_json(blocks.record_path(tmp_path, pid=live_driver.pid), live)
+        atomic_write_json(blocks.record_path(tmp_path, os_pid=live_driver.pid), live)
         dead = {"host": socket.gethostname(), "driver_pid": 2**22 + 3}
         dead.update(interchanges=[dead_ic.pid], jobs=[])
-        atomic_write_json(blocks.record_path(tmp_path, pid=2**22 + 3), dead)
+        atomic_write_json(blocks.record_path(tmp_path, os_pid=2**22 + 3), dead)
         assert blocks.cancel_previous(tmp_path) == [f"killed interchange {dead_ic.pid}"]
         assert dead_ic.wait(timeout=10) == -9 and live_ic.poll() is None
         assert [p.name for p in tmp_path.glob(blocks.RECORD_GLOB)] == [
-            blocks.record_path(tmp_path, pid=live_driver.pid).name
+            blocks.record_path(tmp_path, os_pid=live_driver.pid).name
         ]
         # the same pid started later (pid reuse) is not the recorded driver: cancelled
         live["driver_started"] = started - 100.0
-        atomic_write_json(blocks.record_path(tmp_path, pid=live_driver.pid), live)
+        atomic_write_json(blocks.record_path(tmp_path, os_pid=live_driver.pid), live)
         assert blocks.cancel_previous(tmp_path) == [f"killed interchange {live_ic.pid}"]
     finally:
         for p in (live_driver, live_ic, dead_ic):
@@ -128,7 +127,7 @@ def test_each_driver_has_its_own_record_and_a_live_ones_is_left_alone(tmp_path):
 
 
 def test_a_record_from_another_host_is_a_dead_drivers_only_once_stale(tmp_path):
-    path = blocks.record_path(tmp_path, host="elsewhere", pid=os.getpid())
+    path = blocks.record_path(tmp_path, host="elsewhere", os_pid=os.getpid())
     record = {"host": "elsewhere", "driver_pid": os.getpid(), "interchanges": [os.getpid()]}
     atomic_write_json(path, {**record, "jobs": []})
     assert blocks.cancel_previous(tmp_path) == [] and path.exists()  # touched just now
@@ -145,7 +144,7 @@ def test_two_sessions_in_one_results_dir_keep_two_records(tmp_path):
     run_dir = tmp_path / "runinfo"
     other = _fake_interchange()  # stands for the other driver (a live Python process)
     try:
-        theirs = blocks.record_path(run_dir, pid=other.pid)
+        theirs = blocks.record_path(run_dir, os_pid=other.pid)
         record = {"host": socket.gethostname(), "driver_pid": other.pid, "interchanges": []}
         atomic_write_json(theirs, {**record, "jobs": []})
         with execution.parsl_session(execution.local_config(1, run_dir=run_dir)):
@@ -301,8 +300,7 @@ def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_pat
         return real(path)
 
     monkeypatch.setattr(dflow, "make_rundir", racing)
-    plan = types.SimpleNamespace(parsl_config=execution.local_config(1), results=tmp_path)
-    with pipeline.parsl_session(plan):
+    with pipeline.parsl_session(execution.local_config(1), tmp_path):
         assert len(calls) == 2 and (tmp_path / "runinfo" / "001").is_dir()
         assert read_json(blocks.record_path(tmp_path / "runinfo"))["driver_pid"] == os.getpid()
 

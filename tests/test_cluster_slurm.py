@@ -28,7 +28,7 @@ from _procs import kill_and_wait
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import counts_as_finished
 
 # one xdist worker runs these in order: they share one small SLURM node
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("slurm")]

@@ -16,7 +16,8 @@ from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import apps as execution
 from lambda_hat.study import driver as tuning
-from lambda_hat.study import pipeline, progress, samplers, scoring, stopping
+from lambda_hat.study import grid_sampler, pipeline, progress, scoring, stopping
+from lambda_hat.study import optuna_samplers as samplers
 from lambda_hat.study import storage as studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,10 +97,10 @@ def test_stagnation_is_the_last_k_trials_gain_over_the_best_before_them():
 def test_huber_values_turn_back_into_errors(tmp_path, err):
     storage = optuna.storages.InMemoryStorage()
     task = _task(storage, tmp_path, OptunaConfig(objective="huber"))  # δ = 2 x 0.01
-    (value,) = scoring.objective_values(_ok(err), task)
-    assert scoring.error_of_objective(value, task) == pytest.approx(err)
+    (value,) = scoring.objective_values(_ok(err), REF, task.objective, huber_delta=task.huber_delta)
+    assert scoring.error_of_objective(value, REF, task.objective) == pytest.approx(err)
     task.objective = "abs"
-    assert scoring.error_of_objective(err, task) == err
+    assert scoring.error_of_objective(err, REF, task.objective) == err
 
 
 def test_multi_objective_studies_refuse_stop_after_stale():
@@ -163,13 +164,13 @@ def test_a_gain_larger_than_stop_min_improvement_keeps_the_study_going(tmp_path)
 
 def test_grid_values_of_each_kind_of_parameter():
     log_x = FloatDistribution(0.1, 10.0, log=True)
-    assert samplers.grid_values(log_x, 3, "x") == pytest.approx([0.1, 1.0, 10.0])
-    assert samplers.grid_values(FloatDistribution(0.5, 2.0), 4, "y") == [0.5, 1.0, 1.5, 2.0]
-    assert samplers.grid_values(IntDistribution(0, 10, step=5), None, "n") == [0, 5, 10]
-    assert samplers.grid_values(IntDistribution(1, 3), 5, "n") == [1, 2, 3]  # rounded, distinct
-    assert samplers.grid_values(CategoricalDistribution([32, 64]), 3, "b") == [32, 64]
+    assert grid_sampler.grid_values(log_x, 3, "x") == pytest.approx([0.1, 1.0, 10.0])
+    assert grid_sampler.grid_values(FloatDistribution(0.5, 2.0), 4, "y") == [0.5, 1.0, 1.5, 2.0]
+    assert grid_sampler.grid_values(IntDistribution(0, 10, step=5), None, "n") == [0, 5, 10]
+    assert grid_sampler.grid_values(IntDistribution(1, 3), 5, "n") == [1, 2, 3]  # rounded, distinct
+    assert grid_sampler.grid_values(CategoricalDistribution([32, 64]), 3, "b") == [32, 64]
     stepped = FloatDistribution(0.0, 1.0, step=0.25)
-    assert samplers.grid_values(stepped, None, "s") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert grid_sampler.grid_values(stepped, None, "s") == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -183,11 +184,11 @@ def test_grid_without_finite_choices_names_the_parameter_and_the_fix(dist, words
     cfg = OptunaConfig(sampler="grid")
     space = {"batch": CategoricalDistribution([32, 64]), "eta0": dist}
     with pytest.raises(ConfigError) as exc:
-        samplers.check_grid(cfg, space, "optuna.search_space.sgld")
+        grid_sampler.check_grid(cfg, space, "optuna.search_space.sgld")
     assert exc.value.where == "optuna.search_space.sgld.eta0"
     assert words in exc.value.problem and "grid_points" in exc.value.fix
-    assert samplers.check_grid(OptunaConfig(sampler="grid", grid_points=3), space, "s") == 6
-    assert samplers.check_grid(OptunaConfig(grid_points=3), space, "s") == 0  # not the grid
+    assert grid_sampler.check_grid(OptunaConfig(sampler="grid", grid_points=3), space, "s") == 6
+    assert grid_sampler.check_grid(OptunaConfig(grid_points=3), space, "s") == 0  # not the grid
 
 
 @pytest.mark.parametrize("max_trials,expected", [(20, 9), (5, 5)])
@@ -199,7 +200,7 @@ def test_a_grid_study_tries_every_point_once_and_stops_when_exhausted(
     assert _run(task, lambda p: _ok(0.1), max_trials=max_trials, batch_size=3) == expected
     points = {(t.params["x"], t.params["y"]) for t in task.study.trials}
     assert len(points) == expected == len(task.study.trials)  # no point twice, in parallel too
-    grid = {(x, y) for x in samplers.grid_values(SPACE["x"], 3, "x") for y in (0.5, 1.25, 2.0)}
+    grid = {(x, y) for x in grid_sampler.grid_values(SPACE["x"], 3, "x") for y in (0.5, 1.25, 2.0)}
     assert points <= grid
     if expected == 9:
         assert task.early_stop["rule"] == "grid" and "all 9 points" in task.early_stop["reason"]

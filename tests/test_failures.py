@@ -11,11 +11,11 @@ from optuna.trial import TrialState
 
 from lambda_hat.methods import METHODS, culprits, default_hyperparams
 from lambda_hat.study.guard import FailureGuard
-from lambda_hat.study.storage import counts_as_finished
 from lambda_hat.study.tell import (
     CONSTRAINT_KEY,
     best_successful,
     constraint_value,
+    counts_as_finished,
     describe_best,
     tell,
     tell_args,

@@ -26,9 +26,10 @@ from lambda_hat.config.tuning import load_experiment
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem import theory
 from lambda_hat.reference import nuts as reference
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
-from lambda_hat.study import pipeline, plan
+from lambda_hat.study import pipeline, plan, space
 from lambda_hat.study import storage as studies
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial.runner import run_method_trial
@@ -130,7 +131,7 @@ def test_gamma_choices_are_checked(tmp_path):
     ]
     for spec, pattern in bad:
         with pytest.raises(ConfigError, match=pattern):
-            plan.method_space("vi", {"gamma": spec}, "optuna.search_space.vi")
+            space.method_space("vi", {"gamma": spec}, "optuna.search_space.vi")
     exp = _experiment(
         tmp_path, {"sgld": {"gamma": {"choices": [1.0, 300.0]}}}, enqueue={"sgld": [{"gamma": 2}]}
     )
@@ -239,7 +240,9 @@ def _gamma_study(tmp_path, monkeypatch, compute) -> dict[float, dict]:
             batch_size=2,
         )
         driver.run()
-    df = pd.read_parquet(pipeline.aggregate(p, tasks))
+    df = pd.read_parquet(
+        pipeline.aggregate(tasks, results.problem_table(p.cfg.problems, p.exp.problems), p.results)
+    )
     assert len(df) == 6 and set(df.status) == {"ok"} and set(df.gamma) == set(CHOICES)
     for row in df.itertuples():
         own = by_gamma[row.hp_gamma]
@@ -282,5 +285,5 @@ def test_results_rows_carry_the_runs_posterior(tmp_path):
     metrics = {"status": "ok", "llc_hat": 1.2, "posterior": {"beta": 0.2, "gamma": 3.0}}
     row = results.trial_row(frozen, "p_x", "vi", ref, metrics)
     assert (row["beta"], row["gamma"], row["nbeta"]) == (0.2, 3.0, 40.0)
-    table = results.to_table([row])
+    table = parquet.to_table([row])
     assert table.schema.field("gamma").type == "double"

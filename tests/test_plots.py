@@ -24,7 +24,8 @@ from lambda_hat.reference.nuts import (
     reference_settings,
 )
 from lambda_hat.report import figures
-from lambda_hat.results.tables import PARQUET_NAME, write_parquet
+from lambda_hat.results.parquet import write_parquet
+from lambda_hat.results.tables import PARQUET_NAME
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG = """\
@@ -214,7 +215,7 @@ def test_best_so_far_and_best_trials_follow_the_parquet(campaign):
     # the λ̂ axis covers every sane trial and the reference band; the absurd one is marked instead
     ok = df[(df.pid == a) & (df.status == "ok")].llc_hat.to_numpy()
     lr = campaign["ref"]["llc_ref"]
-    lo, hi = figures._limits(ok, [lr], robust=True)
+    lo, hi = figures.axis_limits(ok, [lr], robust=True)
     assert lo < lr - 0.4 and lr + 0.6 < hi < lr + 40
 
 

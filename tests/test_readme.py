@@ -16,6 +16,7 @@ from test_workflow import _journal, _run, _task
 from lambda_hat.config.runs import load_experiments
 from lambda_hat.config.tuning import load_experiment
 from lambda_hat.parallel import apps as execution
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.runs import stage as experiments
 
@@ -66,7 +67,7 @@ def _tuned_tables(tmp_path):
     rows = []
     for t in tasks:
         rows += results.study_rows(t.study, t.pid, t.method, t.ref, problem=problems[t.pid])
-    results.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
+    parquet.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
     return tasks, problems
 
 

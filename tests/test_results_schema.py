@@ -14,6 +14,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from lambda_hat.config.tuning import ProblemEntry, load_experiment, resolve_problem
 from lambda_hat.problem.build import problem_id
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import progress
 
@@ -66,7 +67,7 @@ def _table(tmp_path) -> pd.DataFrame:
             _trial(0, {"M": 4}, 0.2), tiny, "vi", ref, _metrics("vi", vi, 1.3), problems[tiny]
         ),
     ]
-    path = results.write_parquet(rows, tmp_path / results.PARQUET_NAME)
+    path = parquet.write_parquet(rows, tmp_path / results.PARQUET_NAME)
     return pd.read_parquet(path), problems
 
 
@@ -90,14 +91,14 @@ def test_integers_stay_integers_and_diagnostics_is_a_struct(tmp_path):
     assert df.hp_batch.dtype == "Int64" and df.hp_M.dtype == "Int64"
     assert df.hp_batch.iloc[0] == 64 and pd.isna(df.hp_batch.iloc[1])
     assert df.hp_eta0.dtype == "float64" and df.hp_precond_type.iloc[0] == "none"
-    assert results.hyperparams_of(df.iloc[0]) == {
+    assert parquet.hyperparams_of(df.iloc[0]) == {
         "eta0": 1e-4,
         "batch": 64,
         "steps": 1000,
         "precond_type": "none",
     }
-    assert isinstance(results.hyperparams_of(df.iloc[0])["batch"], int)
-    assert results.hyperparams_of(df.iloc[1]) == {
+    assert isinstance(parquet.hyperparams_of(df.iloc[0])["batch"], int)
+    assert parquet.hyperparams_of(df.iloc[1]) == {
         "lr": 0.01,
         "M": 4,
         "steps": 300,
@@ -128,7 +129,7 @@ def test_the_arrow_schema_is_typed_from_the_method_schemas(tmp_path):
 
 def test_a_value_outside_the_schema_type_falls_back_to_its_own_type():
     rows = [{"hyperparams": {"batch": "full"}}, {"hyperparams": {"batch": 64}}]
-    assert str(results.to_table(rows).schema.field("hp_batch").type) == "string"
+    assert str(parquet.to_table(rows).schema.field("hp_batch").type) == "string"
     when = datetime(2026, 1, 1, tzinfo=UTC)
     cols = results.metrics_columns({"started_at": 0}, {}, finished=when)
     assert cols["started_at"] == datetime.fromtimestamp(0, tz=UTC) and cols["finished_at"] == when

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -18,10 +17,11 @@ from lambda_hat.config.tuning import ReferenceConfig, resolve_problem
 from lambda_hat.problem.build import problem_dir, problem_id
 from lambda_hat.reference.curvature import curvature_record, problem_curvature
 from lambda_hat.reference.stability import StabilityRange, resolve_space, step_limit
-from lambda_hat.study import samplers
+from lambda_hat.study import optuna_samplers as samplers
 from lambda_hat.study.diagnosis import Record, diagnosis
 from lambda_hat.study.guard import FailureGuard
-from lambda_hat.study.plan import describe_space, method_space, stored_curvatures, study_space
+from lambda_hat.study.resolved_space import describe_space, stored_curvatures, study_space
+from lambda_hat.study.space import method_space
 
 A_MAX, D = 1_385_088.35, 9_871  # mlp10k/large (plans/curvature.md)
 EPS_SGLD = 4.0 / A_MAX  # 2.888e-6
@@ -110,16 +110,12 @@ def test_dry_run_text_resolved_when_stored_and_deferred_otherwise(tmp_path):
     beta = 1.0 / math.log(spec.data.n)
     rec = {"a_max": A_MAX, "d": D, "settings": {"beta": beta, "gamma": 1.0}}
     atomic_write_json(problem_dir(tmp_path, pid) / "curvature" / "c_x.json", rec)
-    plan = SimpleNamespace(
-        cfg=SimpleNamespace(reference=ReferenceConfig()), exp=SimpleNamespace(problems=[spec])
-    )
-    plan.artifacts = tmp_path
-    curv = stored_curvatures(plan)
+    curv = stored_curvatures([spec], ReferenceConfig(), tmp_path)
     assert set(curv) == {pid}
     text = describe_space(space, "sgld", curv)
     assert f"{pid}: 2.89e-09..2.89e-06 (eps_max 2.89e-06)" in text
-    plan.cfg.reference = ReferenceConfig(gamma=2.0)  # another posterior: nothing stored yet
-    assert stored_curvatures(plan) == {}
+    # another posterior: nothing stored yet
+    assert stored_curvatures([spec], ReferenceConfig(gamma=2.0), tmp_path) == {}
 
 
 def test_reference_job_record_carries_a_max_at_the_references_posterior(linear, tmp_path):

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from lambda_hat import cli
 from lambda_hat.study import sharing
 from lambda_hat.study import storage as studies
-from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import counts_as_finished
 
 CLI = [
     sys.executable,

@@ -22,11 +22,14 @@ from lambda_hat._io import atomic_write_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import apps as execution
+from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
+from lambda_hat.study import command, pipeline, progress, scoring
 from lambda_hat.study import driver as tuning
-from lambda_hat.study import pipeline, plan, progress, samplers
+from lambda_hat.study import optuna_samplers as samplers
+from lambda_hat.study import space as search_space
 from lambda_hat.study import storage as studies
-from lambda_hat.study.tell import best_successful
+from lambda_hat.study.tell import best_successful, counts_as_finished
 from lambda_hat.trial import outcome
 from lambda_hat.trial.synthetic import synthetic_llc, synthetic_trial
 
@@ -177,9 +180,7 @@ def test_kill_resume_marks_interrupted_requeues_and_ends_with_exact_count(tmp_pa
     assert by_number[done_trial.number].state == TrialState.COMPLETE
     assert by_number[done_trial.number].user_attrs["reused"] is True
     assert by_number[lost_trial.number].user_attrs["failure_kind"] == "interrupted"
-    finished = [
-        t for t in trials if studies.counts_as_finished(t.state, t.user_attrs.get("failure_kind"))
-    ]
+    finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
     assert len(finished) == 6 and resumed.finished == 6
     assert not [t for t in trials if not t.state.is_finished()]
     requeued = [t for t in trials if t.user_attrs.get("requeued_from") == lost_trial.number]
@@ -235,21 +236,28 @@ def test_parallel_tpe_uses_a_constant_liar_and_spreads_a_batch():
     assert len({round(x, 6) for x in batch}) == 8
 
 
+def _objective_values(metrics: dict, task) -> list[float] | None:
+    """The study's objective values of ``metrics``, scored as the driver scores them."""
+    return scoring.objective_values(
+        metrics, task.ref, task.objective, task.objectives, task.huber_delta
+    )
+
+
 def test_huber_objective_keeps_units_and_defaults_to_twice_the_reference_se(tmp_path):
     task = _task(_journal(tmp_path), tmp_path, cfg=OptunaConfig(objective="huber", isolate=False))
     ok = {"status": "ok", "llc_hat": 1.5 + 0.01}  # |e| = 0.01 <= delta = 0.02
-    assert tuning.objective_values(ok, task) == [pytest.approx(0.01**2 / (2 * 0.02))]
+    assert _objective_values(ok, task) == [pytest.approx(0.01**2 / (2 * 0.02))]
     far = {"status": "ok", "llc_hat": 1.5 - 1.0}
-    assert tuning.objective_values(far, task) == [pytest.approx(1.0 - 0.01)]
-    assert tuning.objective_values({"status": "failed"}, task) is None
-    assert tuning.objective_values({"status": "ok", "llc_hat": None}, task) is None
+    assert _objective_values(far, task) == [pytest.approx(1.0 - 0.01)]
+    assert _objective_values({"status": "failed"}, task) is None
+    assert _objective_values({"status": "ok", "llc_hat": None}, task) is None
 
 
 def test_two_objectives_error_and_runtime(tmp_path):
     cfg = OptunaConfig(objectives=["error", "runtime"], isolate=False)
     task = _task(_journal(tmp_path), tmp_path, cfg=cfg)
     m = {"status": "ok", "llc_hat": 2.0, "seconds": {"total": 3.0}}
-    assert tuning.objective_values(m, task) == [pytest.approx(0.5), 3.0]
+    assert _objective_values(m, task) == [pytest.approx(0.5), 3.0]
     _run([task], execution.execute_trial, max_trials=4, batch_size=2)
     assert len(task.study.best_trials) >= 1
 
@@ -259,7 +267,7 @@ def test_parquet_schema_and_the_readme_snippet(tmp_path):
     tasks = [_task(storage, tmp_path, pid) for pid in ("p_a", "p_b")]
     _run(tasks, execution.execute_trial, max_trials=5, batch_size=2)
     rows = [r for t in tasks for r in results.study_rows(t.study, t.pid, t.method, t.ref)]
-    path = results.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
+    path = parquet.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
 
     df = pd.read_parquet(path)
     ok = df[df.status == "ok"]
@@ -284,7 +292,7 @@ def test_mixed_hyperparameter_types_unify_to_one_arrow_type():
         {"hyperparams": {"a": 2.5, "b": 3}},
         {"hyperparams": {"c": True}},
     ]
-    table = results.to_table(rows)
+    table = parquet.to_table(rows)
     assert str(table.schema.field("hp_a").type) == "double"
     assert str(table.schema.field("hp_b").type) == "string"
     assert table.column("hp_c").to_pylist() == [None, None, True]
@@ -374,7 +382,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("problems: [{model: linear, data: small}]\nmethods: [sgld, vi]\n")
     monkeypatch.chdir(tmp_path)
-    args = pipeline.build_parser().parse_args(
+    args = command.build_parser().parse_args(
         [
             "--config",
             str(cfg),
@@ -390,7 +398,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
     )
     from lambda_hat.config.tuning import load_experiment
 
-    exp = load_experiment(cfg, pipeline._overrides(args))
+    exp = load_experiment(cfg, command.overrides(args))
     oc = exp.config.optuna
     assert (oc.max_trials, oc.batch_size, oc.method_budget_sec) == (7, 3, 20.0)
     assert exp.config.reference.budget_sec == 30.0
@@ -399,7 +407,7 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
 
 
 def test_search_space_overrides_and_warm_start_are_checked():
-    space, fixed = plan.method_space(
+    space, fixed = search_space.method_space(
         "sgld",
         {
             "steps": 300,
@@ -412,9 +420,9 @@ def test_search_space_overrides_and_warm_start_are_checked():
     assert space["eta0"].low == 1e-5 and space["eta0"].log
     assert space["batch"].choices == (32, 64)
     with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\].steps"):
-        plan._check_enqueue("sgld", [{"steps": 100}], space, fixed)
+        search_space.check_enqueue("sgld", [{"steps": 100}], space, fixed)
     with pytest.raises(ConfigError, match=r"optuna.enqueue.sgld\[0\]"):
-        plan._check_enqueue("sgld", [{"eta0": -1.0}], space, fixed)
+        search_space.check_enqueue("sgld", [{"eta0": -1.0}], space, fixed)
 
 
 def test_parsl_config_file_is_loaded_or_rejected_clearly(tmp_path):

@@ -25,7 +25,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import counts_as_finished
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "config" / "tiny_test.yaml"

@@ -1,12 +1,12 @@
 """The record of a run's batch jobs and interchange, so that a driver killed with ``kill -9``
 does not leave them running, and the clean-up of a worker pool that died under a running driver.
 
-While a Parsl session is open, ``<run dir>/blocks-<host>-<pid>.json`` (one file per driver:
-several drivers may share one results directory) lists the driver's interchange pid and the
+While a Parsl session is open, ``<run dir>/blocks-<host>-<os_pid>.json`` (one file per driver:
+several drivers may share one results directory) lists the driver's interchange process id and the
 scheduler job ids of its blocks. It is rewritten atomically whenever they change and touched
 every :data:`RECORD_EVERY_SEC` (its age is the driver's sign of life for other hosts); a clean
 shut-down removes it. :func:`cancel_previous`, called before a new session starts, reads every
-record whose driver is gone (on this host: its process, by pid and start time; on another: a
+record whose driver is gone (on this host: its process, by process id and start time; on another: a
 record older than :data:`STALE_SEC`), kills the interchange if it still runs on this host and
 cancels the jobs with the scheduler's own command (one table below, keyed by the provider's
 class name). A live driver's record is left alone.
@@ -53,21 +53,21 @@ CANCEL_COMMANDS: dict[str, list[str]] = {
 }
 
 
-def record_path(run_dir: str | Path, host: str | None = None, pid: int | None = None) -> Path:
-    """``<run_dir>/blocks-<host>-<pid>.json``: this driver's record (default: this process)."""
+def record_path(run_dir: str | Path, host: str | None = None, os_pid: int | None = None) -> Path:
+    """``<run_dir>/blocks-<host>-<os_pid>.json``: this driver's record (default: this process)."""
     host = host or socket.gethostname()
-    return Path(run_dir) / f"blocks-{host}-{os.getpid() if pid is None else pid}.json"
+    return Path(run_dir) / f"blocks-{host}-{os.getpid() if os_pid is None else os_pid}.json"
 
 
-def _start_time(pid: int) -> float | None:
+def _start_time(os_pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
+        return psutil.Process(os_pid).create_time()
     except psutil.Error:
         return None
 
 
 def snapshot(dfk) -> dict:
-    """This driver, the interchange pids and block job ids of the loaded executors."""
+    """This driver, the interchange process ids and block job ids of the loaded executors."""
     out: dict = {
         "host": socket.gethostname(),
         "driver_pid": os.getpid(),
@@ -90,7 +90,7 @@ class PoolReaper:
     """Kills what a dead worker pool of this session left on this host.
 
     Each :meth:`scan` notes the pools whose command line names ``run_dir`` and their
-    descendants (pid and start time, so a reused pid is never killed); a pool gone since the
+    descendants (process id and start time, so a reused process id is never killed); a pool gone since the
     last scan has its noted descendants that still run killed, with their own descendants
     (a trial process started after the last scan is a child of its worker).
     """
@@ -108,7 +108,7 @@ class PoolReaper:
         return found
 
     def scan(self, level: int = logging.WARNING) -> list[int]:
-        """Note the live pools, reap the dead ones; the pids killed (logged at ``level``)."""
+        """Note the live pools, reap the dead ones; the process ids killed (logged at ``level``)."""
         live = set()
         for pool in self._find_pools():
             with contextlib.suppress(psutil.Error):
@@ -128,10 +128,10 @@ class PoolReaper:
         return killed
 
 
-def _gone(pid: int, started: float) -> bool:
-    """Whether the process noted as (pid, start time) has ended (a zombie has)."""
+def _gone(os_pid: int, started: float) -> bool:
+    """Whether the process noted as (process id, start time) has ended (a zombie has)."""
     try:
-        p = psutil.Process(pid)
+        p = psutil.Process(os_pid)
         return p.create_time() != started or p.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
         return True
@@ -139,11 +139,11 @@ def _gone(pid: int, started: float) -> bool:
 
 def _kill_noted(noted: dict[int, float]) -> list[int]:
     procs: dict[int, psutil.Process] = {}
-    for pid, started in noted.items():
+    for os_pid, started in noted.items():
         with contextlib.suppress(psutil.Error):
-            p = psutil.Process(pid)
+            p = psutil.Process(os_pid)
             if p.create_time() == started:
-                procs[pid] = p
+                procs[os_pid] = p
                 procs.update({c.pid: c for c in p.children(recursive=True)})
     for p in procs.values():
         with contextlib.suppress(psutil.Error):
@@ -197,13 +197,13 @@ class Recorder:
         self.path.unlink(missing_ok=True)
 
 
-def _is_interchange(pid: int) -> bool:
-    """Whether ``pid`` is a Parsl HTEX interchange: the process title Parsl gives it, or, before
+def _is_interchange(os_pid: int) -> bool:
+    """Whether process ``os_pid`` is a Parsl HTEX interchange: the process title Parsl gives it, or, before
     it sets one, its launch command ``interchange.py``. Not any command line that contains the
     word (a pytest-xdist worker's title names the test it runs, and a test named
     ``..._no_interchange_...`` was killed as one)."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        argv = Path(f"/proc/{os_pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
     return any(
@@ -213,15 +213,15 @@ def _is_interchange(pid: int) -> bool:
 
 def driver_alive(record: dict, mtime: float, now: float | None = None) -> bool:
     """Whether the driver that wrote ``record`` still runs: on this host, a Python process
-    with its pid (and its start time, when recorded) other than this one; on another host,
+    with its process id (and its start time, when recorded) other than this one; on another host,
     a record touched within :data:`STALE_SEC`."""
-    host, pid = record.get("host"), record.get("driver_pid")
+    host, os_pid = record.get("host"), record.get("driver_pid")
     if host not in (None, socket.gethostname()):
         return (time.time() if now is None else now) - mtime < STALE_SEC
-    if not pid or int(pid) == os.getpid():  # one Parsl session per process: an earlier one
+    if not os_pid or int(os_pid) == os.getpid():  # one Parsl session per process: an earlier one
         return False
     try:
-        proc = psutil.Process(int(pid))
+        proc = psutil.Process(int(os_pid))
         cmdline = " ".join(proc.cmdline())
         started = proc.create_time()
     except psutil.Error:
@@ -257,11 +257,11 @@ def cancel_previous(run_dir: str | Path) -> list[str]:
 def _cancel(record: dict) -> list[str]:
     done = []
     if record.get("host") in (None, socket.gethostname()):
-        for pid in record.get("interchanges", []):
-            if _is_interchange(int(pid)):
+        for os_pid in record.get("interchanges", []):
+            if _is_interchange(int(os_pid)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(pid), signal.SIGKILL)
-                    done.append(f"killed interchange {pid}")
+                    os.kill(int(os_pid), signal.SIGKILL)
+                    done.append(f"killed interchange {os_pid}")
     by_command: dict[tuple, list[str]] = {}
     for job in record.get("jobs", []):
         command = CANCEL_COMMANDS.get(job.get("provider", ""))

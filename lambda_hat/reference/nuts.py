@@ -41,7 +41,7 @@ from lambda_hat.llc.diagnostics import chain_health
 from lambda_hat.llc.engine import Timer
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.llc.posterior import chain_starts
-from lambda_hat.log import Progress, fmt_seconds, setup_logging
+from lambda_hat.log import Progress, fmt_seconds, fmt_value, setup_logging
 from lambda_hat.problem.build import Problem, build_problem
 from lambda_hat.reference.curvature import curvature_record
 from lambda_hat.samplers import hmc
@@ -382,8 +382,8 @@ def _record(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun) -> d
 
 def _report(problem: Problem, ref: dict) -> None:
     msg = (
-        f"reference {problem.pid}: λ̂ = {_fmt(ref['llc_ref'], '.4g')} ± "
-        f"{_fmt(ref['se_ref'], '.2g')}, R-hat {_fmt(ref['rhat'], '.4f')}, ESS {_fmt(ref['ess_bulk'], '.0f')}, "
+        f"reference {problem.pid}: λ̂ = {fmt_value(ref['llc_ref'], '.4g')} ± "
+        f"{fmt_value(ref['se_ref'], '.2g')}, R-hat {fmt_value(ref['rhat'], '.4f')}, ESS {fmt_value(ref['ess_bulk'], '.0f')}, "
         f"{ref['divergences']} divergences, {fmt_seconds(ref['seconds']['total'])}"
     )
     if ref["llc_theory"] is not None:
@@ -399,10 +399,6 @@ def _report(problem: Problem, ref: dict) -> None:
             "; ".join(ref["gate"]["reasons"]),
             fix,
         )
-
-
-def _fmt(x, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def _load_state(problem: Problem, cfg: ReferenceConfig, ref: dict) -> hmc.NUTSRun:
@@ -443,7 +439,7 @@ def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False
     if ref is None:
         return compute_reference(problem, cfg)
     if not (ref.get("stopped_early") and _larger(cfg.budget_sec, ref.get("budget_sec"))):
-        est = f"{_fmt(ref['llc_ref'], '.4g')} ± {_fmt(ref['se_ref'], '.2g')}"
+        est = f"{fmt_value(ref['llc_ref'], '.4g')} ± {fmt_value(ref['se_ref'], '.2g')}"
         if ref.get("stopped_early"):
             est += f"; stopped early under budget {fmt_seconds(ref['budget_sec'])}"
         log.info("reference %s: cached (λ̂ = %s)", problem.pid, est)

@@ -21,6 +21,7 @@ from pathlib import Path
 from lambda_hat._io import read_json
 from lambda_hat.config.schema import as_dict
 from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
+from lambda_hat.log import fmt_value
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import load_problem, problem_id
 from lambda_hat.reference.curvature import curvature_record
@@ -158,10 +159,6 @@ def unusable(refs: dict, pid: str, allow_failed: bool) -> str | None:
     return None
 
 
-def _num(x, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def report(refs: References, pid: str) -> None:
     """Log each reference of ``pid``: λ̂_ref ± SE and its gate."""
     for gamma, ref in refs.by_gamma[pid].items():
@@ -170,7 +167,7 @@ def report(refs: References, pid: str) -> None:
                 "reference %s (γ = %g): llc_ref = %s ± %s, gate %s",
                 pid,
                 gamma,
-                _num(ref.get("llc_ref"), ".4g"),
-                _num(ref.get("se_ref"), ".2g"),
+                fmt_value(ref.get("llc_ref"), ".4g"),
+                fmt_value(ref.get("se_ref"), ".2g"),
                 "passed" if ref["gate"]["passed"] else "FAILED",
             )

@@ -1,10 +1,10 @@
 """The figures of ``lambda-hat plots``, each rendered to PNG bytes (Agg canvas, no pyplot).
 
-An HMC reference (:func:`plot_reference`), one Optuna study (:func:`plot_study`) and the summary
-(:func:`plot_summary`); what each shows is described in :mod:`lambda_hat.report.plots` and
-``plans/plots.md``. The numbers drawn come from small pure functions (:func:`running_llc`,
-:func:`best_so_far`, :func:`best_trials`) so tests can check them against ref.json and the
-Parquet table.
+One Optuna study (:func:`plot_study`), the summary (:func:`plot_summary`) and the drawing
+helpers every figure shares (an HMC reference: :mod:`lambda_hat.report.reference_figures`);
+what each shows is described in :mod:`lambda_hat.report.plots` and ``plans/plots.md``. The
+numbers drawn come from small pure functions (:func:`running_llc`, :func:`best_so_far`,
+:func:`best_trials`) so tests can check them against ref.json and the Parquet table.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lambda_hat.log import fmt_value
 from lambda_hat.trial.outcome import FAILURE_KINDS
 
 if TYPE_CHECKING:
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 
 
 DPI = 110
-MAX_POINTS = 4000
-"""Points per drawn line; longer traces are thinned by a stride after the running means are
-computed on every draw (so thinning changes the picture's density, never its numbers)."""
 
 LAMBDA_HAT = r"$\hat\lambda$"
 LAMBDA_REF = r"$\hat\lambda_{\mathrm{ref}}$"
@@ -70,14 +68,6 @@ def best_trials(df: pd.DataFrame) -> pd.DataFrame:
     return ok.loc[ok.groupby(["pid", "method"]).objective.idxmin()].reset_index(drop=True)
 
 
-def _thin(n: int) -> slice:
-    return slice(None, None, max(1, math.ceil(n / MAX_POINTS)))
-
-
-def _fmt(x: Any, spec: str) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:{spec}}"
-
-
 # ---------------------------------------------------------------------------------- drawing
 
 
@@ -98,7 +88,7 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _reference_band(
+def reference_band(
     ax: Axes, llc: float | None, se: float | None, horizontal: bool = True, generic: bool = False
 ) -> None:
     """λ̂_ref as a line with ±SE and ±2SE bands, on the y axis (or the x axis).
@@ -115,9 +105,7 @@ def _reference_band(
     line(llc, color="tab:green", lw=1.2, label=label)
 
 
-def _theory_line(
-    ax: Axes, ref: dict | None, horizontal: bool = True, generic: bool = False
-) -> None:
+def theory_line(ax: Axes, ref: dict | None, horizontal: bool = True, generic: bool = False) -> None:
     lam = (ref or {}).get("llc_theory")
     if lam is None:
         return
@@ -147,7 +135,7 @@ def legend(ax: Axes, **kw) -> None:
         ax.legend(**kw)
 
 
-def _limits(
+def axis_limits(
     values: np.ndarray, keep: list[float], pad: float = 0.08, robust: bool = False
 ) -> tuple[float, float]:
     """Axis limits covering ``values`` and every value in ``keep``.
@@ -167,73 +155,6 @@ def _limits(
     lo, hi = min(pts), max(pts)
     width = hi - lo or abs(hi) or 1.0
     return lo - pad * width, hi + pad * width
-
-
-def model_label(ref: dict, problem_info: dict | None) -> str:
-    """``'mlp 3-4-1 tanh'`` from problem.json (or the spec stored in ref.json)."""
-    model = (ref.get("spec") or {}).get("model") or {}
-    widths = (problem_info or {}).get("layer_widths")
-    arch = " " + "-".join(str(w) for w in widths) if widths else ""
-    act = f" {model.get('activation')}" if model.get("family") == "mlp" else ""
-    return f"{model.get('family', '?')}{arch}{act}"
-
-
-def plot_reference(
-    ref: dict, loss: np.ndarray, gate: dict, problem_info: dict | None = None
-) -> bytes:
-    """PNG of one HMC reference: L_n traces and running λ̂ per chain (see the module doc)."""
-    nbeta, loss_star = float(ref["nbeta"]), float(ref["loss_star"])
-    per_chain, pooled = running_llc(loss, loss_star, nbeta)
-    C, T = per_chain.shape
-    draws = np.arange(1, T + 1)
-    s = _thin(T)
-    fig, axes = new_figure(12, 4.6, 1, 2)
-    ax_trace, ax_run = axes[0]
-
-    for c in range(C):
-        ax_trace.plot(draws[s], np.asarray(loss)[c, s], lw=0.6, alpha=0.75, color=f"C{c % 10}")
-    ax_trace.axhline(loss_star, color="black", ls="--", lw=1.2, label="$L_n(w^*)$")
-    ax_trace.set_xlabel("draw (after warm-up)")
-    ax_trace.set_ylabel("$L_n(w)$")
-    ax_trace.set_title("loss trace per chain", fontsize=10)
-    right = ax_trace.secondary_yaxis(
-        "right", functions=(lambda L: nbeta * (L - loss_star), lambda v: loss_star + v / nbeta)
-    )
-    right.set_ylabel(r"$n\beta\,(L_n(w) - L_n(w^*))$")
-
-    for c in range(C):
-        label = f"chain {c}" if C <= 8 else ("chains" if c == 0 else None)
-        ax_run.plot(draws[s], per_chain[c, s], lw=0.9, alpha=0.8, color=f"C{c % 10}", label=label)
-    ax_run.plot(draws[s], pooled[s], color="black", lw=1.8, label="all chains pooled")
-    _reference_band(ax_run, ref.get("llc_ref"), ref.get("se_ref"))
-    _theory_line(ax_run, ref)
-    keep = [ref["llc_ref"]] if ref.get("llc_ref") is not None else []
-    if ref.get("llc_theory") is not None:
-        keep.append(ref["llc_theory"])
-    if ref.get("se_ref") is not None and math.isfinite(ref["se_ref"]):
-        keep += [ref["llc_ref"] - 2 * ref["se_ref"], ref["llc_ref"] + 2 * ref["se_ref"]]
-    settled = per_chain[:, max(1, T // 20) :]  # the first 5% of a running mean is noise
-    ax_run.set_ylim(*_limits(settled.ravel(), keep))
-    ax_run.set_xscale("log")
-    ax_run.set_xlabel("draws used (log scale)")
-    ax_run.set_ylabel(f"running {LAMBDA_HAT}")
-    ax_run.set_title(f"running {LAMBDA_HAT} per chain", fontsize=10)
-    handles = ax_run.get_legend_handles_labels()[0] + ax_trace.get_legend_handles_labels()[0]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8)
-
-    passed = gate.get("passed")
-    status = "gate passed" if passed else "gate FAILED: " + "; ".join(gate.get("reasons") or [])
-    extra = ", stopped early (budget)" if ref.get("stopped_early") else ""
-    fig.suptitle(
-        f"HMC reference {ref['pid']}  ·  {model_label(ref, problem_info)}, d={ref.get('d')}, "
-        f"n={ref.get('n')}, {C} chains × {T} draws{extra}\n"
-        f"{LAMBDA_REF} = {_fmt(ref.get('llc_ref'), '.4g')} ± {_fmt(ref.get('se_ref'), '.2g')}"
-        f"   R-hat {_fmt(ref.get('rhat'), '.4f')}   bulk ESS {_fmt(ref.get('ess_bulk'), '.0f')}"
-        f"   divergences {ref.get('divergences', 'n/a')}   {status}",
-        fontsize=10,
-        color="black" if passed else "tab:red",
-    )
-    return to_png(fig)
 
 
 def free_bottom_strip(ax: Axes, frac: float = 0.12) -> None:
@@ -273,8 +194,8 @@ def mark_failures(ax: Axes, failed: pd.DataFrame, x: str = "trial_number") -> No
 def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: dict | None) -> None:
     """The study figure's lower panel: every ok trial's λ̂ ± SE against the reference band."""
     llc_ref, se_ref = _ref_numbers(study, ref)
-    _reference_band(ax_llc, llc_ref, se_ref)
-    _theory_line(ax_llc, ref)
+    reference_band(ax_llc, llc_ref, se_ref)
+    theory_line(ax_llc, ref)
     if not ok.empty:
         se = ok.se_hat.where(ok.se_hat.notna() & np.isfinite(ok.se_hat), 0.0)
         ax_llc.errorbar(
@@ -292,7 +213,7 @@ def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: d
         if se_ref:
             keep += [llc_ref - 2 * se_ref, llc_ref + 2 * se_ref]
         ends = np.concatenate([ok.llc_hat - se, ok.llc_hat + se]).astype(float)
-        lo, hi = _limits(ends, keep, robust=True)
+        lo, hi = axis_limits(ends, keep, robust=True)
         ax_llc.set_ylim(lo, hi)
         _mark_off_scale(ax_llc, ok, lo, hi)
         top = best_trials(ok)
@@ -410,8 +331,8 @@ def plot_summary(
     for ax, pid in zip(axes.ravel(), pids, strict=False):
         ref = refs[pid]
         llc_ref, se_ref = _ref_numbers(df[df.pid == pid], ref)
-        _reference_band(ax, llc_ref, se_ref, horizontal=False, generic=True)
-        _theory_line(ax, ref, horizontal=False, generic=True)
+        reference_band(ax, llc_ref, se_ref, horizontal=False, generic=True)
+        theory_line(ax, ref, horizontal=False, generic=True)
         mine = best[best.pid == pid].set_index("method")
         ys = np.arange(len(methods))
         for y, method in zip(ys, methods, strict=True):
@@ -422,7 +343,7 @@ def plot_summary(
             se = r.se_hat if r.se_hat is not None and np.isfinite(r.se_hat) else 0.0
             ax.errorbar(r.llc_hat, y, xerr=se, fmt="o", color="tab:blue", capsize=4)
             ax.annotate(
-                f"#{int(r.trial_number)}: {_fmt(r.llc_hat, '.4g')} ± {_fmt(r.se_hat, '.2g')}",
+                f"#{int(r.trial_number)}: {_pm(r.llc_hat, r.se_hat)}",
                 (r.llc_hat, y),
                 xytext=(0, 7),
                 textcoords="offset points",
@@ -434,7 +355,7 @@ def plot_summary(
         ax.set_ylim(-0.7, len(methods) - 0.3)
         ax.invert_yaxis()
         ax.set_xlabel(LAMBDA_HAT)
-        numbers = f"{LAMBDA_REF} = {_fmt(llc_ref, '.4g')} ± {_fmt(se_ref, '.2g')}"
+        numbers = f"{LAMBDA_REF} = {_pm(llc_ref, se_ref)}"
         if (ref or {}).get("llc_theory") is not None:
             numbers += f", theory λ = {ref['llc_theory']:.4g}"
         model = labels.get(pid, "no ref.json: reference numbers from the Parquet")
@@ -449,3 +370,8 @@ def plot_summary(
         fontsize=11,
     )
     return to_png(fig)
+
+
+def _pm(x: Any, se: Any) -> str:
+    """``x ± se`` as the figures write it (``n/a`` for a missing or non-finite number)."""
+    return f"{fmt_value(x, '.4g', finite=True)} ± {fmt_value(se, '.2g', finite=True)}"

@@ -19,16 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lambda_hat._io import atomic_write_bytes
+from lambda_hat.log import fmt_value
 from lambda_hat.report import plots
 from lambda_hat.report import study_figures as report_figures
-from lambda_hat.report.data import (
-    Inputs,
-    best_table,
-    load_inputs,
-    problem_labels,
-    runs_table,
-    validated_table,
-)
+from lambda_hat.report.data import Inputs, load_inputs, problem_labels
+from lambda_hat.report.tables import best_table, runs_table, validated_table
 from lambda_hat.study.storage import study_name
 
 if TYPE_CHECKING:
@@ -44,12 +39,9 @@ Block = tuple
 the output folder, caption)``."""
 
 
-def _num(x: Any, spec: str = ".4g") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def _pm(x: Any, se: Any) -> str:
-    return "n/a" if x is None else f"{x:.4g} ± {_num(se, '.2g')}"
+    """``x ± se``, or ``n/a`` without ``x``."""
+    return "n/a" if x is None else f"{x:.4g} ± {fmt_value(se, '.2g')}"
 
 
 # ------------------------------------------------------------------------------- figures
@@ -123,9 +115,9 @@ def _reference_blocks(w: _Writer, inp: Inputs, plotted: dict[str, Path]) -> list
             [
                 name,
                 _pm(ref.get("llc_ref"), ref.get("se_ref")),
-                _num(ref.get("llc_theory")),
-                _num(ref.get("rhat"), ".4f"),
-                _num(ref.get("ess_bulk"), ".0f"),
+                fmt_value(ref.get("llc_theory"), ".4g"),
+                fmt_value(ref.get("rhat"), ".4f"),
+                fmt_value(ref.get("ess_bulk"), ".0f"),
                 verdict,
             ]
         )
@@ -152,11 +144,11 @@ def _best_blocks(trials: pd.DataFrame) -> list[Block]:
                 r["hyperparams"],
                 _pm(r["llc_hat"], r["se_hat"]),
                 _pm(r["llc_ref"], r["se_ref"]),
-                _num(r["error"], "+.3g"),
-                _num(r["objective"], ".4g"),
-                _num(r["runtime_sec"], ".3g"),
-                _num(r["rhat"], ".4f"),
-                _num(r["ess"], ".0f"),
+                fmt_value(r["error"], "+.3g"),
+                fmt_value(r["objective"], ".4g"),
+                fmt_value(r["runtime_sec"], ".3g"),
+                fmt_value(r["rhat"], ".4f"),
+                fmt_value(r["ess"], ".0f"),
             ]
         done = str(r["finished"]) + (f" (+{r['running']} running)" if r["running"] else "")
         rows.append([r["label"], done, str(r["ok"]), r["failed"], *fill])
@@ -183,10 +175,10 @@ def _validated_blocks(inp: Inputs) -> list[Block]:
                 r["hyperparams"],
                 _pm(r["mean_abs_error"], r["sd_abs_error"]),
                 f"{r['n_ok']}/{r['n_failed']}",
-                _num(r.get("llc_hat")),
-                _num(r.get("runtime_sec"), ".3g"),
-                _num(r.get("rhat"), ".4f"),
-                _num(r.get("ess"), ".0f"),
+                fmt_value(r.get("llc_hat"), ".4g"),
+                fmt_value(r.get("runtime_sec"), ".3g"),
+                fmt_value(r.get("rhat"), ".4f"),
+                fmt_value(r.get("ess"), ".0f"),
             ]
         )
     return [*blocks, ("table", header.split(","), table)]
@@ -211,13 +203,13 @@ def _runs_blocks(inp: Inputs) -> list[Block]:
             str(r["runs"]),
             str(r["ok"]),
             r["failed"],
-            _num(r["llc_hat"]),
-            _num(r["sd"], ".2g"),
-            _num(r["se_hat"], ".2g"),
-            _num(r["error"], "+.3g"),
-            _num(r["rhat"], ".4f"),
-            _num(r["ess"], ".0f"),
-            _num(r["runtime_sec"], ".3g"),
+            fmt_value(r["llc_hat"], ".4g"),
+            fmt_value(r["sd"], ".2g"),
+            fmt_value(r["se_hat"], ".2g"),
+            fmt_value(r["error"], "+.3g"),
+            fmt_value(r["rhat"], ".4f"),
+            fmt_value(r["ess"], ".0f"),
+            fmt_value(r["runtime_sec"], ".3g"),
         ]
         for r in rows
     ]

@@ -31,13 +31,8 @@ import numpy as np
 from lambda_hat._io import atomic_write_bytes, finite_float, read_json
 from lambda_hat.config.tuning import Experiment
 from lambda_hat.problem.build import problem_dir, problem_id
-from lambda_hat.report.figures import (
-    model_label,
-    plot_reference,
-    plot_study,
-    plot_summary,
-    running_llc,
-)
+from lambda_hat.report.figures import plot_study, plot_summary, running_llc
+from lambda_hat.report.reference_figures import model_label, plot_reference
 from lambda_hat.results.tables import PARQUET_NAME
 
 if TYPE_CHECKING:

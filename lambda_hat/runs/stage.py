@@ -45,6 +45,7 @@ from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_id
 from lambda_hat.reference import stage as references
 from lambda_hat.results import tables as results
+from lambda_hat.results.parquet import write_parquet
 from lambda_hat.runs.summary import summary_table
 from lambda_hat.study import storage as studies
 from lambda_hat.study import validation
@@ -61,7 +62,7 @@ from lambda_hat.trial.outcome import (
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = "llc_runs.parquet"
+PARQUET_NAME = results.RUNS_NAME
 
 #: ``llc_runs.parquet``: the run's identity and source, then the problem and the outcome.
 RUN_COLUMNS: dict[str, pa.DataType] = {
@@ -424,7 +425,7 @@ def execute(
     else:
         jobs, skipped = _stages(plan, submit_trial, submit_reference)
     rows = [job_row(plan, j) for j in jobs]
-    path = results.write_parquet(rows, plan.results / PARQUET_NAME, RUN_COLUMNS)
+    path = write_parquet(rows, plan.results / PARQUET_NAME, RUN_COLUMNS)
     print(summary_table(rows))
     for line in skipped:
         log.error("%s", line)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
 
-from lambda_hat.log import format_table
+from lambda_hat.log import fmt_value, format_table
 from lambda_hat.results.tables import study_label
 
 __all__ = ["summarize", "summary_table"]
@@ -57,10 +56,6 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _f(x: Any, spec: str = ".4g") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def summary_table(rows: list[dict]) -> str:
     """The printed summary (:func:`summarize`), one line per (problem, method, set)."""
     header = "study set source ok mean_λ̂ sd λ_ref±se Δref z agrees λ_theory Δtheory".split()
@@ -72,14 +67,14 @@ def summary_table(rows: list[dict]) -> str:
                 str(s["set"]),
                 s["source"],
                 f"{s['n_ok']}/{s['n']}",
-                _f(s["mean"]),
-                _f(s["sd"], ".2g"),
-                f"{_f(s['llc_ref'])} ± {_f(s['se_ref'], '.2g')}",
-                _f(s["d_ref"], "+.3g"),
-                _f(s["z"], "+.2f"),
+                fmt_value(s["mean"], ".4g", "-"),
+                fmt_value(s["sd"], ".2g", "-"),
+                f"{fmt_value(s['llc_ref'], '.4g', '-')} ± {fmt_value(s['se_ref'], '.2g', '-')}",
+                fmt_value(s["d_ref"], "+.3g", "-"),
+                fmt_value(s["z"], "+.2f", "-"),
                 "-" if s["agrees"] is None else ("yes" if s["agrees"] else "NO"),
-                _f(s["llc_theory"]),
-                _f(s["d_theory"], "+.3g"),
+                fmt_value(s["llc_theory"], ".4g", "-"),
+                fmt_value(s["d_theory"], "+.3g", "-"),
             ]
         )
     return format_table(header, lines)

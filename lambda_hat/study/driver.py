@@ -63,9 +63,8 @@ from lambda_hat.llc import channel
 from lambda_hat.parallel import apps as execution
 from lambda_hat.study import sharing, stopping
 from lambda_hat.study.scoring import objective_values
-from lambda_hat.study.storage import counts_as_finished
 from lambda_hat.study.task import StudyTask
-from lambda_hat.study.tell import tell
+from lambda_hat.study.tell import counts_as_finished, tell
 from lambda_hat.trial.outcome import (
     TRACEBACK_CHARS,
     failed_metrics,
@@ -165,7 +164,16 @@ class Driver:
         """Update ``task.early_stop`` and the study user attr from the stored trials (the attr
         is read once per study, then known to equal ``task.early_stop``)."""
         trials = task.study.get_trials(deepcopy=False) if trials is None else trials
-        verdict = stopping.early_stop(task, trials)
+        verdict = stopping.early_stop(
+            trials,
+            task.study.sampler,
+            task.stop_rule,
+            ref=task.ref,
+            ref_of=task.trial_ref,
+            objective=task.objective,
+            huber_delta=task.huber_delta,
+            n_objectives=len(task.objectives),
+        )
         if task.name in self._synced:
             stored = task.early_stop
         else:
@@ -219,7 +227,7 @@ class Driver:
         if task.done:
             return 0
         need = self.max_trials - task.finished - task.running - task.others
-        free = stopping.unclaimed_points(task)
+        free = stopping.unclaimed_points(task.study)
         return need if free is None else min(need, free)
 
     def _next_task(self) -> StudyTask | None:
@@ -393,7 +401,13 @@ class Driver:
                 continue
             for task, trial in flight.pruned_members:
                 ref = task.trial_ref(trial.params)
-                values = objective_values({"status": "ok", "llc_hat": llc_hat}, task, ref)
+                values = objective_values(
+                    {"status": "ok", "llc_hat": llc_hat},
+                    ref,
+                    task.objective,
+                    task.objectives,
+                    task.huber_delta,
+                )
                 if values is None:
                     continue
                 for k in range(flight.reported + 1, step + 1):
@@ -453,7 +467,7 @@ class Driver:
             metrics.setdefault("metrics_path", str(Path(run_dir) / "metrics.json"))
         ref = task.trial_ref(trial.params)
         metrics = screen_estimate(metrics, ref)
-        values = objective_values(metrics, task, ref)
+        values = objective_values(metrics, ref, task.objective, task.objectives, task.huber_delta)
 
         def objective_fn(m: dict) -> list[float]:
             if values is None:
@@ -487,5 +501,5 @@ class Driver:
             )
             if not decision.proceed:
                 task.stop(decision.message)
-        if stopping.applies(task):
+        if stopping.applies(task.study.sampler, task.stop_rule):
             self._check_early_stop(task)

@@ -84,7 +84,7 @@ class FailureGuard:
             when too large (``lambda_hat.methods.culprits(method)``); they break ties in the
             suggestion. Default: none.
         step_limits: step-size name -> its stability limit ε_max on this problem (from the
-            curvature, :func:`lambda_hat.study.plan.study_space`); a study whose failures
+            curvature, :func:`lambda_hat.study.resolved_space.study_space`); a study whose failures
             are all divergences is told that limit. Default: none.
         space: the study's search space in this run; :meth:`replay` skips stored trials whose
             parameters were drawn from other distributions (an earlier space). Default: none

@@ -22,7 +22,6 @@ Exit codes: 0 done; 1 some problem or study could not be tuned to the end (reaso
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import random
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from lambda_hat import methods
 from lambda_hat.config.schema import ConfigError, as_dict
-from lambda_hat.config.tuning import ProblemSpec, load_experiment
+from lambda_hat.config.tuning import OptunaConfig, ProblemSpec, load_experiment
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import apps as execution
@@ -42,17 +41,13 @@ from lambda_hat.problem.build import problem_id
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.stage import References, is_reference, reference_stage
 from lambda_hat.results import tables as results
+from lambda_hat.results.parquet import write_parquet
+from lambda_hat.study import command, progress, validation
 from lambda_hat.study import driver as tuning
-from lambda_hat.study import progress, validation
 from lambda_hat.study import storage as studies
 from lambda_hat.study.guard import FailureGuard
-from lambda_hat.study.plan import (
-    Plan,
-    check_plan,
-    describe_space,
-    stored_curvatures,
-    study_space,
-)
+from lambda_hat.study.plan import Plan, check_plan
+from lambda_hat.study.resolved_space import study_space
 from lambda_hat.study.stopping import StopRule
 from lambda_hat.study.tell import best_successful
 from lambda_hat.trial import identity as runs
@@ -68,11 +63,9 @@ def _trial_ref(ref: dict) -> dict:
     return {k: v for k, v in ref.items() if k != "summary"}
 
 
-def _ref_lookup(refs: dict, pid: str, method: str, plan: Plan):
+def _ref_lookup(refs: dict, pid: str, gamma_varies: bool):
     """``StudyTask.refs`` for a study whose trials' γ varies (searched or fixed), else None."""
-    if not isinstance(refs, References) or not (
-        "gamma" in plan.spaces[method] or plan.fixed[method].get("gamma") is not None
-    ):
+    if not isinstance(refs, References) or not gamma_varies:
         return None
 
     def ref_for(params: dict) -> dict:
@@ -82,61 +75,79 @@ def _ref_lookup(refs: dict, pid: str, method: str, plan: Plan):
 
 
 def make_tasks(plan: Plan, storage, refs: dict[str, dict]) -> list[tuning.StudyTask]:
-    """One :class:`tuning.StudyTask` per usable (problem, method), studies created or loaded."""
-    oc = plan.cfg.optuna
+    """One :class:`tuning.StudyTask` per usable (problem, method), studies created or loaded.
+
+    Each task is built here from the plan; what it hands down (search space, payload, guard,
+    reference lookup) are plain values."""
     specs = {}
     for spec in plan.exp.problems:
         specs.setdefault(problem_id(spec), spec)
     tasks = []
     for pid in plan.pids:
         for method in plan.cfg.methods:
-            name = studies.study_name(pid, method)
-            seed = oc.seed + int(content_hash(name)[:7], 16)
-            study = studies.open_study(storage, pid, method, oc, seed, tuning.PRUNING_STEPS)
-            resolved = study_space(plan.spaces[method], method, refs[pid], study)
-            base = {
-                "pid": pid,
-                "spec": as_dict(specs[pid]),
-                "method": method,
-                "budget_sec": oc.method_budget_sec,
-                "seed": oc.seed,
-                "ref": _trial_ref(refs[pid]),
-                "artifacts": str(plan.artifacts),
-                "target": plan.trial_target,
-                "isolate": oc.isolate,
-                "timeout_grace": oc.timeout_grace,
-                "warm": None if oc.warm is None else as_dict(oc.warm),
-            }
-            task = tuning.StudyTask(
-                pid=pid,
-                method=method,
-                study=study,
-                space=resolved.space,
-                base_payload=base,
-                ref=refs[pid],
-                objective=oc.objective,
-                objectives=tuple(oc.objectives),
-                huber_delta=oc.huber_delta,
-                fixed=plan.fixed[method],
-                resolve=_resolver(method),
-                locate=_locator(plan, specs[pid], method),
-                guard=FailureGuard(
-                    max_consecutive_failures=oc.max_consecutive_failures,
-                    culprits=methods.culprits(method),
-                    step_limits=resolved.limits,
-                    space=resolved.space,
-                ),
-                max_retries=oc.infrastructure_retries,
-                prune=studies.prunes(oc),
-                refs=_ref_lookup(refs, pid, method, plan),
-                stop_rule=StopRule.from_config(oc),
-            )
-            if plan.enqueue[method] and not study.user_attrs.get("warm_start_enqueued"):
-                for params in plan.enqueue[method]:
-                    study.enqueue_trial(params, user_attrs={"warm_start": True})
-                study.set_user_attr("warm_start_enqueued", True)
-            tasks.append(task)
+            tasks.append(_study_task(plan, storage, refs, specs[pid], method))
     return tasks
+
+
+def _study_task(
+    plan: Plan, storage, refs: dict[str, dict], spec: ProblemSpec, method: str
+) -> tuning.StudyTask:
+    """The task of one (problem, method) study, its warm-start trials enqueued once."""
+    oc, pid = plan.cfg.optuna, problem_id(spec)
+    name = studies.study_name(pid, method)
+    seed = oc.seed + int(content_hash(name)[:7], 16)
+    study = studies.open_study(storage, pid, method, oc, seed, tuning.PRUNING_STEPS)
+    resolved = study_space(plan.spaces[method], method, refs[pid], study)
+    fixed = plan.fixed[method]
+    gamma_varies = "gamma" in plan.spaces[method] or fixed.get("gamma") is not None
+    task = tuning.StudyTask(
+        pid=pid,
+        method=method,
+        study=study,
+        space=resolved.space,
+        base_payload=_base_payload(spec, method, refs[pid], oc, plan.artifacts, plan.trial_target),
+        ref=refs[pid],
+        objective=oc.objective,
+        objectives=tuple(oc.objectives),
+        huber_delta=oc.huber_delta,
+        fixed=fixed,
+        resolve=_resolver(method),
+        locate=_locator(plan, spec, method),
+        guard=FailureGuard(
+            max_consecutive_failures=oc.max_consecutive_failures,
+            culprits=methods.culprits(method),
+            step_limits=resolved.limits,
+            space=resolved.space,
+        ),
+        max_retries=oc.infrastructure_retries,
+        prune=studies.prunes(oc),
+        refs=_ref_lookup(refs, pid, gamma_varies),
+        stop_rule=StopRule.from_config(oc),
+    )
+    if plan.enqueue[method] and not study.user_attrs.get("warm_start_enqueued"):
+        for params in plan.enqueue[method]:
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
+        study.set_user_attr("warm_start_enqueued", True)
+    return task
+
+
+def _base_payload(
+    spec: ProblemSpec, method: str, ref: dict, oc: OptunaConfig, artifacts: Path, target: str
+) -> dict:
+    """The static part of every trial payload of one study (``StudyTask.base_payload``)."""
+    return {
+        "pid": problem_id(spec),
+        "spec": as_dict(spec),
+        "method": method,
+        "budget_sec": oc.method_budget_sec,
+        "seed": oc.seed,
+        "ref": _trial_ref(ref),
+        "artifacts": str(artifacts),
+        "target": target,
+        "isolate": oc.isolate,
+        "timeout_grace": oc.timeout_grace,
+        "warm": None if oc.warm is None else as_dict(oc.warm),
+    }
 
 
 def _resolver(method: str):
@@ -170,14 +181,15 @@ def _locator(plan: Plan, spec: ProblemSpec, method: str):
     return locate
 
 
-def aggregate(plan: Plan, tasks: list[tuning.StudyTask]) -> Path:
-    """Stage 3: the Parquet table and the study pickles."""
-    rows, problems = [], results.problem_table(plan.cfg.problems, plan.exp.problems)
+def aggregate(tasks: list[tuning.StudyTask], problems: dict[str, dict], out: Path) -> Path:
+    """Stage 3: the Parquet table under ``out`` (``problems``: pid -> its problem columns,
+    :func:`lambda_hat.results.tables.problem_table`) and the study pickles."""
+    rows = []
     for t in tasks:
         problem = problems.get(t.pid)
         rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem))
-        studies.export_pickle(t.study, plan.results, t.pid, t.method)
-    return results.write_parquet(rows, plan.results / results.PARQUET_NAME)
+        studies.export_pickle(t.study, out, t.pid, t.method)
+    return write_parquet(rows, out / results.PARQUET_NAME)
 
 
 def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
@@ -209,8 +221,8 @@ def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
 
 
 @contextlib.contextmanager
-def parsl_session(plan: Plan, attempts: int = 5) -> Iterator[None]:
-    """:func:`execution.parsl_session` with the run's logs under ``<results>/runinfo``.
+def parsl_session(parsl_config, out: Path, attempts: int = 5) -> Iterator[None]:
+    """:func:`execution.parsl_session` of ``parsl_config`` with its logs under ``<out>/runinfo``.
 
     Two drivers sharing the results directory that start together can pick the same numbered
     Parsl run directory (Parsl lists, then creates: one gets FileExistsError); that start is
@@ -219,9 +231,7 @@ def parsl_session(plan: Plan, attempts: int = 5) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for attempt in range(attempts):
             try:
-                stack.enter_context(
-                    execution.parsl_session(plan.parsl_config, plan.results / "runinfo")
-                )
+                stack.enter_context(execution.parsl_session(parsl_config, out / "runinfo"))
                 break
             except FileExistsError:
                 if attempt == attempts - 1:
@@ -237,7 +247,7 @@ def execute(plan: Plan) -> int:
     plan.results.mkdir(parents=True, exist_ok=True)
     storage = studies.open_storage(oc, plan.results)
     code = 0
-    with parsl_session(plan):
+    with parsl_session(plan.parsl_config, plan.results):
         refs = reference_stage(plan)
         for pid in list(plan.pids):
             references.report(refs, pid)
@@ -247,14 +257,15 @@ def execute(plan: Plan) -> int:
                 plan.pids.remove(pid)
                 code = 1
         tasks = make_tasks(plan, storage, refs)
-        labels = results.problem_labels(plan.cfg.problems, plan.exp.problems)
+        problems = results.problem_table(plan.cfg.problems, plan.exp.problems)
+        labels = {pid: row["label"] for pid, row in problems.items()}
         show = progress.StudyTable(tasks, oc.max_trials, labels=labels)
         last_parquet = [time.monotonic()]
 
         def tick() -> None:
             show()
             if time.monotonic() - last_parquet[0] > 60:
-                aggregate(plan, tasks)
+                aggregate(tasks, problems, plan.results)
                 last_parquet[0] = time.monotonic()
 
         submit = execution.trial_submitter()
@@ -274,7 +285,7 @@ def execute(plan: Plan) -> int:
         validated = validation.validate_studies(tasks, submit, oc.validate, plan.results)
     studies.sync_storage(storage)
     show(force=True)
-    path = aggregate(plan, tasks)
+    path = aggregate(tasks, problems, plan.results)
     print(progress.best_table(best_rows(tasks), labels))
     if validated is not None:
         print(validation.table(validated))
@@ -290,106 +301,20 @@ def execute(plan: Plan) -> int:
     return code
 
 
-# ---------------------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="parsl-optuna",
-        description="HMC references, then Optuna tuning of SGLD / VI / MCLMC against them, "
-        "on Parsl. Re-run the same command to resume.",
-    )
-    p.add_argument("--config", required=True, help="experiment YAML")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--local",
-        action="store_true",
-        help="run on this machine, one worker per core (the default)",
-    )
-    where.add_argument(
-        "--parsl-config",
-        metavar="FILE",
-        help="Python file defining a Parsl `config` (e.g. parsl_configs/slurm.py)",
-    )
-    p.add_argument("--max-trials", type=int, help="finished trials per (problem, method)")
-    p.add_argument("--batch-size", type=int, help="trials in flight at once, across studies")
-    p.add_argument("--hmc-budget", type=float, metavar="SEC", help="budget per HMC reference")
-    p.add_argument("--method-budget", type=float, metavar="SEC", help="budget per trial")
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        help="override optuna.storage: a database URL shared by several drivers "
-        "(postgresql://user:pass@host/db) or a journal file path",
-    )
-    p.add_argument("--results", metavar="DIR", help="override paths.results")
-    p.add_argument("--artifacts", metavar="DIR", help="override paths.artifacts")
-    p.add_argument(
-        "--trial-target",
-        metavar="MODULE:FUNCTION",
-        help="replace the method runner, e.g. "
-        "lambda_hat.trial.synthetic:synthetic_trial to check the plumbing",
-    )
-    p.add_argument(
-        "--dry-run", action="store_true", help="check the config and print the plan; write nothing"
-    )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
-    return p
-
-
-def _overrides(args: argparse.Namespace) -> dict:
-    o: dict[str, dict] = {"optuna": {}, "paths": {}}
-    for flag, key in (
-        ("max_trials", "max_trials"),
-        ("batch_size", "batch_size"),
-        ("hmc_budget", "hmc_budget_sec"),
-        ("method_budget", "method_budget_sec"),
-        ("storage", "storage"),
-    ):
-        if getattr(args, flag) is not None:
-            o["optuna"][key] = getattr(args, flag)
-    for flag in ("results", "artifacts"):
-        if getattr(args, flag) is not None:
-            o["paths"][flag] = getattr(args, flag)
-    return {k: v for k, v in o.items() if v}
-
-
-def describe(plan: Plan) -> str:
-    oc = plan.cfg.optuna
-    lines = [
-        f"config {plan.exp.source}: {len(plan.pids)} problem(s) x {len(plan.cfg.methods)} "
-        f"method(s), {oc.max_trials} finished trials each, {plan.batch_size} in flight, "
-        f"sampler {oc.sampler}, objective {oc.objective} {oc.objectives}, pruner "
-        f"{oc.pruner if studies.prunes(oc) else 'none'}",
-        f"storage {studies.describe_storage(oc.storage or studies.journal_path(plan.results))}; "
-        f"artifacts {plan.artifacts}; trial target {plan.trial_target}",
-    ]
-    if len(plan.gammas) > 1:
-        lines.append("  references at γ = " + ", ".join(f"{g:g}" for g in plan.gammas))
-    for pid, spec in zip(plan.pids, plan.exp.problems, strict=False):
-        lines.append(f"  problem {pid}: model {spec.model.family} data n={spec.data.n}")
-    curvatures = stored_curvatures(plan)
-    for m in plan.cfg.methods:
-        space = describe_space(plan.spaces[m], m, curvatures)
-        lines.append(
-            f"  {m}: searched {space}" + (f"; fixed {plan.fixed[m]}" if plan.fixed[m] else "")
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``parsl-optuna``."""
-    args = build_parser().parse_args(argv)
+    args = command.build_parser().parse_args(argv)
     setup_logging(args.verbose)
     # Parsl starts its worker pool with fork+exec (subprocess), which is safe; JAX's fork hook
     # warns about any fork in a process that imported it.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     try:
-        exp = load_experiment(args.config, _overrides(args))
+        exp = load_experiment(args.config, command.overrides(args))
         plan = check_plan(exp, args.parsl_config, args.trial_target)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("%s", describe(plan))
+    log.info("%s", command.describe(plan))
     if args.dry_run:
         return 0
     try:

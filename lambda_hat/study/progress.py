@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from lambda_hat.log import fmt_seconds, format_table
+from lambda_hat.log import fmt_seconds, fmt_value, format_table
 from lambda_hat.results.tables import study_label
 
 log = logging.getLogger("lambda_hat.workflow")
@@ -117,24 +117,20 @@ def best_table(rows: list[dict], labels: Mapping[str, str] | None = None) -> str
             note = r.get("note", "no successful trial")
             out.append([label, r["study"], "-", "-", "-", "-", note])
             continue
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["params"].items()))
+        params = ", ".join(
+            f"{k}={fmt_value(v, '.4g', '-', floats=True)}" for k, v in sorted(r["params"].items())
+        )
         out.append(
             [
                 label,
                 r["study"],
                 f"#{r['number']}",
                 f"{r['objective']:.4g}",
-                _fmt(r.get("llc_hat")),
-                _fmt(r.get("llc_ref")),
+                fmt_value(r.get("llc_hat"), ".4g", "-", floats=True),
+                fmt_value(r.get("llc_ref"), ".4g", "-", floats=True),
                 params,
             ]
         )
     return format_table(
         ["label", "study", "trial", "objective", "llc_hat", "llc_ref", "hyperparameters"], out
     )
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)

@@ -1,37 +1,48 @@
-"""A trial's objective values from its metrics: what the driver tells Optuna and the pruner."""
+"""A trial's objective values from its metrics: what the driver tells Optuna and the pruner.
+
+Plain values in, plain values out: the study's objective (``abs`` or ``huber``), the names of
+the told values (``error``, then optionally ``runtime``), Huber's δ and the trial's reference.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from lambda_hat.trial.outcome import estimate_error, finite_float
 
-if TYPE_CHECKING:
-    from lambda_hat.study.task import StudyTask
+
+def _huber_delta(ref: dict, huber_delta: float | None) -> float:
+    """δ of the ``huber`` objective: ``huber_delta``, or 2 × the reference's SE."""
+    return huber_delta or 2.0 * float(ref.get("se_ref") or 0.0)
 
 
-def objective_values(metrics: dict, task: StudyTask, ref: dict | None = None) -> list[float] | None:
+def objective_values(
+    metrics: dict,
+    ref: dict,
+    objective: str = "abs",
+    objectives: Sequence[str] = ("error",),
+    huber_delta: float | None = None,
+) -> list[float] | None:
     """The objective(s) of a successful trial, or None when it has none (failed / non-finite).
 
-    ``abs`` is |λ̂ − λ̂_ref| (:func:`lambda_hat.trial.outcome.estimate_error`, against the study's
-    reference: a reused run may have been scored against an older one). ``huber`` is the Huber
-    loss scaled by 1/δ, so it keeps the units of λ: e²/(2δ) for |e| ≤ δ and |e| − δ/2 beyond,
-    with δ = ``huber_delta`` or 2 × the reference's SE. ``runtime`` (second objective) is the
-    trial's wall-clock seconds. ``ref`` is the trial's reference (default: the study's).
+    ``abs`` is |λ̂ − λ̂_ref| (:func:`lambda_hat.trial.outcome.estimate_error`, against ``ref``,
+    the trial's reference: a reused run may have been scored against an older one). ``huber``
+    is the Huber loss scaled by 1/δ, so it keeps the units of λ: e²/(2δ) for |e| ≤ δ and
+    |e| − δ/2 beyond, with δ = ``huber_delta`` or 2 × the reference's SE. ``runtime`` (second
+    objective) is the trial's wall-clock seconds.
     """
-    ref = task.ref if ref is None else ref
     if metrics.get("status") != "ok":
         return None
     err = estimate_error(metrics.get("llc_hat"), ref.get("llc_ref"))
     if err is None:
         return None
     err = abs(err)
-    if task.objective == "huber":
-        delta = task.huber_delta or 2.0 * float(ref.get("se_ref") or 0.0)
+    if objective == "huber":
+        delta = _huber_delta(ref, huber_delta)
         if delta > 0:
             err = err * err / (2 * delta) if err <= delta else err - delta / 2
     values = []
-    for name in task.objectives:
+    for name in objectives:
         if name == "error":
             values.append(err)
         else:
@@ -48,14 +59,15 @@ def _seconds(metrics: dict) -> float | None:
     return finite_float(seconds.get("total") if isinstance(seconds, dict) else seconds)
 
 
-def error_of_objective(value: float, task: StudyTask, ref: dict | None = None) -> float:
+def error_of_objective(
+    value: float, ref: dict, objective: str = "abs", huber_delta: float | None = None
+) -> float:
     """|λ̂ − λ̂_ref| back from a told error objective ``value`` (the inverse of
     :func:`objective_values` for ``error``), so that improvements compare with the reference's SE:
     ``abs`` is the error itself; ``huber`` is √(2δh) for h ≤ δ/2 and h + δ/2 beyond."""
-    ref = task.ref if ref is None else ref
-    if task.objective != "huber":
+    if objective != "huber":
         return value
-    delta = task.huber_delta or 2.0 * float(ref.get("se_ref") or 0.0)
+    delta = _huber_delta(ref, huber_delta)
     if delta <= 0:
         return value
     return (2 * delta * value) ** 0.5 if value <= delta / 2 else value + delta / 2

@@ -4,7 +4,7 @@ Two ``parsl-optuna`` drivers may run the same config on one storage (a PostgreSQ
 two login nodes, or one journal file on one host). Each stays correct on its own terms because
 
 - every trial it asks carries its owner tag (user attr :data:`OWNER_ATTR`,
-  ``host:pid:token``), and while it runs a :data:`HEARTBEAT_ATTR` refreshed every
+  ``host:os_pid:token``), and while it runs a :data:`HEARTBEAT_ATTR` refreshed every
   :data:`HEARTBEAT_SEC`; a RUNNING trial is *orphaned* (its driver died: told ``interrupted``
   and asked again) only when its owner is gone — on this host, its process is gone; on another
   host, its heartbeat is older than :data:`STALE_SEC`. Trials of a live driver are left alone
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from lambda_hat.study.storage import counts_as_finished
+from lambda_hat.study.tell import counts_as_finished
 
 #: User attr naming the driver that asked a trial.
 OWNER_ATTR = "driver"
@@ -46,11 +46,11 @@ _LIVE: set[str] = set()  # tags of the drivers running in this process
 
 @dataclass(frozen=True)
 class Owner:
-    """One driver's identity: host name, process id and a random token (a process may run
+    """One driver's identity: host name, OS process id and a random token (a process may run
     several drivers one after another, as the tests do)."""
 
     host: str
-    pid: int
+    os_pid: int
     token: str
 
     @classmethod
@@ -59,14 +59,14 @@ class Owner:
 
     @property
     def tag(self) -> str:
-        return f"{self.host}:{self.pid}:{self.token}"
+        return f"{self.host}:{self.os_pid}:{self.token}"
 
     @classmethod
     def parse(cls, tag: object) -> Owner | None:
         if not isinstance(tag, str) or tag.count(":") < 2:
             return None
-        host, pid, token = tag.rsplit(":", 2)
-        return cls(host, int(pid), token) if pid.isdigit() else None
+        host, os_pid, token = tag.rsplit(":", 2)
+        return cls(host, int(os_pid), token) if os_pid.isdigit() else None
 
     def start(self) -> None:
         """Mark this driver alive (for the other drivers of this process)."""
@@ -76,9 +76,9 @@ class Owner:
         _LIVE.discard(self.tag)
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_alive(os_pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(os_pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -93,9 +93,9 @@ def owner_alive(frozen: FrozenTrial, now: float | None = None) -> bool:
     if owner is None:
         return False
     if owner.host == socket.gethostname():
-        if owner.pid == os.getpid():
+        if owner.os_pid == os.getpid():
             return owner.tag in _LIVE
-        if not _pid_alive(owner.pid):
+        if not _process_alive(owner.os_pid):
             return False
     start = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
     beat = max(float(frozen.user_attrs.get(HEARTBEAT_ATTR) or 0.0), start)
@@ -146,7 +146,7 @@ def why_not_run(trials: list[FrozenTrial], trial: Trial, owner: Owner, max_trial
 
 def slots_before(trials: Iterable[FrozenTrial], number: int) -> int:
     """Slots of ``max_trials`` taken by trials numbered before ``number``: finished trials that
-    count (:func:`studies.counts_as_finished`), and running or waiting ones (they will)."""
+    count (:func:`lambda_hat.study.tell.counts_as_finished`), and running or waiting ones (they will)."""
     taken = 0
     for t in trials:
         if t.number >= number:

@@ -20,21 +20,18 @@ rule more trials would not improve it. The verdict is the study user attr :data:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
 from optuna.trial import FrozenTrial
 
 from lambda_hat.config.tuning import OptunaConfig
-from lambda_hat.study.samplers import SpaceGridSampler
+from lambda_hat.study.grid_sampler import SpaceGridSampler
 from lambda_hat.study.scoring import error_of_objective
-from lambda_hat.study.storage import counts_as_finished
-from lambda_hat.study.tell import successful_trials
-
-if TYPE_CHECKING:
-    from lambda_hat.study.task import StudyTask
+from lambda_hat.study.tell import counts_as_finished, successful_trials
 
 __all__ = ["ATTR", "StopRule", "applies", "early_stop", "stagnation", "unclaimed_points"]
 
@@ -81,18 +78,28 @@ def _finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (t.datetime_complete or datetime.min, t.number))
 
 
-def _converged(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
-    rule = task.stop_rule
-    if rule is None or rule.stale is None or len(task.objectives) != 1:
+def _converged(
+    trials: Sequence[FrozenTrial],
+    rule: StopRule | None,
+    ref: dict,
+    ref_of: Callable[[dict], dict] | None,
+    objective: str,
+    huber_delta: float | None,
+) -> dict[str, Any] | None:
+    if rule is None or rule.stale is None:
         return None
     done = _finished(trials)
     ok = {t.number for t in successful_trials(done)}
     errors = [
-        error_of_objective(t.values[0], task, task.trial_ref(t.params)) if t.number in ok else None
+        error_of_objective(
+            t.values[0], ref if ref_of is None else ref_of(t.params), objective, huber_delta
+        )
+        if t.number in ok
+        else None
         for t in done
     ]
     own = rule.min_improvement is not None
-    tol = rule.min_improvement if own else float(task.ref.get("se_ref") or 0.0)
+    tol = rule.min_improvement if own else float(ref.get("se_ref") or 0.0)
     gain = stagnation(errors, rule.stale, tol)
     if gain is None:
         return None
@@ -113,8 +120,9 @@ def _converged(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str, Any]
     }
 
 
-def _grid_exhausted(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
-    sampler = task.study.sampler
+def _grid_exhausted(
+    sampler: optuna.samplers.BaseSampler, trials: Sequence[FrozenTrial]
+) -> dict[str, Any] | None:
     if not isinstance(sampler, SpaceGridSampler):
         return None
     done, _ = sampler.taken(list(trials))
@@ -128,24 +136,42 @@ def _grid_exhausted(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str,
     }
 
 
-def applies(task: StudyTask) -> bool:
-    """Whether the study can be done early at all (a convergence rule or the grid)."""
-    rule = task.stop_rule
+def applies(sampler: optuna.samplers.BaseSampler, rule: StopRule | None) -> bool:
+    """Whether a study with this sampler and convergence rule can be done early at all."""
     stale = rule is not None and rule.stale is not None
-    return stale or isinstance(task.study.sampler, SpaceGridSampler)
+    return stale or isinstance(sampler, SpaceGridSampler)
 
 
-def early_stop(task: StudyTask, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
+def early_stop(
+    trials: Sequence[FrozenTrial],
+    sampler: optuna.samplers.BaseSampler,
+    rule: StopRule | None,
+    *,
+    ref: dict,
+    ref_of: Callable[[dict], dict] | None = None,
+    objective: str = "abs",
+    huber_delta: float | None = None,
+    n_objectives: int = 1,
+) -> dict[str, Any] | None:
     """Why the study is done before ``max_trials`` (``rule``: ``grid`` or ``stale``, ``reason``:
-    one line for people, and the numbers behind it), or None while it is not."""
-    return _grid_exhausted(task, trials) or _converged(task, trials)
+    one line for people, and the numbers behind it), or None while it is not.
+
+    ``trials``: the study's stored trials; ``sampler``: its sampler (the grid is exhausted or
+    not); ``rule``: its convergence rule. The told values are scored as
+    :func:`lambda_hat.study.scoring.error_of_objective` says, against ``ref_of(params)`` (the
+    reference of a trial's own posterior; None: ``ref``, whose SE is the default tolerance).
+    Convergence needs one objective (``n_objectives``)."""
+    grid = _grid_exhausted(sampler, trials)
+    if grid is not None or n_objectives != 1:
+        return grid
+    return _converged(trials, rule, ref, ref_of, objective, huber_delta)
 
 
-def unclaimed_points(task: StudyTask) -> int | None:
+def unclaimed_points(study: optuna.Study) -> int | None:
     """Grid points no trial has taken (finished, running or waiting in the queue); None when
     the study's sampler is not the grid."""
-    sampler = task.study.sampler
+    sampler = study.sampler
     if not isinstance(sampler, SpaceGridSampler):
         return None
-    done, pending = sampler.taken(task.study.get_trials(deepcopy=False))
+    done, pending = sampler.taken(study.get_trials(deepcopy=False))
     return sampler.size - len(done | pending)

@@ -1,4 +1,4 @@
-"""Study storage, pruners, crash recovery and pickle export (samplers: :mod:`.samplers`).
+"""Study storage, pruners, crash recovery and pickle export (samplers: :mod:`.optuna_samplers`).
 
 One Optuna study per (problem, method), named ``<pid>:<method>``, all in one storage: by
 default a journal file ``<results>/studies/journal.log`` (append-only, every write is one
@@ -26,17 +26,11 @@ import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_bytes
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
-from lambda_hat.study.samplers import FeasibleBoxTPESampler as FeasibleBoxTPESampler
-from lambda_hat.study.samplers import box_anchors as box_anchors
-from lambda_hat.study.samplers import check_sampler as check_sampler
-from lambda_hat.study.samplers import feasible_box as feasible_box
-from lambda_hat.study.samplers import make_sampler
-from lambda_hat.trial.outcome import KINDS
+from lambda_hat.study.optuna_samplers import make_sampler
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -292,17 +286,6 @@ def open_study(
             "at a new location.",
         )
     return study
-
-
-def counts_as_finished(state: TrialState, kind: str | None) -> bool:
-    """True for a trial that ran to an outcome about its hyperparameters (``max_trials``).
-
-    A ``FAIL`` counts unless its failure kind is not *finished* (:data:`lambda_hat.trial.outcome.KINDS`:
-    ``interrupted``, ``infrastructure``): then its slot is asked again.
-    """
-    if state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return state == TrialState.FAIL and (kind not in KINDS or KINDS[kind].finished)
 
 
 def export_pickle(study: optuna.Study, results: str | Path, pid: str, method: str) -> Path:

@@ -13,8 +13,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 
 from lambda_hat.parallel import apps as execution
+from lambda_hat.study.grid_sampler import SpaceGridSampler
 from lambda_hat.study.guard import FailureGuard
-from lambda_hat.study.samplers import SpaceGridSampler
 from lambda_hat.study.stopping import StopRule
 
 __all__ = ["StudyTask"]
@@ -37,7 +37,7 @@ class StudyTask:
     ``stop_rule`` is the convergence rule (:mod:`lambda_hat.study.stopping`); ``early_stop`` the
     driver's verdict (why the study is done before ``max_trials``, or None), which unlike
     ``stop_reason`` (the guard's: something is wrong) is a success. A grid sampler
-    (:class:`~lambda_hat.study.samplers.SpaceGridSampler`) is bound to ``space`` here.
+    (:class:`~lambda_hat.study.grid_sampler.SpaceGridSampler`) is bound to ``space`` here.
     """
 
     pid: str

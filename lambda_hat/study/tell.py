@@ -1,4 +1,5 @@
-"""How a trial's outcome is told to Optuna, and which trial is the best successful one.
+"""How a trial's outcome is told to Optuna, which told trials count as finished, and which trial
+is the best successful one.
 
 A tuning job whose failed trials are scored ``inf`` (or told as Optuna ``FAIL``) teaches the
 sampler nothing about *where* things fail: every built-in Optuna sampler skips ``FAIL`` trials,
@@ -37,6 +38,7 @@ __all__ = [
     "best_successful",
     "successful_trials",
     "constraint_value",
+    "counts_as_finished",
     "describe_best",
     "failure_from_attrs",
     "placeholder_values",
@@ -174,6 +176,17 @@ def tell_args(
         attrs.update(constraint=constraint, objective_is_placeholder=True)
         return TellArgs(state, values, constraint, attrs)
     return TellArgs(state, None, None, attrs)
+
+
+def counts_as_finished(state: TrialState, kind: str | None) -> bool:
+    """True for a trial that ran to an outcome about its hyperparameters (``max_trials``).
+
+    A ``FAIL`` counts unless its failure kind is not *finished* (:data:`lambda_hat.trial.outcome.KINDS`:
+    ``interrupted``, ``infrastructure``): then its slot is asked again.
+    """
+    if state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return state == TrialState.FAIL and (kind not in KINDS or KINDS[kind].finished)
 
 
 def successful_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -34,9 +33,10 @@ import pyarrow.parquet as pq
 
 from lambda_hat._io import atomic_write_bytes, atomic_write_json, finite_float, to_jsonable
 from lambda_hat.config.tuning import ValidateConfig
-from lambda_hat.log import Progress, format_table
+from lambda_hat.log import Progress, fmt_value, format_table
 from lambda_hat.parallel import apps as execution
 from lambda_hat.results import tables as results
+from lambda_hat.results.parquet import to_table
 from lambda_hat.study.task import StudyTask
 from lambda_hat.study.tell import successful_trials
 from lambda_hat.trial.outcome import (
@@ -51,8 +51,8 @@ from lambda_hat.trial.outcome import (
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = "validation.parquet"
-JSON_NAME = "validation.json"
+PARQUET_NAME = results.VALIDATION_NAME
+JSON_NAME = results.VALIDATION_JSON_NAME
 #: The study user attr holding the recommendation (a dict, see :func:`recommendation`).
 USER_ATTR = "validation"
 
@@ -330,10 +330,10 @@ _COLUMNS = (
 
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
     """``rows`` as Parquet at ``path``, atomically: the trials table's types
-    (:func:`lambda_hat.results.tables.to_table`, hyperparameters as a struct and one
+    (:func:`lambda_hat.results.parquet.to_table`, hyperparameters as a struct and one
     ``hp_<name>`` column each) with ``trial_id`` named ``run_id``, plus ``candidate``,
     ``seed`` and ``abs_error``."""
-    table = results.to_table(rows)
+    table = to_table(rows)
     table = table.rename_columns(["run_id" if c == "trial_id" else c for c in table.column_names])
     for name, tp in _EXTRA.items():
         table = table.append_column(name, pa.array([r[name] for r in rows], type=tp))
@@ -384,23 +384,20 @@ def table(out: list[StudyValidation]) -> str:
             c = x.candidate
             tuned = abs(c.tuned_error) if c.tuned_error is not None else c.objective
             searched = sorted((k, val) for k, val in c.hyperparams.items() if k in v.task.space)
-            params = ", ".join(f"{k}={_fmt(val)}" for k, val in searched)
+            params = ", ".join(
+                f"{k}={fmt_value(val, '.4g', '-', floats=True)}" for k, val in searched
+            )
             rows.append(
                 [
                     v.task.name,
                     f"{c.rank}{'*' if i == v.chosen else ''}",
                     f"#{c.trial_number}",
-                    _fmt(tuned),
-                    f"{_fmt(x.mean)} ± {_fmt(x.sd)}",
+                    fmt_value(tuned, ".4g", "-", floats=True),
+                    f"{fmt_value(x.mean, '.4g', '-', floats=True)} ± "
+                    f"{fmt_value(x.sd, '.4g', '-', floats=True)}",
                     f"{len(x.abs_errors)}/{len(x.abs_errors) + x.failed}",
                     params,
                 ]
             )
     header = ["study", "cand", "trial", "tuned |err|", "validated |err|", "ok", "hyperparameters"]
     return format_table(header, rows)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if math.isfinite(v) else str(v)
-    return "-" if v is None else str(v)
