@@ -10,11 +10,11 @@ Stages, in order (the same pieces as ``parsl-optuna``):
    (:func:`lambda_hat.study.validation.recommendation`) — and the Parsl config. A missing
    results folder, study or validation is a :class:`ConfigError` that says what to run first.
 1. **References**: one Parsl app per (problem, posterior γ), the reference stage's app body
-   (:func:`execution.execute_reference`), cached by the reference's settings.
+   (:func:`lambda_hat.reference.app.execute_reference`), cached by the reference's settings.
 2. **Runs**: one Parsl app per (problem, method, set, seed), the tuning trial's app body
-   (:func:`execution.execute_trial` -> :func:`lambda_hat.trial.runner.run_method_trial`) at the
-   runner's content address (:func:`lambda_hat.trial.identity.run_dir_for`): a stored result is reused,
-   so a rerun costs nothing and a killed run resumes; a lost worker is resubmitted.
+   (:func:`lambda_hat.trial.app.execute_trial` -> :func:`lambda_hat.trial.runner.run_method_trial`)
+   at the runner's content address (:func:`lambda_hat.trial.identity.locator`): a stored result
+   is reused, so a rerun costs nothing and a killed run resumes; a lost worker is resubmitted.
 3. **Table**: ``llc_runs.parquet`` (:data:`RUN_COLUMNS`, rows from
    :mod:`lambda_hat.results.tables`), written atomically, and a summary per (problem,
    method, set): mean λ̂ over the seeds, their spread, the agreement with the reference and
@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,10 @@ import pyarrow as pa
 from lambda_hat.config.runs import Experiments, FromStudy
 from lambda_hat.config.schema import ConfigError, as_dict
 from lambda_hat.config.tuning import ProblemSpec
-from lambda_hat.log import Progress, fmt_seconds
-from lambda_hat.parallel import apps as execution
+from lambda_hat.log import fmt_seconds
+from lambda_hat.parallel import configs, session
 from lambda_hat.problem.build import problem_id
+from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import stage as references
 from lambda_hat.results import tables as results
 from lambda_hat.runs.summary import summary_table
@@ -50,12 +51,12 @@ from lambda_hat.study import storage as studies
 from lambda_hat.study import validation
 from lambda_hat.study.tell import best_successful
 from lambda_hat.trial import identity as runs
+from lambda_hat.trial import submit as trial_submit
 from lambda_hat.trial.outcome import (
     TRACEBACK_CHARS,
     failed_metrics,
     failure_of,
     from_exception,
-    is_retryable,
     screen_estimate,
 )
 
@@ -222,9 +223,9 @@ def plan_experiments(exp: Experiments, parsl_config_path: str | None = None) -> 
     paths = exp.config.paths
     res = Path(paths.results).resolve()
     parsl_config = (
-        execution.load_parsl_config(parsl_config_path)
+        configs.load_parsl_config(parsl_config_path)
         if parsl_config_path
-        else execution.local_config(run_dir=res / "runinfo")
+        else configs.local_config(run_dir=res / "runinfo")
     )
     return ExperimentPlan(
         exp,
@@ -270,7 +271,6 @@ class Job:
     payload: dict
     ref: dict
     metrics: dict | None = None
-    attempts: int = 1
 
 
 def _result(fut: Future) -> dict:
@@ -317,6 +317,9 @@ def make_jobs(plan: ExperimentPlan, refs: dict) -> tuple[list[Job], list[str]]:
         for s in plan.sets[pid]:
             ref = refs[(pid, plan.gamma_of(s))]
             ref = {k: v for k, v in ref.items() if k != "summary"}
+            locate = runs.locator(
+                runs.DEFAULT_TRIAL_TARGET, plan.artifacts, pid, spec.data.n, s.method
+            )
             for seed in cfg.seeds:
                 payload = {
                     "pid": pid,
@@ -327,15 +330,12 @@ def make_jobs(plan: ExperimentPlan, refs: dict) -> tuple[list[Job], list[str]]:
                     "seed": seed,
                     "ref": ref,
                     "artifacts": str(plan.artifacts),
-                    "target": execution.DEFAULT_TRIAL_TARGET,
+                    "target": runs.DEFAULT_TRIAL_TARGET,
                     "isolate": cfg.isolate,
                     "timeout_grace": cfg.timeout_grace,
                 }
-                manifest = runs.manifest(
-                    pid, spec.data.n, s.method, s.hyperparams, cfg.budget_sec, seed, ref
-                )
-                run_dir = runs.run_dir_for(plan.artifacts, pid, s.method, manifest)
-                payload.update(run_id=run_dir.name, run_dir=str(run_dir))
+                run_id, run_dir = locate(payload)
+                payload.update(run_id=run_id, run_dir=str(run_dir))
                 jobs.append(Job(pid, s, seed, payload, ref))
     return jobs, skipped
 
@@ -344,37 +344,18 @@ def run_jobs(jobs: list[Job], submit: Callable[[dict], Future], max_retries: int
     """Give every job its metrics: stored results reused, the rest submitted at once and
     waited for (a lost worker's run resubmitted up to ``max_retries`` times). Returns the
     number reused."""
-    pending: dict[Future, Job] = {}
-    reused = 0
-    for job in jobs:
-        stored = execution.load_valid_metrics(job.payload["run_dir"])
-        if stored is not None:
-            job.metrics, reused = dict(stored, reused=True), reused + 1
-        else:
-            pending[_submit(submit, job.payload)] = job
-    log.info("runs: %d, %d reused, %d submitted", len(jobs), reused, len(pending))
-    total, progress = len(pending), Progress(log, "runs", len(pending), "runs", every_sec=10.0)
-    while pending:
-        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-        for fut in done:
-            job = pending.pop(fut)
-            metrics = _result(fut)
-            if is_retryable(metrics, job.attempts, max_retries):
-                job.attempts += 1
-                pending[_submit(submit, job.payload)] = job
-                continue
-            job.metrics = screen_estimate(metrics, job.ref)
-            progress.update(total - len(pending))
-    return reused
 
+    def done(job: Job, metrics: dict, stored: bool) -> None:
+        job.metrics = metrics if stored else screen_estimate(metrics, job.ref)
 
-def _submit(submit: Callable[[dict], Future], payload: dict) -> Future:
-    try:
-        return submit(payload)
-    except Exception as exc:
-        fut: Future = Future()
-        fut.set_exception(exc)
-        return fut
+    return trial_submit.run_all(
+        [(job, job.payload, max_retries) for job in jobs],
+        submit,
+        done,
+        what="app",
+        label="runs",
+        summary="runs: %d, %d reused, %d submitted",
+    )
 
 
 # ---------------------------------------------------------------------------- stage 3
@@ -417,10 +398,8 @@ def execute(
     t0 = time.monotonic()
     plan.results.mkdir(parents=True, exist_ok=True)
     if submit_trial is None or submit_reference is None:
-        with execution.parsl_session(plan.parsl_config, plan.results / "runinfo"):
-            jobs, skipped = _stages(
-                plan, execution.trial_submitter(), execution.reference_submitter()
-            )
+        with session.parsl_session(plan.parsl_config, plan.results / "runinfo"):
+            jobs, skipped = _stages(plan, trial_submit.submitter(), reference_app.submitter())
     else:
         jobs, skipped = _stages(plan, submit_trial, submit_reference)
     rows = [job_row(plan, j) for j in jobs]

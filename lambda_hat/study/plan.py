@@ -32,7 +32,7 @@ from lambda_hat._io import read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import Experiment, ExperimentConfig
 from lambda_hat.llc.posterior import default_beta
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import configs
 from lambda_hat.problem.build import problem_dir, problem_id
 from lambda_hat.reference.stability import STABILITY_SCALE, StabilityRange, step_limit
 from lambda_hat.study import samplers
@@ -72,7 +72,7 @@ class Plan:
     def batch_size(self) -> int:
         """Trials in flight: ``optuna.batch_size``, or (None) the executors' capacity."""
         given = self.cfg.optuna.batch_size
-        return given or execution.capacity(self.parsl_config) or DEFAULT_BATCH
+        return given or configs.capacity(self.parsl_config) or DEFAULT_BATCH
 
     @property
     def gammas(self) -> list[float]:
@@ -407,12 +407,12 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
     paths = cfg.paths
     artifacts, res = Path(paths.artifacts).resolve(), Path(paths.results).resolve()
     parsl_config = (
-        execution.load_parsl_config(parsl_config_path)
+        configs.load_parsl_config(parsl_config_path)
         if parsl_config_path
-        else execution.local_config(run_dir=res / "runinfo")
+        else configs.local_config(run_dir=res / "runinfo")
     )
     pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
-    capacity, given = execution.capacity(parsl_config), oc.batch_size
+    capacity, given = configs.capacity(parsl_config), oc.batch_size
     if given is not None and capacity is not None and given != capacity:
         log.warning(
             "optuna.batch_size = %d trials in flight, but the executors run %d at once: %s",
@@ -431,7 +431,7 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
         parsl_config,
         artifacts,
         res,
-        trial_target or execution.DEFAULT_TRIAL_TARGET,
+        trial_target or runs.DEFAULT_TRIAL_TARGET,
     )
 
 

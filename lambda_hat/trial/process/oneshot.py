@@ -146,7 +146,7 @@ def read_progress(workdir: str | os.PathLike) -> dict | None:
 #: scripts that pass ``--trial-target lambda_hat.workflow.synthetic:synthetic_trial`` still run.
 MOVED_TARGET_MODULES = {
     "lambda_hat.workflow.synthetic": "lambda_hat.trial.synthetic",
-    "lambda_hat.workflow.execution": "lambda_hat.parallel.apps",
+    "lambda_hat.workflow.execution": "lambda_hat.trial.app",
 }
 
 
