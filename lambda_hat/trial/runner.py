@@ -1,9 +1,10 @@
 """One trial of a cheap LLC method (SGLD, VI, MCLMC): the single entry point.
 
-:func:`run_method_trial` is what the tuning workflow and ``lambda-hat trial`` call. Contract:
+:func:`run_method_trial` is what the tuning workflow (through the trial app's default target,
+:func:`lambda_hat.trial.app.method_target`) and ``lambda-hat trial`` call. Contract:
 
-- It validates the hyperparameters first (a :class:`~lambda_hat.config.tuning.ConfigError` naming the
-  field is the only exception it raises, before any work or file).
+- It validates the hyperparameters first (a :class:`~lambda_hat.config.schema.ConfigError`
+  naming the field is the only exception it raises, before any work or file).
 - It writes ``<artifacts>/runs/<pid>/<method>/<run id>/manifest.json`` (everything that
   determines the run, :func:`lambda_hat.trial.identity.manifest`), then runs the method's adapter
   (:mod:`lambda_hat.methods`) through the engine's chunk loop (:mod:`lambda_hat.llc.engine`), then

@@ -1,6 +1,6 @@
-"""Trials from the driver's side: the Parsl app that runs :func:`~lambda_hat.trial.app.execute_trial`,
-and the submit/collect/retry loop (:class:`~lambda_hat.parallel.submit.Flights`) judging
-outcomes as trials are judged."""
+"""Trials from the driver's side: the Parsl app that runs
+:func:`~lambda_hat.trial.app.execute_trial`, and the submit/collect/retry loop
+(:class:`~lambda_hat.parallel.submit.Flights`) judging outcomes as trials are judged."""
 
 from __future__ import annotations
 
