@@ -33,13 +33,14 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from lambda_hat.config.tuning import OptunaConfig
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import configs, session
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies
 from lambda_hat.study import tell
 from lambda_hat.study.optuna_samplers import make_sampler
+from lambda_hat.trial import submit as trial_submit
 from lambda_hat.trial.synthetic import synthetic_llc
 
 SPACE = {
@@ -113,7 +114,7 @@ def workflow(trials: int, cfg: OptunaConfig, seed: int, submit, root: Path) -> f
     parquet.write_parquet(rows, root / "results" / results.PARQUET_NAME)
     studies.export_pickle(study, root / "results", task.pid, task.method)
     elapsed = time.perf_counter() - t0
-    assert task.finished == trials and len(rows) == trials
+    assert task.counts.finished == trials and len(rows) == trials
     return elapsed
 
 
@@ -132,9 +133,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        config = execution.local_config(workers=args.workers, run_dir=root / "runinfo")
-        with execution.parsl_session(config):
-            submit = execution.trial_submitter()
+        config = configs.local_config(workers=args.workers, run_dir=root / "runinfo")
+        with session.parsl_session(config):
+            submit = trial_submit.submitter()
             warm = {
                 "hyperparams": {},
                 "run_id": "warm",

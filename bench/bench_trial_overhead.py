@@ -14,7 +14,7 @@ the wall time includes the process start and imports.
     python bench/bench_trial_overhead.py [--trials 5] [--artifacts artifacts] [--fresh-processes]
 
 ``--workers`` compares the workflow's two ways of running isolated trials in one run, through
-the worker's own app body (``execution.execute_trial``): a fresh process per trial
+the worker's own app body (:func:`lambda_hat.trial.app.execute_trial`): a fresh process per trial
 (``optuna.warm: null``) and a warm process per worker (:mod:`lambda_hat.trial.process.warm`). It prints the
 median per-trial overhead (the worker's wall seconds minus the runner's own
 ``seconds.total``) after each method's first trial, and the ratio fresh / warm. ``--rss N``
@@ -44,8 +44,8 @@ import numpy as np
 
 from lambda_hat.config.schema import as_dict
 from lambda_hat.config.tuning import resolve_problem
-from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import build_problem
+from lambda_hat.trial import app as trial_app
 from lambda_hat.trial.process import warm as warm_procs
 from lambda_hat.trial.runner import run_method_trial
 
@@ -73,7 +73,7 @@ import json, sys
 from lambda_hat.problem.build import load_problem
 from lambda_hat.trial.runner import run_method_trial
 from lambda_hat.config.schema import as_dict
-from lambda_hat.parallel import apps as execution
+from lambda_hat.trial import app as trial_app
 a = json.loads(sys.argv[1])
 problem = load_problem(a["artifacts"], a["pid"])
 m = run_method_trial(problem, a["method"], a["hp"], None, a["seed"], artifacts=a["runs"])
@@ -189,7 +189,7 @@ def _worker_trials(problem, artifacts: str, trials: int, warm, out: Path) -> dic
             hp = proposals(method, rng)
             payload = _payload(problem, method, hp, i, artifacts, out / f"{method}-{i}", warm)
             t0 = time.perf_counter()
-            m = execution.execute_trial(payload)
+            m = trial_app.execute_trial(payload)
             wall = time.perf_counter() - t0
             if m["status"] != "ok":
                 print(f"  {method} trial {i}: {m['status']} {m.get('failure')}")
@@ -215,7 +215,7 @@ def _rss_run(problem, artifacts: str, trials: int, out: Path) -> None:
         payload = _payload(
             problem, method, proposals(method, rng), i, artifacts, out / f"rss-{i}", policy
         )
-        m = execution.execute_trial(payload)
+        m = trial_app.execute_trial(payload)
         rss.append(m["warm"]["rss_mb"])
         pids.add(m["warm"]["pid"])
     marks = sorted({0, 9, 49, 99, trials - 1} & set(range(trials)))

@@ -224,7 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         return experiments.execute(plan)
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (execution.parsl_session)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (parallel.session.parsl_session)
         print("interrupted: finished runs are stored; run the same command to resume.")
         return 130
 

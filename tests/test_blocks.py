@@ -87,10 +87,10 @@ def test_only_parsls_interchange_is_taken_for_one(tmp_path):
 
 
 def test_a_local_session_records_its_interchange_and_removes_the_record(tmp_path):
-    from lambda_hat.parallel import apps as execution
+    from lambda_hat.parallel import configs, session
 
     run_dir = tmp_path / "runinfo"
-    with execution.parsl_session(execution.local_config(1, run_dir=run_dir)):
+    with session.parsl_session(configs.local_config(1, run_dir=run_dir)):
         rec = read_json(blocks.record_path(run_dir))
         assert rec["driver_pid"] == os.getpid() and len(rec["interchanges"]) == 1
     assert not blocks.record_path(run_dir).exists()
@@ -139,7 +139,7 @@ def test_a_record_from_another_host_is_a_dead_drivers_only_once_stale(tmp_path):
 
 def test_two_sessions_in_one_results_dir_keep_two_records(tmp_path):
     """A second driver's session records itself beside the first one's and leaves it alone."""
-    from lambda_hat.parallel import apps as execution
+    from lambda_hat.parallel import configs, session
 
     run_dir = tmp_path / "runinfo"
     other = _fake_interchange()  # stands for the other driver (a live Python process)
@@ -147,7 +147,7 @@ def test_two_sessions_in_one_results_dir_keep_two_records(tmp_path):
         theirs = blocks.record_path(run_dir, os_pid=other.pid)
         record = {"host": socket.gethostname(), "driver_pid": other.pid, "interchanges": []}
         atomic_write_json(theirs, {**record, "jobs": []})
-        with execution.parsl_session(execution.local_config(1, run_dir=run_dir)):
+        with session.parsl_session(configs.local_config(1, run_dir=run_dir)):
             assert read_json(theirs) == {**record, "jobs": []}
             mine = read_json(blocks.record_path(run_dir))
             assert mine["driver_pid"] == os.getpid() and len(mine["interchanges"]) == 1
@@ -165,7 +165,7 @@ CLI = [
     "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
 ]
 FAST_HEARTBEAT = (  # --local's config, with a lost pool noticed in seconds rather than 120 s
-    "from lambda_hat.parallel.apps import local_config\n"
+    "from lambda_hat.parallel.configs import local_config\n"
     "config = local_config(2)\n"
     "config.executors[0].heartbeat_period = 1\n"
     "config.executors[0].heartbeat_threshold = 6\n"
@@ -287,7 +287,7 @@ def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_pat
     another gets FileExistsError, and its start is retried with the next free number."""
     import parsl.dataflow.dflow as dflow
 
-    from lambda_hat.parallel import apps as execution
+    from lambda_hat.parallel import configs
     from lambda_hat.study import pipeline
 
     real, calls = dflow.make_rundir, []
@@ -300,7 +300,7 @@ def test_two_drivers_numbering_the_same_parsl_run_dir_at_once_is_retried(tmp_pat
         return real(path)
 
     monkeypatch.setattr(dflow, "make_rundir", racing)
-    with pipeline.parsl_session(execution.local_config(1), tmp_path):
+    with pipeline.parsl_session(configs.local_config(1), tmp_path):
         assert len(calls) == 2 and (tmp_path / "runinfo" / "001").is_dir()
         assert read_json(blocks.record_path(tmp_path / "runinfo"))["driver_pid"] == os.getpid()
 

@@ -14,11 +14,14 @@ from optuna.trial import TrialState
 
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import session
+from lambda_hat.reference import app as reference_app
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import grid_sampler, pipeline, progress, scoring, stopping
 from lambda_hat.study import optuna_samplers as samplers
 from lambda_hat.study import storage as studies
+from lambda_hat.trial import app as trial_app
+from lambda_hat.trial import submit as trial_submit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -121,7 +124,7 @@ def test_a_converged_study_stops_records_why_and_a_rerun_asks_nothing(tmp_path):
     task = _task(storage, tmp_path, cfg)
     assert _run(task, trial, max_trials=20) == 7  # see the stagnation test: converged at 7
     record = task.study.user_attrs[stopping.ATTR]
-    assert record == task.early_stop
+    assert record == task.counts.early_stop
     assert record["rule"] == "stale" and record["finished"] == 7 and record["stale"] == 4
     assert record["tolerance"] == 0.01 and record["best_number"] == 5
     assert record["best_error"] == pytest.approx(0.099)
@@ -145,7 +148,7 @@ def test_in_flight_trials_of_a_converged_study_finish_and_are_told(tmp_path):
     # converged at the 4th finished trial; at most the 2 others then in flight came after it
     assert 4 <= len(trials) <= 6 and submitted == len(trials)
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert task.early_stop["finished"] == len(trials) and task.running == 0
+    assert task.counts.early_stop["finished"] == len(trials) and task.counts.running == 0
 
 
 def test_a_gain_larger_than_stop_min_improvement_keeps_the_study_going(tmp_path):
@@ -155,8 +158,8 @@ def test_a_gain_larger_than_stop_min_improvement_keeps_the_study_going(tmp_path)
     # gains of 0.06 keep it open; then 0.03 + 0.01 over two trials is <= 0.05
     trial = _errors_in_order([0.5, 0.44, 0.38, 0.32, 0.29, 0.28])
     assert _run(task, trial, max_trials=20) == 6
-    assert task.early_stop["tolerance"] == 0.05
-    assert "stop_min_improvement" in task.early_stop["reason"]
+    assert task.counts.early_stop["tolerance"] == 0.05
+    assert "stop_min_improvement" in task.counts.early_stop["reason"]
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -203,9 +206,12 @@ def test_a_grid_study_tries_every_point_once_and_stops_when_exhausted(
     grid = {(x, y) for x in grid_sampler.grid_values(SPACE["x"], 3, "x") for y in (0.5, 1.25, 2.0)}
     assert points <= grid
     if expected == 9:
-        assert task.early_stop["rule"] == "grid" and "all 9 points" in task.early_stop["reason"]
+        assert (
+            task.counts.early_stop["rule"] == "grid"
+            and "all 9 points" in task.counts.early_stop["reason"]
+        )
     else:  # a random 5 of the 9, not the first five in grid order
-        assert task.early_stop is None and task.finished == 5
+        assert task.counts.early_stop is None and task.counts.finished == 5
         assert points != set(sorted(grid)[:5])
 
 
@@ -224,7 +230,7 @@ def test_an_interrupted_grid_trial_is_requeued_on_its_point(tmp_path):
     assert len(copy) == 1 and copy[0].params == lost.params
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 9 == len({(t.params["x"], t.params["y"]) for t in finished})
-    assert resumed.early_stop["rule"] == "grid"
+    assert resumed.counts.early_stop["rule"] == "grid"
 
 
 def test_enqueued_trials_on_a_grid_get_their_point_or_a_free_one():
@@ -262,7 +268,7 @@ def test_staged_recipe_tpe_is_warm_started_by_the_first_stage(tmp_path, first):
     earlier = task.study.get_trials()
     assert any(t.params["x"] > 1 for t in earlier) and any(t.params["x"] <= 1 for t in earlier)
     if first == "grid":
-        assert task.early_stop["rule"] == "grid"  # 4 x 4 points
+        assert task.counts.early_stop["rule"] == "grid"  # 4 x 4 points
 
     # stage 2: the same study (same storage), sampler tpe, more trials
     stage2 = OptunaConfig(sampler="tpe", n_startup_trials=10)
@@ -277,7 +283,7 @@ def test_staged_recipe_tpe_is_warm_started_by_the_first_stage(tmp_path, first):
     assert box["x"].low * (1 - 1e-9) <= later[0].params["x"] <= box["x"].high * (1 + 1e-9)
     # and every trial declares the same distributions: TPE models the first stage's jointly
     assert all(t.distributions == earlier[0].distributions for t in later)
-    assert tuned.early_stop is None and tuned.study.user_attrs.get(stopping.ATTR) is None
+    assert tuned.counts.early_stop is None and tuned.study.user_attrs.get(stopping.ATTR) is None
 
 
 def test_parsl_optuna_runs_a_grid_to_its_end_and_a_rerun_asks_nothing(tmp_path, monkeypatch):
@@ -295,16 +301,16 @@ def test_parsl_optuna_runs_a_grid_to_its_end_and_a_rerun_asks_nothing(tmp_path, 
 
     def submit(payload):
         payloads.append(payload)
-        return pool.submit(execution.execute_trial, payload)
+        return pool.submit(trial_app.execute_trial, payload)
 
     def reference(payload):
         fut = Future()
         fut.set_result({**REF, "gate": {"passed": True}})
         return fut
 
-    monkeypatch.setattr(execution, "parsl_session", lambda *a: contextlib.nullcontext())
-    monkeypatch.setattr(execution, "trial_submitter", lambda: submit)
-    monkeypatch.setattr(execution, "reference_submitter", lambda: reference)
+    monkeypatch.setattr(session, "parsl_session", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(trial_submit, "submitter", lambda: submit)
+    monkeypatch.setattr(reference_app, "submitter", lambda: reference)
     target = "lambda_hat.trial.synthetic:synthetic_trial"
     try:
         assert pipeline.main(["--config", str(cfg), "--trial-target", target]) == 0

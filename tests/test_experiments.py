@@ -32,11 +32,11 @@ from lambda_hat.config.runs import (
 )
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig, load_experiment
-from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_id
 from lambda_hat.runs import stage as experiments
 from lambda_hat.runs.summary import summarize
 from lambda_hat.study import storage as studies
+from lambda_hat.trial import app as trial_app
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial.synthetic import synthetic_llc
 
@@ -212,7 +212,7 @@ def synthetic_run(plan, pool) -> int:
     """``experiments.execute`` with the analytic trial on ``pool`` and fixed references."""
 
     def submit(payload: dict) -> Future:
-        return pool.submit(execution.execute_trial, {**payload, "target": SYNTHETIC})
+        return pool.submit(trial_app.execute_trial, {**payload, "target": SYNTHETIC})
 
     return experiments.execute(plan, submit, _fake_reference)
 

@@ -23,14 +23,16 @@ from lambda_hat import methods
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import load_experiment
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import worker
 from lambda_hat.problem import theory
+from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import nuts as reference
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import pipeline, plan, space
 from lambda_hat.study import storage as studies
+from lambda_hat.trial import app as trial_app
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial.runner import run_method_trial
 from lambda_hat.trial.synthetic import synthetic_llc
@@ -189,14 +191,14 @@ def _references(p, monkeypatch, compute):
         computed.append(cfg.gamma)
         return compute(problem, cfg)
 
-    monkeypatch.setattr(execution, "_apply_env", lambda env: None)
+    monkeypatch.setattr(worker, "apply_env", lambda env: None)
     monkeypatch.setattr(reference, "compute_reference", counting)
     submitted = []
     with ThreadPoolExecutor(3) as pool:
 
         def submit(payload):
             submitted.append(payload["gamma"])
-            return pool.submit(execution.execute_reference, payload)
+            return pool.submit(reference_app.execute_reference, payload)
 
         refs = pipeline.reference_stage(p, submit)
     return refs, sorted(computed), submitted
@@ -235,7 +237,7 @@ def _gamma_study(tmp_path, monkeypatch, compute) -> dict[float, dict]:
     with ThreadPoolExecutor(2) as pool:
         driver = tuning.Driver(
             tasks,
-            lambda payload: pool.submit(execution.execute_trial, payload),
+            lambda payload: pool.submit(trial_app.execute_trial, payload),
             max_trials=6,
             batch_size=2,
         )

@@ -11,7 +11,7 @@ from parsl.providers import PBSProProvider, SlurmProvider
 
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
-from lambda_hat.parallel.apps import load_parsl_config
+from lambda_hat.parallel.configs import load_parsl_config
 
 ROOT = Path(__file__).resolve().parents[1] / "parsl_configs"
 
@@ -126,12 +126,12 @@ def test_batch_size_defaults_to_the_executors_capacity(no_internet, tmp_path, ca
     """Issue 10: optuna.batch_size (default null) fills the executors: the SLURM template's
     2 nodes x 32 workers run 64 trials at once, not 16; a different value is warned about."""
     from lambda_hat.config.tuning import load_experiment
-    from lambda_hat.parallel import apps as execution
+    from lambda_hat.parallel import configs
     from lambda_hat.study.plan import check_plan
 
-    assert execution.capacity(load_parsl_config(ROOT / "slurm.py")) == 64
-    assert execution.capacity(load_parsl_config(ROOT / "pbs.py")) > 0
-    assert execution.capacity(execution.local_config(3)) == 3
+    assert configs.capacity(load_parsl_config(ROOT / "slurm.py")) == 64
+    assert configs.capacity(load_parsl_config(ROOT / "pbs.py")) > 0
+    assert configs.capacity(configs.local_config(3)) == 3
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("problems: [{model: linear, data: small}]\nmethods: [sgld]\n")
     plan = check_plan(load_experiment(cfg), str(ROOT / "slurm.py"), None)

@@ -15,10 +15,10 @@ from test_workflow import _journal, _run, _task
 
 from lambda_hat.config.runs import load_experiments
 from lambda_hat.config.tuning import load_experiment
-from lambda_hat.parallel import apps as execution
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.runs import stage as experiments
+from lambda_hat.trial import app as trial_app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -63,7 +63,7 @@ def _tuned_tables(tmp_path):
             "steps": IntDistribution(100, 400),
         }
         tasks.append(t)
-    _run(tasks, execution.execute_trial, max_trials=4, batch_size=2)
+    _run(tasks, trial_app.execute_trial, max_trials=4, batch_size=2)
     rows = []
     for t in tasks:
         rows += results.study_rows(t.study, t.pid, t.method, t.ref, problem=problems[t.pid])
@@ -79,12 +79,12 @@ def test_readme_pandas_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     best, curve, df = scope["best"], scope["curve"], scope["df"]
     assert isinstance(best, pd.DataFrame) and len(best) == 2
     for t in tasks:
-        assert best.set_index("pid").loc[t.pid, "objective"] == t.best_value
+        assert best.set_index("pid").loc[t.pid, "objective"] == t.counts.best_value
         assert best.set_index("pid").loc[t.pid, "label"] == problems[t.pid]["label"]
         c = curve[curve.pid == t.pid].best_so_far.to_numpy()
         assert (c[1:] <= c[:-1]).all()
     top = df[df.method == "sgld"].nsmallest(1, "objective")  # the seed-style snippet
-    assert top.objective.iloc[0] == min(t.best_value for t in tasks)
+    assert top.objective.iloc[0] == min(t.counts.best_value for t in tasks)
     assert df.hp_steps.dtype == "Int64" and top.hp_steps.iloc[0] == int(top.hp_steps.iloc[0])
     out = capsys.readouterr().out
     assert "linear·s0" in out and "linear·s1" in out and out.count("trial_number") == 1

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from lambda_hat.config.tuning import load_experiment
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import worker
+from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import stage as references
 from lambda_hat.study import pipeline, plan
 
@@ -34,13 +35,13 @@ def _plan(tmp_path: Path):
 
 def _stage(p, monkeypatch):
     """The reference stage with the app body on a thread; returns (refs, payloads submitted)."""
-    monkeypatch.setattr(execution, "_apply_env", lambda env: None)
+    monkeypatch.setattr(worker, "apply_env", lambda env: None)
     submitted = []
     with ThreadPoolExecutor(1) as pool:
 
         def submit(payload):
             submitted.append(payload)
-            return pool.submit(execution.execute_reference, payload)
+            return pool.submit(reference_app.execute_reference, payload)
 
         return pipeline.reference_stage(p, submit), submitted
 

@@ -300,8 +300,8 @@ def test_last_slot_ranking_counts_running_waiting_and_finished_trials_before():
 def test_two_in_process_drivers_on_one_journal_end_exact(tmp_path, monkeypatch):
     from test_workflow import _task
 
-    from lambda_hat.parallel import apps as execution
     from lambda_hat.study import driver as tuning
+    from lambda_hat.trial import app as trial_app
 
     monkeypatch.setenv("LAMBDA_HAT_SYNTHETIC_SECONDS", "0.1")
     path, drivers, errors = tmp_path / "journal.log", [], []
@@ -312,7 +312,7 @@ def test_two_in_process_drivers_on_one_journal_end_exact(tmp_path, monkeypatch):
             with ThreadPoolExecutor(2) as pool:
                 driver = tuning.Driver(
                     [task],
-                    lambda p: pool.submit(execution.execute_trial, p),
+                    lambda p: pool.submit(trial_app.execute_trial, p),
                     max_trials=8,
                     batch_size=2,
                     poll_sec=0.2,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lambda_hat.llc import channel
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import worker
 from lambda_hat.trial.process import _cgroup
 from lambda_hat.trial.process.oneshot import run_isolated
 
@@ -95,9 +95,9 @@ def test_oom_kill_counter_on_cgroup_v1_v2_and_hybrid(tmp_path, lines, files, exp
 def test_trial_threads_are_capped_to_the_worker_cores(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    env = execution.worker_env(tmp_path)
+    env = worker.worker_env(tmp_path)
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     assert "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    env = execution.worker_env(tmp_path)
+    env = worker.worker_env(tmp_path)
     assert env["OMP_NUM_THREADS"] == "4" and "XLA_FLAGS" not in env

@@ -19,10 +19,13 @@ from optuna.distributions import FloatDistribution
 
 from lambda_hat.config.tuning import OptunaConfig, ValidateConfig
 from lambda_hat.hashing import content_hash
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import session
+from lambda_hat.reference import app as reference_app
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import pipeline, validation
 from lambda_hat.study import storage as studies
+from lambda_hat.trial import app as trial_app
+from lambda_hat.trial import submit as trial_submit
 from lambda_hat.trial.synthetic import synthetic_llc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -67,7 +70,7 @@ class Pool:
     def __call__(self, payload: dict):
         with self.lock:
             self.payloads.append(payload)
-        return self.pool.submit(execution.execute_trial, payload)
+        return self.pool.submit(trial_app.execute_trial, payload)
 
 
 @pytest.fixture
@@ -203,9 +206,9 @@ def test_parsl_optuna_validates_after_tuning_or_not_at_all(tmp_path, monkeypatch
         f"pruner: none, validate: {json.dumps(validate)}}}\n"
     )
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(execution, "parsl_session", lambda *a: contextlib.nullcontext())
-    monkeypatch.setattr(execution, "trial_submitter", lambda: pool)
-    monkeypatch.setattr(execution, "reference_submitter", lambda: lambda p: _done(REF))
+    monkeypatch.setattr(session, "parsl_session", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(trial_submit, "submitter", lambda: pool)
+    monkeypatch.setattr(reference_app, "submitter", lambda: lambda p: _done(REF))
     assert pipeline.main(["--config", str(cfg), "--trial-target", TARGET]) == 0
     path = tmp_path / "results" / validation.PARQUET_NAME
     if validate is None:

@@ -25,8 +25,8 @@ from trial_targets import ENV
 
 from lambda_hat.config.schema import as_dict
 from lambda_hat.config.tuning import resolve_problem
-from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_id
+from lambda_hat.trial import app as trial_app
 from lambda_hat.trial.process import warm
 from lambda_hat.trial.process.warm import WarmPolicy, run_warm
 
@@ -179,7 +179,7 @@ def _trial(artifacts: Path, tmp_path: Path, method: str, seed: int, where: str, 
         "run_dir": str(tmp_path / where / f"{method}-{seed}"),
         "warm": warm_cfg,
     }
-    return execution.execute_trial(payload)
+    return trial_app.execute_trial(payload)
 
 
 def test_warm_trials_give_the_numbers_of_fresh_processes(tmp_path, artifacts, tiny_mlp_problem):

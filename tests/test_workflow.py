@@ -18,19 +18,20 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from lambda_hat._io import atomic_write_json
+from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import configs, session
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
-from lambda_hat.study import command, pipeline, progress, scoring
+from lambda_hat.study import command, pipeline, progress, pruning, scoring
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import optuna_samplers as samplers
 from lambda_hat.study import space as search_space
 from lambda_hat.study import storage as studies
 from lambda_hat.study.tell import best_successful, counts_as_finished
-from lambda_hat.trial import outcome
+from lambda_hat.trial import app as trial_app
+from lambda_hat.trial import identity, outcome
 from lambda_hat.trial.synthetic import synthetic_llc, synthetic_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,14 +98,14 @@ def test_interleaved_batches_count_finished_trials_and_tell_every_trial(tmp_path
         time.sleep(0.3)
         with lock:
             inflight[0] -= 1
-        return execution.execute_trial(payload)
+        return trial_app.execute_trial(payload)
 
     _run(tasks, trial, max_trials=7, batch_size=4, workers=4)
     for t in tasks:
         trials = t.study.get_trials()
         assert [tr.state for tr in trials] == [TrialState.COMPLETE] * 7
-        assert t.finished == 7 and t.running == 0
-        assert t.best_value == pytest.approx(min(tr.value for tr in trials))
+        assert t.counts.finished == 7 and t.counts.running == 0
+        assert t.counts.best_value == pytest.approx(min(tr.value for tr in trials))
     assert peak[0] == 4  # batch_size trials in flight at once
     # interleaved: each window of 3 consecutive submissions spans all three studies at first
     assert set(studies_seen[:3]) == {"p_a", "p_b", "p_c"}
@@ -147,7 +148,9 @@ def test_failures_are_told_with_kinds_never_inf_and_do_not_count_when_infrastruc
     assert trials[0].constraints["failure"] > 0
     assert trials[1].state == TrialState.FAIL and trials[2].state == TrialState.FAIL
     assert all(v is None or abs(v) < 1e300 for t in trials for v in (t.values or []))
-    assert task.finished == 5  # diverged + error + 3 successes; the lost trial does not count
+    assert (
+        task.counts.finished == 5
+    )  # diverged + error + 3 successes; the lost trial does not count
     assert len(trials) == 6 and calls["n"] == 7
     best = best_successful(task.study)
     assert best.user_attrs["status"] == "ok"
@@ -156,22 +159,22 @@ def test_failures_are_told_with_kinds_never_inf_and_do_not_count_when_infrastruc
 def test_kill_resume_marks_interrupted_requeues_and_ends_with_exact_count(tmp_path):
     storage = _journal(tmp_path)
     task = _task(storage, tmp_path)
-    _run([task], execution.execute_trial, max_trials=3, batch_size=2)
+    _run([task], trial_app.execute_trial, max_trials=3, batch_size=2)
     # a driver that died with two trials in flight, one of which had finished its run
     done_trial, lost_trial = task.study.ask(SPACE), task.study.ask(SPACE)
     for trial in (done_trial, lost_trial):
         payload = dict(task.base_payload, hyperparams=trial.params)
-        run_id, run_dir = execution.trial_location(payload)
+        run_id, run_dir = identity.target_location(payload)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("run_id", run_id)
         if trial is done_trial:
-            execution.execute_trial(dict(payload, run_id=run_id, run_dir=str(run_dir)))
+            trial_app.execute_trial(dict(payload, run_id=run_id, run_dir=str(run_dir)))
 
     resumed = _task(storage, tmp_path)
     submitted = []
     _run(
         [resumed],
-        lambda p: submitted.append(p) or execution.execute_trial(p),
+        lambda p: submitted.append(p) or trial_app.execute_trial(p),
         max_trials=6,
         batch_size=2,
     )
@@ -181,7 +184,7 @@ def test_kill_resume_marks_interrupted_requeues_and_ends_with_exact_count(tmp_pa
     assert by_number[done_trial.number].user_attrs["reused"] is True
     assert by_number[lost_trial.number].user_attrs["failure_kind"] == "interrupted"
     finished = [t for t in trials if counts_as_finished(t.state, t.user_attrs.get("failure_kind"))]
-    assert len(finished) == 6 and resumed.finished == 6
+    assert len(finished) == 6 and resumed.counts.finished == 6
     assert not [t for t in trials if not t.state.is_finished()]
     requeued = [t for t in trials if t.user_attrs.get("requeued_from") == lost_trial.number]
     assert len(requeued) == 1 and requeued[0].params == lost_trial.params
@@ -193,7 +196,7 @@ def test_kill_resume_marks_interrupted_requeues_and_ends_with_exact_count(tmp_pa
 def test_finished_runs_are_reused_not_rerun(tmp_path):
     storage = _journal(tmp_path)
     task = _task(storage, tmp_path)
-    _run([task], execution.execute_trial, max_trials=3, batch_size=1)
+    _run([task], trial_app.execute_trial, max_trials=3, batch_size=1)
     params = [t.params for t in task.study.get_trials()]
 
     other = studies.open_storage(OptunaConfig(), tmp_path / "results2")
@@ -201,8 +204,8 @@ def test_finished_runs_are_reused_not_rerun(tmp_path):
     for p in params:
         again.study.enqueue_trial(p)
     ran = []
-    _run([again], lambda p: ran.append(p) or execution.execute_trial(p), max_trials=3, batch_size=1)
-    assert ran == [] and again.reused == 3
+    _run([again], lambda p: ran.append(p) or trial_app.execute_trial(p), max_trials=3, batch_size=1)
+    assert ran == [] and again.counts.reused == 3
     assert [t.user_attrs["reused"] for t in again.study.get_trials()] == [True] * 3
 
 
@@ -258,14 +261,14 @@ def test_two_objectives_error_and_runtime(tmp_path):
     task = _task(_journal(tmp_path), tmp_path, cfg=cfg)
     m = {"status": "ok", "llc_hat": 2.0, "seconds": {"total": 3.0}}
     assert _objective_values(m, task) == [pytest.approx(0.5), 3.0]
-    _run([task], execution.execute_trial, max_trials=4, batch_size=2)
+    _run([task], trial_app.execute_trial, max_trials=4, batch_size=2)
     assert len(task.study.best_trials) >= 1
 
 
 def test_parquet_schema_and_the_readme_snippet(tmp_path):
     storage = _journal(tmp_path)
     tasks = [_task(storage, tmp_path, pid) for pid in ("p_a", "p_b")]
-    _run(tasks, execution.execute_trial, max_trials=5, batch_size=2)
+    _run(tasks, trial_app.execute_trial, max_trials=5, batch_size=2)
     rows = [r for t in tasks for r in results.study_rows(t.study, t.pid, t.method, t.ref)]
     path = parquet.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
 
@@ -277,9 +280,9 @@ def test_parquet_schema_and_the_readme_snippet(tmp_path):
     )
     assert len(df) == 10 and set(best.pid) == {"p_a", "p_b"}
     for t in tasks:
-        assert best.set_index("pid").loc[t.pid, "objective"] == pytest.approx(t.best_value)
+        assert best.set_index("pid").loc[t.pid, "objective"] == pytest.approx(t.counts.best_value)
         c = curve[curve.pid == t.pid].best_so_far.to_numpy()
-        assert (c[1:] <= c[:-1]).all() and c[-1] == pytest.approx(t.best_value)
+        assert (c[1:] <= c[:-1]).all() and c[-1] == pytest.approx(t.counts.best_value)
     assert {"hp_x", "hp_y", "hyperparams", "trial_id", "llc_ref", "runtime_sec"} <= set(df)
     assert df.hyperparams.iloc[0]["x"] == df.hp_x.iloc[0]
     assert df.trial_id.str.startswith("r_").all()
@@ -301,7 +304,7 @@ def test_mixed_hyperparameter_types_unify_to_one_arrow_type():
 def test_pickle_export_is_self_contained(tmp_path):
     storage = _journal(tmp_path)
     task = _task(storage, tmp_path)
-    _run([task], execution.execute_trial, max_trials=3, batch_size=1)
+    _run([task], trial_app.execute_trial, max_trials=3, batch_size=1)
     path = studies.export_pickle(task.study, tmp_path / "results", task.pid, task.method)
     assert path.name == "p_a:sgld.pkl"
     loaded = pickle.loads(path.read_bytes())
@@ -312,8 +315,8 @@ def test_pickle_export_is_self_contained(tmp_path):
 def test_progress_shows_counts_best_and_eta():
     clock = iter([0.0, 100.0]).__next__
     t = tuning.StudyTask(pid="p_a", method="vi", study=None, space={}, base_payload={}, ref={})
-    t.finished, t.finished_this_run, t.running, t.failed = 4, 4, 2, 1
-    t.best_value, t.best_number = 0.0123, 3
+    t.counts.finished, t.counts.finished_this_run, t.counts.running, t.counts.failed = 4, 4, 2, 1
+    t.counts.best_value, t.counts.best_number = 0.0123, 3
     text = progress.StudyTable([t], max_trials=10, clock=clock, emit=print).render()
     assert "p_a:vi" in text and "4/10" in text and "0.0123 (#3)" in text
     assert "2m30s" in text  # 6 remaining at 25 s each
@@ -323,7 +326,7 @@ def test_progress_shows_counts_best_and_eta():
     show = progress.StudyTable([t], max_trials=10, clock=lambda: now[0], emit=shown.append)
     show()
     show()  # nothing changed: quiet
-    t.finished += 1
+    t.counts.finished += 1
     show()
     now[0] += progress.StudyTable.quiet_sec
     show()
@@ -428,13 +431,13 @@ def test_search_space_overrides_and_warm_start_are_checked():
 def test_parsl_config_file_is_loaded_or_rejected_clearly(tmp_path):
     from parsl.executors import HighThroughputExecutor
 
-    cfg = execution.load_parsl_config(Path(__file__).parents[1] / "parsl_configs" / "local.py")
+    cfg = configs.load_parsl_config(Path(__file__).parents[1] / "parsl_configs" / "local.py")
     (htex,) = cfg.executors
     assert isinstance(htex, HighThroughputExecutor) and cfg.monitoring is None
     bad = tmp_path / "bad.py"
     bad.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="--parsl-config"):
-        execution.load_parsl_config(bad)
+        configs.load_parsl_config(bad)
 
 
 def test_missing_sampler_package_is_a_config_error(monkeypatch):
@@ -453,7 +456,7 @@ def test_worker_path_puts_the_interpreter_bin_first(monkeypatch):
     import sys
 
     monkeypatch.setenv("PATH", "/usr/bin")
-    execution.ensure_worker_path()
+    session.ensure_worker_path()
     assert os.environ["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
 
 
@@ -468,15 +471,15 @@ def test_metrics_json_is_written_for_a_failed_inline_trial(tmp_path):
         "isolate": False,
         "target": "lambda_hat.trial.synthetic:no_such_function",
     }
-    run_id, run_dir = execution.trial_location(payload)
-    m = execution.execute_trial(dict(payload, run_id=run_id, run_dir=str(run_dir)))
+    run_id, run_dir = identity.target_location(payload)
+    m = trial_app.execute_trial(dict(payload, run_id=run_id, run_dir=str(run_dir)))
     assert m["failure"]["kind"] == "error" and m["failure"]["exc_type"] == "AttributeError"
-    assert execution.load_valid_metrics(run_dir) is None  # an error is run again, not reused
+    assert identity.load_valid_metrics(run_dir) is None  # an error is run again, not reused
     assert (run_dir / "metrics.json").is_file()
     atomic_write_json(
         run_dir / "metrics.json", {"status": "failed", "failure": {"kind": "diverged"}}
     )
-    assert execution.load_valid_metrics(run_dir)["failure"]["kind"] == "diverged"
+    assert identity.load_valid_metrics(run_dir)["failure"]["kind"] == "diverged"
 
 
 def test_a_resumed_study_does_not_replay_its_random_start_up(tmp_path):
@@ -515,7 +518,7 @@ def test_trials_with_bad_intermediate_estimates_are_pruned_and_count_as_finished
     try:
         driver = tuning.Driver(
             [task],
-            lambda p: pool.submit(execution.execute_trial, p),
+            lambda p: pool.submit(trial_app.execute_trial, p),
             max_trials=6,
             batch_size=1,
             poll_sec=0.01,
@@ -526,13 +529,13 @@ def test_trials_with_bad_intermediate_estimates_are_pruned_and_count_as_finished
         pool.shutdown()
     trials = task.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] * 3
-    assert task.finished == 6 and len(trials) == 6  # pruned trials count toward max_trials
-    assert task.pruned == 3 and task.failed == 0
+    assert task.counts.finished == 6 and len(trials) == 6  # pruned trials count toward max_trials
+    assert task.counts.pruned == 3 and task.counts.failed == 0
     assert "pruned" in progress.StudyTable([task], 6, emit=print).render()
     for t in trials[:3]:
-        assert sorted(t.intermediate_values) == list(range(1, tuning.PRUNING_STEPS + 1))
+        assert sorted(t.intermediate_values) == list(range(1, pruning.PRUNING_STEPS + 1))
     for t in trials[3:]:
-        metrics = execution.read_json(Path(t.user_attrs["run_dir"]) / "metrics.json")
+        metrics = read_json(Path(t.user_attrs["run_dir"]) / "metrics.json")
         assert metrics["status"] == "failed" and metrics["failure"]["kind"] == "pruned"
         assert 3 <= metrics["work"]["steps"] < metrics["work"]["steps_planned"] == 10
         assert metrics["llc_hat"] == pytest.approx(synthetic_llc(t.params, REF["llc_ref"]))
@@ -545,7 +548,7 @@ def test_trials_with_bad_intermediate_estimates_are_pruned_and_count_as_finished
 
 
 def test_pruner_config_and_multi_objective_studies_do_not_prune():
-    steps = tuning.PRUNING_STEPS
+    steps = pruning.PRUNING_STEPS
     med = studies.make_pruner(OptunaConfig(), steps)
     assert isinstance(med, optuna.pruners.MedianPruner) and med._n_warmup_steps == 3
     pct = studies.make_pruner(OptunaConfig(pruner="percentile", pruner_percentile=10), steps)

@@ -22,8 +22,8 @@ from lambda_hat._io import read_json
 from lambda_hat.config.schema import as_dict
 from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
 from lambda_hat.log import fmt_value
-from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import load_problem, problem_id
+from lambda_hat.reference import app as reference_app
 from lambda_hat.reference.curvature import curvature_record
 from lambda_hat.reference.nuts import load_reference, reference_home
 from lambda_hat.trial.outcome import failed_metrics, from_exception
@@ -86,7 +86,7 @@ def reference_stage(plan, submit: Callable[[dict], Future] | None = None) -> Ref
     """Stage 1 for ``plan`` (a :class:`lambda_hat.study.plan.Plan`): one reference per
     (problem, γ of ``plan.gammas``), read on the driver when stored (:func:`cached_reference`),
     else one Parsl app each, all in parallel. ``submit(payload) -> Future`` defaults to the
-    app :func:`execution.execute_reference`; it is called only for missing references."""
+    app :func:`reference_app.execute_reference`; it is called only for missing references."""
     ref_cfg = plan.cfg.reference
     gammas = plan.gammas
     by_gamma: dict[str, dict[float, dict]] = {}
@@ -106,7 +106,7 @@ def reference_stage(plan, submit: Callable[[dict], Future] | None = None) -> Ref
             if cached is not None:
                 by_gamma[pid][g] = cached
                 continue
-            submit = submit or execution.reference_submitter()
+            submit = submit or reference_app.submitter()
             futures[pid, g] = submit({**payload, "gamma": g})
     log.info(
         "references: %d problem(s) x %d γ (%s): %d cached, %d submitted",

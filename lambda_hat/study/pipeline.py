@@ -36,7 +36,7 @@ from lambda_hat.config.schema import ConfigError, as_dict
 from lambda_hat.config.tuning import OptunaConfig, ProblemSpec, load_experiment
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import session
 from lambda_hat.problem.build import problem_id
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.stage import References, is_reference, reference_stage
@@ -47,10 +47,12 @@ from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies
 from lambda_hat.study.guard import FailureGuard
 from lambda_hat.study.plan import Plan, check_plan
+from lambda_hat.study.pruning import PRUNING_STEPS
 from lambda_hat.study.resolved_space import study_space
 from lambda_hat.study.stopping import StopRule
 from lambda_hat.study.tell import best_successful
 from lambda_hat.trial import identity as runs
+from lambda_hat.trial import submit as trial_submit
 
 __all__ = ["References", "execute", "is_reference", "main", "make_tasks", "reference_stage"]
 
@@ -96,7 +98,7 @@ def _study_task(
     oc, pid = plan.cfg.optuna, problem_id(spec)
     name = studies.study_name(pid, method)
     seed = oc.seed + int(content_hash(name)[:7], 16)
-    study = studies.open_study(storage, pid, method, oc, seed, tuning.PRUNING_STEPS)
+    study = studies.open_study(storage, pid, method, oc, seed, PRUNING_STEPS)
     resolved = study_space(plan.spaces[method], method, refs[pid], study)
     fixed = plan.fixed[method]
     gamma_varies = "gamma" in plan.spaces[method] or fixed.get("gamma") is not None
@@ -158,27 +160,8 @@ def _resolver(method: str):
 
 
 def _locator(plan: Plan, spec: ProblemSpec, method: str):
-    """Where the trial's runner will write: the runner's own content address for the default
-    target (from plain values, no problem arrays, and the payload's reference: that of the
-    trial's posterior), the generic one (:func:`execution.trial_location`) for any other."""
-    if plan.trial_target != execution.DEFAULT_TRIAL_TARGET:
-        return execution.trial_location
-    pid = problem_id(spec)
-
-    def locate(payload: dict) -> tuple[str, Path]:
-        manifest = runs.manifest(
-            pid,
-            spec.data.n,
-            method,
-            payload["hyperparams"],
-            payload["budget_sec"],
-            payload["seed"],
-            payload.get("ref"),
-        )
-        run_dir = runs.run_dir_for(plan.artifacts, pid, method, manifest)
-        return run_dir.name, run_dir
-
-    return locate
+    """Where the trial's runner will write (:func:`runs.locator`)."""
+    return runs.locator(plan.trial_target, plan.artifacts, problem_id(spec), spec.data.n, method)
 
 
 def aggregate(tasks: list[tuning.StudyTask], problems: dict[str, dict], out: Path) -> Path:
@@ -201,8 +184,8 @@ def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
                 {
                     "study": t.name,
                     "number": None,
-                    "note": t.stop_reason.splitlines()[0]
-                    if t.stop_reason
+                    "note": t.counts.stop_reason.splitlines()[0]
+                    if t.counts.stop_reason
                     else "no successful trial",
                 }
             )
@@ -222,7 +205,7 @@ def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
 
 @contextlib.contextmanager
 def parsl_session(parsl_config, out: Path, attempts: int = 5) -> Iterator[None]:
-    """:func:`execution.parsl_session` of ``parsl_config`` with its logs under ``<out>/runinfo``.
+    """:func:`session.parsl_session` of ``parsl_config`` with its logs under ``<out>/runinfo``.
 
     Two drivers sharing the results directory that start together can pick the same numbered
     Parsl run directory (Parsl lists, then creates: one gets FileExistsError); that start is
@@ -231,7 +214,7 @@ def parsl_session(parsl_config, out: Path, attempts: int = 5) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for attempt in range(attempts):
             try:
-                stack.enter_context(execution.parsl_session(parsl_config, out / "runinfo"))
+                stack.enter_context(session.parsl_session(parsl_config, out / "runinfo"))
                 break
             except FileExistsError:
                 if attempt == attempts - 1:
@@ -268,7 +251,7 @@ def execute(plan: Plan) -> int:
                 aggregate(tasks, problems, plan.results)
                 last_parquet[0] = time.monotonic()
 
-        submit = execution.trial_submitter()
+        submit = trial_submit.submitter()
         driver = tuning.Driver(
             tasks,
             submit,
@@ -291,8 +274,8 @@ def execute(plan: Plan) -> int:
         print(validation.table(validated))
         code = 1 if any(v.validated and v.chosen is None for v in validated) else code
     for t in tasks:
-        if t.stop_reason:
-            log.error("study %s stopped early:\n%s", t.name, t.stop_reason)
+        if t.counts.stop_reason:
+            log.error("study %s stopped early:\n%s", t.name, t.counts.stop_reason)
             code = 1
         elif best_successful(t.study) is None:
             log.error("study %s has no successful trial", t.name)
@@ -319,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return execute(plan)
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (execution.parsl_session)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (session.parsl_session)
         log.error(
             "interrupted: finished trials are saved; the executors were shut down. "
             "Run the same command again to resume."

@@ -17,11 +17,12 @@ from optuna.distributions import CategoricalDistribution
 
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import Experiment, ExperimentConfig
-from lambda_hat.parallel import apps as execution
+from lambda_hat.parallel import configs
 from lambda_hat.problem.build import problem_id
 from lambda_hat.study.grid_sampler import check_grid
 from lambda_hat.study.optuna_samplers import check_sampler
 from lambda_hat.study.space import Searched, check_enqueue, method_space
+from lambda_hat.trial import identity as runs
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -51,7 +52,7 @@ class Plan:
     def batch_size(self) -> int:
         """Trials in flight: ``optuna.batch_size``, or (None) the executors' capacity."""
         given = self.cfg.optuna.batch_size
-        return given or execution.capacity(self.parsl_config) or DEFAULT_BATCH
+        return given or configs.capacity(self.parsl_config) or DEFAULT_BATCH
 
     @property
     def gammas(self) -> list[float]:
@@ -82,12 +83,12 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
     paths = cfg.paths
     artifacts, res = Path(paths.artifacts).resolve(), Path(paths.results).resolve()
     parsl_config = (
-        execution.load_parsl_config(parsl_config_path)
+        configs.load_parsl_config(parsl_config_path)
         if parsl_config_path
-        else execution.local_config(run_dir=res / "runinfo")
+        else configs.local_config(run_dir=res / "runinfo")
     )
     pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
-    _warn_batch_size(cfg.optuna.batch_size, execution.capacity(parsl_config))
+    _warn_batch_size(cfg.optuna.batch_size, configs.capacity(parsl_config))
     return Plan(
         exp,
         pids,
@@ -97,7 +98,7 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
         parsl_config,
         artifacts,
         res,
-        trial_target or execution.DEFAULT_TRIAL_TARGET,
+        trial_target or runs.DEFAULT_TRIAL_TARGET,
     )
 
 

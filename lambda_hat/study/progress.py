@@ -21,7 +21,7 @@ def eta_seconds(remaining: int, finished_this_run: int, elapsed: float) -> float
     return remaining * elapsed / finished_this_run
 
 
-#: The ETA column of a study done before max_trials (``StudyTask.early_stop["rule"]``).
+#: The ETA column of a study done before max_trials (``StudyCounts.early_stop["rule"]``).
 _EARLY = {"stale": "converged", "grid": "grid done"}
 
 
@@ -57,24 +57,25 @@ class StudyTable:
         elapsed = self.clock() - self.start
         rows = []
         for t in self.tasks:
-            remaining = 0 if t.done else self.max_trials - t.finished
-            eta = eta_seconds(remaining, t.finished_this_run, elapsed)
-            best = "-" if t.best_value is None else f"{t.best_value:.4g} (#{t.best_number})"
+            c = t.counts
+            remaining = 0 if t.done else self.max_trials - c.finished
+            eta = eta_seconds(remaining, c.finished_this_run, elapsed)
+            best = "-" if c.best_value is None else f"{c.best_value:.4g} (#{c.best_number})"
             state = (
                 "stopped"
-                if t.stop_reason
-                else _EARLY.get((t.early_stop or {}).get("rule"))
+                if c.stop_reason
+                else _EARLY.get((c.early_stop or {}).get("rule"))
                 or ("done" if remaining == 0 else ("?" if eta is None else fmt_seconds(eta)))
             )
             rows.append(
                 [
                     label_of(t.name, self.labels),
                     t.name,
-                    f"{t.finished}/{self.max_trials}",
-                    str(t.running),
-                    str(t.failed),
-                    str(t.pruned),
-                    str(t.reused),
+                    f"{c.finished}/{self.max_trials}",
+                    str(c.running),
+                    str(c.failed),
+                    str(c.pruned),
+                    str(c.reused),
                     best,
                     state,
                 ]
@@ -87,8 +88,8 @@ class StudyTable:
     def __call__(self, force: bool = False) -> None:
         """Show the table when a count changed, or every ``quiet_sec`` seconds regardless."""
         key = tuple(
-            (t.finished, t.running, t.failed, t.pruned, t.best_value, t.stop_reason, t.early_stop)
-            for t in self.tasks
+            (c.finished, c.running, c.failed, c.pruned, c.best_value, c.stop_reason, c.early_stop)
+            for c in (t.counts for t in self.tasks)
         )
         now = self.clock()
         if force or key != self._last or now - self._last_at >= self.quiet_sec:

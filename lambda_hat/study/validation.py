@@ -21,33 +21,23 @@ import json
 import logging
 import statistics
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lambda_hat._io import atomic_write_bytes, atomic_write_json, finite_float, to_jsonable
+from lambda_hat._io import atomic_write_bytes, atomic_write_json, to_jsonable
 from lambda_hat.config.tuning import ValidateConfig
-from lambda_hat.log import Progress, fmt_value, format_table
-from lambda_hat.parallel import apps as execution
+from lambda_hat.log import fmt_value, format_table
 from lambda_hat.results import tables as results
 from lambda_hat.results.parquet import to_table
 from lambda_hat.study.task import StudyTask
 from lambda_hat.study.tell import successful_trials
-from lambda_hat.trial.outcome import (
-    TRACEBACK_CHARS,
-    estimate_error,
-    failed_metrics,
-    failure_of,
-    from_exception,
-    is_retryable,
-    screen_estimate,
-)
+from lambda_hat.trial import submit as trial_submit
+from lambda_hat.trial.outcome import estimate_error, failure_of, screen_estimate
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -148,7 +138,6 @@ class _Job:
     payload: dict
     ref: dict  # the reference of this run's own posterior (task.trial_ref)
     metrics: dict | None = None
-    attempts: int = 1
 
 
 def candidates_of(task: StudyTask, k: int) -> list[Candidate]:
@@ -178,52 +167,21 @@ def _jobs(task: StudyTask, candidates: list[Candidate], seeds: list[int]) -> lis
     return jobs
 
 
-def _submit(submit: Callable[[dict], Future], payload: dict) -> Future:
-    try:
-        return submit(payload)
-    except Exception as exc:
-        fut: Future = Future()
-        fut.set_exception(exc)
-        return fut
-
-
-def _outcome(fut: Future) -> dict:
-    try:
-        metrics = fut.result()
-        if not isinstance(metrics, dict):
-            raise TypeError(f"the run returned {type(metrics).__name__}, not a dict")
-        return metrics
-    except Exception as exc:
-        return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
-
-
 def _run_jobs(jobs: list[_Job], submit: Callable[[dict], Future]) -> int:
     """Give every job its metrics: stored ones reused, the rest submitted at once and waited
     for (lost workers resubmitted ``task.max_retries`` times). Returns how many were reused."""
-    pending: dict[Future, _Job] = {}
-    reused = 0
-    for job in jobs:
-        stored = execution.load_valid_metrics(job.payload["run_dir"])
-        if stored is not None:
-            job.metrics = dict(stored, reused=True)
-            reused += 1
-        else:
-            pending[_submit(submit, job.payload)] = job
-    log.info("validation: %d run(s), %d reused, %d submitted", len(jobs), reused, len(pending))
-    total = len(pending)
-    progress = Progress(log, "validation", total, "runs", every_sec=10.0)
-    while pending:
-        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-        for fut in done:
-            job = pending.pop(fut)
-            metrics = _outcome(fut)
-            if is_retryable(metrics, job.attempts, job.task.max_retries):
-                job.attempts += 1
-                pending[_submit(submit, job.payload)] = job
-                continue
-            job.metrics = metrics
-            progress.update(total - len(pending))
-    return reused
+
+    def done(job: _Job, metrics: dict, stored: bool) -> None:
+        job.metrics = metrics
+
+    return trial_submit.run_all(
+        [(job, job.payload, job.task.max_retries) for job in jobs],
+        submit,
+        done,
+        what="run",
+        label="validation",
+        summary="validation: %d run(s), %d reused, %d submitted",
+    )
 
 
 def validate_studies(
@@ -280,13 +238,13 @@ def _settle(
 
 
 def _row(job: _Job, metrics: dict) -> dict:
-    """One ``validation.parquet`` row: the run's identity, outcome and timing."""
+    """One ``validation.parquet`` row: the run's identity, outcome and timing (the outcome
+    columns of :func:`lambda_hat.results.tables.metrics_columns`)."""
     task, cand = job.task, job.candidate
     failure = failure_of(metrics) or {}
-    llc_hat, llc_ref = finite_float(metrics.get("llc_hat")), finite_float(job.ref.get("llc_ref"))
-    err = estimate_error(llc_hat, llc_ref)
+    cols = results.metrics_columns(metrics, job.ref)
+    err = cols["error"]
     ok = metrics.get("status") == "ok" and err is not None
-    seconds = metrics.get("seconds")
     diagnostics = metrics.get("diagnostics")
     return {
         "pid": task.pid,
@@ -297,27 +255,13 @@ def _row(job: _Job, metrics: dict) -> dict:
         "trial_id": job.payload["run_id"],
         "status": "ok" if ok else "failed",
         "hyperparams": to_jsonable(cand.hyperparams),
-        "llc_hat": llc_hat,
-        "se_hat": finite_float(metrics.get("se_hat")),
-        "llc_ref": llc_ref,
-        "se_ref": finite_float(job.ref.get("se_ref")),
-        "error": err,
+        **cols,
         "abs_error": abs(err) if err is not None else None,
-        "runtime_sec": finite_float(seconds.get("total") if isinstance(seconds, dict) else seconds),
         "diagnostics": None if diagnostics is None else json.dumps(to_jsonable(diagnostics)),
         "failure_kind": None if ok else failure.get("kind", "error"),
         "failure_message": None if ok else failure.get("message"),
-        "reused": bool(metrics.get("reused", False)),
-        "host": metrics.get("host"),
-        "started_at": _utc(metrics.get("started_at")),
-        "finished_at": _utc(metrics.get("finished_at")),
         "run_dir": job.payload["run_dir"],
     }
-
-
-def _utc(t: Any) -> datetime | None:
-    f = finite_float(t)
-    return None if f is None else datetime.fromtimestamp(f, tz=UTC)
 
 
 _EXTRA = {"candidate": pa.int64(), "seed": pa.int64(), "abs_error": pa.float64()}

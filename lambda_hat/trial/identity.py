@@ -1,9 +1,16 @@
-"""Run identity: the manifest of a method run, its content address and its stored metrics.
+"""Run identity: the one owner of run addresses, and a run's stored metrics.
 
-A manifest is built from plain values — the pid, n, the method, the resolved
-hyperparameters, the budget, the seed and the posterior settings — so the tuning driver and
-the worker compute the same address without loading a problem's arrays:
-``<artifacts>/runs/<pid>/<method>/r_<sha256(manifest)[:12]>`` (:func:`run_id`).
+Two kinds of run share one layout, ``<artifacts>/runs/<pid>/<method>/r_<hash>``:
+
+- a *method run* (the default trial target, :data:`DEFAULT_TRIAL_TARGET`): addressed by the
+  runner's own manifest (:func:`manifest`, :func:`run_id`), built from plain values — the pid,
+  n, the method, the resolved hyperparameters, the budget, the seed and the posterior settings
+  — so the tuning driver and the worker compute the same address without loading a problem's
+  arrays;
+- a run of any other target (``--trial-target``): addressed by the payload's manifest
+  (:func:`target_manifest`), which names the target.
+
+:func:`locator` chooses between them.
 
 The posterior. Every method samples the reference's posterior: its β (1/log n when the
 reference leaves it out) and its γ. ``gamma`` is a *posterior setting* every method takes (in
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +32,29 @@ from lambda_hat._io import read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.hashing import content_hash
 from lambda_hat.llc.posterior import default_beta
+from lambda_hat.trial.outcome import KINDS
 
 __all__ = [
+    "DEFAULT_TRIAL_TARGET",
     "POSTERIOR_HYPERPARAMS",
     "RUN_SCHEMA",
     "check_gamma",
     "load_metrics",
+    "load_valid_metrics",
+    "locator",
     "manifest",
     "posterior_settings",
     "resolve_hyperparams",
     "run_dir_for",
     "run_id",
+    "target_location",
+    "target_manifest",
+    "trial_workdir",
 ]
 
+#: What a trial runs unless told otherwise (``"module:function"``, called with the payload as
+#: keyword arguments in the trial process): one method run, at its method-run address.
+DEFAULT_TRIAL_TARGET = "lambda_hat.trial.app:method_target"
 RUN_SCHEMA = 1
 #: Hyperparameters that set the sampled posterior rather than the method (any method takes them).
 POSTERIOR_HYPERPARAMS = ("gamma",)
@@ -126,9 +144,75 @@ def run_dir_for(artifacts: str | Path, pid: str, method: str, manifest: dict) ->
     return Path(artifacts) / "runs" / pid / method / run_id(manifest)
 
 
+def target_manifest(payload: dict) -> dict:
+    """What identifies a run of any target: problem, method, hyperparameters, budget, seed,
+    target."""
+    return {
+        "pid": payload["pid"],
+        "method": payload["method"],
+        "hyperparams": payload["hyperparams"],
+        "budget_sec": payload["budget_sec"],
+        "seed": payload["seed"],
+        "target": payload.get("target", DEFAULT_TRIAL_TARGET),
+    }
+
+
+def target_location(payload: dict) -> tuple[str, Path]:
+    """``(run_id, run_dir)`` of a run of any target: ``r_<sha256(target_manifest)[:12]>``
+    under ``<artifacts>/runs/<pid>/<method>/``."""
+    rid = content_hash(target_manifest(payload), prefix="r_")
+    return rid, Path(payload["artifacts"]) / "runs" / payload["pid"] / payload["method"] / rid
+
+
+def locator(
+    target: str, artifacts: str | Path, pid: str, n: int, method: str
+) -> Callable[[dict], tuple[str, Path]]:
+    """``locate(payload) -> (run_id, run_dir)`` for the runs of ``method`` on problem ``pid``
+    (``n`` data points): where the trial's runner will write. For the default target the
+    method run's address (from plain values, no problem arrays, and the payload's reference:
+    that of the trial's posterior); for any other the generic one (:func:`target_location`)."""
+    if target != DEFAULT_TRIAL_TARGET:
+        return target_location
+
+    def locate(payload: dict) -> tuple[str, Path]:
+        m = manifest(
+            pid,
+            n,
+            method,
+            payload["hyperparams"],
+            payload["budget_sec"],
+            payload["seed"],
+            payload.get("ref"),
+        )
+        run_dir = run_dir_for(artifacts, pid, method, m)
+        return run_dir.name, run_dir
+
+    return locate
+
+
+def trial_workdir(run_dir: str | Path) -> Path:
+    """The isolation directory of a run: payload, result, ``progress.json``, ``stop.json``."""
+    return Path(run_dir) / "isolation"
+
+
 def load_metrics(run_dir: str | Path) -> dict | None:
     """A finished run's metrics (None when missing, corrupt, or not a finished record)."""
     m = read_json(Path(run_dir) / "metrics.json")
     if m is None or m.get("status") not in ("ok", "failed"):
         return None
     return m
+
+
+def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
+    """The run's metrics when they are a reusable outcome: ok, or a failure whose kind is
+    *reusable* (:data:`lambda_hat.trial.outcome.KINDS`: deterministic in the manifest); every
+    other failure is run again when its manifest comes up again."""
+    if not run_dir:
+        return None
+    metrics = read_json(Path(run_dir) / "metrics.json")
+    if metrics is None:
+        return None
+    if metrics.get("status") == "ok":
+        return metrics
+    kind = KINDS.get((metrics.get("failure") or {}).get("kind"))
+    return metrics if metrics.get("status") == "failed" and kind and kind.reusable else None

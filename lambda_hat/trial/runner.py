@@ -1,9 +1,10 @@
 """One trial of a cheap LLC method (SGLD, VI, MCLMC): the single entry point.
 
-:func:`run_method_trial` is what the tuning workflow and ``lambda-hat trial`` call. Contract:
+:func:`run_method_trial` is what the tuning workflow (through the trial app's default target,
+:func:`lambda_hat.trial.app.method_target`) and ``lambda-hat trial`` call. Contract:
 
-- It validates the hyperparameters first (a :class:`~lambda_hat.config.tuning.ConfigError` naming the
-  field is the only exception it raises, before any work or file).
+- It validates the hyperparameters first (a :class:`~lambda_hat.config.schema.ConfigError`
+  naming the field is the only exception it raises, before any work or file).
 - It writes ``<artifacts>/runs/<pid>/<method>/<run id>/manifest.json`` (everything that
   determines the run, :func:`lambda_hat.trial.identity.manifest`), then runs the method's adapter
   (:mod:`lambda_hat.methods`) through the engine's chunk loop (:mod:`lambda_hat.llc.engine`), then
@@ -111,33 +112,9 @@ def run_method_trial(
     metrics = _new_metrics(manifest, run_dir.name)
     log.info("trial %s: %s on %s, %s", run_dir.name, method, problem.pid, hp)
     try:
-        target = make_target(
-            problem.pid,
-            problem.model.apply,
-            float(problem.spec.data.noise),
-            problem.X,
-            problem.y,
-            problem.w_star,
-            ps["beta"],
-            ps["gamma"],
-            timer,
-            hp.get("dtype", "float64"),  # every cheap method's schema has it
-        )
-        post = target.post
-        metrics["posterior"].update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)
-        out = methods.get(method).run(target, hp, jax.random.PRNGKey(seed), deadline, timer)
-        _fill_result(metrics, out, post)
-        atomic_write_npz(run_dir / "trace.npz", **out["trace"])
+        _run(problem, method, hp, ps, seed, deadline, timer, metrics, run_dir)
     except engine.Pruned as exc:
-        metrics["failure"] = {
-            "kind": "pruned",
-            "message": str(exc),
-            "step": exc.step,
-            "steps_planned": exc.steps_planned,
-            "fraction_done": exc.step / max(1, exc.steps_planned),
-        }
-        metrics["llc_hat"] = exc.llc_hat
-        metrics["work"] = {"steps": exc.step, "steps_planned": exc.steps_planned}
+        _record_pruned(metrics, exc)
     except engine.Diverged as exc:
         metrics["failure"] = {
             "kind": "diverged",
@@ -159,6 +136,50 @@ def run_method_trial(
         _finish(metrics, timer, t_start, ref, run_dir)
     _log_result(metrics)
     return metrics
+
+
+def _run(
+    problem: Problem,
+    method: str,
+    hp: dict,
+    ps: dict,
+    seed: int,
+    deadline: float,
+    timer: engine.Timer,
+    metrics: dict,
+    run_dir: Path,
+) -> None:
+    """The method on the posterior ``ps`` of ``problem``: fills ``metrics``, writes the trace."""
+    target = make_target(
+        problem.pid,
+        problem.model.apply,
+        float(problem.spec.data.noise),
+        problem.X,
+        problem.y,
+        problem.w_star,
+        ps["beta"],
+        ps["gamma"],
+        timer,
+        hp.get("dtype", "float64"),  # every cheap method's schema has it
+    )
+    post = target.post
+    metrics["posterior"].update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)
+    out = methods.get(method).run(target, hp, jax.random.PRNGKey(seed), deadline, timer)
+    _fill_result(metrics, out, post)
+    atomic_write_npz(run_dir / "trace.npz", **out["trace"])
+
+
+def _record_pruned(metrics: dict, exc: engine.Pruned) -> None:
+    """A trial its driver asked to stop: the failure ``pruned`` and its estimate so far."""
+    metrics["failure"] = {
+        "kind": "pruned",
+        "message": str(exc),
+        "step": exc.step,
+        "steps_planned": exc.steps_planned,
+        "fraction_done": exc.step / max(1, exc.steps_planned),
+    }
+    metrics["llc_hat"] = exc.llc_hat
+    metrics["work"] = {"steps": exc.step, "steps_planned": exc.steps_planned}
 
 
 def _finish(metrics: dict, timer: engine.Timer, t_start: float, ref, run_dir: Path) -> None:

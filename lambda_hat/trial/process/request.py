@@ -16,13 +16,13 @@ from lambda_hat.llc.channel import mark_started
 from lambda_hat.trial.outcome import failed_metrics, from_exception
 from lambda_hat.trial.process.supervise import LOG_TAIL_CHARS
 
-__all__ = ["MOVED_TARGET_MODULES", "resolve_target", "run_request"]
+__all__ = ["MOVED_TARGETS", "resolve_target", "run_request"]
 
-#: Modules a trial target could name before the stage packages (issue 18): stored configs and
+#: Trial targets as they were named before the stage packages (issue 18): stored configs and
 #: scripts that pass ``--trial-target lambda_hat.workflow.synthetic:synthetic_trial`` still run.
-MOVED_TARGET_MODULES = {
-    "lambda_hat.workflow.synthetic": "lambda_hat.trial.synthetic",
-    "lambda_hat.workflow.execution": "lambda_hat.parallel.apps",
+MOVED_TARGETS = {
+    "lambda_hat.workflow.synthetic:synthetic_trial": "lambda_hat.trial.synthetic:synthetic_trial",
+    "lambda_hat.workflow.execution:run_method_trial": "lambda_hat.trial.app:method_target",
 }
 
 
@@ -30,10 +30,9 @@ def resolve_target(target: str) -> Callable[..., Any]:
     """The function named by ``target`` (``"package.module:function"``; the function part may be
     dotted, ``module:Class.method``). Raises ``ValueError`` for a malformed target, the import's
     own error for a missing module or attribute, ``TypeError`` when it is not callable."""
-    module_name, sep, func_name = target.partition(":")
+    module_name, sep, func_name = MOVED_TARGETS.get(target, target).partition(":")
     if not sep or not module_name or not func_name:
         raise ValueError(f"target must look like 'package.module:function', got {target!r}")
-    module_name = MOVED_TARGET_MODULES.get(module_name, module_name)
     func = importlib.import_module(module_name)
     for part in func_name.split("."):
         func = getattr(func, part)
