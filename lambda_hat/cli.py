@@ -22,8 +22,10 @@ from pathlib import Path
 import yaml
 
 from lambda_hat import methods
+from lambda_hat.config.load import load_tuning
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import ConfigError, as_dict
-from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig, load_experiment
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.log import fmt_seconds, format_table, setup_logging
 from lambda_hat.problem.build import build_problem, problem_id
 from lambda_hat.reference import nuts as reference
@@ -109,7 +111,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     overrides = {}
     if args.budget is not None:
         overrides["reference"] = {"budget_sec": args.budget}
-    exp = load_experiment(args.config, overrides)
+    exp = load_tuning(args.config, overrides)
     specs = select_problems(exp.problems, args.problem)
     cfg = exp.config.reference
     refs = run_references(specs, cfg, exp.config.paths.artifacts, args.force, args.verbose)
@@ -161,7 +163,7 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _cmd_trial(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.config)
+    exp = load_tuning(args.config)
     cfg = exp.config
     hp = runs.resolve_hyperparams(args.method, _parse_sets(args.set), "--set")
     (spec,) = select_problems(exp.problems, [args.problem])
@@ -217,12 +219,12 @@ def _add_trial(sub) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import warnings
 
-    from lambda_hat.config.runs import load_experiments
+    from lambda_hat.config.load import load_runs
     from lambda_hat.runs import stage as experiments
 
     # Parsl starts its worker pool with fork+exec, which is safe; JAX warns about any fork.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    plan = experiments.plan_experiments(load_experiments(args.config), args.parsl_config)
+    plan = experiments.plan_experiments(load_runs(args.config), args.parsl_config)
     print(experiments.describe(plan), flush=True)
     if args.dry_run:
         return 0
@@ -261,7 +263,7 @@ def _add_run(sub) -> None:
 
 
 def _cmd_plots(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.config)
+    exp = load_tuning(args.config)
     out = args.out or Path(exp.config.paths.results) / "plots"
     for path in plots.make_plots(exp, out):
         print(path)
@@ -286,7 +288,7 @@ def _add_plots(sub) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from lambda_hat.report.page import make_report
 
-    exp = load_experiment(args.config) if args.config else None
+    exp = load_tuning(args.config) if args.config else None
     results = args.results or (Path(exp.config.paths.results) if exp else Path("results"))
     artifacts = args.artifacts or (exp.config.paths.artifacts if exp else None)
     written = make_report(results, args.out or results / "report", artifacts, exp)
@@ -327,7 +329,7 @@ def dashboard_storage(args: argparse.Namespace) -> str:
     if args.storage:
         where, field = args.storage, "--storage"
     elif args.config:
-        cfg = load_experiment(args.config).config
+        cfg = load_tuning(args.config).config
         where, field = cfg.optuna.storage or studies.journal_path(cfg.paths.results), "--config"
     else:
         raise ConfigError("--config", "neither --config nor --storage was given.", "pass one.")

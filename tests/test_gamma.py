@@ -21,8 +21,8 @@ import yaml
 
 from lambda_hat import methods
 from lambda_hat._io import atomic_write_json
+from lambda_hat.config.load import load_tuning
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import load_experiment
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem import theory
 from lambda_hat.reference import nuts as reference
@@ -59,7 +59,7 @@ def _experiment(tmp_path: Path, search_space: dict, **optuna_cfg):
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return load_experiment(path)
+    return load_tuning(path)
 
 
 # ------------------------------------------------------------------ defaults: the reference's

@@ -13,8 +13,8 @@ import pytest
 
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
+from lambda_hat.config.load import load_tuning
 from lambda_hat.config.schema import as_dict
-from lambda_hat.config.tuning import load_experiment
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.problem.build import build_problem, problem_dir, problem_id
 from lambda_hat.reference.nuts import (
@@ -115,7 +115,7 @@ def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("campaign")
     cfg = root / "c.yaml"
     cfg.write_text(CONFIG.format(root=root))
-    exp = load_experiment(cfg)
+    exp = load_tuning(cfg)
     ref = _fake_reference(exp, exp.problems[0])
     pid_a, pid_b = ref["pid"], problem_id(exp.problems[1])
     lr, se = ref["llc_ref"], ref["se_ref"]
@@ -186,7 +186,7 @@ def test_plots_of_a_real_hmc_reference(tmp_path, capsys):
     running λ̂ ends at its λ̂_ref (~25 s on the shared 2 cores, 16 s of it NUTS compilation)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG.format(root=tmp_path))
-    exp = load_experiment(cfg)
+    exp = load_tuning(cfg)
     problem = build_problem(exp.problems[0], exp.config.paths.artifacts)
     ref = ensure_reference(problem, exp.config.reference)
     assert main(["plots", "--config", str(cfg)]) == 0

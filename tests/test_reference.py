@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lambda_hat.cli import main
-from lambda_hat.config.tuning import ReferenceConfig
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.llc import engine
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.problem import theory

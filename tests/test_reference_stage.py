@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from lambda_hat.config.tuning import load_experiment
+from lambda_hat.config.load import load_tuning
 from lambda_hat.parallel import apps as execution
 from lambda_hat.reference import stage as references
 from lambda_hat.study import pipeline, plan
@@ -29,7 +29,7 @@ def _plan(tmp_path: Path):
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return plan.check_plan(load_experiment(path), None, SYNTHETIC)
+    return plan.check_plan(load_tuning(path), None, SYNTHETIC)
 
 
 def _stage(p, monkeypatch):

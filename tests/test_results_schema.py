@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from lambda_hat.config.tuning import ProblemEntry, load_experiment, resolve_problem
+from lambda_hat.config.load import load_tuning
+from lambda_hat.config.problem import ProblemEntry, resolve_problem
 from lambda_hat.problem.build import problem_id
 from lambda_hat.results import tables as results
 from lambda_hat.study import progress
@@ -47,7 +48,7 @@ def _trial(number: int, params: dict, value: float) -> optuna.trial.FrozenTrial:
 
 
 def _table(tmp_path) -> pd.DataFrame:
-    exp = load_experiment(REPO / "config" / "optuna_demo.yaml")
+    exp = load_tuning(REPO / "config" / "optuna_demo.yaml")
     problems = results.problem_table(exp.config.problems, exp.problems)
     (linear, tiny) = problems
     ref = {"llc_ref": 1.5, "se_ref": 0.02, "llc_theory": 1.5}

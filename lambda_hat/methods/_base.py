@@ -32,7 +32,7 @@ class Method(NamedTuple):
     """One cheap LLC method, in the spirit of Optax's ``GradientTransformation``.
 
     ``hyper`` is the hyperparameter schema (a frozen dataclass checked by
-    :func:`lambda_hat.config.tuning.validate`); ``space()`` the default Optuna search space;
+    :func:`lambda_hat.config.schema.validate`); ``space()`` the default Optuna search space;
     ``run(target, hp, key, deadline, timer)`` the adapter that runs the sampler and returns a
     :data:`RunOutput` dict; ``culprits`` maps a failure kind to the hyperparameters that
     usually cause it, most likely first (the all-fail guard's diagnosis); ``check(hp, where)``

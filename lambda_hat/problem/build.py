@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import as_dict, validate
-from lambda_hat.config.tuning import ProblemSpec
 from lambda_hat.hashing import content_hash
 from lambda_hat.llc.posterior import (
     LLCPosterior,

@@ -33,8 +33,9 @@ import numpy as np
 
 from lambda_hat import __version__
 from lambda_hat._io import atomic_write_json, atomic_write_npz, finite_float, read_json
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import as_dict, validate
-from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.hashing import content_hash
 from lambda_hat.llc import engine
 from lambda_hat.llc.diagnostics import chain_health

@@ -19,8 +19,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from lambda_hat._io import read_json
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import as_dict
-from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import load_problem, problem_id
 from lambda_hat.reference.curvature import curvature_record

@@ -34,7 +34,7 @@ from lambda_hat.study.storage import study_name
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lambda_hat.config.tuning import Experiment
+    from lambda_hat.config.tuning import Tuning
 
 log = logging.getLogger("lambda_hat.report.page")
 
@@ -282,7 +282,7 @@ def to_html(blocks: list[Block], title: str) -> str:
 # ----------------------------------------------------------------------------------- main
 
 
-def _today_plots(inp: Inputs, out: Path, exp: Experiment | None) -> dict[str, Path]:
+def _today_plots(inp: Inputs, out: Path, exp: Tuning | None) -> dict[str, Path]:
     """``lambda-hat plots``' figures under ``<out>/plots``, by file name."""
     where = out / "plots"
     if exp is not None:
@@ -293,7 +293,7 @@ def _today_plots(inp: Inputs, out: Path, exp: Experiment | None) -> dict[str, Pa
 
 
 def report_blocks(
-    inp: Inputs, out: Path, exp: Experiment | None = None
+    inp: Inputs, out: Path, exp: Tuning | None = None
 ) -> tuple[list[Block], list[Path]]:
     """The report's content and every figure written for it under ``out``."""
     w = _Writer(out)
@@ -329,11 +329,11 @@ def make_report(
     results: str | Path,
     out: str | Path | None = None,
     artifacts: str | Path | None = None,
-    exp: Experiment | None = None,
+    exp: Tuning | None = None,
 ) -> list[Path]:
     """Write the report of ``results`` (default ``<results>/report``); return every file written.
 
-    ``exp`` (an :class:`lambda_hat.config.tuning.Experiment`, optional) supplies the objectives, the
+    ``exp`` (an :class:`lambda_hat.config.tuning.Tuning`, optional) supplies the objectives, the
     reference gate thresholds and the problem list; without it they come from the files.
     """
     out = Path(out) if out is not None else Path(results) / "report"

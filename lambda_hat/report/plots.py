@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lambda_hat._io import atomic_write_bytes, finite_float, read_json
-from lambda_hat.config.tuning import Experiment
+from lambda_hat.config.tuning import Tuning
 from lambda_hat.problem.build import problem_dir, problem_id
 from lambda_hat.report.figures import (
     model_label,
@@ -126,14 +126,14 @@ def _read_parquet(path: Path) -> pd.DataFrame | None:
     return df
 
 
-def _objective_label(exp: Experiment) -> str:
+def _objective_label(exp: Tuning) -> str:
     oc = exp.config.optuna
     if oc.objective == "huber":
         return r"Huber$(\hat\lambda - \hat\lambda_{\mathrm{ref}})/\delta$"
     return r"$|\hat\lambda - \hat\lambda_{\mathrm{ref}}|$"
 
 
-def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
+def make_plots(exp: Tuning, out: str | Path) -> list[Path]:
     """Write every plot the stored outputs of ``exp`` allow; return the paths written."""
     from lambda_hat.reference.nuts import evaluate_gate, reference_settings
 

@@ -33,8 +33,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lambda_hat import methods
+from lambda_hat.config.load import load_tuning
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import ConfigError, as_dict
-from lambda_hat.config.tuning import ProblemSpec, load_experiment
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import apps as execution
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     # warns about any fork in a process that imported it.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     try:
-        exp = load_experiment(args.config, _overrides(args))
+        exp = load_tuning(args.config, _overrides(args))
         plan = check_plan(exp, args.parsl_config, args.trial_target)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

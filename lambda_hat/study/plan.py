@@ -30,7 +30,7 @@ from optuna.distributions import (
 from lambda_hat import methods
 from lambda_hat._io import read_json
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import Experiment, ExperimentConfig
+from lambda_hat.config.tuning import Tuning, TuningConfig
 from lambda_hat.llc.posterior import default_beta
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_dir, problem_id
@@ -54,7 +54,7 @@ Searched = BaseDistribution | StabilityRange
 class Plan:
     """Everything the run needs, checked before anything is written."""
 
-    exp: Experiment
+    exp: Tuning
     pids: list[str]
     spaces: dict[str, dict[str, Searched]]
     fixed: dict[str, dict[str, Any]]
@@ -65,7 +65,7 @@ class Plan:
     trial_target: str
 
     @property
-    def cfg(self) -> ExperimentConfig:
+    def cfg(self) -> TuningConfig:
         return self.exp.config
 
     @property
@@ -360,7 +360,7 @@ def describe_space(space: dict[str, Searched], method: str, curvatures: dict[str
     return ", ".join(parts)
 
 
-def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str | None) -> Plan:
+def check_plan(exp: Tuning, parsl_config_path: str | None, trial_target: str | None) -> Plan:
     """Check everything that can be checked without writing a byte; raises ConfigError.
 
     ``parsl_config_path`` None means the local default (``--local``)."""

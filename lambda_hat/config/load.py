@@ -1,0 +1,200 @@
+"""The one config loader: a tuning YAML (``parsl-optuna``), a run YAML (``lambda-hat run``), or
+either of them (every subcommand that only needs problems, reference settings and paths).
+
+A file is read once (:func:`lambda_hat.config.schema.read_yaml`), CLI overrides deep-merge into
+it, its keys are checked against the schema (:mod:`lambda_hat.config.tuning` or
+:mod:`lambda_hat.config.runs`), then the checks across fields, then every problem's presets
+are composed (:func:`lambda_hat.config.problem.resolve_problem`, a ``conf/`` next to the file
+first) — all before any work. Every error is a :class:`ConfigError` naming the file and the
+YAML path.
+
+Which kind a file is (:func:`load_config`) is read from its keys: ``optuna`` or a ``methods``
+list make a tuning YAML; ``seeds``, ``budget_sec``, ``allow_failed_reference``, ``isolate``,
+``timeout_grace``, ``infrastructure_retries`` or a ``methods`` mapping (method -> sets) make a
+run YAML; a file of only ``problems``, ``reference`` and ``paths`` fits both and loads as a
+tuning YAML (the two read those sections alike).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from omegaconf import OmegaConf
+
+from lambda_hat import layout
+from lambda_hat.config.problem import ProblemSpec, resolve_problem
+from lambda_hat.config.runs import Runs, RunsConfig, check_runs
+from lambda_hat.config.schema import ConfigError, read_yaml, validate
+from lambda_hat.config.sections import PathsConfig, ReferenceConfig
+from lambda_hat.config.tuning import Tuning, TuningConfig, check_tuning
+
+__all__ = ["ConfigFile", "config_kind", "load_config", "load_runs", "load_tuning"]
+
+C = TypeVar("C")
+
+#: Keys of one YAML kind that the other lacks (``methods`` is in both, a list or a mapping).
+TUNING_KEYS = tuple(
+    k for k in TuningConfig.__pydantic_fields__ if k not in RunsConfig.__pydantic_fields__
+)
+RUNS_KEYS = tuple(
+    k for k in RunsConfig.__pydantic_fields__ if k not in TuningConfig.__pydantic_fields__
+)
+#: What each kind is and the command that takes it, for messages.
+_KINDS = {
+    TuningConfig: ("a tuning YAML", "parsl-optuna --config FILE", RUNS_KEYS),
+    RunsConfig: ("a run YAML", "lambda-hat run --config FILE", TUNING_KEYS),
+}
+
+
+def _read(path: Path, overrides: dict | None) -> dict:
+    """The file's mapping (empty for an empty file) with ``overrides`` merged in."""
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "the file must be a mapping with a 'problems:' list.")
+    if overrides:
+        raw = OmegaConf.to_container(OmegaConf.merge(raw, overrides), resolve=True)
+    return raw
+
+
+def _load(path: Path, raw: dict, schema: type[C], check: Callable[[C], C]) -> tuple[C, list]:
+    """``raw`` validated against ``schema``, checked, and its problems resolved; errors name
+    the file."""
+    try:
+        cfg = check(validate(raw, schema, ""))
+        search = [path.parent / "conf"]
+        problems = [
+            resolve_problem(p, f"problems[{i}]", search) for i, p in enumerate(cfg.problems)
+        ]
+    except ConfigError as exc:
+        raise ConfigError(exc.where, exc.problem, _fix(exc, schema), source=str(path)) from None
+    return cfg, problems
+
+
+def _fix(exc: ConfigError, schema: type) -> str:
+    """The fix of ``exc``; for an unknown top-level key that the other kind has, say so."""
+    this, _, other_keys = _KINDS[schema]
+    if exc.where not in other_keys or not exc.problem.startswith("unknown key"):
+        return exc.fix
+    other = next(v for k, v in _KINDS.items() if k is not schema)
+    return (
+        f"{exc.where} is a key of {other[0]}, not of {this}: run that file with "
+        f"`{other[1]}`, or remove the key."
+    )
+
+
+def load_tuning(path: str | Path, overrides: dict | None = None) -> Tuning:
+    """Read, compose and validate a tuning YAML; raises :class:`ConfigError`.
+
+    ``overrides`` (for CLI flags) deep-merge into the file's contents before validation.
+    Presets are looked up in ``<config dir>/conf/<group>/`` first, then in the package.
+    """
+    path = Path(path)
+    cfg, problems = _load(path, _read(path, overrides), TuningConfig, check_tuning)
+    return Tuning(config=cfg, problems=problems, source=str(path))
+
+
+def load_runs(path: str | Path, overrides: dict | None = None) -> Runs:
+    """Read, compose and check a run YAML; raises :class:`ConfigError` naming the field.
+    Fixed hyperparameters are validated against their method's schema here."""
+    path = Path(path)
+    cfg, problems = _load(path, _read(path, overrides), RunsConfig, check_runs)
+    return Runs(config=cfg, problems=problems, source=str(path))
+
+
+# ------------------------------------------------------------------------------ either kind
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """What every subcommand that needs problems and their references takes from a config
+    file of either kind (:func:`load_config`).
+
+    ``storage`` is where the file's Optuna studies are: a tuning YAML's ``optuna.storage``, a
+    run YAML's ``from_study`` storage (when its sets name one), else the journal under the
+    results. ``budget_sec`` is one trial's budget (``optuna.method_budget_sec`` or
+    ``budget_sec``). ``loaded`` is the whole :class:`Tuning` or :class:`Runs`.
+    """
+
+    kind: Literal["tuning", "runs"]
+    source: str
+    problems: list[ProblemSpec]
+    reference: ReferenceConfig
+    paths: PathsConfig
+    methods: tuple[str, ...]
+    budget_sec: float
+    storage: str
+    loaded: Tuning | Runs
+
+    @property
+    def tuning(self) -> TuningConfig | None:
+        """The tuning config (None for a run YAML)."""
+        return self.loaded.config if isinstance(self.loaded, Tuning) else None
+
+
+def config_kind(raw: dict, source: str) -> Literal["tuning", "runs"]:
+    """Which schema ``raw`` (a config file's mapping) is written in; a :class:`ConfigError`
+    naming the keys when it mixes both."""
+    methods = raw.get("methods")
+    tuning = [k for k in TUNING_KEYS if k in raw]
+    runs = [k for k in RUNS_KEYS if k in raw]
+    if isinstance(methods, list):
+        tuning.append("methods (a list)")
+    elif isinstance(methods, dict):
+        runs.append("methods (a mapping of sets)")
+    if tuning and runs:
+        raise ConfigError(
+            runs[0].split()[0],
+            f"this file mixes the two config kinds: {', '.join(runs)} belong to a run YAML "
+            f"(lambda-hat run), {', '.join(tuning)} to a tuning YAML (parsl-optuna).",
+            "keep the tuning settings and the run settings in two files.",
+            source=source,
+        )
+    return "runs" if runs else "tuning"
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
+    """A config file of either kind (:func:`config_kind`), loaded by its own loader, as the
+    problems, reference settings, paths and study storage every subcommand needs."""
+    path = Path(path)
+    raw = _read(path, overrides)
+    if config_kind(raw, str(path)) == "runs":
+        cfg, problems = _load(path, raw, RunsConfig, check_runs)
+        runs = Runs(config=cfg, problems=problems, source=str(path))
+        stores = [_study_storage(s.from_study) for sets in cfg.methods.values() for s in sets]
+        storage = next((s for s in stores if s is not None), None)
+        return ConfigFile(
+            "runs",
+            str(path),
+            problems,
+            cfg.reference,
+            cfg.paths,
+            tuple(cfg.methods),
+            cfg.budget_sec,
+            storage or str(layout.journal_path(cfg.paths.results)),
+            runs,
+        )
+    cfg, problems = _load(path, raw, TuningConfig, check_tuning)
+    oc = cfg.optuna
+    return ConfigFile(
+        "tuning",
+        str(path),
+        problems,
+        cfg.reference,
+        cfg.paths,
+        tuple(cfg.methods),
+        oc.method_budget_sec,
+        oc.storage or str(layout.journal_path(cfg.paths.results)),
+        Tuning(config=cfg, problems=problems, source=str(path)),
+    )
+
+
+def _study_storage(from_study: Any) -> str | None:
+    """The study storage a ``from_study`` set reads (None: a set of fixed values)."""
+    if from_study is None:
+        return None
+    return from_study.storage or str(layout.journal_path(from_study.results))
