@@ -30,6 +30,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+ARTIFACTS = "artifacts"  # the default folders (paths.artifacts, paths.results)
+RESULTS = "results"
+
 # ----------------------------------------------------------------------------- artifacts/
 
 PROBLEMS = "problems"

@@ -26,6 +26,7 @@ from lambda_hat.config.schema import ConfigError
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem import theory
 from lambda_hat.reference import nuts as reference
+from lambda_hat.reference import store
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import pipeline, plan
@@ -160,7 +161,7 @@ def _exact_reference(problem, cfg):
     post = problem.posterior(cfg.beta, cfg.gamma)
     H = np.asarray(jax.hessian(post.loss)(problem.w_star))
     ref = {
-        "schema": reference.REF_SCHEMA,
+        "schema": store.REF_SCHEMA,
         "pid": problem.pid,
         "llc_ref": theory.linear_gaussian_llc(H, post.n, post.beta, cfg.gamma),
         "se_ref": 0.01,
@@ -168,14 +169,14 @@ def _exact_reference(problem, cfg):
         "rhat": 1.0,
         "ess_bulk": 1000.0,
         "gate": {"passed": True, "reasons": []},
-        "settings": reference.reference_settings(cfg),
+        "settings": store.reference_settings(cfg),
         "beta": post.beta,
         "gamma": post.gamma,
         "nbeta": post.nbeta,
         "n": post.n,
         "seconds": {"total": time.monotonic()},
     }
-    atomic_write_json(reference.ref_path(problem), ref)
+    atomic_write_json(store.ref_path(problem), ref)
     return ref
 
 

@@ -17,12 +17,8 @@ from lambda_hat.config.load import load_tuning
 from lambda_hat.config.schema import as_dict
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.problem.build import build_problem, problem_dir, problem_id
-from lambda_hat.reference.nuts import (
-    REF_SCHEMA,
-    ensure_reference,
-    evaluate_gate,
-    reference_settings,
-)
+from lambda_hat.reference.nuts import ensure_reference
+from lambda_hat.reference.store import REF_SCHEMA, evaluate_gate, reference_settings
 from lambda_hat.report import figures
 from lambda_hat.results.tables import PARQUET_NAME, write_parquet
 

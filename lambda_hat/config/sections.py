@@ -7,6 +7,7 @@ importing the method registry the tuning schema names (:mod:`lambda_hat.config.t
 
 from __future__ import annotations
 
+from lambda_hat import layout
 from lambda_hat.config.schema import config_dataclass, field
 
 __all__ = ["PathsConfig", "ReferenceConfig"]
@@ -40,5 +41,5 @@ class ReferenceConfig:
 class PathsConfig:
     """Where outputs go (relative paths are relative to the working directory)."""
 
-    artifacts: str = field("artifacts", "problems, references and runs")
-    results: str = field("results", "studies and Parquet tables")
+    artifacts: str = field(layout.ARTIFACTS, "problems, references and runs")
+    results: str = field(layout.RESULTS, "studies and Parquet tables")

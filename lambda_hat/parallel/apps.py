@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.hashing import content_hash
@@ -79,12 +80,12 @@ def trial_manifest(payload: dict) -> dict:
 def trial_location(payload: dict) -> tuple[str, Path]:
     """``(run_id, run_dir)``: ``r_<sha256(manifest)[:12]>`` under ``<artifacts>/runs/<pid>/<method>/``."""
     run_id = content_hash(trial_manifest(payload), prefix="r_")
-    return run_id, Path(payload["artifacts"]) / "runs" / payload["pid"] / payload["method"] / run_id
+    return run_id, layout.run_dir(payload["artifacts"], payload["pid"], payload["method"], run_id)
 
 
 def trial_workdir(run_dir: str | Path) -> Path:
     """The isolation directory of a run: payload, result, ``progress.json``, ``stop.json``."""
-    return Path(run_dir) / "isolation"
+    return layout.isolation_dir(run_dir)
 
 
 def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
@@ -93,7 +94,7 @@ def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
     failure is run again when its manifest comes up again."""
     if not run_dir:
         return None
-    metrics = read_json(Path(run_dir) / "metrics.json")
+    metrics = read_json(Path(run_dir) / layout.METRICS)
     if metrics is None:
         return None
     if metrics.get("status") == "ok":
@@ -112,7 +113,7 @@ def worker_env(artifacts: str | Path) -> dict[str, str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = str(max(1, cores or 1))
     env = {
-        "JAX_COMPILATION_CACHE_DIR": str(Path(artifacts).resolve() / ".jax_cache"),
+        "JAX_COMPILATION_CACHE_DIR": str(layout.jax_cache(artifacts)),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "OMP_NUM_THREADS": cores,
@@ -166,7 +167,7 @@ def cached_problem(spec: dict, artifacts: str | Path):
 
     def stamp() -> tuple | None:
         with contextlib.suppress(OSError):
-            st = (problem_dir(artifacts, pid) / "data.npz").stat()
+            st = (problem_dir(artifacts, pid) / layout.PROBLEM_DATA).stat()
             return st.st_ino, st.st_mtime_ns, st.st_size
         return None
 
@@ -222,10 +223,10 @@ def execute_trial(payload: dict) -> dict:
     metrics.setdefault("finished_at", time.time())
     metrics.setdefault("run_id", payload.get("run_id"))
     metrics.setdefault("hyperparams", payload["hyperparams"])
-    written = read_json(run_dir / "metrics.json")
+    written = read_json(run_dir / layout.METRICS)
     merged = {**(written or {}), **metrics}
     if merged != written:
-        atomic_write_json(run_dir / "metrics.json", merged)
+        atomic_write_json(run_dir / layout.METRICS, merged)
     return metrics
 
 
@@ -244,7 +245,7 @@ def _call_inline(target: str, kwargs: dict, run_dir: Path) -> dict:
     try:
         return resolve_target(target)(**kwargs)
     except Exception as exc:
-        return failed_metrics(**from_exception(exc, traceback_path=run_dir / "traceback.txt"))
+        return failed_metrics(**from_exception(exc, traceback_path=run_dir / layout.TRACEBACK))
     finally:
         for key, value in saved.items():
             if value is None:

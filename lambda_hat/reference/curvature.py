@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.hashing import content_hash
 from lambda_hat.llc.posterior import LLCPosterior
@@ -242,7 +243,8 @@ def curvature_settings(
 
 def curvature_path(problem: Problem, settings: dict) -> Path:
     """``<problem dir>/curvature/c_<hash of settings>.json``."""
-    return Path(problem.path) / "curvature" / f"{content_hash(settings, 'c_')}.json"
+    name = f"{content_hash(settings, layout.CURVATURE_PREFIX)}.json"
+    return Path(problem.path) / layout.CURVATURE / name
 
 
 def _load(path: Path, settings: dict) -> Curvature | None:

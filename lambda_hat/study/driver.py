@@ -59,6 +59,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from lambda_hat import layout
 from lambda_hat.parallel import apps as execution
 from lambda_hat.study import sharing, stopping
 from lambda_hat.study.scoring import objective_values
@@ -450,7 +451,7 @@ class Driver:
         """
         run_dir = trial.user_attrs.get("run_dir")
         if run_dir:
-            metrics.setdefault("metrics_path", str(Path(run_dir) / "metrics.json"))
+            metrics.setdefault("metrics_path", str(Path(run_dir) / layout.METRICS))
         ref = task.trial_ref(trial.params)
         metrics = screen_estimate(metrics, ref)
         values = objective_values(metrics, task, ref)

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from lambda_hat import methods
+from lambda_hat import layout, methods
 from lambda_hat.config.load import load_tuning
 from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import ConfigError, as_dict
@@ -41,7 +41,7 @@ from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_id
 from lambda_hat.reference import stage as references
-from lambda_hat.reference.stage import References, is_reference, reference_stage
+from lambda_hat.reference.stage import References, is_reference
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import progress, validation
@@ -63,6 +63,16 @@ __all__ = ["References", "execute", "is_reference", "main", "make_tasks", "refer
 log = logging.getLogger("lambda_hat.workflow")
 
 # ---------------------------------------------------------------------------------- stages
+
+
+def reference_stage(plan: Plan, submit=None) -> References:
+    """Stage 1: :func:`lambda_hat.reference.stage.reference_stage` at the plan's problems and
+    γ; ``submit`` defaults to the Parsl reference app."""
+    gammas = {problem_id(spec): plan.gammas for spec in plan.exp.problems}
+    submit = submit or execution.reference_submitter()
+    return references.reference_stage(
+        plan.exp.problems, plan.cfg.reference, plan.artifacts, submit, gammas
+    )
 
 
 def _trial_ref(ref: dict) -> dict:
@@ -178,7 +188,7 @@ def aggregate(plan: Plan, tasks: list[tuning.StudyTask]) -> Path:
         problem = problems.get(t.pid)
         rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem))
         studies.export_pickle(t.study, plan.results, t.pid, t.method)
-    return results.write_parquet(rows, plan.results / results.PARQUET_NAME)
+    return results.write_parquet(rows, plan.results / layout.TRIALS_TABLE)
 
 
 def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
@@ -221,7 +231,7 @@ def parsl_session(plan: Plan, attempts: int = 5) -> Iterator[None]:
         for attempt in range(attempts):
             try:
                 stack.enter_context(
-                    execution.parsl_session(plan.parsl_config, plan.results / "runinfo")
+                    execution.parsl_session(plan.parsl_config, plan.results / layout.RUNINFO)
                 )
                 break
             except FileExistsError:

@@ -27,7 +27,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from lambda_hat import methods
+from lambda_hat import layout, methods
 from lambda_hat._io import read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import Tuning, TuningConfig
@@ -299,7 +299,9 @@ def stored_curvatures(plan: Plan) -> dict[str, dict]:
     for spec in plan.exp.problems:
         pid = problem_id(spec)
         beta = rc.beta if rc.beta is not None else default_beta(spec.data.n)
-        for path in sorted((problem_dir(plan.artifacts, pid) / "curvature").glob("c_*.json")):
+        for path in sorted(
+            (problem_dir(plan.artifacts, pid) / layout.CURVATURE).glob(layout.CURVATURE_GLOB)
+        ):
             info = read_json(path) or {}
             settings = info.get("settings") or {}
             if math.isclose(settings.get("beta", -1.0), beta) and math.isclose(
@@ -409,7 +411,7 @@ def check_plan(exp: Tuning, parsl_config_path: str | None, trial_target: str | N
     parsl_config = (
         execution.load_parsl_config(parsl_config_path)
         if parsl_config_path
-        else execution.local_config(run_dir=res / "runinfo")
+        else execution.local_config(run_dir=res / layout.RUNINFO)
     )
     pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
     capacity, given = execution.capacity(parsl_config), oc.batch_size

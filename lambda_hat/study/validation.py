@@ -32,6 +32,7 @@ import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes, atomic_write_json, finite_float, to_jsonable
 from lambda_hat.config.tuning import ValidateConfig
 from lambda_hat.log import Progress, format_table
@@ -51,8 +52,8 @@ from lambda_hat.trial.outcome import (
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = "validation.parquet"
-JSON_NAME = "validation.json"
+PARQUET_NAME = layout.VALIDATION_TABLE
+JSON_NAME = layout.VALIDATION_JSON
 #: The study user attr holding the recommendation (a dict, see :func:`recommendation`).
 USER_ATTR = "validation"
 

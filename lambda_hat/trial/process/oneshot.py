@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.trial.outcome import failed_metrics, from_exception
 from lambda_hat.trial.process._cgroup import oom_kills as _oom_kills
@@ -75,7 +76,7 @@ STOP_ENV = "LAMBDA_HAT_STOP_FILE"
 """Environment variable naming the file whose existence asks the current trial to stop."""
 STARTED_ENV = "LAMBDA_HAT_STARTED_FILE"
 """Environment variable naming the file a trial touches when its start-up is over."""
-PROGRESS_NAME, STOP_NAME, STARTED_NAME = "progress.json", "stop.json", "started.json"
+PROGRESS_NAME, STOP_NAME, STARTED_NAME = layout.PROGRESS, layout.STOP, layout.STARTED
 
 _POLL_SEC = 0.02
 _TERM_GRACE_SEC = 1.0
@@ -177,8 +178,8 @@ def run_request(target: str, workdir: Path) -> bool:
     write ``result.json`` (every failure as metrics). Shared by the one-shot child and the warm
     one (:mod:`lambda_hat.trial.process.warm`). Returns False when the process should not run another trial
     (an exception that is not an ``Exception``, e.g. ``SystemExit``, escaped the target)."""
-    result_path, tb_path = workdir / "result.json", workdir / "traceback.txt"
-    payload = read_json(workdir / "payload.json")
+    result_path, tb_path = workdir / layout.RESULT, workdir / layout.TRACEBACK
+    payload = read_json(workdir / layout.PAYLOAD)
     if payload is None:
         atomic_write_json(result_path, failed_metrics("error", "payload.json missing or corrupt"))
         return True
@@ -337,7 +338,7 @@ def run_isolated(
         stop_grace_sec = max(5.0, 0.1 * hard_timeout_sec)
     if startup_timeout_sec is None:
         startup_timeout_sec = max(120.0, hard_timeout_sec)
-    oom_before, log_path = _oom_kills(), wd / "child.log"
+    oom_before, log_path = _oom_kills(), wd / layout.CHILD_LOG
     limit = _Limit(paths[STARTED_NAME], hard_timeout_sec, startup_timeout_sec)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -356,10 +357,10 @@ def run_isolated(
 
 def _prepare(wd: Path, payload: Mapping[str, Any], env: Mapping[str, str] | None):
     """The exchange files (stale ones removed, the payload written) and the child's environment."""
-    paths = {n: wd / n for n in ("result.json", PROGRESS_NAME, STOP_NAME, STARTED_NAME)}
+    paths = {n: wd / n for n in (layout.RESULT, PROGRESS_NAME, STOP_NAME, STARTED_NAME)}
     for stale in paths.values():
         stale.unlink(missing_ok=True)
-    atomic_write_json(wd / "payload.json", dict(payload))
+    atomic_write_json(wd / layout.PAYLOAD, dict(payload))
     child_env = {
         **os.environ,
         **(env or {}),
@@ -375,7 +376,7 @@ def _outcome(paths, common, limit, limits, ended, returncode, oom_before) -> dic
     hard_timeout_sec, startup_timeout_sec, stop_grace_sec = limits
     timed_out, stopped = ended
     startup = common["startup_sec"]
-    result = read_json(paths["result.json"])
+    result = read_json(paths[layout.RESULT])
     if result is not None:  # the target finished, even if the process then hung or died on exit
         if result.get("status") == "failed" and isinstance(result.get("failure"), dict):
             result["failure"] = {**common, **result["failure"]}
