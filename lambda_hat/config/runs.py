@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lambda_hat import layout
 from lambda_hat.config.problem import ProblemEntry, ProblemSpec
 from lambda_hat.config.schema import ConfigError, config_dataclass, field
 from lambda_hat.config.sections import PathsConfig, ReferenceConfig
@@ -30,7 +31,7 @@ class FromStudy:
     (study ``<pid>:<method>``) in a finished ``parsl-optuna`` run."""
 
     results: str = field(
-        "results", "the tuning run's results folder (its paths.results; relative: to the cwd)"
+        layout.RESULTS, "the tuning run's results folder (its paths.results; relative: to the cwd)"
     )
     pick: Literal["best", "validated"] = field(
         "best",

@@ -198,7 +198,7 @@ def _load(spec: ProblemSpec, pid: str, path: Path) -> Problem | None:
 
 
 def build_problem(
-    spec: ProblemSpec, artifacts: str | Path = "artifacts", force: bool = False
+    spec: ProblemSpec, artifacts: str | Path = layout.ARTIFACTS, force: bool = False
 ) -> Problem:
     """Load the stored problem for ``spec``, or generate, train and store it."""
     pid = problem_id(spec)

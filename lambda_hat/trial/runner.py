@@ -90,7 +90,7 @@ def run_method_trial(
     budget_sec: float | None,
     seed: int,
     ref: dict | None = None,
-    artifacts: str | Path = "artifacts",
+    artifacts: str | Path = layout.ARTIFACTS,
 ) -> dict:
     """Run one trial of ``method`` on ``problem`` and return (and store) its metrics.
 
