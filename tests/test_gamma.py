@@ -198,7 +198,9 @@ def _references(p, monkeypatch, compute):
             submitted.append(payload["gamma"])
             return pool.submit(execution.execute_reference, payload)
 
-        refs = pipeline.reference_stage(p, submit)
+        refs = pipeline.reference_stage(
+            p.exp.problems, p.cfg.reference, p.artifacts, submit, dict.fromkeys(p.pids, p.gammas)
+        )
     return refs, sorted(computed), submitted
 
 

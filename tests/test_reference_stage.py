@@ -42,7 +42,9 @@ def _stage(p, monkeypatch):
             submitted.append(payload)
             return pool.submit(execution.execute_reference, payload)
 
-        return pipeline.reference_stage(p, submit), submitted
+        return pipeline.reference_stage(
+            p.exp.problems, p.cfg.reference, p.artifacts, submit, dict.fromkeys(p.pids, p.gammas)
+        ), submitted
 
 
 def test_a_resumed_run_reads_its_references_without_submitting(tmp_path, monkeypatch):

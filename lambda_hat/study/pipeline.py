@@ -41,7 +41,7 @@ from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_id
 from lambda_hat.reference import stage as references
-from lambda_hat.reference.stage import References, is_reference
+from lambda_hat.reference.stage import References, is_reference, reference_stage
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import progress, validation
@@ -63,16 +63,6 @@ __all__ = ["References", "execute", "is_reference", "main", "make_tasks", "refer
 log = logging.getLogger("lambda_hat.workflow")
 
 # ---------------------------------------------------------------------------------- stages
-
-
-def reference_stage(plan: Plan, submit=None) -> References:
-    """Stage 1: :func:`lambda_hat.reference.stage.reference_stage` at the plan's problems and
-    γ; ``submit`` defaults to the Parsl reference app."""
-    gammas = {problem_id(spec): plan.gammas for spec in plan.exp.problems}
-    submit = submit or execution.reference_submitter()
-    return references.reference_stage(
-        plan.exp.problems, plan.cfg.reference, plan.artifacts, submit, gammas
-    )
 
 
 def _trial_ref(ref: dict) -> dict:
@@ -249,7 +239,13 @@ def execute(plan: Plan) -> int:
     storage = studies.open_storage(oc, plan.results)
     code = 0
     with parsl_session(plan):
-        refs = reference_stage(plan)
+        refs = reference_stage(
+            plan.exp.problems,
+            plan.cfg.reference,
+            plan.artifacts,
+            execution.reference_submitter(),
+            dict.fromkeys(plan.pids, plan.gammas),
+        )
         for pid in list(plan.pids):
             references.report(refs, pid)
             why = references.unusable(refs, pid, oc.allow_failed_reference)

@@ -32,9 +32,10 @@ from lambda_hat._io import read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import Tuning, TuningConfig
 from lambda_hat.llc.posterior import default_beta
+from lambda_hat.methods import step_limit
 from lambda_hat.parallel import apps as execution
 from lambda_hat.problem.build import problem_dir, problem_id
-from lambda_hat.reference.stability import STABILITY_SCALE, StabilityRange, step_limit
+from lambda_hat.reference.stability import STABILITY_SCALE, StabilityRange
 from lambda_hat.study import samplers
 from lambda_hat.study import storage as studies
 from lambda_hat.trial import identity as runs
