@@ -1,6 +1,7 @@
 """SGLD: hyperparameters, search space and the adapter onto :mod:`lambda_hat.samplers.sgld`.
 
-Literature convention (science.md): Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ with
+Literature convention (Welling & Teh 2011; Lau et al. 2023, "Quantifying degeneracy in singular
+models via the learning coefficient"): Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ with
 ε = ``eta0`` and P the diagonal preconditioner. The chains run in blocks of ``eval_every``
 steps; each block gives one draw of the L_n trace — the mean of the minibatch losses its steps
 computed for their gradients (``estimator: minibatch``, free) or one full-data L_n pass at its
@@ -57,7 +58,7 @@ def block_length(eval_every: int | None, n: int, batch: int, steps: int, estimat
 
 @config_dataclass
 class SGLDHyper:
-    """Stochastic-gradient Langevin dynamics (literature convention, see science.md):
+    """Stochastic-gradient Langevin dynamics (Welling & Teh 2011, as Lau et al. 2023 write it):
 
     Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ,  ε = ``eta0``, P the preconditioner.
     """

@@ -305,8 +305,7 @@ def problem_curvature(
 
 def _log_computed(c: Curvature, seconds: float) -> None:
     log.info(
-        "curvature %s: a_max = %.6g (h_max %.6g, nβ %.6g, γ %g), 4/a_max = %.3g; "
-        "%d HVPs, %.1fs%s",
+        "curvature %s: a_max = %.6g (h_max %.6g, nβ %.6g, γ %g), 4/a_max = %.3g; %d HVPs, %.1fs%s",
         c.pid,
         c.a_max,
         c.h_max,
