@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from lambda_hat.config.load import load_tuning
+from lambda_hat import layout
+from lambda_hat.config.load import load_config, load_tuning
 from lambda_hat.config.problem import resolve_problem
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.problem.build import problem_id
@@ -192,3 +193,24 @@ def test_error_names_bound_help_and_fix_and_reports_unknown_keys_first(tmp_path)
         load_tuning(write(tmp_path, text))
     with pytest.raises(ConfigError, match=r"methods\[1\]: got 'sgdl'.*Did you mean 'sgld'"):
         load_tuning(write(tmp_path, "problems: [{}]\nmethods: [vi, sgdl]\n"))
+
+
+def test_either_kind_loads_and_a_mix_names_the_keys(tmp_path):
+    """``load_config`` reads a tuning YAML or a run YAML (the same problems, reference and
+    paths); a file with keys of both kinds, or a run YAML given to the tuning loader, names the
+    keys and the command that takes them."""
+    common = "problems: [{model: linear, data: small, seed: 0}]\nreference: {chains: 2}\n"
+    tuning = load_config(write(tmp_path, common + "methods: [sgld]\n"))
+    runs = write(tmp_path, common + "methods: {sgld: [{from_study: {results: out}}]}\n", "r.yaml")
+    loaded = load_config(runs)
+    assert (tuning.kind, loaded.kind) == ("tuning", "runs")
+    assert [problem_id(p) for p in loaded.problems] == [problem_id(p) for p in tuning.problems]
+    assert loaded.reference == tuning.reference and loaded.reference.chains == 2
+    assert loaded.storage == str(layout.journal_path("out"))
+    assert tuning.storage == str(layout.journal_path("results")) and loaded.tuning is None
+    assert load_config(write(tmp_path, common, "only.yaml")).kind == "tuning"
+    with pytest.raises(ConfigError, match=r"seeds: this file mixes .*seeds.*optuna") as err:
+        load_config(write(tmp_path, common + "optuna: {}\nseeds: [0]\n", "mix.yaml"))
+    assert err.value.source.endswith("mix.yaml")
+    with pytest.raises(ConfigError, match=r"methods: .*lambda-hat run --config"):
+        load_tuning(runs)

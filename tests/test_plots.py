@@ -244,3 +244,22 @@ def test_missing_and_broken_inputs_are_skipped_not_fatal(campaign, tmp_path, cap
     stdout, stderr = capsys.readouterr()
     assert stdout == "" and "does not belong to this ref.json" in stderr
     assert not (tmp_path / "results" / "plots").exists()
+
+
+def test_plots_take_a_run_yaml_or_no_config(campaign, tmp_path, capsys):
+    """``--config`` takes either YAML kind; without one, every stored problem is plotted from
+    the results folder (the report's rule), the Parquet's other problems included."""
+    root = campaign["root"]
+    runs = tmp_path / "runs.yaml"
+    tuning = CONFIG.format(root=root).replace("methods: [sgld, vi]\n", "")
+    runs.write_text(tuning + "methods: {sgld: [{}], vi: [{fixed: {M: 4}}]}\nseeds: [0]\n")
+    out = tmp_path / "from_runs"
+    assert main(["plots", "--config", str(runs), "--out", str(out)]) == 0
+    a, b = campaign["pid_a"], campaign["pid_b"]
+    names = {f"reference_{a}.png", f"study_{a}_sgld.png", f"study_{a}_vi.png"}
+    names |= {f"study_{b}_sgld.png", "summary.png"}
+    assert {p.name for p in out.iterdir()} == names
+    out = tmp_path / "no_config"
+    assert main(["plots", "--results", str(root / "results"), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == names | {"study_p_notinconfig_sgld.png"}
+    capsys.readouterr()

@@ -179,6 +179,11 @@ def test_reference_cli_prints_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "p_" in out and "dln 3-1" in out and "1.5" in out
     assert "0 (0.0%)" in out  # divergent draws and their fraction
+    # a run YAML of the same problem and reference: the same table, read from the store
+    runs = tmp_path / "runs.yaml"
+    runs.write_text(cfg.read_text() + "methods: {sgld: [{}]}\nseeds: [0]\n")
+    assert main(["reference", "--config", str(runs)]) == 0
+    assert capsys.readouterr().out == out
 
 
 def test_reference_cli_bad_config_exits_2(tmp_path, capsys):

@@ -42,10 +42,10 @@ TUNING_KEYS = tuple(
 RUNS_KEYS = tuple(
     k for k in RunsConfig.__pydantic_fields__ if k not in TuningConfig.__pydantic_fields__
 )
-#: What each kind is and the command that takes it, for messages.
+#: Each kind: what it is called and the command that takes it, for messages.
 _KINDS = {
-    TuningConfig: ("a tuning YAML", "parsl-optuna --config FILE", RUNS_KEYS),
-    RunsConfig: ("a run YAML", "lambda-hat run --config FILE", TUNING_KEYS),
+    "tuning": ("a tuning YAML", "parsl-optuna --config FILE"),
+    "runs": ("a run YAML", "lambda-hat run --config FILE"),
 }
 
 
@@ -71,19 +71,34 @@ def _load(path: Path, raw: dict, schema: type[C], check: Callable[[C], C]) -> tu
             resolve_problem(p, f"problems[{i}]", search) for i, p in enumerate(cfg.problems)
         ]
     except ConfigError as exc:
-        raise ConfigError(exc.where, exc.problem, _fix(exc, schema), source=str(path)) from None
+        fix = _other_kind(exc, raw, "tuning" if schema is TuningConfig else "runs") or exc.fix
+        raise ConfigError(exc.where, exc.problem, fix, source=str(path)) from None
     return cfg, problems
 
 
-def _fix(exc: ConfigError, schema: type) -> str:
-    """The fix of ``exc``; for an unknown top-level key that the other kind has, say so."""
-    this, _, other_keys = _KINDS[schema]
-    if exc.where not in other_keys or not exc.problem.startswith("unknown key"):
-        return exc.fix
-    other = next(v for k, v in _KINDS.items() if k is not schema)
+def _evidence(raw: dict) -> dict[str, dict[str, str]]:
+    """The top-level keys of ``raw`` that only one kind has, by kind: key -> how it reads."""
+    out: dict[str, dict[str, str]] = {
+        "tuning": {k: k for k in TUNING_KEYS if k in raw},
+        "runs": {k: k for k in RUNS_KEYS if k in raw},
+    }
+    methods = raw.get("methods")
+    if isinstance(methods, list):
+        out["tuning"]["methods"] = "methods (a list)"
+    elif isinstance(methods, dict):
+        out["runs"]["methods"] = "methods (a mapping of sets)"
+    return out
+
+
+def _other_kind(exc: ConfigError, raw: dict, kind: str) -> str | None:
+    """A fix for an error at a top-level key that marks the file as the other kind."""
+    other = "runs" if kind == "tuning" else "tuning"
+    key = exc.where.split(".")[0].split("[")[0]
+    if key not in _evidence(raw)[other]:
+        return None
     return (
-        f"{exc.where} is a key of {other[0]}, not of {this}: run that file with "
-        f"`{other[1]}`, or remove the key."
+        f"{key} is written as in {_KINDS[other][0]}, not {_KINDS[kind][0]}: run that file "
+        f"with `{_KINDS[other][1]}`, or write it as {_KINDS[kind][0]}."
     )
 
 
@@ -137,18 +152,13 @@ class ConfigFile:
 
 
 def config_kind(raw: dict, source: str) -> Literal["tuning", "runs"]:
-    """Which schema ``raw`` (a config file's mapping) is written in; a :class:`ConfigError`
-    naming the keys when it mixes both."""
-    methods = raw.get("methods")
-    tuning = [k for k in TUNING_KEYS if k in raw]
-    runs = [k for k in RUNS_KEYS if k in raw]
-    if isinstance(methods, list):
-        tuning.append("methods (a list)")
-    elif isinstance(methods, dict):
-        runs.append("methods (a mapping of sets)")
+    """Which schema ``raw`` (a config file's mapping) is written in (the module docstring's
+    rule); a :class:`ConfigError` naming the keys when it mixes both."""
+    evidence = _evidence(raw)
+    tuning, runs = list(evidence["tuning"].values()), list(evidence["runs"].values())
     if tuning and runs:
         raise ConfigError(
-            runs[0].split()[0],
+            next(iter(evidence["runs"])),
             f"this file mixes the two config kinds: {', '.join(runs)} belong to a run YAML "
             f"(lambda-hat run), {', '.join(tuning)} to a tuning YAML (parsl-optuna).",
             "keep the tuning settings and the run settings in two files.",
