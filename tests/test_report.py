@@ -20,7 +20,8 @@ from lambda_hat.cli import main
 from lambda_hat.config.load import load_tuning
 from lambda_hat.problem.build import problem_dir, problem_id
 from lambda_hat.report import study_figures as report_figures
-from lambda_hat.report.data import best_table, load_inputs, runs_table, validated_table
+from lambda_hat.report.data import load_inputs
+from lambda_hat.report.tables import best_table, runs_table, validated_table
 from lambda_hat.results.tables import PARQUET_NAME, write_parquet
 from lambda_hat.study import validation
 from lambda_hat.study.storage import pickle_path

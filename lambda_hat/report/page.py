@@ -22,14 +22,8 @@ from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes
 from lambda_hat.report import plots
 from lambda_hat.report import study_figures as report_figures
-from lambda_hat.report.data import (
-    Inputs,
-    best_table,
-    load_inputs,
-    problem_labels,
-    runs_table,
-    validated_table,
-)
+from lambda_hat.report.data import Inputs, load_inputs, problem_labels
+from lambda_hat.report.tables import best_table, runs_table, validated_table
 from lambda_hat.study.storage import study_name
 
 if TYPE_CHECKING:
