@@ -231,6 +231,13 @@ def parsl_session(plan: Plan, attempts: int = 5) -> Iterator[None]:
         yield
 
 
+def _references(plan: Plan) -> References:
+    """Stage 1: the reference stage at the plan's problems and γ, on the Parsl reference app."""
+    submit = execution.reference_submitter()
+    gammas = dict.fromkeys(plan.pids, plan.gammas)
+    return reference_stage(plan.exp.problems, plan.cfg.reference, plan.artifacts, submit, gammas)
+
+
 def execute(plan: Plan) -> int:
     """Run stages 1-3 (after :func:`check_plan`). Returns the exit code."""
     oc = plan.cfg.optuna
@@ -239,13 +246,7 @@ def execute(plan: Plan) -> int:
     storage = studies.open_storage(oc, plan.results)
     code = 0
     with parsl_session(plan):
-        refs = reference_stage(
-            plan.exp.problems,
-            plan.cfg.reference,
-            plan.artifacts,
-            execution.reference_submitter(),
-            dict.fromkeys(plan.pids, plan.gammas),
-        )
+        refs = _references(plan)
         for pid in list(plan.pids):
             references.report(refs, pid)
             why = references.unusable(refs, pid, oc.allow_failed_reference)
