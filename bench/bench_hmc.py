@@ -20,7 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lambda_hat.config.tuning import ReferenceConfig, resolve_problem
+from lambda_hat.config.problem import resolve_problem
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.log import setup_logging
 from lambda_hat.problem.build import build_problem
 from lambda_hat.reference.nuts import compute_reference

@@ -31,7 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.config.problem import resolve_problem
 from lambda_hat.llc.posterior import regression_posterior
 from lambda_hat.problem.build import build_problem
 from lambda_hat.trial.runner import run_method_trial

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lambda_hat.config.problem import resolve_problem
 from lambda_hat.config.schema import as_dict
-from lambda_hat.config.tuning import resolve_problem
 from lambda_hat.problem.build import build_problem
 from lambda_hat.trial import app as trial_app
 from lambda_hat.trial.process import warm as warm_procs

@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.config.problem import resolve_problem
 from lambda_hat.problem.build import build_problem
 from lambda_hat.trial.runner import run_method_trial
 

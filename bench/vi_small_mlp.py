@@ -34,7 +34,7 @@ import optax
 
 jax.config.update("jax_enable_x64", True)
 
-from lambda_hat.config.tuning import resolve_problem  # noqa: E402
+from lambda_hat.config.problem import resolve_problem  # noqa: E402
 from lambda_hat.problem import theory  # noqa: E402
 from lambda_hat.problem.build import build_problem  # noqa: E402
 from lambda_hat.samplers import vi  # noqa: E402

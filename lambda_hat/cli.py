@@ -3,7 +3,8 @@
 ``reference`` (HMC references + table), ``trial`` (one run of one method), ``run`` (the
 experiments after tuning, :mod:`lambda_hat.runs.stage`), ``plots`` (PNGs),
 ``report`` (one HTML + Markdown page of a run), ``dashboard`` (optuna-dashboard on the study
-storage).
+storage, :mod:`lambda_hat.dashboard`). Every ``--config`` takes either YAML kind, a tuning
+YAML or a run YAML (:func:`lambda_hat.config.load.load_config`); ``run`` takes a run YAML.
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
 failed (a reference gate, a failed trial), 2 bad input (nothing was done).
 ``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.study.pipeline`.
@@ -12,24 +13,25 @@ failed (a reference gate, a failed trial), 2 bad input (nothing was done).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import dataclasses
-import multiprocessing
 import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from lambda_hat import methods
-from lambda_hat.config.schema import ConfigError, as_dict
-from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig, load_experiment
+from lambda_hat import dashboard, layout, methods
+from lambda_hat.config.load import ConfigFile, load_config
+from lambda_hat.config.problem import ProblemSpec
+from lambda_hat.config.schema import ConfigError
 from lambda_hat.log import fmt_seconds, fmt_value, format_table, setup_logging
 from lambda_hat.problem.build import build_problem, problem_id
-from lambda_hat.reference import nuts as reference
+from lambda_hat.reference import stage as references
+from lambda_hat.reference.store import load_reference_at
 from lambda_hat.report import plots
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial import runner
+
+CONFIG_HELP = "a tuning YAML (parsl-optuna) or a run YAML (lambda-hat run)"
 
 
 def select_problems(specs: list[ProblemSpec], wanted: list[str] | None) -> list[ProblemSpec]:
@@ -56,20 +58,17 @@ def select_problems(specs: list[ProblemSpec], wanted: list[str] | None) -> list[
 
 
 def run_references(
-    specs: list[ProblemSpec],
-    cfg: ReferenceConfig,
-    artifacts: str,
-    force: bool = False,
-    verbose: int = 0,
+    specs: list[ProblemSpec], cfg: ConfigFile, force: bool = False, verbose: int = 0
 ) -> list[dict]:
-    """References of all ``specs``, in parallel processes where cores allow (order kept)."""
-    workers = min(len(specs), cfg.workers or os.cpu_count() or 1)
-    args = [(as_dict(s), dataclasses.asdict(cfg), str(artifacts), force, verbose) for s in specs]
-    if workers <= 1:
-        return [reference.reference_job(*a) for a in args]
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that imported JAX
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(reference.reference_job, *zip(*args, strict=True)))
+    """References of ``specs`` at ``cfg``'s settings (order kept): the reference stage
+    (:func:`lambda_hat.reference.stage.reference_stage`) on local processes, as many as cores
+    allow (``reference.workers``)."""
+    workers = min(len(specs), cfg.reference.workers or os.cpu_count() or 1)
+    with references.process_submitter(workers, verbose) as submit:
+        refs = references.reference_stage(
+            specs, cfg.reference, cfg.paths.artifacts, submit, force=force
+        )
+    return [{"pid": problem_id(s), **refs[problem_id(s)]} for s in specs]
 
 
 def _div(ref: dict) -> str:
@@ -78,39 +77,40 @@ def _div(ref: dict) -> str:
     return f"{ref['divergences']} ({ref['divergences'] / draws:.1%})" if draws else "n/a"
 
 
+def _row(r: dict) -> list[str]:
+    if not references.is_reference(r):  # it could not be computed: the reason instead
+        why = references.usable_reason(r, False)
+        return [r["pid"], "", "", "", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", f"FAILED: {why}"]
+    return [
+        r["pid"],
+        r.get("summary", ""),
+        str(r["d"]),
+        str(r["n"]),
+        f"{fmt_value(r['llc_ref'], '.4g')} ± {fmt_value(r['se_ref'], '.2g')}",
+        fmt_value(r["rhat"], ".4f"),
+        fmt_value(r["ess_bulk"], ".0f"),
+        _div(r),
+        fmt_seconds(r["seconds"]["total"]),
+        fmt_value(r["llc_theory"], ".4g"),
+        "ok" if r["gate"]["passed"] else "FAILED: " + "; ".join(r["gate"]["reasons"]),
+    ]
+
+
 def reference_table(refs: list[dict]) -> str:
     """The summary table printed by ``lambda-hat reference``."""
     header = "pid model d n λ̂_ref±se R-hat ESS div time λ_theory gate".split()
-    rows = []
-    for r in refs:
-        rows.append(
-            [
-                r["pid"],
-                r.get("summary", ""),
-                str(r["d"]),
-                str(r["n"]),
-                f"{fmt_value(r['llc_ref'], '.4g')} ± {fmt_value(r['se_ref'], '.2g')}",
-                fmt_value(r["rhat"], ".4f"),
-                fmt_value(r["ess_bulk"], ".0f"),
-                _div(r),
-                fmt_seconds(r["seconds"]["total"]),
-                fmt_value(r["llc_theory"], ".4g"),
-                "ok" if r["gate"]["passed"] else "FAILED: " + "; ".join(r["gate"]["reasons"]),
-            ]
-        )
-    return format_table(header, rows)
+    return format_table(header, [_row(r) for r in refs])
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
     overrides = {}
     if args.budget is not None:
         overrides["reference"] = {"budget_sec": args.budget}
-    exp = load_experiment(args.config, overrides)
-    specs = select_problems(exp.problems, args.problem)
-    cfg = exp.config.reference
-    refs = run_references(specs, cfg, exp.config.paths.artifacts, args.force, args.verbose)
+    cfg = load_config(args.config, overrides)
+    specs = select_problems(cfg.problems, args.problem)
+    refs = run_references(specs, cfg, args.force, args.verbose)
     print(reference_table(refs))
-    failed = [r["pid"] for r in refs if not r["gate"]["passed"]]
+    failed = [r["pid"] for r in refs if not (r.get("gate") or {}).get("passed", False)]
     if failed:
         print(
             f"\nWARNING: {len(failed)} reference(s) failed the quality gate: "
@@ -120,11 +120,17 @@ def _cmd_reference(args: argparse.Namespace) -> int:
 
 
 def _command(
-    sub, name: str, func, help: str, description: str, config_required: bool = True
+    sub,
+    name: str,
+    func,
+    help: str,
+    description: str,
+    config_required: bool = True,
+    config_help: str = CONFIG_HELP,
 ) -> argparse.ArgumentParser:
     """A sub-command parser with the ``--config`` every command takes, handled by ``func``."""
     p = sub.add_parser(name, help=help, description=description)
-    p.add_argument("--config", required=config_required, help="experiment YAML")
+    p.add_argument("--config", required=config_required, help=config_help)
     p.set_defaults(func=func)
     return p
 
@@ -157,16 +163,15 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _cmd_trial(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.config)
-    cfg = exp.config
+    cfg = load_config(args.config)
     hp = runs.resolve_hyperparams(args.method, _parse_sets(args.set), "--set")
-    (spec,) = select_problems(exp.problems, [args.problem])
+    (spec,) = select_problems(cfg.problems, [args.problem])
     problem = build_problem(spec, cfg.paths.artifacts)
-    ref = reference.load_reference_at(problem, cfg.reference, hp.get("gamma")) or {
+    ref = load_reference_at(problem, cfg.reference, hp.get("gamma")) or {
         "beta": cfg.reference.beta,
         "gamma": cfg.reference.gamma,
     }
-    budget = args.budget if args.budget is not None else cfg.optuna.method_budget_sec
+    budget = args.budget if args.budget is not None else cfg.budget_sec
     m = runner.run_method_trial(
         problem, args.method, hp, budget, args.seed, ref, cfg.paths.artifacts
     )
@@ -177,7 +182,7 @@ def _cmd_trial(args: argparse.Namespace) -> int:
     if m["failure"]:
         line += f"; {m['failure']['kind']}: {m['failure']['message']}"
     print(line)
-    print(f"metrics: {Path(m['run_dir']) / 'metrics.json'}")
+    print(f"metrics: {Path(m['run_dir']) / layout.METRICS}")
     return 0 if m["status"] == "ok" else 1
 
 
@@ -202,7 +207,7 @@ def _add_trial(sub) -> None:
         "--budget",
         type=float,
         default=None,
-        help="wall-clock budget (s); default: optuna.method_budget_sec",
+        help="wall-clock budget (s); default: optuna.method_budget_sec (a run YAML: budget_sec)",
     )
     p.add_argument("--seed", type=int, default=0)
 
@@ -213,12 +218,12 @@ def _add_trial(sub) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import warnings
 
-    from lambda_hat.config.runs import load_experiments
+    from lambda_hat.config.load import load_runs
     from lambda_hat.runs import stage as experiments
 
     # Parsl starts its worker pool with fork+exec, which is safe; JAX warns about any fork.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    plan = experiments.plan_experiments(load_experiments(args.config), args.parsl_config)
+    plan = experiments.plan_experiments(load_runs(args.config), args.parsl_config)
     print(experiments.describe(plan), flush=True)
     if args.dry_run:
         return 0
@@ -238,6 +243,7 @@ def _add_run(sub) -> None:
         "Run problems x methods x hyperparameter sets x seeds of an experiments YAML "
         "(config/experiments.yaml) against their HMC references; results in "
         "<paths.results>/llc_runs.parquet. Re-run the same command to resume.",
+        config_help="a run YAML (e.g. config/experiments.yaml)",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -253,15 +259,51 @@ def _add_run(sub) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------- plots
+# ---------------------------------------------------------------------------- plots, report
+
+
+def _folders(args: argparse.Namespace, cfg: ConfigFile | None) -> tuple[Path, Path | None]:
+    """``(results, artifacts)`` of ``plots`` and ``report``: the flags, else the config's
+    paths, else ``results/`` and None (artifacts: where the trials' runs are)."""
+    results = args.results or Path(cfg.paths.results if cfg else layout.RESULTS)
+    artifacts = args.artifacts or (Path(cfg.paths.artifacts) if cfg else None)
+    return results, artifacts
 
 
 def _cmd_plots(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.config)
-    out = args.out or Path(exp.config.paths.results) / "plots"
-    for path in plots.make_plots(exp, out):
+    cfg = load_config(args.config) if args.config else None
+    results, artifacts = _folders(args, cfg)
+    out = args.out or results / layout.PLOTS
+    if cfg is not None:
+        written = plots.make_plots(cfg, out, results, artifacts)
+    else:
+        written = plots.plot_stored(artifacts, results, out)
+    for path in written:
         print(path)
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lambda_hat.report.page import make_report
+
+    cfg = load_config(args.config) if args.config else None
+    results, artifacts = _folders(args, cfg)
+    written = make_report(results, args.out or results / layout.REPORT, artifacts, cfg)
+    print(written[0])
+    return 0
+
+
+def _add_folders(p: argparse.ArgumentParser, out: str) -> None:
+    """The ``--results``, ``--out`` and ``--artifacts`` options ``plots`` and ``report`` share."""
+    p.add_argument(
+        "--results", type=Path, help="results folder (default: the config's, or results/)"
+    )
+    p.add_argument("--out", type=Path, help=f"output folder (default: <results>/{out})")
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        help="artifacts folder (default: the config's, or where the trials' runs are)",
+    )
 
 
 def _add_plots(sub) -> None:
@@ -270,24 +312,12 @@ def _add_plots(sub) -> None:
         "plots",
         _cmd_plots,
         "plot references, studies and a summary as PNGs",
-        "Plot what `lambda-hat reference` and `parsl-optuna` wrote for this config "
-        "(HMC references, one figure per study, a summary); missing inputs are skipped.",
+        "Plot what `lambda-hat reference` and `parsl-optuna` wrote (HMC references, one figure "
+        "per study, a summary) from the stored files; missing inputs are skipped. With "
+        "--config: that config's problems and gate thresholds; without: every stored problem.",
+        config_required=False,
     )
-    p.add_argument("--out", type=Path, help="output folder (default: <paths.results>/plots)")
-
-
-# --------------------------------------------------------------------------------- report
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from lambda_hat.report.page import make_report
-
-    exp = load_experiment(args.config) if args.config else None
-    results = args.results or (Path(exp.config.paths.results) if exp else Path("results"))
-    artifacts = args.artifacts or (exp.config.paths.artifacts if exp else None)
-    written = make_report(results, args.out or results / "report", artifacts, exp)
-    print(written[0])
-    return 0
+    _add_folders(p, layout.PLOTS)
 
 
 def _add_report(sub) -> None:
@@ -301,84 +331,20 @@ def _add_report(sub) -> None:
         "importance and slice figures, from the stored files; what is missing is listed.",
         config_required=False,
     )
-    p.add_argument(
-        "--results", type=Path, help="results folder (default: the config's, or results/)"
-    )
-    p.add_argument("--out", type=Path, help="output folder (default: <results>/report)")
-    p.add_argument(
-        "--artifacts", type=Path, help="artifacts folder (default: where the trials' runs are)"
-    )
-
-
-# ------------------------------------------------------------------------------ dashboard
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def dashboard_storage(args: argparse.Namespace) -> str:
-    """Where the studies are: ``--storage``, else the config's ``optuna.storage``, else its
-    results journal (which must exist: the dashboard would otherwise show an empty new one)."""
-    from lambda_hat.study import storage as studies
-
-    if args.storage:
-        where, field = args.storage, "--storage"
-    elif args.config:
-        cfg = load_experiment(args.config).config
-        where, field = cfg.optuna.storage or studies.journal_path(cfg.paths.results), "--config"
-    else:
-        raise ConfigError("--config", "neither --config nor --storage was given.", "pass one.")
-    if "://" not in str(where) and not Path(where).is_file():
-        raise ConfigError(
-            field,
-            f"there is no study journal at {where}.",
-            "run parsl-optuna with this config first, or pass --storage.",
-        )
-    return str(where)
-
-
-def dashboard_lines(where: str, host: str, port: int) -> list[str]:
-    """What ``lambda-hat dashboard`` prints: the storage, the URL, the SSH tunnel for a cluster."""
-    from lambda_hat.study import storage as studies
-
-    lines = [
-        f"optuna-dashboard on {studies.describe_storage(where)}",
-        f"open http://{'127.0.0.1' if host in LOOPBACK else host}:{port}/",
-        f"on a cluster, tunnel from your machine: ssh -N -L {port}:127.0.0.1:{port} "
-        "user@login-node (the node this runs on), then open the URL above",
-    ]
-    if host not in LOOPBACK:
-        lines.append(f"WARNING: listening on {host}: anyone who can reach it sees every study")
-    return lines
-
-
-def _cmd_dashboard(args: argparse.Namespace) -> int:
-    import optuna_dashboard
-
-    from lambda_hat.study import storage as studies
-
-    where = dashboard_storage(args)
-    storage = studies.open_storage_at(where)
-    print("\n".join(dashboard_lines(where, args.host, args.port)), flush=True)
-    try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
-    except KeyboardInterrupt:
-        pass
-    return 0
+    _add_folders(p, layout.REPORT)
 
 
 def _add_dashboard(sub) -> None:
     p = _command(
         sub,
         "dashboard",
-        _cmd_dashboard,
+        dashboard.run,
         "serve optuna-dashboard on the study storage",
         "Serve optuna-dashboard (a live web view of the studies) on the config's study "
         "storage, or --storage; loopback only unless --host says otherwise. Ctrl-C stops it.",
         config_required=False,
     )
-    p.add_argument("--storage", metavar="URL", help="a database URL or journal file path")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    dashboard.add_arguments(p)
 
 
 # ----------------------------------------------------------------------------------- main

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from lambda_hat import cli
-from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.config.problem import resolve_problem
 from lambda_hat.problem.build import build_problem
 
 #: Set in this process, so inherited by everything the tests start (SLURM jobs included).

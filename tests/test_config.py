@@ -8,8 +8,10 @@ import textwrap
 
 import pytest
 
+from lambda_hat import layout
+from lambda_hat.config.load import load_config, load_tuning
+from lambda_hat.config.problem import resolve_problem
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import load_experiment, resolve_problem
 from lambda_hat.problem.build import problem_id
 
 
@@ -28,7 +30,7 @@ def test_typo_in_override_is_rejected_with_valid_keys(tmp_path):
     """,
     )
     with pytest.raises(ConfigError) as exc:
-        load_experiment(cfg)
+        load_tuning(cfg)
     msg = str(exc.value)
     assert "problems[0].overrides.model.depht" in msg
     assert "Did you mean 'depth'" in msg
@@ -43,26 +45,26 @@ def test_wrong_type_names_field_and_value(tmp_path):
     """,
     )
     with pytest.raises(ConfigError, match=r"problems\[0\]\.overrides\.data\.n.*'lots'"):
-        load_experiment(cfg)
+        load_tuning(cfg)
 
 
 def test_missing_preset_lists_available(tmp_path):
     cfg = write(tmp_path, "problems: [{model: smal}]\n")
     with pytest.raises(ConfigError, match=r"problems\[0\]\.model.*Did you mean 'small'"):
-        load_experiment(cfg)
+        load_tuning(cfg)
 
 
 def test_yaml_syntax_error_gives_line(tmp_path):
     cfg = write(tmp_path, "problems:\n  - {model: small\n")
     with pytest.raises(ConfigError, match="YAML syntax error at line"):
-        load_experiment(cfg)
+        load_tuning(cfg)
 
 
 def test_range_and_unknown_top_level_key(tmp_path):
     with pytest.raises(ConfigError, match=r"reference\.chains.*>= 2"):
-        load_experiment(write(tmp_path, "problems: [{}]\nreference: {chains: 1}\n"))
+        load_tuning(write(tmp_path, "problems: [{}]\nreference: {chains: 1}\n"))
     with pytest.raises(ConfigError, match="refrence.*Did you mean 'reference'"):
-        load_experiment(write(tmp_path, "problems: [{}]\nrefrence: {chains: 4}\n"))
+        load_tuning(write(tmp_path, "problems: [{}]\nrefrence: {chains: 4}\n"))
 
 
 def test_dln_with_bias_is_rejected():
@@ -86,7 +88,7 @@ def test_overrides_deep_merge_and_config_local_presets(tmp_path):
           - {model: mine}
     """,
     )
-    exp = load_experiment(cfg)
+    exp = load_tuning(cfg)
     a, b = exp.problems
     assert a.model.depth == 3 and a.model.train.lr == 0.5
     assert a.model.train.steps == 6000  # untouched sibling kept by the deep merge
@@ -110,7 +112,7 @@ def test_pid_is_stable_across_key_order_and_processes():
     assert pid == problem_id(resolve_problem(e2))
     assert pid.startswith("p_") and len(pid) == 14
     code = (
-        "from lambda_hat.config.tuning import resolve_problem; from lambda_hat.problem.build import "
+        "from lambda_hat.config.problem import resolve_problem; from lambda_hat.problem.build import "
         f"problem_id; print(problem_id(resolve_problem({e2!r})))"
     )
     out = subprocess.run(
@@ -141,8 +143,8 @@ def test_pid_changes_with_any_resolved_value():
 
 def test_pid_format_is_frozen():
     """Stored artifacts are found by pid: the canonical form and hash must never drift."""
+    from lambda_hat.config.problem import ProblemSpec
     from lambda_hat.config.schema import as_dict, validate
-    from lambda_hat.config.tuning import ProblemSpec
     from lambda_hat.hashing import canonical_json
 
     canonical = (
@@ -175,19 +177,40 @@ def test_yaml_1_1_scalars_keep_their_meaning(tmp_path):
         with pytest.raises(ConfigError, match=rf"problems\[0\]\.overrides\.model\.{message}"):
             resolve_problem({"model": "tiny", "overrides": {"model": model}}, "problems[0]")
     # An empty section (``reference:`` with nothing under it) means all defaults.
-    exp = load_experiment(write(tmp_path, "problems: [{}]\nreference:\noptuna:\n"))
+    exp = load_tuning(write(tmp_path, "problems: [{}]\nreference:\noptuna:\n"))
     assert exp.config.reference.chains == 4 and exp.config.optuna.max_trials == 100
 
 
 def test_error_names_bound_help_and_fix_and_reports_unknown_keys_first(tmp_path):
     with pytest.raises(ConfigError) as exc:
-        load_experiment(write(tmp_path, "problems: [{}]\noptuna: {pruner_percentile: '1e3'}\n"))
+        load_tuning(write(tmp_path, "problems: [{}]\noptuna: {pruner_percentile: '1e3'}\n"))
     assert str(exc.value).endswith(
         "optuna.pruner_percentile: got 1000.0, must be < 100. Fix: set a value < 100 "
         "(percentile pruner: keep trials within this best percentage at a step)."
     )
     text = "problems: [{model: nope}]\nreference: {chains: 1, zzz: 1}\npaths: {results: 3}\n"
     with pytest.raises(ConfigError, match=r"reference\.zzz: unknown key\. Valid keys here: chains"):
-        load_experiment(write(tmp_path, text))
+        load_tuning(write(tmp_path, text))
     with pytest.raises(ConfigError, match=r"methods\[1\]: got 'sgdl'.*Did you mean 'sgld'"):
-        load_experiment(write(tmp_path, "problems: [{}]\nmethods: [vi, sgdl]\n"))
+        load_tuning(write(tmp_path, "problems: [{}]\nmethods: [vi, sgdl]\n"))
+
+
+def test_either_kind_loads_and_a_mix_names_the_keys(tmp_path):
+    """``load_config`` reads a tuning YAML or a run YAML (the same problems, reference and
+    paths); a file with keys of both kinds, or a run YAML given to the tuning loader, names the
+    keys and the command that takes them."""
+    common = "problems: [{model: linear, data: small, seed: 0}]\nreference: {chains: 2}\n"
+    tuning = load_config(write(tmp_path, common + "methods: [sgld]\n"))
+    runs = write(tmp_path, common + "methods: {sgld: [{from_study: {results: out}}]}\n", "r.yaml")
+    loaded = load_config(runs)
+    assert (tuning.kind, loaded.kind) == ("tuning", "runs")
+    assert [problem_id(p) for p in loaded.problems] == [problem_id(p) for p in tuning.problems]
+    assert loaded.reference == tuning.reference and loaded.reference.chains == 2
+    assert loaded.storage == str(layout.journal_path("out"))
+    assert tuning.storage == str(layout.journal_path("results")) and loaded.tuning is None
+    assert load_config(write(tmp_path, common, "only.yaml")).kind == "tuning"
+    with pytest.raises(ConfigError, match=r"seeds: this file mixes .*seeds.*optuna") as err:
+        load_config(write(tmp_path, common + "optuna: {}\nseeds: [0]\n", "mix.yaml"))
+    assert err.value.source.endswith("mix.yaml")
+    with pytest.raises(ConfigError, match=r"methods: .*lambda-hat run --config"):
+        load_tuning(runs)

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from lambda_hat import cli
+from lambda_hat import cli, dashboard
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.study import storage as studies
 
@@ -83,9 +83,24 @@ def test_dashboard_serves_the_config_journal_over_http(tmp_path):
 def test_dashboard_refuses_a_missing_journal_and_warns_off_loopback(tmp_path):
     args = cli.build_parser().parse_args(["dashboard", "--config", str(_config(tmp_path))])
     with pytest.raises(ConfigError, match="no study journal"):
-        cli.dashboard_storage(args)
+        dashboard.dashboard_storage(args)
     args = cli.build_parser().parse_args(["dashboard", "--storage", "postgresql://u:pw@h/db"])
-    assert cli.dashboard_storage(args) == "postgresql://u:pw@h/db"
-    lines = cli.dashboard_lines("postgresql://u:pw@h/db", "0.0.0.0", 8080)
+    assert dashboard.dashboard_storage(args) == "postgresql://u:pw@h/db"
+    lines = dashboard.dashboard_lines("postgresql://u:pw@h/db", "0.0.0.0", 8080)
     assert "pw" not in lines[0] and lines[-1].startswith("WARNING")
-    assert not any(line.startswith("WARNING") for line in cli.dashboard_lines("x", "::1", 1))
+    assert not any(line.startswith("WARNING") for line in dashboard.dashboard_lines("x", "::1", 1))
+
+
+def test_dashboard_takes_a_run_yaml(tmp_path):
+    """A run YAML's studies are those its ``from_study`` sets read."""
+    results = tmp_path / "tuned"
+    runs = tmp_path / "runs.yaml"
+    runs.write_text(
+        "problems: [{model: linear, data: small, seed: 0}]\n"
+        f"methods: {{sgld: [{{from_study: {{results: {results}}}}}]}}\n"
+    )
+    args = cli.build_parser().parse_args(["dashboard", "--config", str(runs)])
+    with pytest.raises(ConfigError, match="no study journal"):
+        dashboard.dashboard_storage(args)
+    _journal_with_a_study(results)
+    assert dashboard.dashboard_storage(args) == str(studies.journal_path(results))

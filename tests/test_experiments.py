@@ -24,14 +24,10 @@ from optuna.distributions import FloatDistribution
 
 from lambda_hat import cli
 from lambda_hat._io import atomic_write_json
-from lambda_hat.config.runs import (
-    ExperimentsConfig,
-    FromStudy,
-    HyperSet,
-    load_experiments,
-)
+from lambda_hat.config.load import load_runs, load_tuning
+from lambda_hat.config.runs import FromStudy, HyperSet, RunsConfig
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import OptunaConfig, load_experiment
+from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.problem.build import problem_id
 from lambda_hat.runs import stage as experiments
 from lambda_hat.runs.summary import summarize
@@ -66,7 +62,7 @@ def _from(results: Path, pick: str, fixed: str = "") -> str:
 
 
 def _pid(config: Path) -> str:
-    return problem_id(load_experiments(config).problems[0])
+    return problem_id(load_runs(config).problems[0])
 
 
 def _tuned(results: Path, pid: str, method: str = "sgld", validated: bool = True) -> None:
@@ -97,7 +93,7 @@ def test_from_study_best_and_validated_record_their_study_and_trial(tmp_path):
     config = _config(tmp_path, sets)
     pid = _pid(config)
     _tuned(tmp_path / "tuned", pid)
-    plan = experiments.plan_experiments(load_experiments(config))
+    plan = experiments.plan_experiments(load_runs(config))
     best, validated, fixed = plan.sets[pid]
     assert best.hyperparams == runs.resolve_hyperparams("sgld", BEST_HP)
     assert (best.source_study, best.source_trial, best.source_pick) == (f"{pid}:sgld", 1, "best")
@@ -146,13 +142,13 @@ def test_from_study_without_what_it_needs_exits_2_before_any_work(
 )
 def test_bad_sets_and_seeds_name_the_field(tmp_path, methods, seeds, where):
     with pytest.raises(ConfigError) as err:
-        load_experiments(_config(tmp_path, methods, seeds))
+        load_runs(_config(tmp_path, methods, seeds))
     assert err.value.where.startswith(where), str(err.value)
 
 
 def test_the_bundled_config_runs_the_demos_problems_against_its_references():
-    exp = load_experiments(REPO / "config" / "experiments.yaml")
-    demo = load_experiment(REPO / "config" / "optuna_demo.yaml")
+    exp = load_runs(REPO / "config" / "experiments.yaml")
+    demo = load_tuning(REPO / "config" / "optuna_demo.yaml")
     assert [problem_id(p) for p in exp.problems] == [problem_id(p) for p in demo.problems]
     assert exp.config.reference == demo.config.reference
     assert exp.config.paths.results == demo.config.paths.results
@@ -161,7 +157,7 @@ def test_the_bundled_config_runs_the_demos_problems_against_its_references():
         (hs,) = exp.config.methods[method]
         assert hs.from_study.results == demo.config.paths.results
         assert hs.from_study.pick == "validated" and demo.config.optuna.validate is not None
-    assert isinstance(exp.config, ExperimentsConfig)
+    assert isinstance(exp.config, RunsConfig)
 
 
 def _walk(block: dict, cls: type, where: str = "") -> list[str]:
@@ -176,17 +172,17 @@ def test_readme_documents_every_experiments_key_with_its_default(tmp_path):
     text = readme.split("<!-- experiments-example", 1)[1].split("```yaml\n", 1)[1]
     block = yaml.safe_load(text.split("```", 1)[0])
     (sgld,) = block["methods"]["sgld"]
-    assert _walk(block, ExperimentsConfig) == []
+    assert _walk(block, RunsConfig) == []
     assert set(block["methods"]) == {"sgld", "vi"}
     assert _walk(sgld, HyperSet) == [] and _walk(sgld["from_study"], FromStudy) == []
-    defaults = ExperimentsConfig(problems=[])
+    defaults = RunsConfig(problems=[])
     for key in ("seeds", "budget_sec", "allow_failed_reference", "isolate", "timeout_grace"):
         assert block[key] == getattr(defaults, key), key
     assert block["infrastructure_retries"] == defaults.infrastructure_retries
     assert sgld["from_study"] == dataclasses.asdict(FromStudy())
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(block))
-    assert load_experiments(path).config.methods["vi"][0].fixed == {"M": 4}
+    assert load_runs(path).config.methods["vi"][0].fixed == {"M": 4}
 
 
 def _done(value) -> Future:
@@ -221,7 +217,7 @@ def test_runs_table_one_row_per_run_a_summary_and_a_rerun_that_costs_nothing(tmp
     config = _config(
         tmp_path, "{sgld: [{fixed: {eta0: 1.0e-4, batch: 64}}], vi: [{}]}", "[0, 1, 2]"
     )
-    plan = experiments.plan_experiments(load_experiments(config))
+    plan = experiments.plan_experiments(load_runs(config))
     with ThreadPoolExecutor(2) as pool:
         assert synthetic_run(plan, pool) == 0
         first = pd.read_parquet(tmp_path / "out" / experiments.PARQUET_NAME)
@@ -253,7 +249,7 @@ def test_runs_table_one_row_per_run_a_summary_and_a_rerun_that_costs_nothing(tmp
 
 def test_a_problem_whose_reference_failed_is_not_run_and_exits_1(tmp_path):
     config = _config(tmp_path, "{sgld: [{}]}", "[0]")
-    plan = experiments.plan_experiments(load_experiments(config))
+    plan = experiments.plan_experiments(load_runs(config))
 
     def failed_reference(payload: dict) -> Future:
         return _done({**_fake_reference(payload).result(), "gate": {"passed": False}})

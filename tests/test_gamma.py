@@ -21,12 +21,13 @@ import yaml
 
 from lambda_hat import methods
 from lambda_hat._io import atomic_write_json
+from lambda_hat.config.load import load_tuning
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import load_experiment
 from lambda_hat.parallel import worker
 from lambda_hat.problem import theory
 from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import nuts as reference
+from lambda_hat.reference import store
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import driver as tuning
@@ -62,7 +63,7 @@ def _experiment(tmp_path: Path, search_space: dict, **optuna_cfg):
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return load_experiment(path)
+    return load_tuning(path)
 
 
 # ------------------------------------------------------------------ defaults: the reference's
@@ -163,7 +164,7 @@ def _exact_reference(problem, cfg):
     post = problem.posterior(cfg.beta, cfg.gamma)
     H = np.asarray(jax.hessian(post.loss)(problem.w_star))
     ref = {
-        "schema": reference.REF_SCHEMA,
+        "schema": store.REF_SCHEMA,
         "pid": problem.pid,
         "llc_ref": theory.linear_gaussian_llc(H, post.n, post.beta, cfg.gamma),
         "se_ref": 0.01,
@@ -171,14 +172,14 @@ def _exact_reference(problem, cfg):
         "rhat": 1.0,
         "ess_bulk": 1000.0,
         "gate": {"passed": True, "reasons": []},
-        "settings": reference.reference_settings(cfg),
+        "settings": store.reference_settings(cfg),
         "beta": post.beta,
         "gamma": post.gamma,
         "nbeta": post.nbeta,
         "n": post.n,
         "seconds": {"total": time.monotonic()},
     }
-    atomic_write_json(reference.ref_path(problem), ref)
+    atomic_write_json(store.ref_path(problem), ref)
     return ref
 
 
@@ -200,7 +201,9 @@ def _references(p, monkeypatch, compute):
             submitted.append(payload["gamma"])
             return pool.submit(reference_app.execute_reference, payload)
 
-        refs = pipeline.reference_stage(p, submit)
+        refs = pipeline.reference_stage(
+            p.exp.problems, p.cfg.reference, p.artifacts, submit, dict.fromkeys(p.pids, p.gammas)
+        )
     return refs, sorted(computed), submitted
 
 

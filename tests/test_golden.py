@@ -33,7 +33,7 @@ import math
 
 import pytest
 
-from lambda_hat.config.tuning import resolve_problem
+from lambda_hat.config.problem import resolve_problem
 from lambda_hat.problem.build import problem_id
 from lambda_hat.trial import identity as runs
 

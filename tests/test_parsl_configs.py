@@ -125,7 +125,7 @@ def test_a_lost_job_is_replaced_and_workers_are_pinned(name, no_internet):
 def test_batch_size_defaults_to_the_executors_capacity(no_internet, tmp_path, caplog):
     """Issue 10: optuna.batch_size (default null) fills the executors: the SLURM template's
     2 nodes x 32 workers run 64 trials at once, not 16; a different value is warned about."""
-    from lambda_hat.config.tuning import load_experiment
+    from lambda_hat.config.load import load_tuning
     from lambda_hat.parallel import configs
     from lambda_hat.study.plan import check_plan
 
@@ -134,9 +134,9 @@ def test_batch_size_defaults_to_the_executors_capacity(no_internet, tmp_path, ca
     assert configs.capacity(configs.local_config(3)) == 3
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("problems: [{model: linear, data: small}]\nmethods: [sgld]\n")
-    plan = check_plan(load_experiment(cfg), str(ROOT / "slurm.py"), None)
+    plan = check_plan(load_tuning(cfg), str(ROOT / "slurm.py"), None)
     assert plan.batch_size == 64
     cfg.write_text(cfg.read_text() + "optuna: {batch_size: 8}\n")
     with caplog.at_level("WARNING", logger="lambda_hat.workflow"):
-        plan = check_plan(load_experiment(cfg), str(ROOT / "slurm.py"), None)
+        plan = check_plan(load_tuning(cfg), str(ROOT / "slurm.py"), None)
     assert plan.batch_size == 8 and "executors run 64 at once" in caplog.text

@@ -13,16 +13,12 @@ import pytest
 
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
+from lambda_hat.config.load import load_tuning
 from lambda_hat.config.schema import as_dict
-from lambda_hat.config.tuning import load_experiment
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.problem.build import build_problem, problem_dir, problem_id
-from lambda_hat.reference.nuts import (
-    REF_SCHEMA,
-    ensure_reference,
-    evaluate_gate,
-    reference_settings,
-)
+from lambda_hat.reference.nuts import ensure_reference
+from lambda_hat.reference.store import REF_SCHEMA, evaluate_gate, reference_settings
 from lambda_hat.report import figures
 from lambda_hat.results.parquet import write_parquet
 from lambda_hat.results.tables import PARQUET_NAME
@@ -116,7 +112,7 @@ def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("campaign")
     cfg = root / "c.yaml"
     cfg.write_text(CONFIG.format(root=root))
-    exp = load_experiment(cfg)
+    exp = load_tuning(cfg)
     ref = _fake_reference(exp, exp.problems[0])
     pid_a, pid_b = ref["pid"], problem_id(exp.problems[1])
     lr, se = ref["llc_ref"], ref["se_ref"]
@@ -187,7 +183,7 @@ def test_plots_of_a_real_hmc_reference(tmp_path, capsys):
     running λ̂ ends at its λ̂_ref (~25 s on the shared 2 cores, 16 s of it NUTS compilation)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG.format(root=tmp_path))
-    exp = load_experiment(cfg)
+    exp = load_tuning(cfg)
     problem = build_problem(exp.problems[0], exp.config.paths.artifacts)
     ref = ensure_reference(problem, exp.config.reference)
     assert main(["plots", "--config", str(cfg)]) == 0
@@ -249,3 +245,22 @@ def test_missing_and_broken_inputs_are_skipped_not_fatal(campaign, tmp_path, cap
     stdout, stderr = capsys.readouterr()
     assert stdout == "" and "does not belong to this ref.json" in stderr
     assert not (tmp_path / "results" / "plots").exists()
+
+
+def test_plots_take_a_run_yaml_or_no_config(campaign, tmp_path, capsys):
+    """``--config`` takes either YAML kind; without one, every stored problem is plotted from
+    the results folder (the report's rule), the Parquet's other problems included."""
+    root = campaign["root"]
+    runs = tmp_path / "runs.yaml"
+    tuning = CONFIG.format(root=root).replace("methods: [sgld, vi]\n", "")
+    runs.write_text(tuning + "methods: {sgld: [{}], vi: [{fixed: {M: 4}}]}\nseeds: [0]\n")
+    out = tmp_path / "from_runs"
+    assert main(["plots", "--config", str(runs), "--out", str(out)]) == 0
+    a, b = campaign["pid_a"], campaign["pid_b"]
+    names = {f"reference_{a}.png", f"study_{a}_sgld.png", f"study_{a}_vi.png"}
+    names |= {f"study_{b}_sgld.png", "summary.png"}
+    assert {p.name for p in out.iterdir()} == names
+    out = tmp_path / "no_config"
+    assert main(["plots", "--results", str(root / "results"), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == names | {"study_p_notinconfig_sgld.png"}
+    capsys.readouterr()

@@ -13,8 +13,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from test_experiments import _config, synthetic_run
 from test_workflow import _journal, _run, _task
 
-from lambda_hat.config.runs import load_experiments
-from lambda_hat.config.tuning import load_experiment
+from lambda_hat.config.load import load_runs, load_tuning
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.runs import stage as experiments
@@ -53,7 +52,7 @@ def _tuned_tables(tmp_path):
     """optuna_trials.parquet of two real studies (the driver, the worker's app body, the
     analytic stand-in for a method run), with the problem columns of two real problems."""
     storage = _journal(tmp_path)
-    exp = load_experiment(ROOT / "config" / "tiny_test.yaml")
+    exp = load_tuning(ROOT / "config" / "tiny_test.yaml")
     problems = results.problem_table(exp.config.problems, exp.problems)
     tasks = []
     for pid in problems:
@@ -93,7 +92,7 @@ def test_readme_pandas_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
 
 def test_readme_llc_runs_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     config = _config(tmp_path, "{sgld: [{fixed: {eta0: 1.0e-4}}], vi: [{}]}", "[0, 1]", "results")
-    plan = experiments.plan_experiments(load_experiments(config))
+    plan = experiments.plan_experiments(load_runs(config))
     with ThreadPoolExecutor(2) as pool:
         assert synthetic_run(plan, pool) == 0
     monkeypatch.chdir(tmp_path)

@@ -1,6 +1,6 @@
 """README's "Config format" lists every key a user can set, with the true defaults.
 
-The schema (``ExperimentConfig`` and every schema class nested in it, and the preset groups of
+The schema (``TuningConfig`` and every schema class nested in it, and the preset groups of
 ``ProblemSpec``) is walked field by field: a key the README leaves out, or one it documents that
 no longer exists, fails here.
 """
@@ -13,14 +13,9 @@ from pathlib import Path
 import yaml
 
 from lambda_hat import methods
+from lambda_hat.config.problem import PRESET_GROUPS, ProblemSpec, preset_names, resolve_problem
 from lambda_hat.config.schema import validate
-from lambda_hat.config.tuning import (
-    PRESET_GROUPS,
-    ExperimentConfig,
-    ProblemSpec,
-    preset_names,
-    resolve_problem,
-)
+from lambda_hat.config.tuning import TuningConfig
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 SECTION = README.split("## Config format\n", 1)[1].split("\n## ", 1)[0]
@@ -62,7 +57,7 @@ def _preset_groups() -> dict[str, type]:
 
 def test_every_experiment_key_is_documented():
     block = yaml.safe_load(_block("config-example"))
-    assert _key_mismatches(block, ExperimentConfig) == []
+    assert _key_mismatches(block, TuningConfig) == []
     assert {"reference", "optuna", "paths", "problems", "methods"} <= set(block)
 
 
@@ -77,7 +72,7 @@ def test_the_walk_sees_a_missing_nested_key():
     block = yaml.safe_load(_block("config-example"))
     del block["optuna"]["pruner_percentile"], block["problems"][0]["overrides"]
     block["paths"]["result"] = "results"
-    assert sorted(_key_mismatches(block, ExperimentConfig)) == [
+    assert sorted(_key_mismatches(block, TuningConfig)) == [
         "optuna.pruner_percentile (OptunaConfig) is not documented",
         "paths.result is documented but not in PathsConfig",
         "problems[0].overrides (ProblemEntry) is not documented",
@@ -91,7 +86,7 @@ def test_the_walk_sees_a_missing_nested_key():
 
 def test_documented_defaults_are_the_defaults():
     block = yaml.safe_load(_block("config-example"))
-    cfg = validate(block, ExperimentConfig, "README")
+    cfg = validate(block, TuningConfig, "README")
     for name in ("reference", "optuna", "paths"):
         assert getattr(cfg, name) == type(getattr(cfg, name))(), name
     presets = yaml.safe_load(_block("preset-fields"))

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from lambda_hat.cli import main
-from lambda_hat.config.tuning import ReferenceConfig
+from lambda_hat.config.sections import ReferenceConfig
+from lambda_hat.layout import REF_STATE as STATE_FILE
 from lambda_hat.llc import engine
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.problem import theory
-from lambda_hat.reference.nuts import STATE_FILE, ensure_reference, evaluate_gate, ref_path
+from lambda_hat.reference.nuts import ensure_reference
+from lambda_hat.reference.store import evaluate_gate, ref_path
 from lambda_hat.samplers import hmc
 
 FAST = ReferenceConfig(chains=4, draws=1500, warmup=300, chunk=500, gamma=1.0)
@@ -177,6 +179,11 @@ def test_reference_cli_prints_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "p_" in out and "dln 3-1" in out and "1.5" in out
     assert "0 (0.0%)" in out  # divergent draws and their fraction
+    # a run YAML of the same problem and reference: the same table, read from the store
+    runs = tmp_path / "runs.yaml"
+    runs.write_text(cfg.read_text() + "methods: {sgld: [{}]}\nseeds: [0]\n")
+    assert main(["reference", "--config", str(runs)]) == 0
+    assert capsys.readouterr().out == out
 
 
 def test_reference_cli_bad_config_exits_2(tmp_path, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from lambda_hat.config.tuning import load_experiment
+from lambda_hat.config.load import load_tuning
 from lambda_hat.parallel import worker
 from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import stage as references
@@ -30,7 +30,7 @@ def _plan(tmp_path: Path):
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return plan.check_plan(load_experiment(path), None, SYNTHETIC)
+    return plan.check_plan(load_tuning(path), None, SYNTHETIC)
 
 
 def _stage(p, monkeypatch):
@@ -43,7 +43,9 @@ def _stage(p, monkeypatch):
             submitted.append(payload)
             return pool.submit(reference_app.execute_reference, payload)
 
-        return pipeline.reference_stage(p, submit), submitted
+        return pipeline.reference_stage(
+            p.exp.problems, p.cfg.reference, p.artifacts, submit, dict.fromkeys(p.pids, p.gammas)
+        ), submitted
 
 
 def test_a_resumed_run_reads_its_references_without_submitting(tmp_path, monkeypatch):

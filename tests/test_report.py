@@ -17,7 +17,7 @@ from test_plots import CONFIG, PNG_MAGIC, _fake_reference
 
 from lambda_hat._io import atomic_write_json
 from lambda_hat.cli import main
-from lambda_hat.config.tuning import load_experiment
+from lambda_hat.config.load import load_tuning
 from lambda_hat.problem.build import problem_dir, problem_id
 from lambda_hat.report import study_figures as report_figures
 from lambda_hat.report.data import load_inputs
@@ -117,7 +117,7 @@ def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     cfg = root / "c.yaml"
     cfg.write_text(CONFIG.format(root=root))
-    exp = load_experiment(cfg)
+    exp = load_tuning(cfg)
     ref = _fake_reference(exp, exp.problems[0])
     a, b = ref["pid"], problem_id(exp.problems[1])
     lr, se = ref["llc_ref"], ref["se_ref"]
@@ -367,7 +367,7 @@ def test_a_config_gives_the_objectives_and_the_gate(campaign, tmp_path):
     assert {p.name for p in (out / "plots").iterdir()} == {
         p.name for p in (campaign["out"] / "plots").iterdir()
     }
-    exp = load_experiment(cfg)
+    exp = load_tuning(cfg)
     inp = load_inputs(campaign["root"] / "results", objectives=exp.config.optuna.objectives)
     assert not any(inp.multi_objective.values())  # the config's [error] beats the pickle
     # the config's gate thresholds, not the stored gate, in the table and the missing list

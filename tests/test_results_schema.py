@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from lambda_hat.config.tuning import ProblemEntry, load_experiment, resolve_problem
+from lambda_hat.config.load import load_tuning
+from lambda_hat.config.problem import ProblemEntry, resolve_problem
 from lambda_hat.problem.build import problem_id
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
@@ -48,7 +49,7 @@ def _trial(number: int, params: dict, value: float) -> optuna.trial.FrozenTrial:
 
 
 def _table(tmp_path) -> pd.DataFrame:
-    exp = load_experiment(REPO / "config" / "optuna_demo.yaml")
+    exp = load_tuning(REPO / "config" / "optuna_demo.yaml")
     problems = results.problem_table(exp.config.problems, exp.problems)
     (linear, tiny) = problems
     ref = {"llc_ref": 1.5, "se_ref": 0.02, "llc_theory": 1.5}
@@ -145,10 +146,13 @@ def test_labels_are_readable_unique_and_in_the_progress_tables():
     assert labels[pids[0]] == f"linear·s0·{pids[0][2:8]}" != labels[pids[2]]
     assert results.study_label("linear·s0", "sgld") == "linear·s0:sgld"
 
-    class Task:
-        name, finished, running, failed, pruned, reused = f"{pids[0]}:sgld", 1, 0, 0, 0, 0
+    class Counts:
+        finished, running, failed, pruned, reused = 1, 0, 0, 0, 0
         finished_this_run, best_value, best_number, stop_reason = 1, 0.25, 0, None
-        done, early_stop = False, None
+        early_stop = None
+
+    class Task:
+        name, done, counts = f"{pids[0]}:sgld", False, Counts()
 
     text = progress.StudyTable([Task()], 3, labels={pids[0]: "linear·s0"}).render()
     head, _, line = text.splitlines()[:3]

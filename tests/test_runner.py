@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from lambda_hat import methods
 from lambda_hat.cli import main as cli_main
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import ReferenceConfig
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.llc import engine
 from lambda_hat.reference.stability import StabilityRange
 from lambda_hat.trial.identity import load_metrics, run_dir_for

@@ -1,4 +1,5 @@
-"""SGLD against closed forms on a linear-Gaussian problem (science.md, known answer 1)."""
+"""SGLD against closed forms on a linear-Gaussian problem (the localized posterior is Gaussian:
+:func:`lambda_hat.problem.theory.linear_gaussian_llc`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Known answers of lambda_hat.problem.theory (science.md's sanity values)."""
+"""Known answers of lambda_hat.problem.theory (regular and deep linear learning coefficients,
+the Gaussian and monomial closed forms)."""
 
 import itertools
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
+from lambda_hat.config.problem import resolve_problem
 from lambda_hat.config.schema import validate
-from lambda_hat.config.tuning import ReferenceConfig, resolve_problem
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.methods.vi import _unconverged, elbo_trend
 from lambda_hat.problem import theory
 from lambda_hat.problem.build import build_problem

@@ -399,9 +399,9 @@ def test_cli_flags_override_the_config_and_dry_run_writes_nothing(tmp_path, monk
             "20",
         ]
     )
-    from lambda_hat.config.tuning import load_experiment
+    from lambda_hat.config.load import load_tuning
 
-    exp = load_experiment(cfg, command.overrides(args))
+    exp = load_tuning(cfg, command.overrides(args))
     oc = exp.config.optuna
     assert (oc.max_trials, oc.batch_size, oc.method_budget_sec) == (7, 3, 20.0)
     assert exp.config.reference.budget_sec == 30.0

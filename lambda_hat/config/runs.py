@@ -1,35 +1,28 @@
-"""The schema of an experiments YAML (``lambda-hat run``): problems x methods x hyperparameter
-sets x seeds.
+"""The run YAML's schema (``lambda-hat run``): problems x methods x hyperparameter sets x seeds.
 
-It is read with the one config loader's pieces (:func:`lambda_hat.config.tuning.read_yaml`,
-:func:`lambda_hat.config.tuning.resolve_problem` for presets, :func:`lambda_hat.config.schema.validate`), so
-an unknown key, a wrong type or a missing preset is the same :class:`ConfigError` (YAML path,
-value, fix) as for a tuning config. The problems and ``reference`` block take the tuning
-config's keys: copy them from the tuning config and the references (and, at the tuning seed and
-budget, the runs) are the stored ones. Hyperparameter sets are checked here against the
-method's schema; ``from_study`` sets are resolved against the stored studies by
-:mod:`lambda_hat.runs.stage` before any work.
+Read by the one loader (:func:`lambda_hat.config.load.load_runs`), so an unknown key, a wrong
+type or a missing preset is the same :class:`ConfigError` (YAML path, value, fix) as for a
+tuning YAML. The problems and the ``reference`` and ``paths`` sections are the tuning YAML's
+(:mod:`lambda_hat.config.problem`, :mod:`lambda_hat.config.sections`): copy them from the
+tuning config and the references (and, at the tuning seed and budget, the runs) are the stored
+ones. Hyperparameter sets are checked here against the method's schema (:func:`check_runs`);
+``from_study`` sets are resolved against the stored studies by :mod:`lambda_hat.runs.stage`
+before any work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from lambda_hat.config.schema import ConfigError, config_dataclass, field, validate
-from lambda_hat.config.tuning import (
-    MethodName,
-    PathsConfig,
-    ProblemEntry,
-    ProblemSpec,
-    ReferenceConfig,
-    read_yaml,
-    resolve_problem,
-)
+from lambda_hat import layout
+from lambda_hat.config.problem import ProblemEntry, ProblemSpec
+from lambda_hat.config.schema import ConfigError, config_dataclass, field
+from lambda_hat.config.sections import PathsConfig, ReferenceConfig
+from lambda_hat.config.tuning import MethodName
 from lambda_hat.trial import identity as runs
 
-__all__ = ["Experiments", "ExperimentsConfig", "FromStudy", "HyperSet", "load_experiments"]
+__all__ = ["FromStudy", "HyperSet", "Runs", "RunsConfig", "check_runs"]
 
 
 @config_dataclass
@@ -38,7 +31,7 @@ class FromStudy:
     (study ``<pid>:<method>``) in a finished ``parsl-optuna`` run."""
 
     results: str = field(
-        "results", "the tuning run's results folder (its paths.results; relative: to the cwd)"
+        layout.RESULTS, "the tuning run's results folder (its paths.results; relative: to the cwd)"
     )
     pick: Literal["best", "validated"] = field(
         "best",
@@ -60,8 +53,8 @@ class HyperSet:
 
 
 @config_dataclass
-class ExperimentsConfig:
-    """A whole experiments YAML."""
+class RunsConfig:
+    """A whole run YAML (``lambda-hat run``)."""
 
     problems: list[ProblemEntry] = field([], "problems, as in a tuning config")
     methods: dict[MethodName, list[HyperSet]] = field(
@@ -82,36 +75,18 @@ class ExperimentsConfig:
 
 
 @dataclass(frozen=True)
-class Experiments:
-    """A loaded experiments config and its resolved problems, in order."""
+class Runs:
+    """A loaded run YAML and its resolved problems, in order."""
 
-    config: ExperimentsConfig
+    config: RunsConfig
     problems: list[ProblemSpec]
     source: str
 
 
-def load_experiments(path: str | Path) -> Experiments:
-    """Read, compose and check an experiments YAML; raises :class:`ConfigError` naming the
-    field. Fixed hyperparameters are validated against their method's schema here."""
-    path = Path(path)
-    raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), "the file must be a mapping with a 'problems:' list.")
-    try:
-        cfg = validate(raw, ExperimentsConfig, "")
-        _check(cfg)
-        search = [path.parent / "conf"]
-        problems = [
-            resolve_problem(p, f"problems[{i}]", search) for i, p in enumerate(cfg.problems)
-        ]
-    except ConfigError as exc:
-        raise ConfigError(exc.where, exc.problem, exc.fix, source=str(path)) from None
-    return Experiments(config=cfg, problems=problems, source=str(path))
-
-
-def _check(cfg: ExperimentsConfig) -> None:
+def check_runs(cfg: RunsConfig) -> RunsConfig:
+    """``cfg`` after the checks across fields (raises :class:`ConfigError` naming the field):
+    problems, sets and seeds listed, seeds once each, fixed hyperparameters valid for their
+    method (with ``from_study``: their names; the values are checked once merged)."""
     if not cfg.problems:
         raise ConfigError("problems", "is empty.", "list at least one problem.")
     if not cfg.methods or not any(cfg.methods.values()):
@@ -139,3 +114,4 @@ def _check(cfg: ExperimentsConfig) -> None:
                             f"Valid: {', '.join(sorted(known))}.",
                             "correct the name.",
                         )
+    return cfg

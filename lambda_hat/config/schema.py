@@ -1,4 +1,5 @@
-"""Typed config schemas on pydantic v2, with error messages a user can act on.
+"""Typed config schemas on pydantic v2, with error messages a user can act on, and the one
+reader of every config file (:func:`read_yaml`).
 
 A schema class is a frozen pydantic dataclass (:func:`config_dataclass`) whose fields are made
 with :func:`field` (default, help text, ``ge``/``gt``/``le``/``lt`` bounds); pydantic checks
@@ -20,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pydantic
+import yaml
 from pydantic import ConfigDict, ValidationError, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticCustomError
 
@@ -89,6 +92,29 @@ def validate(value: Any, cls: type[T], where: str) -> T:
 def as_dict(obj: Any) -> dict:
     """A validated schema object as plain nested dicts (what gets hashed and stored)."""
     return dataclasses.asdict(obj)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents; a :class:`ConfigError` naming the file when it cannot be read
+    or parsed (the one reader of every config file: both YAML kinds and the presets)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            str(path), f"cannot read the file ({exc.strerror}).", "check the path."
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        what = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            str(path),
+            f"YAML syntax error at {loc}: {what}.",
+            "fix the indentation/quoting there.",
+        ) from None
 
 
 # ----------------------------------------------------------------------- the YAML 1.1 rules

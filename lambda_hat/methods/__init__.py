@@ -15,18 +15,21 @@ fails). It raises :class:`lambda_hat.llc.engine.Diverged` or :class:`lambda_hat.
 
 The runner reads exactly the fields of each schema, so a hyperparameter that does nothing
 cannot exist unnoticed (``tests/test_runner.py`` checks that every searched one changes the run).
-Search spaces follow ``docs/prior-art.md``.
+Search spaces and their defaults are measured in ``plans/methods.md``; a step size's range is
+relative to the method's own stability limit (:func:`step_limit`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from optuna.distributions import BaseDistribution
 
 from lambda_hat.config.schema import ConfigError, validate
 from lambda_hat.methods import mclmc, sgld, vi
 from lambda_hat.methods._base import Method
+from lambda_hat.reference.stability import StabilityRange, check_a_max
 
 __all__ = [
     "METHODS",
@@ -35,7 +38,9 @@ __all__ = [
     "culprits",
     "default_hyperparams",
     "get",
+    "resolve_space",
     "search_space",
+    "step_limit",
     "validate_hyperparams",
 ]
 
@@ -72,10 +77,40 @@ def validate_hyperparams(method: str, hp: dict | None, where: str = "hyperparams
 
 
 def search_space(method: str) -> dict[str, BaseDistribution]:
-    """The default Optuna search space of ``method`` (docs/prior-art.md)."""
+    """The default Optuna search space of ``method`` (its record's ``space()``)."""
     return get(method).space()
 
 
 def culprits(method: str) -> dict[str, tuple[str, ...]]:
     """Failure kind -> the hyperparameters of ``method`` that usually cause it."""
     return dict(get(method).culprits)
+
+
+def step_limit(method: str, a_max: float, d: int) -> float:
+    """ε_max of ``method``'s step size on a problem with top eigenvalue ``a_max`` and ``d``
+    parameters (:attr:`Method.step_limit`: SGLD 4/a_max, MCLMC 2.553·√((d−1)/a_max)). Raises
+    ValueError for an ``a_max`` that is not finite and > 0, or a method without a limit."""
+    a_max = check_a_max(a_max)
+    limit = get(method).step_limit
+    if limit is None:
+        raise ValueError(f"{method} has no stability limit: write an absolute range")
+    return limit(a_max, d)
+
+
+def resolve_space(
+    space: Mapping[str, BaseDistribution | StabilityRange],
+    method: str,
+    a_max: float,
+    d: int,
+) -> tuple[dict[str, BaseDistribution], dict[str, float]]:
+    """``space`` with every :class:`StabilityRange` made absolute, and ``{name: ε_max}`` for the
+    names that were scaled (empty when none was)."""
+    out: dict[str, BaseDistribution] = {}
+    limits: dict[str, float] = {}
+    for name, dist in space.items():
+        if isinstance(dist, StabilityRange):
+            limits[name] = step_limit(method, a_max, d)
+            out[name] = dist.resolve(limits[name])
+        else:
+            out[name] = dist
+    return out, limits

@@ -32,13 +32,17 @@ class Method(NamedTuple):
     """One cheap LLC method, in the spirit of Optax's ``GradientTransformation``.
 
     ``hyper`` is the hyperparameter schema (a frozen dataclass checked by
-    :func:`lambda_hat.config.tuning.validate`); ``space()`` the default Optuna search space;
+    :func:`lambda_hat.config.schema.validate`); ``space()`` the default Optuna search space;
     ``run(target, hp, key, deadline, timer)`` the adapter that runs the sampler and returns a
     :data:`RunOutput` dict; ``culprits`` maps a failure kind to the hyperparameters that
     usually cause it, most likely first (the all-fail guard's diagnosis); ``check(hp, where)``
     cross-field checks beyond the schema (raise ConfigError) or None; ``revision(hp)`` names
     a change of what the adapter computes for these hyperparameters (it enters the run's
-    manifest, so runs stored before the change are not reused) or returns None.
+    manifest, so runs stored before the change are not reused) or returns None;
+    ``step_limit(a_max, d)`` is the stability limit ε_max of the step size that the space's
+    :class:`lambda_hat.reference.stability.StabilityRange` scales, on a problem whose
+    posterior precision at w* has top eigenvalue ``a_max`` (checked finite and > 0) and ``d``
+    parameters, or None for a method without one.
     """
 
     name: str
@@ -48,6 +52,7 @@ class Method(NamedTuple):
     culprits: Mapping[str, tuple[str, ...]]
     check: Callable[[Any, str], None] | None = None
     revision: Callable[[dict], str | None] = lambda hp: None
+    step_limit: Callable[[float, int], float] | None = None
 
 
 class Target(NamedTuple):

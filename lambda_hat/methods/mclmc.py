@@ -31,6 +31,9 @@ MISS_FACTOR = 10.0
 """A tuned run whose achieved energy error per dimension exceeds this many times the tuner's
 target failed its tuning (a ``diverged`` failure with ``check: energy_error``)."""
 
+OMEGA_H = 2.553
+"""Largest stable ω·h of BlackJAX's ``isokinetic_mclachlan`` on a harmonic mode (plans/curvature.md)."""
+
 
 @config_dataclass
 class MCLMCHyper:
@@ -113,12 +116,10 @@ def _tune(target: Target, hp: dict, states, tune_keys, timer: Timer):
     return chains, sched.total
 
 
-def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
-    """Run the MCLMC chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
-    post = target.post
-    C, steps, d = hp["chains"], hp["steps"], post.d
-    if d < 2:
-        raise ConfigError("method", "MCLMC needs at least 2 parameters.", "use another method.")
+def _chains(target: Target, hp: dict, key, timer: Timer):
+    """The chains ready to sample (tuned, or at the given step size and L), each chain's
+    sampling key and the tuner's steps (0 untuned)."""
+    C = hp["chains"]
 
     def setup(args, key):
         post = traced_posterior(target, args)
@@ -135,6 +136,16 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     else:
         chains = mclmc_kernel.fixed_chains(states, f64(hp["L"]), f64(hp["step_size"]))
         tune_steps = 0
+    return chains, chain_keys, tune_steps
+
+
+def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
+    """Run the MCLMC chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
+    post = target.post
+    C, steps, d = hp["chains"], hp["steps"], post.d
+    if d < 2:
+        raise ConfigError("method", "MCLMC needs at least 2 parameters.", "use another method.")
+    chains, chain_keys, tune_steps = _chains(target, hp, key, timer)
 
     def unit(consts, chains, i):
         args, chain_keys = consts
@@ -163,6 +174,15 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         lambda ch: ch.state.position,
         lambda infos: partial_llc(concat(infos, "loss"), post, hp["burnin_frac"]),
     )
+    return _output(hp, d, chains, infos, (done, early, tune_steps))
+
+
+def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
+    """The RunOutput of the sampling steps run (``progress``: steps done, stopped early, the
+    tuner's steps), with the tuning diagnostics and, for a tuning that missed its energy
+    target, the failure."""
+    done, early, tune_steps = progress
+    C, steps = hp["chains"], hp["steps"]
     loss = concat(infos, "loss")
     energy = concat(infos, "energy_change")
     nonans = concat(infos, "nonans")
@@ -222,6 +242,12 @@ def _tuning_diagnostics(chains, energy: np.ndarray, d: int, hp: dict) -> dict:
     }
 
 
+def step_limit(a_max: float, d: int) -> float:
+    """ε_max of ``step_size``: 2.553·√((d−1)/a_max), the isokinetic McLachlan integrator's
+    limit ωh < 2.553 in BlackJAX's time units (plans/curvature.md)."""
+    return OMEGA_H * math.sqrt(max(d - 1, 1) / a_max)
+
+
 METHOD = Method(
     name="mclmc",
     hyper=MCLMCHyper,
@@ -229,4 +255,5 @@ METHOD = Method(
     run=run,
     culprits={"diverged": ("step_size",), "timeout": ("steps",), "oom": ()},
     check=check,
+    step_limit=step_limit,
 )

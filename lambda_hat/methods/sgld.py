@@ -1,6 +1,7 @@
 """SGLD: hyperparameters, search space and the adapter onto :mod:`lambda_hat.samplers.sgld`.
 
-Literature convention (science.md): Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ with
+Literature convention (Welling & Teh 2011; Lau et al. 2023, "Quantifying degeneracy in singular
+models via the learning coefficient"): Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ with
 ε = ``eta0`` and P the diagonal preconditioner. The chains run in blocks of ``eval_every``
 steps; each block gives one draw of the L_n trace — the mean of the minibatch losses its steps
 computed for their gradients (``estimator: minibatch``, free) or one full-data L_n pass at its
@@ -10,7 +11,7 @@ The choice of default and cadence is measured in plans/sgld-estimator.md.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import numpy as np
@@ -30,7 +31,7 @@ from lambda_hat.methods._base import (
     run_output,
     traced_posterior,
 )
-from lambda_hat.reference.stability import StabilityRange
+from lambda_hat.reference.stability import StabilityRange, langevin_step_limit
 from lambda_hat.samplers import sgld as sgld_kernel
 
 Precond = Literal["none", "rmsprop", "adam"]
@@ -57,7 +58,7 @@ def block_length(eval_every: int | None, n: int, batch: int, steps: int, estimat
 
 @config_dataclass
 class SGLDHyper:
-    """Stochastic-gradient Langevin dynamics (literature convention, see science.md):
+    """Stochastic-gradient Langevin dynamics (Welling & Teh 2011, as Lau et al. 2023 write it):
 
     Δw = −(ε/2)·P·[nβ ∇L_B(w) + γ(w − w*)] + √(εP)·ξ,  ε = ``eta0``, P the preconditioner.
     """
@@ -122,20 +123,34 @@ def _start(target: Target, C: int, key, table: bool, timer: Timer):
     return state, chain_keys, rows_star
 
 
+class _Schedule(NamedTuple):
+    """How a run's steps are laid out: ``E`` steps per block, ``blocks`` blocks, the minibatch
+    size, the steps the preconditioner adapts for, and whether the control variate's table of
+    w* row losses is needed."""
+
+    E: int
+    blocks: int
+    batch: int
+    adapt: int
+    table: bool
+
+
+def _schedule(hp: dict, n: int) -> _Schedule:
+    steps, batch = hp["steps"], min(hp["batch"], n)
+    E = block_length(hp["eval_every"], n, batch, steps, hp["estimator"])
+    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
+    # P adapts during the first half of the burn-in and is then frozen: the second half lets
+    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
+    adapt = 0 if hp["precond_type"] == "none" else int(hp["burnin_frac"] * blocks) * E // 2
+    table = hp["estimator"] == "minibatch" and batch < n  # the control variate's w* row losses
+    return _Schedule(E, blocks, batch, adapt, table)
+
+
 def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     """Run the SGLD chains on ``target`` (see :data:`lambda_hat.methods.RunOutput`)."""
     post = target.post
-    C, steps, n = hp["chains"], hp["steps"], post.n
-    batch = min(hp["batch"], n)
-    estimator = hp["estimator"]
-    E = block_length(hp["eval_every"], n, batch, steps, estimator)
-    blocks = -(-steps // E)  # the last block may run up to E − 1 steps past ``steps``
-    precond = hp["precond_type"]
-    # P adapts during the first half of the burn-in and is then frozen: the second half lets
-    # the chains relax to the frozen sampler's law (plans/sgld-preconditioning.md).
-    adapt = 0 if precond == "none" else int(hp["burnin_frac"] * blocks) * E // 2
-
-    table = estimator == "minibatch" and batch < n  # the control variate's w* row losses
+    C, estimator, precond = hp["chains"], hp["estimator"], hp["precond_type"]
+    E, blocks, batch, adapt, table = sch = _schedule(hp, post.n)
     state, chain_keys, rows_star = _start(target, C, key, table, timer)
     consts = (
         target.args,
@@ -172,6 +187,14 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         lambda s: s.position,
         lambda infos: partial_llc(concat(infos, 0), post, hp["burnin_frac"]),
     )
+    return _output(hp, sch, post.n, state, infos, done, early)
+
+
+def _output(hp: dict, sch: _Schedule, n: int, state, infos, done: int, early: bool) -> dict:
+    """The RunOutput of the blocks run: draws after burn-in (none from before the
+    preconditioner froze), the work, the MALA-probe diagnostics and the trace."""
+    E, blocks, batch, adapt, table = sch
+    C = hp["chains"]
     loss, accept = concat(infos, 0).astype(np.float64), concat(infos, 1).astype(np.float64)
     draws, burn = kept(loss, hp["burnin_frac"])
     if burn * E < adapt:  # stopped early: no kept draw from before the freeze
@@ -180,7 +203,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     acc_kept = accept[:, burn:]
     grads_per_chain = done * (E + 1)  # E steps + the MALA probe's extra gradient per block
     # full: one L_n pass per block and chain; minibatch: the w* row-loss table, once
-    passes = C * done if estimator == "full" else int(table)
+    passes = C * done if hp["estimator"] == "full" else int(table)
     return {
         **run_output(loss, draws, burn, done, blocks, early, (done * E, blocks * E)),
         "work": {
@@ -199,6 +222,12 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     }
 
 
+def step_limit(a_max: float, d: int) -> float:
+    """ε_max of ``eta0``: full-batch Langevin's 4/a_max (SGLD is its minibatch version, P = I)."""
+    del d  # the Langevin limit depends on the stiffest direction only
+    return langevin_step_limit(a_max)
+
+
 METHOD = Method(
     name="sgld",
     hyper=SGLDHyper,
@@ -206,4 +235,5 @@ METHOD = Method(
     run=run,
     culprits={"diverged": ("eta0",), "timeout": ("steps",), "oom": ("batch",)},
     revision=lambda hp: None if hp["precond_type"] == "none" else "precond frozen after burn-in",
+    step_limit=step_limit,
 )

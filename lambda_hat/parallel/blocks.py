@@ -33,13 +33,14 @@ from pathlib import Path
 
 import psutil
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 
 log = logging.getLogger("lambda_hat.workflow")
 
-RECORD_NAME = "blocks.json"
+RECORD_NAME = layout.BLOCKS_RECORD
 """The single record of earlier versions (still read and cancelled by :func:`cancel_previous`)."""
-RECORD_GLOB = "blocks*.json"
+RECORD_GLOB = layout.BLOCKS_GLOB
 RECORD_EVERY_SEC = 5.0
 #: A record from another host whose driver has not touched it for this long is a dead driver's.
 STALE_SEC = 120.0
@@ -56,7 +57,7 @@ CANCEL_COMMANDS: dict[str, list[str]] = {
 def record_path(run_dir: str | Path, host: str | None = None, os_pid: int | None = None) -> Path:
     """``<run_dir>/blocks-<host>-<os_pid>.json``: this driver's record (default: this process)."""
     host = host or socket.gethostname()
-    return Path(run_dir) / f"blocks-{host}-{os.getpid() if os_pid is None else os_pid}.json"
+    return layout.blocks_record(run_dir, host, os.getpid() if os_pid is None else os_pid)
 
 
 def _start_time(os_pid: int) -> float | None:

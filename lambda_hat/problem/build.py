@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import as_dict, validate
-from lambda_hat.config.tuning import ProblemSpec
 from lambda_hat.hashing import content_hash
+from lambda_hat.layout import problem_dir
 from lambda_hat.llc.posterior import (
     LLCPosterior,
     make_posterior,
@@ -180,16 +182,12 @@ def _generate(spec: ProblemSpec) -> dict:
     return {"X": X, "y": y, "w_star": w_star, "w_teacher": w_teacher, "curve": curve}
 
 
-def problem_dir(artifacts: str | Path, pid: str) -> Path:
-    return Path(artifacts) / "problems" / pid
-
-
 def _load(spec: ProblemSpec, pid: str, path: Path) -> Problem | None:
-    info = read_json(path / "problem.json")
+    info = read_json(path / layout.PROBLEM_INFO)
     if info is None or info.get("schema") != PROBLEM_SCHEMA or info.get("pid") != pid:
         return None
     try:
-        with np.load(path / "data.npz") as z:
+        with np.load(path / layout.PROBLEM_DATA) as z:
             arrays = {k: jnp.asarray(z[k]) for k in ("X", "y", "w_star", "w_teacher")}
     except (OSError, KeyError, ValueError):
         return None
@@ -200,7 +198,7 @@ def _load(spec: ProblemSpec, pid: str, path: Path) -> Problem | None:
 
 
 def build_problem(
-    spec: ProblemSpec, artifacts: str | Path = "artifacts", force: bool = False
+    spec: ProblemSpec, artifacts: str | Path = layout.ARTIFACTS, force: bool = False
 ) -> Problem:
     """Load the stored problem for ``spec``, or generate, train and store it."""
     pid = problem_id(spec)
@@ -230,9 +228,9 @@ def build_problem(
         "build_sec": time.perf_counter() - t0,
     }
     atomic_write_npz(
-        path / "data.npz", X=g["X"], y=g["y"], w_star=g["w_star"], w_teacher=g["w_teacher"]
+        path / layout.PROBLEM_DATA, X=g["X"], y=g["y"], w_star=g["w_star"], w_teacher=g["w_teacher"]
     )
-    atomic_write_json(path / "problem.json", info)
+    atomic_write_json(path / layout.PROBLEM_INFO, info)
     log.info(
         "problem %s: L_n(w*) = %.6g, |grad| = %.2e (%.1fs)",
         pid,
@@ -246,7 +244,7 @@ def build_problem(
 def load_problem(artifacts: str | Path, pid: str) -> Problem:
     """A stored problem by pid alone (its spec is read back from problem.json)."""
     path = problem_dir(artifacts, pid)
-    info = read_json(path / "problem.json")
+    info = read_json(path / layout.PROBLEM_INFO)
     if info is None:
         raise FileNotFoundError(f"no valid problem {pid} under {path}; build it first")
     spec = validate(info["spec"], ProblemSpec, "spec")

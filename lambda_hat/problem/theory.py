@@ -169,7 +169,7 @@ def monomial_llc(powers: Sequence[int], nbeta: float, gamma: float) -> float:
 
     The density factorizes over coordinates, so this is a sum of 1-D integrals. Each term is
     exactly 1/p_i when γ = 0 (K is homogeneous), the learning coefficient λ = Σ 1/p_i
-    (science.md, known answer 4); γ > 0 pulls it below.
+    (Watanabe 2009); γ > 0 pulls it below.
     """
     total = 0.0
     for p in _check_powers(powers):

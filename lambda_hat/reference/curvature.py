@@ -3,7 +3,7 @@
 A is the precision of the localized posterior's quadratic approximation at w*, and its top
 eigenvalue a_max sets every sampler's smallest scale: full-batch Langevin
 Δw = −(ε/2)∇U + √ε ξ contracts the stiffest direction by |1 − ε·a_max/2| per step, so it is
-stable only for ε < 4/a_max (science.md; :func:`sgld_step_limit`). With a frozen diagonal
+stable only for ε < 4/a_max (:func:`lambda_hat.reference.stability.langevin_step_limit`). With a frozen diagonal
 preconditioner P the limit is on the top eigenvalue of P^{1/2} A P^{1/2} (``precond=``).
 ``plans/curvature.md`` derives these and what holds for Adam-SGLD and MCLMC.
 
@@ -38,10 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.hashing import content_hash
 from lambda_hat.llc.posterior import LLCPosterior
 from lambda_hat.problem.build import Problem
+from lambda_hat.reference.stability import langevin_step_limit
 
 __all__ = [
     "CURVATURE_SCHEMA",
@@ -50,7 +52,6 @@ __all__ = [
     "hvp_operator",
     "lanczos_top",
     "top_eigenvalue",
-    "sgld_step_limit",
     "curvature_settings",
     "curvature_path",
     "problem_curvature",
@@ -88,7 +89,8 @@ class Curvature(NamedTuple):
 
     a_max: top eigenvalue of A = nβ·∇²L_n(w*) + γI.
     h_max: (a_max − γ)/nβ, the top eigenvalue of the loss Hessian ∇²L_n(w*).
-    eps_max_sgld: 4/a_max, full-batch SGLD's stability limit on ε (``eta0``), P = I.
+    eps_max_sgld: 4/a_max, full-batch Langevin's stability limit on ε (SGLD's ``eta0``), P = I
+        (the stored field's name).
     """
 
     pid: str
@@ -212,18 +214,6 @@ def top_eigenvalue(
     return lanczos_top(hvp_operator(posterior, precond), start, tol, max_iter, krylov_dim)
 
 
-def sgld_step_limit(a_max: float) -> float:
-    """ε_max = 4/a_max: full-batch SGLD (Δw = −(ε/2)∇U + √ε ξ, P = I) is stable only below it.
-
-    Near w* the error obeys e ← (I − εA/2)e + noise, whose stiffest factor |1 − ε·a_max/2| is
-    below 1 exactly when ε < 4/a_max. For a frozen diagonal P pass the top eigenvalue of
-    P^{1/2}AP^{1/2} instead (:func:`top_eigenvalue` with ``precond``).
-    """
-    if not a_max > 0:
-        raise ValueError(f"a_max must be > 0 for a stability limit, got {a_max}")
-    return 4.0 / a_max
-
-
 def curvature_settings(
     posterior: LLCPosterior, tol: float, max_iter: int, krylov_dim: int, seed: int
 ) -> dict:
@@ -242,7 +232,8 @@ def curvature_settings(
 
 def curvature_path(problem: Problem, settings: dict) -> Path:
     """``<problem dir>/curvature/c_<hash of settings>.json``."""
-    return Path(problem.path) / "curvature" / f"{content_hash(settings, 'c_')}.json"
+    name = f"{content_hash(settings, layout.CURVATURE_PREFIX)}.json"
+    return Path(problem.path) / layout.CURVATURE / name
 
 
 def _load(path: Path, settings: dict) -> Curvature | None:
@@ -297,7 +288,7 @@ def problem_curvature(
         nbeta=float(post.nbeta),
         a_max=top.value,
         h_max=(top.value - post.gamma) / post.nbeta,
-        eps_max_sgld=sgld_step_limit(top.value),
+        eps_max_sgld=langevin_step_limit(top.value),
         residual=top.residual,
         converged=top.converged,
         hvps=top.hvps,
@@ -308,20 +299,23 @@ def problem_curvature(
         path=str(path),
     )
     atomic_write_json(path, result._asdict())
-    log.info(
-        "curvature %s: a_max = %.6g (h_max %.6g, nβ %.6g, γ %g), ε_max(SGLD) = %.3g; "
-        "%d HVPs, %.1fs%s",
-        problem.pid,
-        result.a_max,
-        result.h_max,
-        result.nbeta,
-        result.gamma,
-        result.eps_max_sgld,
-        result.hvps,
-        t2 - t0,
-        "" if result.converged else f", NOT converged (residual {result.residual:.2e})",
-    )
+    _log_computed(result, t2 - t0)
     return result
+
+
+def _log_computed(c: Curvature, seconds: float) -> None:
+    log.info(
+        "curvature %s: a_max = %.6g (h_max %.6g, nβ %.6g, γ %g), 4/a_max = %.3g; %d HVPs, %.1fs%s",
+        c.pid,
+        c.a_max,
+        c.h_max,
+        c.nbeta,
+        c.gamma,
+        c.eps_max_sgld,
+        c.hvps,
+        seconds,
+        "" if c.converged else f", NOT converged (residual {c.residual:.2e})",
+    )
 
 
 def curvature_record(problem: Problem, beta: float, gamma: float) -> dict:

@@ -1,14 +1,10 @@
-"""Content-addressed HMC reference LLCs: ``artifacts/problems/<pid>/ref.json``.
+"""Computing HMC reference LLCs (NUTS): ``artifacts/problems/<pid>/ref.json``.
 
-The config's reference (``reference.gamma``) lives in the problem's folder (``ref.json``,
-``ref_trace.npz``), where ``lambda-hat reference`` and ``lambda-hat plots`` find it. A
-reference of the same problem at another γ (a γ choice of a search space, plans/workflow.md)
-lives in its own folder, ``refs/g_<hash of its settings>/``, with the same file names
-(:func:`reference_home`).
-
-A reference is computed once per (problem, reference settings) and reused: a valid ref.json
-whose ``settings`` match the requested ones is returned as is (``force`` recomputes); a
-corrupt, partial or mismatched one is recomputed, never trusted. Budgets (``budget_sec``) are
+Where a reference lives, which stored one is reused and its quality gate are
+:mod:`lambda_hat.reference.store`'s. A reference is computed once per (problem, reference
+settings) and reused: a valid ref.json whose ``settings`` match the requested ones is returned
+as is (``force`` recomputes); a corrupt, partial or mismatched one is recomputed, never
+trusted. Budgets (``budget_sec``) are
 honoured between warm-up chunks and between sampling chunks: the work so far is kept,
 ``stopped_early`` (and ``stopped_in``: warmup or sampling) is recorded and the chains' state is
 saved to ``ref_state.npz``. A reference stopped early is reused only for a budget no larger than
@@ -26,16 +22,15 @@ import functools
 import importlib.metadata
 import logging
 import math
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from lambda_hat import __version__
-from lambda_hat._io import atomic_write_json, atomic_write_npz, finite_float, read_json
+from lambda_hat import __version__, layout
+from lambda_hat._io import atomic_write_json, atomic_write_npz
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import as_dict, validate
-from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
-from lambda_hat.hashing import content_hash
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.llc import engine
 from lambda_hat.llc.diagnostics import chain_health
 from lambda_hat.llc.engine import Timer
@@ -44,105 +39,19 @@ from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.log import Progress, fmt_seconds, fmt_value, setup_logging
 from lambda_hat.problem.build import Problem, build_problem
 from lambda_hat.reference.curvature import curvature_record
+from lambda_hat.reference.store import (
+    REF_SCHEMA,
+    evaluate_gate,
+    ref_path,
+    reference_home,
+    reference_settings,
+    stored_reference,
+)
 from lambda_hat.samplers import hmc
 
 log = logging.getLogger("lambda_hat.reference")
 
-REF_SCHEMA = 1
-STATE_FILE = "ref_state.npz"  # the chains' state of a reference stopped early
-REFS_DIR = "refs"  # references at γ choices other than the config's, one folder each
-# Settings that change what a reference estimates or how precisely; the chunking, gate
-# thresholds and worker count do not invalidate a stored reference, and the budget only does
-# when it stopped the reference early (:func:`ensure_reference`).
-_KEY_FIELDS = ("chains", "draws", "warmup", "target_accept", "max_tree_depth", "beta", "gamma")
-_KEY_FIELDS += ("seed",)
-_REQUIRED = ("llc_ref", "se_ref", "draws_per_chain", "gate", "settings", "beta", "gamma", "n")
 _SECONDS = ("compile", "warmup", "sampling", "total")
-
-
-def reference_settings(cfg: ReferenceConfig) -> dict:
-    """The part of the reference config that a stored ref.json must match."""
-    return {k: getattr(cfg, k) for k in _KEY_FIELDS}
-
-
-def ref_path(problem: Problem) -> Path:
-    return problem.path / "ref.json"
-
-
-def reference_home(problem: Problem, cfg: ReferenceConfig, primary: bool = True) -> Problem:
-    """``problem`` seen from the folder its reference at ``cfg`` lives in: its own folder for
-    the config's reference (``primary``), ``refs/g_<hash of reference_settings(cfg)>/`` for a
-    reference at another γ, so every posterior has its own content-addressed ref.json (and
-    trace) and computing one never overwrites another."""
-    if primary:
-        return problem
-    home = problem.path / REFS_DIR / content_hash(reference_settings(cfg), "g_")
-    return dataclasses.replace(problem, path=home)
-
-
-def evaluate_gate(ref: dict, cfg: ReferenceConfig) -> dict:
-    """Quality gate: some draws, rank-normalized R-hat <= rhat_max, bulk ESS >= ess_min and
-    divergent draws <= max_divergence_frac of the draws."""
-    reasons = []
-    draws = ref.get("chains", 0) * ref.get("draws_per_chain", 0)
-    if not draws:
-        at = f"warm-up step {ref.get('warmup_done', 0)} of {ref.get('warmup', 0)}"
-        reasons.append(f"no draws: the budget stopped it ({ref.get('stopped_in')}, {at})")
-    rhat, ess = ref.get("rhat"), ref.get("ess_bulk")
-    if draws and (rhat is None or not rhat <= cfg.rhat_max):
-        reasons.append(f"R-hat {rhat if rhat is None else f'{rhat:.4f}'} > {cfg.rhat_max}")
-    if draws and (ess is None or not ess >= cfg.ess_min):
-        reasons.append(f"bulk ESS {ess if ess is None else f'{ess:.0f}'} < {cfg.ess_min:g}")
-    div = ref.get("divergences", 0)
-    if draws and div > cfg.max_divergence_frac * draws:
-        reasons.append(
-            f"divergences {div}/{draws} = {div / draws:.2%} > {cfg.max_divergence_frac:.2%}"
-        )
-    return {
-        "passed": not reasons,
-        "reasons": reasons,
-        "rhat_max": cfg.rhat_max,
-        "ess_min": cfg.ess_min,
-        "max_divergence_frac": cfg.max_divergence_frac,
-    }
-
-
-def _stored(problem: Problem, cfg: ReferenceConfig) -> dict | None:
-    """The stored ref.json if it is intact and was made with the same settings, else None
-    (it may hold no draws: a reference stopped during warm-up)."""
-    path = ref_path(problem)
-    if not path.exists():
-        return None
-    ref = read_json(path)
-    problems = []
-    if ref is None:
-        problems.append("unreadable or not JSON")
-    else:
-        if ref.get("schema") != REF_SCHEMA:
-            problems.append(f"schema {ref.get('schema')} != {REF_SCHEMA}")
-        if ref.get("pid") != problem.pid:
-            problems.append(f"pid {ref.get('pid')} != {problem.pid}")
-        missing = [k for k in _REQUIRED if k not in ref]
-        if missing:
-            problems.append(f"missing {', '.join(missing)}")
-        elif ref["settings"] != reference_settings(cfg):
-            log.info("reference %s: settings changed, recomputing", problem.pid)
-            return None
-        elif ref["draws_per_chain"] > 0 and finite_float(ref["llc_ref"]) is None:
-            problems.append("draws but no finite estimate")
-    if problems:
-        log.warning(
-            "reference %s: ignoring %s (%s); recomputing", problem.pid, path, "; ".join(problems)
-        )
-        return None
-    ref["gate"] = evaluate_gate(ref, cfg)  # thresholds may have changed since it was stored
-    return ref
-
-
-def load_reference(problem: Problem, cfg: ReferenceConfig) -> dict | None:
-    """The stored reference if it is complete, has draws and was made with the same settings."""
-    ref = _stored(problem, cfg)
-    return ref if ref is not None and ref["draws_per_chain"] > 0 else None
 
 
 def _versions() -> dict:
@@ -308,11 +217,11 @@ def compute_reference(
     ref = _record(problem, post, cfg, run)
     if (info := run.info()) is not None:
         trace = {"loss": info.loss, "acceptance_rate": info.acceptance_rate}
-        atomic_write_npz(problem.path / "ref_trace.npz", **trace)
+        atomic_write_npz(problem.path / layout.REF_TRACE, **trace)
     if ref.get("stopped_early"):
-        hmc.save_run(problem.path / STATE_FILE, run)
+        hmc.save_run(problem.path / layout.REF_STATE, run)
     else:
-        (problem.path / STATE_FILE).unlink(missing_ok=True)
+        (problem.path / layout.REF_STATE).unlink(missing_ok=True)
     atomic_write_json(ref_path(problem), ref)
     _report(problem, ref)
     return ref
@@ -405,7 +314,7 @@ def _load_state(problem: Problem, cfg: ReferenceConfig, ref: dict) -> hmc.NUTSRu
     """The run a stopped reference left (ValueError/OSError/KeyError when it is unusable)."""
     post = problem.posterior(cfg.beta, cfg.gamma)
     kind = "warm" if ref["stopped_in"] == "warmup" else "chains"
-    run = hmc.load_run(problem.path / STATE_FILE, post, cfg.target_accept, cfg.chains, kind)
+    run = hmc.load_run(problem.path / layout.REF_STATE, post, cfg.target_accept, cfg.chains, kind)
     if (run.warmup_done, run.draws_done) != (ref["warmup_done"], ref["draws_per_chain"]):
         raise ValueError("the state file does not belong to ref.json")
     run.chunk, run.sessions = ref["chunk"], ref["sessions"]
@@ -418,16 +327,6 @@ def _larger(budget: float | None, than: float | None) -> bool:
     return than is not None and (budget is None or budget > than)
 
 
-def load_reference_at(
-    problem: Problem, cfg: ReferenceConfig, gamma: float | None = None
-) -> dict | None:
-    """The stored reference of the posterior at ``gamma`` (None: the config's), or None."""
-    if gamma is None or float(gamma) == cfg.gamma:
-        return load_reference(problem, cfg)
-    cfg = dataclasses.replace(cfg, gamma=float(gamma))
-    return load_reference(reference_home(problem, cfg, primary=False), cfg)
-
-
 def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False) -> dict:
     """The problem's reference: reused when a valid matching ref.json exists, else computed.
 
@@ -435,7 +334,7 @@ def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False
     for a larger one (or none) it is extended from its saved state, or recomputed when that
     state is missing or unusable — logged either way.
     """
-    ref = None if force else _stored(problem, cfg)
+    ref = None if force else stored_reference(problem, cfg)
     if ref is None:
         return compute_reference(problem, cfg)
     if not (ref.get("stopped_early") and _larger(cfg.budget_sec, ref.get("budget_sec"))):

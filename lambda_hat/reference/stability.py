@@ -3,26 +3,23 @@
 A search space entry ``{low: 1e-3, high: 1.0, log: true, scale: stability}`` (or a method's
 default :class:`StabilityRange`) means ``low·ε_max … high·ε_max``, where ε_max follows from the
 top eigenvalue a_max of nβ·∇²L_n(w*) + γI (:mod:`lambda_hat.reference.curvature`, computed in the
-reference stage): 4/a_max for SGLD's ``eta0`` (full-batch Langevin is unstable above it),
-2.553·√((d−1)/a_max) for MCLMC's ``step_size`` (the isokinetic McLachlan integrator's limit
-ωh < 2.553 in BlackJAX's time units). ``plans/curvature.md`` derives both.
+reference stage). Which limit a method's step size has is the method's own knowledge
+(:attr:`lambda_hat.methods.Method.step_limit`, :func:`lambda_hat.methods.step_limit`); this
+module holds the ranges and the full-batch Langevin limit 4/a_max (:func:`langevin_step_limit`),
+which the curvature record stores. ``plans/curvature.md`` derives the limits.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.distributions import FloatDistribution
 
-__all__ = ["MCLMC_OMEGA_H", "STABILITY_SCALE", "StabilityRange", "resolve_space", "step_limit"]
+__all__ = ["STABILITY_SCALE", "StabilityRange", "check_a_max", "langevin_step_limit"]
 
 STABILITY_SCALE = "stability"
 """The one value of a range's ``scale`` key."""
-
-MCLMC_OMEGA_H = 2.553
-"""Largest stable ω·h of BlackJAX's ``isokinetic_mclachlan`` on a harmonic mode (plans/curvature.md)."""
 
 
 @dataclass(frozen=True)
@@ -54,32 +51,19 @@ class StabilityRange:
         return StabilityRange(self.low, self.high, self.log)
 
 
-def step_limit(method: str, a_max: float, d: int) -> float:
-    """ε_max of ``method``'s step size on a problem with top eigenvalue ``a_max`` and ``d``
-    parameters: SGLD 4/a_max, MCLMC 2.553·√((d−1)/a_max). Raises ValueError otherwise."""
+def check_a_max(a_max: float) -> float:
+    """``a_max`` when a stability limit follows from it (finite and > 0), else ValueError."""
     if not (a_max > 0 and math.isfinite(a_max)):
         raise ValueError(f"a_max must be finite and > 0 for a stability limit, got {a_max}")
-    if method == "sgld":
-        return 4.0 / a_max
-    if method == "mclmc":
-        return MCLMC_OMEGA_H * math.sqrt(max(d - 1, 1) / a_max)
-    raise ValueError(f"{method} has no stability limit: write an absolute range")
+    return a_max
 
 
-def resolve_space(
-    space: Mapping[str, BaseDistribution | StabilityRange],
-    method: str,
-    a_max: float,
-    d: int,
-) -> tuple[dict[str, BaseDistribution], dict[str, float]]:
-    """``space`` with every :class:`StabilityRange` made absolute, and ``{name: ε_max}`` for the
-    names that were scaled (empty when none was)."""
-    out: dict[str, BaseDistribution] = {}
-    limits: dict[str, float] = {}
-    for name, dist in space.items():
-        if isinstance(dist, StabilityRange):
-            limits[name] = step_limit(method, a_max, d)
-            out[name] = dist.resolve(limits[name])
-        else:
-            out[name] = dist
-    return out, limits
+def langevin_step_limit(a_max: float) -> float:
+    """ε_max = 4/a_max: full-batch Langevin (Δw = −(ε/2)∇U + √ε ξ, P = I) is stable only below it.
+
+    Near w* the error obeys e ← (I − εA/2)e + noise, whose stiffest factor |1 − ε·a_max/2| is
+    below 1 exactly when ε < 4/a_max. For a frozen diagonal P pass the top eigenvalue of
+    P^{1/2}AP^{1/2} instead (:func:`lambda_hat.reference.curvature.top_eigenvalue` with
+    ``precond``). Raises ValueError unless ``a_max`` is finite and > 0.
+    """
+    return 4.0 / check_a_max(a_max)

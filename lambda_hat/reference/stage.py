@@ -1,34 +1,61 @@
-"""Stage 1 of ``parsl-optuna``: the HMC reference of every (problem, posterior γ).
+"""The reference stage: the HMC reference of every (problem, posterior γ), for every command.
+
+``parsl-optuna`` (stage 1, :mod:`lambda_hat.study.pipeline`), ``lambda-hat run``
+(:mod:`lambda_hat.runs.stage`) and ``lambda-hat reference`` all call :func:`reference_stage`
+with plain values: the problems, the reference settings, the γ of each problem's posteriors,
+the artifacts folder and a ``submit(payload) -> Future`` that computes one reference
+elsewhere (a Parsl app, or :func:`process_submitter`'s local processes).
 
 A reference already stored in the artifacts is read here, on the driver, before anything is
 submitted (:func:`cached_reference`): the problem, its ``ref.json`` at the requested settings
 and the curvature record that ``scale: stability`` ranges need. Only a missing (or stopped
-early, or mismatched) reference goes through Parsl, so a resumed run starts tuning without
+early, or mismatched) reference is submitted, so a resumed run starts tuning without
 waiting for a block (on SLURM, 104 s for a job to start, measured, when every reference was
-cached). What counts as reusable is :mod:`lambda_hat.reference.nuts`'s rule: a driver-side read
-never computes.
+cached). What counts as reusable is :mod:`lambda_hat.reference.store`'s rule: a driver-side
+read never computes.
+
+Whether runs may be scored against a reference is decided once, here (:func:`usable_reason`,
+:func:`unusable`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
+from lambda_hat import layout
 from lambda_hat._io import read_json
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import as_dict
-from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
+from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.log import fmt_value
 from lambda_hat.problem.build import load_problem, problem_id
-from lambda_hat.reference import app as reference_app
 from lambda_hat.reference.curvature import curvature_record
-from lambda_hat.reference.nuts import load_reference, reference_home
-from lambda_hat.trial.outcome import failed_metrics, from_exception
+from lambda_hat.reference.nuts import reference_job
+from lambda_hat.reference.store import load_reference, reference_home
+from lambda_hat.trial.outcome import TRACEBACK_CHARS, failed_metrics, from_exception
+
+__all__ = [
+    "References",
+    "cached_reference",
+    "is_reference",
+    "process_submitter",
+    "reference_stage",
+    "report",
+    "unusable",
+    "usable_reason",
+]
 
 log = logging.getLogger("lambda_hat.workflow")
+
+Submit = Callable[[dict], Future]
 
 
 class References(dict):
@@ -49,7 +76,7 @@ class References(dict):
 def _curvature_stored(problem_path: Path, beta: float, gamma: float) -> bool:
     """Whether a curvature record at (β, γ) is stored with the problem (no file: computing it
     is the reference job's, on a worker)."""
-    for path in (problem_path / "curvature").glob("c_*.json"):
+    for path in (problem_path / layout.CURVATURE).glob(layout.CURVATURE_GLOB):
         settings = (read_json(path) or {}).get("settings") or {}
         if math.isclose(settings.get("beta", -1.0), beta) and math.isclose(
             settings.get("gamma", -1.0), gamma
@@ -82,48 +109,101 @@ def cached_reference(
     }
 
 
-def reference_stage(plan, submit: Callable[[dict], Future] | None = None) -> References:
-    """Stage 1 for ``plan`` (a :class:`lambda_hat.study.plan.Plan`): one reference per
-    (problem, γ of ``plan.gammas``), read on the driver when stored (:func:`cached_reference`),
-    else one Parsl app each, all in parallel. ``submit(payload) -> Future`` defaults to the
-    app :func:`reference_app.execute_reference`; it is called only for missing references."""
-    ref_cfg = plan.cfg.reference
-    gammas = plan.gammas
+def reference_stage(
+    specs: Iterable[ProblemSpec],
+    cfg: ReferenceConfig,
+    artifacts: str | Path,
+    submit: Submit,
+    gammas: Mapping[str, Sequence[float]] | None = None,
+    force: bool = False,
+) -> References:
+    """One reference per (problem of ``specs``, γ of ``gammas[pid]``: ``cfg.gamma`` first; the
+    default is ``cfg.gamma`` alone), read on the driver when stored (:func:`cached_reference`),
+    else ``submit(payload)`` each, all in flight at once; ``force`` recomputes every one
+    (nothing is read on the driver).
+
+    The payload is ``{spec, reference, artifacts, gamma}`` (plain dicts; ``force: True`` when
+    forced), the arguments of :func:`lambda_hat.reference.nuts.reference_job`. A submission
+    that raises or returns no dict becomes a failed record
+    (:func:`lambda_hat.trial.outcome.failed_metrics`). Problems are taken once per pid.
+    """
     by_gamma: dict[str, dict[float, dict]] = {}
+    order: dict[str, list[float]] = {}
     futures: dict[tuple[str, float], Future] = {}
-    for spec in plan.exp.problems:
+    base = {"reference": dataclasses.asdict(cfg), "artifacts": str(artifacts)}
+    for spec in specs:
         pid = problem_id(spec)
         if pid in by_gamma:
             continue
-        by_gamma[pid] = {}
-        payload = {
-            "spec": as_dict(spec),
-            "reference": dataclasses.asdict(ref_cfg),
-            "artifacts": str(plan.artifacts),
-        }
-        for g in gammas:
-            cached = cached_reference(spec, ref_cfg, plan.artifacts, g)
+        by_gamma[pid], order[pid] = {}, [float(g) for g in (gammas or {}).get(pid, [cfg.gamma])]
+        payload = {"spec": as_dict(spec), **base, **({"force": True} if force else {})}
+        for g in order[pid]:
+            cached = None if force else cached_reference(spec, cfg, artifacts, g)
             if cached is not None:
                 by_gamma[pid][g] = cached
-                continue
-            submit = submit or reference_app.submitter()
-            futures[pid, g] = submit({**payload, "gamma": g})
+            else:
+                futures[pid, g] = submit({**payload, "gamma": g})
+    _log_counts(order, len(futures))
+    for (pid, g), fut in futures.items():
+        by_gamma[pid][g] = _result(fut)
+    for pid, gs in order.items():  # in γ order, whichever came from where
+        by_gamma[pid] = {g: by_gamma[pid][g] for g in gs}
+    return References(by_gamma, float(cfg.gamma))
+
+
+def _log_counts(order: dict[str, list[float]], submitted: int) -> None:
+    every = list(dict.fromkeys(g for gs in order.values() for g in gs))
+    total = sum(len(gs) for gs in order.values())
     log.info(
         "references: %d problem(s) x %d γ (%s): %d cached, %d submitted",
-        len(by_gamma),
-        len(gammas),
-        ", ".join(f"{g:g}" for g in gammas),
-        len(by_gamma) * len(gammas) - len(futures),
-        len(futures),
+        len(order),
+        len(every),
+        ", ".join(f"{g:g}" for g in every),
+        total - submitted,
+        submitted,
     )
-    for (pid, g), fut in futures.items():
+
+
+def _result(fut: Future) -> dict:
+    """A submitted reference's record; an exception or a non-dict becomes a failed record."""
+    try:
+        out = fut.result()
+        if not isinstance(out, dict):
+            raise TypeError(f"the app returned {type(out).__name__}, not a dict")
+        return out
+    except Exception as exc:
+        return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
+
+
+@contextlib.contextmanager
+def process_submitter(workers: int, verbose: int = 0) -> Iterator[Submit]:
+    """``submit(payload) -> Future`` computing :func:`lambda_hat.reference.nuts.reference_job`
+    on this machine: in ``workers`` spawned processes (started at the first submission, shut
+    down on exit; never a fork of a process that imported JAX), or here, one after the other,
+    for one worker. ``verbose`` is each process's logging level."""
+    pool: cf.ProcessPoolExecutor | None = None
+
+    def submit(payload: dict) -> Future:
+        nonlocal pool
+        args = (payload["spec"], payload["reference"], payload["artifacts"])
+        args += (payload.get("force", False), verbose, payload.get("gamma"))
+        if workers > 1:
+            if pool is None:
+                ctx = multiprocessing.get_context("spawn")
+                pool = cf.ProcessPoolExecutor(workers, mp_context=ctx)
+            return pool.submit(reference_job, *args)
+        fut: Future = Future()
         try:
-            by_gamma[pid][g] = fut.result()
+            fut.set_result(reference_job(*args))
         except Exception as exc:
-            by_gamma[pid][g] = failed_metrics(**from_exception(exc))
-    for pid in by_gamma:  # in γ order, whichever came from where
-        by_gamma[pid] = {g: by_gamma[pid][g] for g in gammas}
-    return References(by_gamma, gammas[0])
+            fut.set_exception(exc)
+        return fut
+
+    try:
+        yield submit
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def is_reference(ref: dict) -> bool:
@@ -148,12 +228,14 @@ def usable_reason(
     return None
 
 
-def unusable(refs: dict, pid: str, allow_failed: bool) -> str | None:
-    """Why a problem cannot be tuned: the first of its references (one per γ) that is not
-    usable, or None."""
+def unusable(
+    refs: dict, pid: str, allow_failed: bool, key: str = "optuna.allow_failed_reference"
+) -> str | None:
+    """Why a problem's runs cannot be scored: the first of its references (one per γ) that is
+    not usable (:func:`usable_reason`), or None."""
     by_gamma = refs.by_gamma[pid] if isinstance(refs, References) else {None: refs[pid]}
     for gamma, ref in by_gamma.items():
-        why = usable_reason(ref, allow_failed)
+        why = usable_reason(ref, allow_failed, key)
         if why:
             return why if len(by_gamma) == 1 else f"at γ = {gamma:g}, {why}"
     return None

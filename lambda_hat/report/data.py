@@ -6,8 +6,9 @@ error): ``<results>/optuna_trials.parquet`` (``parsl-optuna``), ``validation.par
 ``validation.json`` (its validation stage), ``llc_runs.parquet`` (``lambda-hat run``), the
 study pickles ``studies/optuna_llc/<pid>:<method>.pkl`` (how many objectives each study had)
 and ``<artifacts>/problems/<pid>/ref.json`` plus each trial's ``metrics.json`` (FGE, R-hat and
-ESS when the Parquet lacks them). Columns are looked up by name with fallbacks, so a Parquet
-written by an older or newer version still reports what it has.
+ESS when the Parquet lacks them); every name from :mod:`lambda_hat.layout`. Columns are looked
+up by name with fallbacks, so a Parquet written by an older or newer version still reports what
+it has.
 """
 
 from __future__ import annotations
@@ -22,15 +23,10 @@ from typing import Any
 
 import pandas as pd
 
+from lambda_hat import layout
 from lambda_hat._io import finite_float, read_json
-from lambda_hat.problem.build import problem_dir
-from lambda_hat.results.tables import (
-    PARQUET_NAME,
-    RUNS_NAME,
-    VALIDATION_JSON_NAME,
-    VALIDATION_NAME,
-)
-from lambda_hat.study.storage import pickle_path, study_name
+from lambda_hat.layout import problem_dir
+from lambda_hat.study.storage import study_name
 
 log = logging.getLogger("lambda_hat.report")
 
@@ -91,7 +87,7 @@ def _from_metrics(run_dir: Any, keys: tuple[str, ...]) -> float | None:
     """A number at ``keys`` in a run's metrics.json, or None."""
     if not isinstance(run_dir, str):
         return None
-    obj: Any = read_json(Path(run_dir) / "metrics.json")
+    obj: Any = read_json(Path(run_dir) / layout.METRICS)
     for k in keys:
         obj = obj.get(k) if isinstance(obj, dict) else None
     return finite_float(obj)
@@ -142,26 +138,25 @@ def problem_labels(df: pd.DataFrame | None) -> dict[str, str]:
     return {p: lab for p, lab in named.itertuples(index=False) if isinstance(lab, str) and lab}
 
 
-def _artifacts_of(trials: pd.DataFrame | None, results: Path) -> Path:
-    """``<artifacts>`` from a run directory ``<artifacts>/runs/<pid>/<method>/<id>``, else the
-    ``artifacts/`` folder beside the results."""
+def artifacts_of(trials: pd.DataFrame | None, results: str | Path) -> Path:
+    """``<artifacts>`` from a trial's run directory (:func:`lambda_hat.layout.artifacts_of`),
+    else the ``artifacts/`` folder beside the results."""
     if trials is not None and "run_dir" in trials:
         for d in trials.run_dir.dropna():
-            p = Path(d)
-            if len(p.parents) > 3 and p.parents[2].name == "runs":
-                return p.parents[3]
-    return results.parent / "artifacts"
+            if (found := layout.artifacts_of(d)) is not None:
+                return found
+    return Path(results).parent / layout.ARTIFACTS
 
 
 def _references(inp: Inputs, gate: Callable[[dict], dict] | None) -> None:
     """ref.json of every problem in the trials or under ``<artifacts>/problems`` (None when
     missing or without λ̂_ref), its gate re-evaluated by ``gate`` when given."""
     pids = [] if inp.trials is None else list(dict.fromkeys(inp.trials.pid))
-    root = inp.artifacts / "problems"
+    root = inp.artifacts / layout.PROBLEMS
     if root.is_dir():
         pids += sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in pids)
     for pid in pids:
-        ref = read_json(problem_dir(inp.artifacts, pid) / "ref.json")
+        ref = read_json(problem_dir(inp.artifacts, pid) / layout.REF)
         if ref is None:
             inp.missing.append(f"problem {pid}: no ref.json: run `lambda-hat reference`")
         elif ref.get("pid") != pid or finite_float(ref.get("llc_ref")) is None:
@@ -194,7 +189,8 @@ def _studies(inp: Inputs, objectives: list[str] | None) -> None:
     unknown = []
     for pid, method in inp.trials[["pid", "method"]].drop_duplicates().itertuples(index=False):
         try:
-            study = pickle.loads(pickle_path(inp.results, pid, method).read_bytes())
+            path = layout.pickle_path(inp.results, study_name(pid, method))
+            study = pickle.loads(path.read_bytes())
         except Exception:  # no pickle yet, or one from another version
             study = None
         if study is not None:
@@ -225,17 +221,17 @@ def load_inputs(
     quality gate (default: the one stored in ref.json)."""
     results = Path(results)
     missing: list[str] = []
-    trials = read_table(results / PARQUET_NAME, missing, "parsl-optuna", TRIAL_COLUMNS)
+    trials = read_table(results / layout.TRIALS_TABLE, missing, "parsl-optuna", TRIAL_COLUMNS)
     if trials is not None:
         trials = complete_trials(trials)
-    where = Path(artifacts) if artifacts is not None else _artifacts_of(trials, results)
+    where = Path(artifacts) if artifacts is not None else artifacts_of(trials, results)
     inp = Inputs(results=results, artifacts=where, trials=trials, missing=missing)
     made = "parsl-optuna's validation stage (optuna.validate)"
-    inp.validation = read_table(results / VALIDATION_NAME, missing, made)
-    inp.validation_json = read_json(results / VALIDATION_JSON_NAME)
-    if inp.validation_json is None and (results / VALIDATION_JSON_NAME).exists():
-        missing.append(f"{results / VALIDATION_JSON_NAME} is unreadable")
-    inp.runs = read_table(results / RUNS_NAME, missing, "`lambda-hat run`")
+    inp.validation = read_table(results / layout.VALIDATION_TABLE, missing, made)
+    inp.validation_json = read_json(results / layout.VALIDATION_JSON)
+    if inp.validation_json is None and (results / layout.VALIDATION_JSON).exists():
+        missing.append(f"{results / layout.VALIDATION_JSON} is unreadable")
+    inp.runs = read_table(results / layout.RUNS_TABLE, missing, "`lambda-hat run`")
     _references(inp, gate)
     _studies(inp, objectives)
     return inp

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes
 from lambda_hat.log import fmt_value
 from lambda_hat.report import plots
@@ -29,7 +30,7 @@ from lambda_hat.study.storage import study_name
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lambda_hat.config.tuning import Experiment
+    from lambda_hat.config.load import ConfigFile
 
 log = logging.getLogger("lambda_hat.report")
 
@@ -55,7 +56,7 @@ class _Writer:
         self.written: list[Path] = []
 
     def png(self, name: str, data: bytes, caption: str) -> Block:
-        path = atomic_write_bytes(self.out / "figures" / name, data)
+        path = atomic_write_bytes(self.out / layout.REPORT_FIGURES / name, data)
         self.written.append(path)
         return ("img", path.relative_to(self.out).as_posix(), caption)
 
@@ -71,7 +72,7 @@ def _study_blocks(
     slug = f"{pid}_{method}"
     title = label if label == study_name(pid, method) else f"{label} ({pid} · {method})"
     blocks: list[Block] = [("h", 3, title)]
-    today = plotted.get(f"study_{slug}.png")
+    today = plotted.get(layout.study_png(pid, method))
     if today is not None:
         blocks.append(w.link(today, "trials: objective and λ̂ per trial (lambda-hat plots)"))
     multi = inp.multi_objective.get((pid, method), False)
@@ -126,8 +127,8 @@ def _reference_blocks(w: _Writer, inp: Inputs, plotted: dict[str, Path]) -> list
     header = ["problem", "λ̂_ref ± SE", "theory λ", "R-hat", "bulk ESS", "gate"]
     blocks.append(("table", header, rows))
     for pid in inp.refs:
-        if f"reference_{pid}.png" in plotted:
-            blocks.append(w.link(plotted[f"reference_{pid}.png"], f"HMC reference {pid}"))
+        if layout.reference_png(pid) in plotted:
+            blocks.append(w.link(plotted[layout.reference_png(pid)], f"HMC reference {pid}"))
     return blocks
 
 
@@ -274,22 +275,22 @@ def to_html(blocks: list[Block], title: str) -> str:
 # ----------------------------------------------------------------------------------- main
 
 
-def _today_plots(inp: Inputs, out: Path, exp: Experiment | None) -> dict[str, Path]:
+def _today_plots(inp: Inputs, out: Path, cfg: ConfigFile | None) -> dict[str, Path]:
     """``lambda-hat plots``' figures under ``<out>/plots``, by file name."""
-    where = out / "plots"
-    if exp is not None:
-        paths = plots.make_plots(exp, where)
+    where = out / layout.PLOTS
+    if cfg is not None:
+        paths = plots.make_plots(cfg, where)
     else:
         paths = plots.plot_stored(inp.artifacts, inp.results, where, pids=list(inp.refs) or None)
     return {p.name: p for p in paths}
 
 
 def report_blocks(
-    inp: Inputs, out: Path, exp: Experiment | None = None
+    inp: Inputs, out: Path, cfg: ConfigFile | None = None
 ) -> tuple[list[Block], list[Path]]:
     """The report's content and every figure written for it under ``out``."""
     w = _Writer(out)
-    plotted = _today_plots(inp, out, exp)
+    plotted = _today_plots(inp, out, cfg)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         ("h", 1, "lambda_hat report"),
@@ -300,8 +301,10 @@ def report_blocks(
     blocks += _reference_blocks(w, inp, plotted)
     if inp.trials is not None and not inp.trials.empty:
         blocks += _best_blocks(inp.trials)
-        if "summary.png" in plotted:
-            blocks.append(w.link(plotted["summary.png"], "best trial per method vs the reference"))
+        if layout.SUMMARY_PNG in plotted:
+            blocks.append(
+                w.link(plotted[layout.SUMMARY_PNG], "best trial per method vs the reference")
+            )
         cols = inp.trials[["pid", "method", "study_label"]]
         labels = {(p, m): lab for p, m, lab in cols.itertuples(index=False)}
         png = report_figures.plot_convergence(inp.trials, labels, problem_labels(inp.trials))
@@ -321,24 +324,26 @@ def make_report(
     results: str | Path,
     out: str | Path | None = None,
     artifacts: str | Path | None = None,
-    exp: Experiment | None = None,
+    cfg: ConfigFile | None = None,
 ) -> list[Path]:
     """Write the report of ``results`` (default ``<results>/report``); return every file written.
 
-    ``exp`` (an :class:`lambda_hat.config.tuning.Experiment`, optional) supplies the objectives, the
-    reference gate thresholds and the problem list; without it they come from the files.
+    ``cfg`` (a config file of either kind, :func:`lambda_hat.config.load.load_config`; optional)
+    supplies the reference gate thresholds and the problem list, a tuning YAML also the
+    objectives; without it they come from the files.
     """
-    out = Path(out) if out is not None else Path(results) / "report"
+    out = Path(out) if out is not None else Path(results) / layout.REPORT
     objectives, gate = None, None
-    if exp is not None:
-        from lambda_hat.reference.nuts import evaluate_gate
+    if cfg is not None:
+        from lambda_hat.reference.store import evaluate_gate
 
-        objectives = list(exp.config.optuna.objectives)
-        gate = functools.partial(evaluate_gate, cfg=exp.config.reference)
+        objectives = None if cfg.tuning is None else list(cfg.tuning.optuna.objectives)
+        gate = functools.partial(evaluate_gate, cfg=cfg.reference)
     inp = load_inputs(results, artifacts, objectives, gate)
     for line in inp.missing:
         log.info("report: %s", line)
-    blocks, figures = report_blocks(inp, out, exp)
-    md = atomic_write_bytes(out / "summary.md", to_markdown(blocks).encode())
-    page = atomic_write_bytes(out / "index.html", to_html(blocks, "lambda_hat report").encode())
+    blocks, figures = report_blocks(inp, out, cfg)
+    md = atomic_write_bytes(out / layout.REPORT_MD, to_markdown(blocks).encode())
+    html_text = to_html(blocks, "lambda_hat report").encode()
+    page = atomic_write_bytes(out / layout.REPORT_HTML, html_text)
     return [page, md, *figures]

@@ -1,7 +1,10 @@
 """``lambda-hat plots``: figures of what earlier commands wrote, to check results by eye.
 
 Reads, never computes: ``<artifacts>/problems/<pid>/ref.json`` and ``ref_trace.npz`` (written by
-``lambda-hat reference``) and ``<results>/optuna_trials.parquet`` (written by ``parsl-optuna``).
+``lambda-hat reference``) and ``<results>/optuna_trials.parquet`` (written by ``parsl-optuna``);
+file names from :mod:`lambda_hat.layout`. With a config file (either kind,
+:func:`make_plots`) the problems are the config's and the gate its thresholds; without one
+(:func:`plot_stored`) every stored problem is plotted with its stored gate.
 Writes PNGs atomically (rendered to bytes with matplotlib's Agg canvas, no pyplot, no display,
 then :func:`lambda_hat._io.atomic_write_bytes`):
 
@@ -28,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes, finite_float, read_json
-from lambda_hat.config.tuning import Experiment
-from lambda_hat.problem.build import problem_dir, problem_id
+from lambda_hat.config.load import ConfigFile
+from lambda_hat.layout import problem_dir
+from lambda_hat.problem.build import problem_id
 from lambda_hat.report.figures import plot_study, plot_summary, running_llc
 from lambda_hat.report.reference_figures import model_label, plot_reference
-from lambda_hat.results.tables import PARQUET_NAME
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +62,7 @@ _PARQUET_COLUMNS = (
 
 def _read_reference(path: Path, pid: str) -> dict | None:
     """ref.json of ``pid`` if it holds the numbers the plots need, else None (logged)."""
-    ref = read_json(path / "ref.json")
+    ref = read_json(path / layout.REF)
     if ref is None:
         log.info("problem %s: no reference in %s: run `lambda-hat reference` first", pid, path)
         return None
@@ -67,7 +71,7 @@ def _read_reference(path: Path, pid: str) -> dict | None:
         log.warning(
             "problem %s: %s is not a usable reference (%s); re-run `lambda-hat reference --force`",
             pid,
-            path / "ref.json",
+            path / layout.REF,
             f"pid {ref.get('pid')}" if ref.get("pid") != pid else "no " + ", ".join(bad),
         )
         return None
@@ -121,18 +125,26 @@ def _read_parquet(path: Path) -> pd.DataFrame | None:
     return df
 
 
-def _objective_label(exp: Experiment) -> str:
-    oc = exp.config.optuna
-    if oc.objective == "huber":
+def _objective_label(cfg: ConfigFile) -> str:
+    """The tuning objective's axis label (a run YAML does not say: "objective")."""
+    if cfg.tuning is None:
+        return "objective"
+    if cfg.tuning.optuna.objective == "huber":
         return r"Huber$(\hat\lambda - \hat\lambda_{\mathrm{ref}})/\delta$"
     return r"$|\hat\lambda - \hat\lambda_{\mathrm{ref}}|$"
 
 
-def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
-    """Write every plot the stored outputs of ``exp`` allow; return the paths written."""
-    from lambda_hat.reference.nuts import evaluate_gate, reference_settings
+def make_plots(
+    cfg: ConfigFile,
+    out: str | Path,
+    results: str | Path | None = None,
+    artifacts: str | Path | None = None,
+) -> list[Path]:
+    """Write every plot the stored outputs of ``cfg`` (a config file of either kind) allow;
+    return the paths written. ``results``/``artifacts`` replace the config's paths."""
+    from lambda_hat.reference.store import evaluate_gate, reference_settings
 
-    settings = reference_settings(exp.config.reference)
+    settings = reference_settings(cfg.reference)
 
     def gate(ref: dict) -> dict:
         if ref.get("settings") != settings:
@@ -143,22 +155,22 @@ def make_plots(exp: Experiment, out: str | Path) -> list[Path]:
                 ref.get("settings"),
                 settings,
             )
-        return evaluate_gate(ref, exp.config.reference)
+        return evaluate_gate(ref, cfg.reference)
 
     return plot_stored(
-        exp.config.paths.artifacts,
-        exp.config.paths.results,
+        cfg.paths.artifacts if artifacts is None else artifacts,
+        cfg.paths.results if results is None else results,
         out,
-        pids=[problem_id(spec) for spec in exp.problems],
+        pids=[problem_id(spec) for spec in cfg.problems],
         gate=gate,
-        objective_label=_objective_label(exp),
-        methods=list(exp.config.methods),
+        objective_label=_objective_label(cfg),
+        methods=list(cfg.methods),
     )
 
 
 def stored_pids(artifacts: str | Path, df: pd.DataFrame | None) -> list[str]:
     """Every problem with a directory under ``<artifacts>/problems`` or rows in ``df``."""
-    root = Path(artifacts) / "problems"
+    root = Path(artifacts) / layout.PROBLEMS
     on_disk = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     in_table = [] if df is None else list(dict.fromkeys(df.pid))
     return list(dict.fromkeys([*in_table, *on_disk]))
@@ -174,9 +186,9 @@ def plot_reference_of(
     ref = _read_reference(path, pid)
     if ref is None:
         return None, None, None
-    info = read_json(path / "problem.json")
+    info = read_json(path / layout.PROBLEM_INFO)
     label = model_label(ref, info)
-    loss = _load_trace(path / "ref_trace.npz", ref)
+    loss = _load_trace(path / layout.REF_TRACE, ref)
     if loss is None:
         return ref, label, None
     _, pooled = running_llc(loss, ref["loss_star"], ref["nbeta"])
@@ -195,7 +207,7 @@ def plot_reference_of(
 
 
 def plot_stored(
-    artifacts: str | Path,
+    artifacts: str | Path | None,
     results: str | Path,
     out: str | Path,
     pids: list[str] | None = None,
@@ -204,9 +216,14 @@ def plot_stored(
     methods: list[str] | None = None,
 ) -> list[Path]:
     """The plots of :func:`make_plots` from the files alone: ``pids`` None plots every problem
-    stored (:func:`stored_pids`); ``gate`` None shows each ref.json's stored gate."""
+    stored (:func:`stored_pids`); ``gate`` None shows each ref.json's stored gate; ``artifacts``
+    None: where the trials' runs are (:func:`lambda_hat.report.data.artifacts_of`)."""
     out, results = Path(out), Path(results)
-    df = _read_parquet(results / PARQUET_NAME)
+    df = _read_parquet(results / layout.TRIALS_TABLE)
+    if artifacts is None:
+        from lambda_hat.report.data import artifacts_of
+
+        artifacts = artifacts_of(df, results)
     written: list[Path] = []
     refs: dict[str, dict | None] = {}
     labels: dict[str, str] = {}
@@ -216,7 +233,7 @@ def plot_stored(
         if label is not None:
             labels[pid] = label
         if png is not None:
-            written.append(atomic_write_bytes(out / f"reference_{pid}.png", png))
+            written.append(atomic_write_bytes(out / layout.reference_png(pid), png))
 
     if df is not None:
         others = sorted(set(df.pid) - set(refs))
@@ -232,11 +249,11 @@ def plot_stored(
     if df is not None and not df.empty:
         for (pid, method), study in df.groupby(["pid", "method"], sort=False):
             png = plot_study(study, refs.get(pid), objective_label)
-            written.append(atomic_write_bytes(out / f"study_{pid}_{method}.png", png))
+            written.append(atomic_write_bytes(out / layout.study_png(pid, method), png))
         shown_methods = list(dict.fromkeys([*(methods or []), *df.method.unique()]))
         shown = {pid: refs[pid] for pid in refs if pid in set(df.pid)}
         png = plot_summary(df, shown, shown_methods, labels)
-        written.append(atomic_write_bytes(out / "summary.png", png))
+        written.append(atomic_write_bytes(out / layout.SUMMARY_PNG, png))
     if not written:
         log.info("no plots written: nothing to plot yet")
     return written

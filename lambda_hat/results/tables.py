@@ -24,18 +24,13 @@ import optuna
 import pyarrow as pa
 from optuna.trial import FrozenTrial, TrialState
 
+from lambda_hat import layout
 from lambda_hat._io import finite_float, read_json, to_jsonable
 from lambda_hat.problem.build import problem_id, student_widths
 from lambda_hat.problem.models import mlp_param_count
 from lambda_hat.trial.outcome import KINDS, estimate_error
 
-#: The result tables under ``<results>``: every trial of ``parsl-optuna``, every run of
-#: ``lambda-hat run``, the validation runs and the validation summary.
-PARQUET_NAME = "optuna_trials.parquet"
-RUNS_NAME = "llc_runs.parquet"
-VALIDATION_NAME = "validation.parquet"
-VALIDATION_JSON_NAME = "validation.json"
-
+PARQUET_NAME = layout.TRIALS_TABLE
 _POSTERIOR = ("beta", "gamma", "nbeta")  # the run's posterior, from metrics.json or its ref
 
 #: What the problem is (:func:`problem_columns`): presets by name, the resolved sizes.
@@ -230,7 +225,7 @@ def trial_row(
     if kind is not None and not kind.finished:
         metrics = {}  # the run directory holds the result of the trial that re-ran its slot
     elif metrics is None:
-        metrics = (read_json(Path(run_dir) / "metrics.json") if run_dir else None) or {}
+        metrics = (read_json(Path(run_dir) / layout.METRICS) if run_dir else None) or {}
     status = metrics.get("status") or trial.user_attrs.get("status")
     if trial.user_attrs.get("failure_kind"):  # e.g. an absurd "ok" estimate told as diverged
         status = "failed"

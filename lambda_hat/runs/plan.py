@@ -15,9 +15,10 @@ from typing import Any
 
 import optuna
 
-from lambda_hat.config.runs import Experiments, FromStudy
+from lambda_hat import layout
+from lambda_hat.config.problem import ProblemSpec
+from lambda_hat.config.runs import FromStudy, Runs
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import ProblemSpec
 from lambda_hat.log import fmt_seconds
 from lambda_hat.parallel import configs
 from lambda_hat.problem.build import problem_id
@@ -47,7 +48,7 @@ class RunSet:
 class ExperimentPlan:
     """Everything the run needs, checked before anything is written."""
 
-    exp: Experiments
+    exp: Runs
     specs: dict[str, ProblemSpec]
     problems: dict[str, dict]  # pid -> results.problem_columns
     sets: dict[str, list[RunSet]]  # pid -> its sets, every method
@@ -133,7 +134,7 @@ def _from_study(fs: FromStudy, pid: str, method: str, where: str, opened: dict) 
     return hp, name, number
 
 
-def _resolve_sets(exp: Experiments, pids: list[str]) -> dict[str, list[RunSet]]:
+def _resolve_sets(exp: Runs, pids: list[str]) -> dict[str, list[RunSet]]:
     cfg, opened = exp.config, {}
     out: dict[str, list[RunSet]] = {pid: [] for pid in pids}
     try:
@@ -156,7 +157,7 @@ def _resolve_sets(exp: Experiments, pids: list[str]) -> dict[str, list[RunSet]]:
     return out
 
 
-def plan_experiments(exp: Experiments, parsl_config_path: str | None = None) -> ExperimentPlan:
+def plan_experiments(exp: Runs, parsl_config_path: str | None = None) -> ExperimentPlan:
     """Stage 0: resolve every set and load the Parsl config; raises ConfigError, writes nothing.
 
     ``parsl_config_path`` None: this machine, one worker per core (``--local``)."""
@@ -172,7 +173,7 @@ def plan_experiments(exp: Experiments, parsl_config_path: str | None = None) -> 
     parsl_config = (
         configs.load_parsl_config(parsl_config_path)
         if parsl_config_path
-        else configs.local_config(run_dir=res / "runinfo")
+        else configs.local_config(run_dir=res / layout.RUNINFO)
     )
     return ExperimentPlan(
         exp,

@@ -5,8 +5,8 @@ Stages, in order (the same pieces as ``parsl-optuna``):
 
 0. **Check** (nothing is written, :mod:`lambda_hat.runs.plan`): the experiments YAML, every
    ``from_study`` set resolved against its stored study, and the Parsl config.
-1. **References**: one Parsl app per (problem, posterior γ), the reference stage's app body
-   (:func:`lambda_hat.reference.app.execute_reference`), cached by the reference's settings.
+1. **References**: the reference stage (:func:`lambda_hat.reference.stage.reference_stage`):
+   one per (problem, posterior γ), read on the driver when stored, else one Parsl app each.
 2. **Runs**: one Parsl app per (problem, method, set, seed), the tuning trial's app body
    (:func:`lambda_hat.trial.app.execute_trial` -> :func:`lambda_hat.trial.runner.run_method_trial`)
    at the runner's content address (:func:`lambda_hat.trial.identity.locator`): a stored result
@@ -21,7 +21,6 @@ Exit codes: 0 every run succeeded; 1 some run or reference failed; 2 bad input.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from lambda_hat import layout
 from lambda_hat.config.schema import as_dict
 from lambda_hat.log import fmt_seconds
 from lambda_hat.parallel import session
@@ -42,10 +42,7 @@ from lambda_hat.runs.summary import summary_table
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial import submit as trial_submit
 from lambda_hat.trial.outcome import (
-    TRACEBACK_CHARS,
-    failed_metrics,
     failure_of,
-    from_exception,
     screen_estimate,
 )
 
@@ -63,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = results.RUNS_NAME
+PARQUET_NAME = layout.RUNS_TABLE
 
 #: ``llc_runs.parquet``: the run's identity and source, then the problem and the outcome.
 RUN_COLUMNS: dict[str, pa.DataType] = {
@@ -95,49 +92,16 @@ class Job:
     metrics: dict | None = None
 
 
-def _result(fut: Future) -> dict:
-    try:
-        out = fut.result()
-        if not isinstance(out, dict):
-            raise TypeError(f"the app returned {type(out).__name__}, not a dict")
-        return out
-    except Exception as exc:
-        return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
-
-
-def reference_stage(plan: ExperimentPlan, submit: Callable[[dict], Future]) -> dict:
-    """Stage 1: ``{(pid, γ): ref.json or a failed record}``. A stored reference is read on
-    the driver (:func:`references.cached_reference`); the rest are computed in parallel."""
-    cfg = plan.exp.config.reference
-    ref_cfg, futures, out = dataclasses.asdict(cfg), {}, {}
-    for pid, spec in plan.specs.items():
-        payload = {"spec": as_dict(spec), "reference": ref_cfg, "artifacts": str(plan.artifacts)}
-        for g in plan.gammas(pid):
-            stored = references.cached_reference(spec, cfg, plan.artifacts, g)
-            if stored is not None:
-                out[(pid, g)] = stored
-            else:
-                futures[(pid, g)] = submit({**payload, "gamma": g})
-    log.info("references: %d stored, %d submitted", len(out), len(futures))
-    return {**out, **{key: _result(fut) for key, fut in futures.items()}}
-
-
-def unusable(ref: dict, allow_failed: bool) -> str | None:
-    """Why the runs of a problem cannot be scored against ``ref``, or None."""
-    return references.usable_reason(ref, allow_failed, key="allow_failed_reference")
-
-
-def make_jobs(plan: ExperimentPlan, refs: dict) -> tuple[list[Job], list[str]]:
+def make_jobs(plan: ExperimentPlan, refs: references.References) -> tuple[list[Job], list[str]]:
     """Every run of the usable problems at its content address, and why others were left."""
     cfg, jobs, skipped = plan.exp.config, [], []
     for pid, spec in plan.specs.items():
-        allow = cfg.allow_failed_reference
-        why = [w for g in plan.gammas(pid) if (w := unusable(refs[(pid, g)], allow))]
+        why = references.unusable(refs, pid, cfg.allow_failed_reference, "allow_failed_reference")
         if why:
-            skipped.append(f"problem {pid} ({plan.problems[pid]['label']}) is not run: {why[0]}")
+            skipped.append(f"problem {pid} ({plan.problems[pid]['label']}) is not run: {why}")
             continue
         for s in plan.sets[pid]:
-            ref = refs[(pid, plan.gamma_of(s))]
+            ref = refs.at(pid, plan.gamma_of(s))
             ref = {k: v for k, v in ref.items() if k != "summary"}
             locate = runs.locator(
                 runs.DEFAULT_TRIAL_TARGET, plan.artifacts, pid, spec.data.n, s.method
@@ -220,7 +184,7 @@ def execute(
     t0 = time.monotonic()
     plan.results.mkdir(parents=True, exist_ok=True)
     if submit_trial is None or submit_reference is None:
-        with session.parsl_session(plan.parsl_config, plan.results / "runinfo"):
+        with session.parsl_session(plan.parsl_config, plan.results / layout.RUNINFO):
             jobs, skipped = _stages(plan, trial_submit.submitter(), reference_app.submitter())
     else:
         jobs, skipped = _stages(plan, submit_trial, submit_reference)
@@ -237,7 +201,10 @@ def execute(
 
 
 def _stages(plan: ExperimentPlan, submit_trial, submit_reference) -> tuple[list[Job], list[str]]:
-    refs = reference_stage(plan, submit_reference)
+    cfg, gammas = plan.exp.config, {pid: plan.gammas(pid) for pid in plan.specs}
+    refs = references.reference_stage(
+        plan.specs.values(), cfg.reference, plan.artifacts, submit_reference, gammas
+    )
     jobs, skipped = make_jobs(plan, refs)
     run_jobs(jobs, submit_trial, plan.exp.config.infrastructure_retries)
     return jobs, skipped

@@ -31,13 +31,16 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from lambda_hat import methods
+from lambda_hat import layout, methods
+from lambda_hat.config.load import load_tuning
+from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.schema import ConfigError, as_dict
-from lambda_hat.config.tuning import OptunaConfig, ProblemSpec, load_experiment
+from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import session
 from lambda_hat.problem.build import problem_id
+from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.stage import References, is_reference, reference_stage
 from lambda_hat.results import tables as results
@@ -172,7 +175,7 @@ def aggregate(tasks: list[tuning.StudyTask], problems: dict[str, dict], out: Pat
         problem = problems.get(t.pid)
         rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem))
         studies.export_pickle(t.study, out, t.pid, t.method)
-    return write_parquet(rows, out / results.PARQUET_NAME)
+    return write_parquet(rows, out / layout.TRIALS_TABLE)
 
 
 def best_rows(tasks: list[tuning.StudyTask]) -> list[dict]:
@@ -214,13 +217,20 @@ def parsl_session(parsl_config, out: Path, attempts: int = 5) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for attempt in range(attempts):
             try:
-                stack.enter_context(session.parsl_session(parsl_config, out / "runinfo"))
+                stack.enter_context(session.parsl_session(parsl_config, out / layout.RUNINFO))
                 break
             except FileExistsError:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(random.uniform(0.1, 1.0))
         yield
+
+
+def _references(plan: Plan) -> References:
+    """Stage 1: the reference stage at the plan's problems and γ, on the Parsl reference app."""
+    submit = reference_app.submitter()
+    gammas = dict.fromkeys(plan.pids, plan.gammas)
+    return reference_stage(plan.exp.problems, plan.cfg.reference, plan.artifacts, submit, gammas)
 
 
 def execute(plan: Plan) -> int:
@@ -231,7 +241,7 @@ def execute(plan: Plan) -> int:
     storage = studies.open_storage(oc, plan.results)
     code = 0
     with parsl_session(plan.parsl_config, plan.results):
-        refs = reference_stage(plan)
+        refs = _references(plan)
         for pid in list(plan.pids):
             references.report(refs, pid)
             why = references.unusable(refs, pid, oc.allow_failed_reference)
@@ -292,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     # warns about any fork in a process that imported it.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     try:
-        exp = load_experiment(args.config, command.overrides(args))
+        exp = load_tuning(args.config, command.overrides(args))
         plan = check_plan(exp, args.parsl_config, args.trial_target)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

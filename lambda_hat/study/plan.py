@@ -15,8 +15,9 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution
 
+from lambda_hat import layout
 from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.tuning import Experiment, ExperimentConfig
+from lambda_hat.config.tuning import Tuning, TuningConfig
 from lambda_hat.parallel import configs
 from lambda_hat.problem.build import problem_id
 from lambda_hat.study.grid_sampler import check_grid
@@ -34,7 +35,7 @@ DEFAULT_BATCH = 16
 class Plan:
     """Everything the run needs, checked before anything is written."""
 
-    exp: Experiment
+    exp: Tuning
     pids: list[str]
     spaces: dict[str, dict[str, Searched]]
     fixed: dict[str, dict[str, Any]]
@@ -45,7 +46,7 @@ class Plan:
     trial_target: str
 
     @property
-    def cfg(self) -> ExperimentConfig:
+    def cfg(self) -> TuningConfig:
         return self.exp.config
 
     @property
@@ -69,7 +70,7 @@ class Plan:
         return [float(self.cfg.reference.gamma), *rest]
 
 
-def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str | None) -> Plan:
+def check_plan(exp: Tuning, parsl_config_path: str | None, trial_target: str | None) -> Plan:
     """Check everything that can be checked without writing a byte; raises ConfigError.
 
     ``parsl_config_path`` None means the local default (``--local``)."""
@@ -85,7 +86,7 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
     parsl_config = (
         configs.load_parsl_config(parsl_config_path)
         if parsl_config_path
-        else configs.local_config(run_dir=res / "runinfo")
+        else configs.local_config(run_dir=res / layout.RUNINFO)
     )
     pids = list(dict.fromkeys(problem_id(s) for s in exp.problems))
     _warn_batch_size(cfg.optuna.batch_size, configs.capacity(parsl_config))
@@ -102,7 +103,7 @@ def check_plan(exp: Experiment, parsl_config_path: str | None, trial_target: str
     )
 
 
-def _check_lists(cfg: ExperimentConfig, source: str | None) -> None:
+def _check_lists(cfg: TuningConfig, source: str | None) -> None:
     """The methods (some, each once), the objectives, and that every per-method entry of
     ``optuna.search_space`` and ``optuna.enqueue`` names one of the methods."""
     if not cfg.methods:
@@ -135,7 +136,7 @@ def _check_lists(cfg: ExperimentConfig, source: str | None) -> None:
                 )
 
 
-def _check_spaces(cfg: ExperimentConfig) -> tuple[dict, dict, dict]:
+def _check_spaces(cfg: TuningConfig) -> tuple[dict, dict, dict]:
     """Per method: its search space, its fixed values and its warm-start trials (checked)."""
     oc = cfg.optuna
     spaces, fixed, enqueue = {}, {}, {}

@@ -13,11 +13,13 @@ from typing import NamedTuple
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 
+from lambda_hat import layout
 from lambda_hat._io import read_json
 from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
 from lambda_hat.llc.posterior import default_beta
+from lambda_hat.methods import step_limit
 from lambda_hat.problem.build import problem_dir, problem_id
-from lambda_hat.reference.stability import StabilityRange, step_limit
+from lambda_hat.reference.stability import StabilityRange
 from lambda_hat.study.space import Searched
 
 log = logging.getLogger("lambda_hat.workflow")
@@ -153,7 +155,9 @@ def stored_curvatures(
     for spec in problems:
         pid = problem_id(spec)
         beta = reference.beta if reference.beta is not None else default_beta(spec.data.n)
-        for path in sorted((problem_dir(artifacts, pid) / "curvature").glob("c_*.json")):
+        for path in sorted(
+            (problem_dir(artifacts, pid) / layout.CURVATURE).glob(layout.CURVATURE_GLOB)
+        ):
             info = read_json(path) or {}
             settings = info.get("settings") or {}
             if math.isclose(settings.get("beta", -1.0), beta) and math.isclose(

@@ -20,6 +20,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from lambda_hat import layout
 from lambda_hat.study import sharing, stopping
 from lambda_hat.study.scoring import objective_values
 from lambda_hat.study.task import StudyTask
@@ -119,7 +120,7 @@ class Settler:
         """
         run_dir = trial.user_attrs.get("run_dir")
         if run_dir:
-            metrics.setdefault("metrics_path", str(Path(run_dir) / "metrics.json"))
+            metrics.setdefault("metrics_path", str(Path(run_dir) / layout.METRICS))
         ref = task.trial_ref(trial.params)
         metrics = screen_estimate(metrics, ref)
         values = objective_values(metrics, ref, task.objective, task.objectives, task.huber_delta)

@@ -27,6 +27,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
@@ -41,11 +42,11 @@ def study_name(pid: str, method: str) -> str:
 
 
 def studies_dir(results: str | Path) -> Path:
-    return Path(results) / "studies"
+    return layout.studies_dir(results)
 
 
 def pickle_path(results: str | Path, pid: str, method: str) -> Path:
-    return studies_dir(results) / "optuna_llc" / f"{study_name(pid, method)}.pkl"
+    return layout.pickle_path(results, study_name(pid, method))
 
 
 def make_pruner(cfg: OptunaConfig, steps: int) -> optuna.pruners.BasePruner:
@@ -200,7 +201,7 @@ def storage_url(url: str) -> str:
 
 def journal_path(results: str | Path) -> Path:
     """The default storage's file: ``<results>/studies/journal.log``."""
-    return studies_dir(results) / "journal.log"
+    return layout.journal_path(results)
 
 
 def open_storage(cfg: OptunaConfig, results: str | Path) -> BaseStorage:

@@ -29,6 +29,7 @@ import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes, atomic_write_json, to_jsonable
 from lambda_hat.config.tuning import ValidateConfig
 from lambda_hat.log import fmt_value, format_table
@@ -41,8 +42,8 @@ from lambda_hat.trial.outcome import estimate_error, failure_of, screen_estimate
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = results.VALIDATION_NAME
-JSON_NAME = results.VALIDATION_JSON_NAME
+PARQUET_NAME = layout.VALIDATION_TABLE
+JSON_NAME = layout.VALIDATION_JSON
 #: The study user attr holding the recommendation (a dict, see :func:`recommendation`).
 USER_ATTR = "validation"
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lambda_hat import methods
+from lambda_hat import layout, methods
 from lambda_hat._io import read_json
 from lambda_hat.config.schema import ConfigError
 from lambda_hat.hashing import content_hash
@@ -141,7 +141,7 @@ def run_id(manifest: dict) -> str:
 
 def run_dir_for(artifacts: str | Path, pid: str, method: str, manifest: dict) -> Path:
     """``<artifacts>/runs/<pid>/<method>/<run_id(manifest)>``."""
-    return Path(artifacts) / "runs" / pid / method / run_id(manifest)
+    return layout.run_dir(artifacts, pid, method, run_id(manifest))
 
 
 def target_manifest(payload: dict) -> dict:
@@ -197,7 +197,7 @@ def trial_workdir(run_dir: str | Path) -> Path:
 
 def load_metrics(run_dir: str | Path) -> dict | None:
     """A finished run's metrics (None when missing, corrupt, or not a finished record)."""
-    m = read_json(Path(run_dir) / "metrics.json")
+    m = read_json(Path(run_dir) / layout.METRICS)
     if m is None or m.get("status") not in ("ok", "failed"):
         return None
     return m

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lambda_hat import methods
+from lambda_hat import layout, methods
 from lambda_hat._io import atomic_write_json, atomic_write_npz
 from lambda_hat.llc import diagnostics, engine
 from lambda_hat.llc.estimator import estimate_llc
@@ -91,7 +91,7 @@ def run_method_trial(
     budget_sec: float | None,
     seed: int,
     ref: dict | None = None,
-    artifacts: str | Path = "artifacts",
+    artifacts: str | Path = layout.ARTIFACTS,
 ) -> dict:
     """Run one trial of ``method`` on ``problem`` and return (and store) its metrics.
 
@@ -105,7 +105,7 @@ def run_method_trial(
         problem.pid, problem.n, method, hyperparams or {}, budget_sec, seed, ref
     )
     run_dir = runs.run_dir_for(artifacts, problem.pid, method, manifest)
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    atomic_write_json(run_dir / layout.MANIFEST, manifest)
     hp, ps = manifest["hyperparams"], manifest["posterior"]
     deadline = t_start + budget_sec if budget_sec is not None else math.inf
     timer = engine.Timer()
@@ -123,7 +123,7 @@ def run_method_trial(
             "fraction_done": min(1.0, exc.step / max(1, hp["steps"])),
         }
     except Exception as exc:  # a trial never raises: the failure is the result
-        metrics["failure"] = from_exception(exc, traceback_path=run_dir / "traceback.txt")
+        metrics["failure"] = from_exception(exc, traceback_path=run_dir / layout.TRACEBACK)
     except BaseException as exc:  # interrupted: still leave a valid record, then re-raise
         metrics["failure"] = {
             "kind": "interrupted",
@@ -194,7 +194,7 @@ def _finish(metrics: dict, timer: engine.Timer, t_start: float, ref, run_dir: Pa
     }
     metrics["compiled_programs"] = timer.compiled_programs
     _add_objective(metrics, ref)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / layout.METRICS, metrics)
     metrics["run_dir"] = str(run_dir)
 
 

@@ -2,7 +2,7 @@
 
 A trial stuck inside compiled code (an XLA kernel, a BLAS call) cannot be interrupted from
 Python, and a trial that segfaults or is OOM-killed takes its process with it. Parsl's
-``walltime`` cannot stop either (it raises in the worker thread; see prior-art.md). So
+``walltime`` cannot stop either (it raises in the worker thread). So
 :func:`run_isolated` starts ``python -m lambda_hat.trial.process.oneshot`` in its own session (process
 group), passes the payload and the result through files written atomically with
 :mod:`lambda_hat._io`, waits, and kills the whole group once ``hard_timeout_sec`` is spent. The

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat.llc import channel
 from lambda_hat.llc.channel import PROGRESS_ENV, STARTED_ENV, STARTED_NAME, STOP_ENV, STOP_NAME
 from lambda_hat.trial.outcome import failure_of
@@ -270,7 +271,7 @@ def run_warm(
     channel = {k: child_env[k] for k in (PROGRESS_ENV, STOP_ENV, STARTED_ENV)}
     stop_grace_sec = max(5.0, 0.1 * hard_timeout_sec) if stop_grace_sec is None else stop_grace_sec
     startup_timeout_sec = startup_timeout_sec or max(120.0, hard_timeout_sec)
-    log_path = wd / "child.log"
+    log_path = wd / layout.CHILD_LOG
     request = {"target": target, "workdir": str(wd), "log": str(log_path), "env": channel}
     oom_before = supervise.oom_kills()
     limit = Limit(paths[STARTED_NAME], hard_timeout_sec, startup_timeout_sec)
