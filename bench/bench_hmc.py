@@ -20,11 +20,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lambda_hat.config.problem import resolve_problem
-from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.log import setup_logging
 from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.reference.nuts import compute_reference
+from lambda_hat.reference.settings import ReferenceConfig
 
 
 def bare_grad_rate(post, chains: int, steps: int) -> float:

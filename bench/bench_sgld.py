@@ -31,9 +31,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lambda_hat.config.problem import resolve_problem
 from lambda_hat.llc.posterior import regression_posterior
 from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.trial.runner import run_method_trial
 
 CHAINS, BATCH, ETA = 4, 256, 1e-7

@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lambda_hat.config.problem import resolve_problem
-from lambda_hat.config.schema import as_dict
 from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
+from lambda_hat.schema import as_dict
 from lambda_hat.trial import app as trial_app
 from lambda_hat.trial.process import warm as warm_procs
 from lambda_hat.trial.runner import run_method_trial
@@ -72,7 +72,7 @@ _CHILD = """
 import json, sys
 from lambda_hat.problem.build import load_problem
 from lambda_hat.trial.runner import run_method_trial
-from lambda_hat.config.schema import as_dict
+from lambda_hat.schema import as_dict
 from lambda_hat.trial import app as trial_app
 a = json.loads(sys.argv[1])
 problem = load_problem(a["artifacts"], a["pid"])

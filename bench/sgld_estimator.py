@@ -18,8 +18,8 @@ import tempfile
 
 import numpy as np
 
-from lambda_hat.config.problem import resolve_problem
 from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.trial.runner import run_method_trial
 
 PROBLEMS = {

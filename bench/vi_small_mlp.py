@@ -34,9 +34,9 @@ import optax
 
 jax.config.update("jax_enable_x64", True)
 
-from lambda_hat.config.problem import resolve_problem  # noqa: E402
 from lambda_hat.problem import theory  # noqa: E402
 from lambda_hat.problem.build import build_problem  # noqa: E402
+from lambda_hat.problem.spec import resolve_problem  # noqa: E402
 from lambda_hat.samplers import vi  # noqa: E402
 
 SPEC = {"model": "small", "data": "small", "seed": 5}

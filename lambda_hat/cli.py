@@ -21,13 +21,13 @@ import yaml
 
 from lambda_hat import dashboard, layout, methods
 from lambda_hat.config.load import ConfigFile, load_config
-from lambda_hat.config.problem import ProblemSpec
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.log import fmt_seconds, fmt_value, format_table, setup_logging
 from lambda_hat.problem.build import build_problem, problem_id
+from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.store import load_reference_at
 from lambda_hat.report import plots
+from lambda_hat.schema import ConfigError
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial import runner
 

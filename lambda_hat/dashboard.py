@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from lambda_hat.config.load import load_config
-from lambda_hat.config.schema import ConfigError
+from lambda_hat.schema import ConfigError
 
 __all__ = ["LOOPBACK", "add_arguments", "dashboard_lines", "dashboard_storage", "run"]
 

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from lambda_hat import cli
-from lambda_hat.config.problem import resolve_problem
 from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
 
 #: Set in this process, so inherited by everything the tests start (SLURM jobs included).
 SESSION_ENV = "LAMBDA_HAT_TEST_SESSION"

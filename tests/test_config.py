@@ -10,9 +10,9 @@ import pytest
 
 from lambda_hat import layout
 from lambda_hat.config.load import load_config, load_tuning
-from lambda_hat.config.problem import resolve_problem
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import resolve_problem
+from lambda_hat.schema import ConfigError
 
 
 def write(tmp_path, text, name="x.yaml"):
@@ -112,7 +112,7 @@ def test_pid_is_stable_across_key_order_and_processes():
     assert pid == problem_id(resolve_problem(e2))
     assert pid.startswith("p_") and len(pid) == 14
     code = (
-        "from lambda_hat.config.problem import resolve_problem; from lambda_hat.problem.build import "
+        "from lambda_hat.problem.spec import resolve_problem; from lambda_hat.problem.build import "
         f"problem_id; print(problem_id(resolve_problem({e2!r})))"
     )
     out = subprocess.run(
@@ -143,9 +143,9 @@ def test_pid_changes_with_any_resolved_value():
 
 def test_pid_format_is_frozen():
     """Stored artifacts are found by pid: the canonical form and hash must never drift."""
-    from lambda_hat.config.problem import ProblemSpec
-    from lambda_hat.config.schema import as_dict, validate
     from lambda_hat.hashing import canonical_json
+    from lambda_hat.problem.spec import ProblemSpec
+    from lambda_hat.schema import as_dict, validate
 
     canonical = (
         '{"data":{"input_dim":3,"n":200,"noise":0.1,"output_dim":1,"x_dist":"gauss"},'

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from lambda_hat import cli, dashboard
-from lambda_hat.config.schema import ConfigError
+from lambda_hat.schema import ConfigError
 from lambda_hat.study import storage as studies
 
 CLI = [sys.executable, "-c", "import sys; from lambda_hat.cli import main; sys.exit(main())"]

@@ -12,10 +12,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import session
 from lambda_hat.reference import app as reference_app
+from lambda_hat.schema import ConfigError
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import grid_sampler, pipeline, progress, scoring, stopping
 from lambda_hat.study import optuna_samplers as samplers

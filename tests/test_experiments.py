@@ -26,11 +26,11 @@ from lambda_hat import cli
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config.load import load_runs, load_tuning
 from lambda_hat.config.runs import FromStudy, HyperSet, RunsConfig
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.problem.build import problem_id
 from lambda_hat.runs import stage as experiments
 from lambda_hat.runs.summary import summarize
+from lambda_hat.schema import ConfigError
 from lambda_hat.study import storage as studies
 from lambda_hat.trial import app as trial_app
 from lambda_hat.trial import identity as runs

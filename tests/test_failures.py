@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lambda_hat._io import finite_float
 from lambda_hat.methods import METHODS, culprits, default_hyperparams
 from lambda_hat.study.guard import FailureGuard
 from lambda_hat.study.tell import (
@@ -26,7 +27,6 @@ from lambda_hat.trial.outcome import (
     estimate_error,
     failed_metrics,
     failure_of,
-    finite_float,
     from_exception,
     is_retryable,
 )

@@ -22,7 +22,6 @@ import yaml
 from lambda_hat import methods
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config.load import load_tuning
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.parallel import worker
 from lambda_hat.problem import theory
 from lambda_hat.reference import app as reference_app
@@ -30,6 +29,7 @@ from lambda_hat.reference import nuts as reference
 from lambda_hat.reference import store
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
+from lambda_hat.schema import ConfigError
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import pipeline, plan, space
 from lambda_hat.study import storage as studies

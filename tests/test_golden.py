@@ -33,8 +33,8 @@ import math
 
 import pytest
 
-from lambda_hat.config.problem import resolve_problem
 from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.trial import identity as runs
 
 LINEAR_PID = "p_ff2e65329cb6"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 
-from lambda_hat.config.problem import resolve_problem
 from lambda_hat.problem import theory
 from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.samplers import mclmc
 from lambda_hat.trial.outcome import KINDS
 from lambda_hat.trial.runner import run_method_trial

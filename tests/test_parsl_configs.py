@@ -9,9 +9,9 @@ import pytest
 from parsl.launchers import SingleNodeLauncher, SrunLauncher
 from parsl.providers import PBSProProvider, SlurmProvider
 
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel.configs import load_parsl_config
+from lambda_hat.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1] / "parsl_configs"
 

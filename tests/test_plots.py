@@ -14,14 +14,15 @@ import pytest
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
 from lambda_hat.config.load import load_tuning
-from lambda_hat.config.schema import as_dict
+from lambda_hat.layout import problem_dir
 from lambda_hat.llc.estimator import estimate_llc
-from lambda_hat.problem.build import build_problem, problem_dir, problem_id
+from lambda_hat.problem.build import build_problem, problem_id
 from lambda_hat.reference.nuts import ensure_reference
 from lambda_hat.reference.store import REF_SCHEMA, evaluate_gate, reference_settings
 from lambda_hat.report import figures
 from lambda_hat.results.parquet import write_parquet
 from lambda_hat.results.tables import PARQUET_NAME
+from lambda_hat.schema import as_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG = """\

@@ -13,9 +13,9 @@ from pathlib import Path
 import yaml
 
 from lambda_hat import methods
-from lambda_hat.config.problem import PRESET_GROUPS, ProblemSpec, preset_names, resolve_problem
-from lambda_hat.config.schema import validate
 from lambda_hat.config.tuning import TuningConfig
+from lambda_hat.problem.spec import PRESET_GROUPS, ProblemSpec, preset_names, resolve_problem
+from lambda_hat.schema import validate
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 SECTION = README.split("## Config format\n", 1)[1].split("\n## ", 1)[0]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from lambda_hat.cli import main
-from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.layout import REF_STATE as STATE_FILE
 from lambda_hat.llc import engine
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.problem import theory
 from lambda_hat.reference.nuts import ensure_reference
+from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.reference.store import evaluate_gate, ref_path
 from lambda_hat.samplers import hmc
 

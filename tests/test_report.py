@@ -18,7 +18,8 @@ from test_plots import CONFIG, PNG_MAGIC, _fake_reference
 from lambda_hat._io import atomic_write_json
 from lambda_hat.cli import main
 from lambda_hat.config.load import load_tuning
-from lambda_hat.problem.build import problem_dir, problem_id
+from lambda_hat.layout import problem_dir
+from lambda_hat.problem.build import problem_id
 from lambda_hat.report import study_figures as report_figures
 from lambda_hat.report.data import load_inputs
 from lambda_hat.report.tables import best_table, runs_table, validated_table

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from lambda_hat.config.load import load_tuning
-from lambda_hat.config.problem import ProblemEntry, resolve_problem
 from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import ProblemEntry, resolve_problem
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
 from lambda_hat.study import progress

@@ -13,10 +13,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from lambda_hat import methods
 from lambda_hat.cli import main as cli_main
-from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.llc import engine
-from lambda_hat.reference.stability import StabilityRange
+from lambda_hat.methods.stability import StabilityRange
+from lambda_hat.reference.settings import ReferenceConfig
+from lambda_hat.schema import ConfigError
 from lambda_hat.trial.identity import load_metrics, run_dir_for
 from lambda_hat.trial.runner import run_method_trial
 

@@ -12,13 +12,14 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from lambda_hat import methods
 from lambda_hat._io import atomic_write_json
-from lambda_hat.config.problem import resolve_problem
-from lambda_hat.config.schema import ConfigError
-from lambda_hat.config.sections import ReferenceConfig
+from lambda_hat.layout import problem_dir
 from lambda_hat.methods import resolve_space, step_limit
-from lambda_hat.problem.build import problem_dir, problem_id
+from lambda_hat.methods.stability import StabilityRange
+from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.reference.curvature import curvature_record, problem_curvature
-from lambda_hat.reference.stability import StabilityRange
+from lambda_hat.reference.settings import ReferenceConfig
+from lambda_hat.schema import ConfigError
 from lambda_hat.study import optuna_samplers as samplers
 from lambda_hat.study.diagnosis import Record, diagnosis
 from lambda_hat.study.guard import FailureGuard

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from lambda_hat.config.problem import resolve_problem
-from lambda_hat.config.schema import validate
-from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.methods.vi import _unconverged, elbo_trend
 from lambda_hat.problem import theory
 from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.reference.nuts import ensure_reference
+from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.samplers import vi
+from lambda_hat.schema import validate
 from lambda_hat.trial.runner import run_method_trial
 
 

@@ -23,9 +23,9 @@ from _procs import kill_and_wait
 from test_trial_startup import _slow_start
 from trial_targets import ENV
 
-from lambda_hat.config.problem import resolve_problem
-from lambda_hat.config.schema import as_dict
 from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import resolve_problem
+from lambda_hat.schema import as_dict
 from lambda_hat.trial import app as trial_app
 from lambda_hat.trial.process import warm
 from lambda_hat.trial.process.warm import WarmPolicy, run_warm

@@ -19,11 +19,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from lambda_hat._io import atomic_write_json, read_json
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import configs, session
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
+from lambda_hat.schema import ConfigError
 from lambda_hat.study import command, pipeline, progress, pruning, scoring
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import optuna_samplers as samplers
@@ -561,7 +561,7 @@ def test_pruner_config_and_multi_objective_studies_do_not_prune():
     assert studies.prunes(OptunaConfig()) and not studies.prunes(OptunaConfig(pruner="none"))
     assert not studies.prunes(OptunaConfig(objectives=["error", "runtime"]))
     with pytest.raises(ConfigError, match="optuna.pruner"):
-        from lambda_hat.config.schema import validate
+        from lambda_hat.schema import validate
 
         validate({"pruner": "sometimes"}, OptunaConfig, "optuna")
 

@@ -1,10 +1,10 @@
 """The one config loader: a tuning YAML (``parsl-optuna``), a run YAML (``lambda-hat run``), or
 either of them (every subcommand that only needs problems, reference settings and paths).
 
-A file is read once (:func:`lambda_hat.config.schema.read_yaml`), CLI overrides deep-merge into
+A file is read once (:func:`lambda_hat.schema.read_yaml`), CLI overrides deep-merge into
 it, its keys are checked against the schema (:mod:`lambda_hat.config.tuning` or
 :mod:`lambda_hat.config.runs`), then the checks across fields, then every problem's presets
-are composed (:func:`lambda_hat.config.problem.resolve_problem`, a ``conf/`` next to the file
+are composed (:func:`lambda_hat.problem.spec.resolve_problem`, a ``conf/`` next to the file
 first) — all before any work. Every error is a :class:`ConfigError` naming the file and the
 YAML path.
 
@@ -25,11 +25,12 @@ from typing import Any, Literal, TypeVar
 from omegaconf import OmegaConf
 
 from lambda_hat import layout
-from lambda_hat.config.problem import ProblemSpec, resolve_problem
+from lambda_hat.config.paths import PathsConfig
 from lambda_hat.config.runs import Runs, RunsConfig, check_runs
-from lambda_hat.config.schema import ConfigError, read_yaml, validate
-from lambda_hat.config.sections import PathsConfig, ReferenceConfig
 from lambda_hat.config.tuning import Tuning, TuningConfig, check_tuning
+from lambda_hat.problem.spec import ProblemSpec, resolve_problem
+from lambda_hat.reference.settings import ReferenceConfig
+from lambda_hat.schema import ConfigError, read_yaml, validate
 
 __all__ = ["ConfigFile", "config_kind", "load_config", "load_runs", "load_tuning"]
 

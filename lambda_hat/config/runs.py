@@ -3,7 +3,7 @@
 Read by the one loader (:func:`lambda_hat.config.load.load_runs`), so an unknown key, a wrong
 type or a missing preset is the same :class:`ConfigError` (YAML path, value, fix) as for a
 tuning YAML. The problems and the ``reference`` and ``paths`` sections are the tuning YAML's
-(:mod:`lambda_hat.config.problem`, :mod:`lambda_hat.config.sections`): copy them from the
+(:mod:`lambda_hat.problem.spec`, :mod:`lambda_hat.config.paths`): copy them from the
 tuning config and the references (and, at the tuning seed and budget, the runs) are the stored
 ones. Hyperparameter sets are checked here against the method's schema (:func:`check_runs`);
 ``from_study`` sets are resolved against the stored studies by :mod:`lambda_hat.runs.stage`
@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lambda_hat import layout
-from lambda_hat.config.problem import ProblemEntry, ProblemSpec
-from lambda_hat.config.schema import ConfigError, config_dataclass, field
-from lambda_hat.config.sections import PathsConfig, ReferenceConfig
+from lambda_hat.config.paths import PathsConfig
 from lambda_hat.config.tuning import MethodName
+from lambda_hat.problem.spec import ProblemEntry, ProblemSpec
+from lambda_hat.reference.settings import ReferenceConfig
+from lambda_hat.schema import ConfigError, config_dataclass, field
 from lambda_hat.trial import identity as runs
 
 __all__ = ["FromStudy", "HyperSet", "Runs", "RunsConfig", "check_runs"]

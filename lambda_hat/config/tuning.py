@@ -5,7 +5,7 @@ Read by the one loader (:func:`lambda_hat.config.load.load_tuning`): every value
 against the classes below *before any work starts*; a :class:`ConfigError` names the YAML path,
 the value it got, what is allowed and how to fix it; an unknown key is never silently kept.
 The problems and the ``reference`` and ``paths`` sections are shared with the run YAML
-(:mod:`lambda_hat.config.problem`, :mod:`lambda_hat.config.sections`).
+(:mod:`lambda_hat.problem.spec`, :mod:`lambda_hat.config.paths`).
 
 Field docs follow the Parsl habit: each field says its type, unit, default and what ``None``
 means, in the help text next to it.
@@ -17,10 +17,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from lambda_hat.config.problem import ProblemEntry, ProblemSpec
-from lambda_hat.config.schema import ConfigError, config_dataclass, field
-from lambda_hat.config.sections import PathsConfig, ReferenceConfig
+from lambda_hat.config.paths import PathsConfig
 from lambda_hat.methods import METHODS
+from lambda_hat.problem.spec import ProblemEntry, ProblemSpec
+from lambda_hat.reference.settings import ReferenceConfig
+from lambda_hat.schema import ConfigError, config_dataclass, field
 
 __all__ = [
     "MethodName",

@@ -26,10 +26,10 @@ from collections.abc import Mapping
 
 from optuna.distributions import BaseDistribution
 
-from lambda_hat.config.schema import ConfigError, validate
 from lambda_hat.methods import mclmc, sgld, vi
 from lambda_hat.methods._base import Method
-from lambda_hat.reference.stability import StabilityRange, check_a_max
+from lambda_hat.methods.stability import StabilityRange, check_a_max
+from lambda_hat.schema import ConfigError, validate
 
 __all__ = [
     "METHODS",

@@ -9,10 +9,10 @@ from typing import Any, Literal, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from lambda_hat.config.schema import field
 from lambda_hat.llc.engine import Timer
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.llc.posterior import LLCPosterior, regression_loss, regression_posterior
+from lambda_hat.schema import field
 
 MIN_DRAWS = 4  # kept draws per chain below which no estimate is made
 
@@ -32,7 +32,7 @@ class Method(NamedTuple):
     """One cheap LLC method, in the spirit of Optax's ``GradientTransformation``.
 
     ``hyper`` is the hyperparameter schema (a frozen dataclass checked by
-    :func:`lambda_hat.config.schema.validate`); ``space()`` the default Optuna search space;
+    :func:`lambda_hat.schema.validate`); ``space()`` the default Optuna search space;
     ``run(target, hp, key, deadline, timer)`` the adapter that runs the sampler and returns a
     :data:`RunOutput` dict; ``culprits`` maps a failure kind to the hyperparameters that
     usually cause it, most likely first (the all-fail guard's diagnosis); ``check(hp, where)``
@@ -40,7 +40,7 @@ class Method(NamedTuple):
     a change of what the adapter computes for these hyperparameters (it enters the run's
     manifest, so runs stored before the change are not reused) or returns None;
     ``step_limit(a_max, d)`` is the stability limit ε_max of the step size that the space's
-    :class:`lambda_hat.reference.stability.StabilityRange` scales, on a problem whose
+    :class:`lambda_hat.methods.stability.StabilityRange` scales, on a problem whose
     posterior precision at w* has top eigenvalue ``a_max`` (checked finite and > 0) and ``d``
     parameters, or None for a method without one.
     """

@@ -20,12 +20,12 @@ import jax
 import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from lambda_hat.config.schema import ConfigError, config_dataclass, field
 from lambda_hat.llc.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite, i64
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.methods._base import Method, Target, kept, partial_llc, run_output, traced_posterior
-from lambda_hat.reference.stability import StabilityRange
+from lambda_hat.methods.stability import StabilityRange
 from lambda_hat.samplers import mclmc as mclmc_kernel
+from lambda_hat.schema import ConfigError, config_dataclass, field
 
 MISS_FACTOR = 10.0
 """A tuned run whose achieved energy error per dimension exceeds this many times the tuner's

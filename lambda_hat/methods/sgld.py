@@ -17,7 +17,6 @@ import jax
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.config.schema import config_dataclass, field
 from lambda_hat.llc.engine import Timer, concat, drive_units, first_nonfinite, i64
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.methods._base import (
@@ -31,8 +30,9 @@ from lambda_hat.methods._base import (
     run_output,
     traced_posterior,
 )
-from lambda_hat.reference.stability import StabilityRange, langevin_step_limit
+from lambda_hat.methods.stability import StabilityRange, langevin_step_limit
 from lambda_hat.samplers import sgld as sgld_kernel
+from lambda_hat.schema import config_dataclass, field
 
 Precond = Literal["none", "rmsprop", "adam"]
 Estimator = Literal["minibatch", "full"]

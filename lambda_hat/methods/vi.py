@@ -21,7 +21,6 @@ import jax
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lambda_hat.config.schema import config_dataclass, field
 from lambda_hat.llc.engine import (
     Diverged,
     Timer,
@@ -41,6 +40,7 @@ from lambda_hat.methods._base import (
     traced_posterior,
 )
 from lambda_hat.samplers import vi as vi_kernel
+from lambda_hat.schema import config_dataclass, field
 
 Precond = Literal["none", "rmsprop", "adam", "lanczos"]
 

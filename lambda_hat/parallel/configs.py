@@ -12,7 +12,7 @@ import runpy
 from functools import partial
 from pathlib import Path
 
-from lambda_hat.config.schema import ConfigError
+from lambda_hat.schema import ConfigError
 
 __all__ = ["capacity", "load_parsl_config", "local_config"]
 

@@ -22,8 +22,6 @@ import optax
 
 from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
-from lambda_hat.config.problem import ProblemSpec
-from lambda_hat.config.schema import as_dict, validate
 from lambda_hat.hashing import content_hash
 from lambda_hat.layout import problem_dir
 from lambda_hat.llc.posterior import (
@@ -41,6 +39,8 @@ from lambda_hat.problem.models import (
     product_matrix,
     widths_for_budget,
 )
+from lambda_hat.problem.spec import ProblemSpec
+from lambda_hat.schema import as_dict, validate
 
 log = logging.getLogger("lambda_hat.problems")
 

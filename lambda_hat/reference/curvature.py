@@ -3,7 +3,7 @@
 A is the precision of the localized posterior's quadratic approximation at w*, and its top
 eigenvalue a_max sets every sampler's smallest scale: full-batch Langevin
 Δw = −(ε/2)∇U + √ε ξ contracts the stiffest direction by |1 − ε·a_max/2| per step, so it is
-stable only for ε < 4/a_max (:func:`lambda_hat.reference.stability.langevin_step_limit`). With a frozen diagonal
+stable only for ε < 4/a_max (:func:`lambda_hat.methods.stability.langevin_step_limit`). With a frozen diagonal
 preconditioner P the limit is on the top eigenvalue of P^{1/2} A P^{1/2} (``precond=``).
 ``plans/curvature.md`` derives these and what holds for Adam-SGLD and MCLMC.
 
@@ -42,8 +42,8 @@ from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.hashing import content_hash
 from lambda_hat.llc.posterior import LLCPosterior
+from lambda_hat.methods.stability import langevin_step_limit
 from lambda_hat.problem.build import Problem
-from lambda_hat.reference.stability import langevin_step_limit
 
 __all__ = [
     "CURVATURE_SCHEMA",

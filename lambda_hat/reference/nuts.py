@@ -28,9 +28,6 @@ import numpy as np
 
 from lambda_hat import __version__, layout
 from lambda_hat._io import atomic_write_json, atomic_write_npz
-from lambda_hat.config.problem import ProblemSpec
-from lambda_hat.config.schema import as_dict, validate
-from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.llc import engine
 from lambda_hat.llc.diagnostics import chain_health
 from lambda_hat.llc.engine import Timer
@@ -38,7 +35,9 @@ from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.log import Progress, fmt_seconds, fmt_value, setup_logging
 from lambda_hat.problem.build import Problem, build_problem
+from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference.curvature import curvature_record
+from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.reference.store import (
     REF_SCHEMA,
     evaluate_gate,
@@ -48,6 +47,7 @@ from lambda_hat.reference.store import (
     stored_reference,
 )
 from lambda_hat.samplers import hmc
+from lambda_hat.schema import as_dict, validate
 
 log = logging.getLogger("lambda_hat.reference")
 

@@ -32,14 +32,14 @@ from pathlib import Path
 
 from lambda_hat import layout
 from lambda_hat._io import read_json
-from lambda_hat.config.problem import ProblemSpec
-from lambda_hat.config.schema import as_dict
-from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.log import fmt_value
 from lambda_hat.problem.build import load_problem, problem_id
+from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference.curvature import curvature_record
 from lambda_hat.reference.nuts import reference_job
+from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.reference.store import load_reference, reference_home
+from lambda_hat.schema import as_dict
 from lambda_hat.trial.outcome import TRACEBACK_CHARS, failed_metrics, from_exception
 
 __all__ = [

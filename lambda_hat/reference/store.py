@@ -20,9 +20,9 @@ from pathlib import Path
 
 from lambda_hat import layout
 from lambda_hat._io import finite_float, read_json
-from lambda_hat.config.sections import ReferenceConfig
 from lambda_hat.hashing import content_hash
 from lambda_hat.problem.build import Problem
+from lambda_hat.reference.settings import ReferenceConfig
 
 __all__ = [
     "REF_SCHEMA",

@@ -16,13 +16,13 @@ from typing import Any
 import optuna
 
 from lambda_hat import layout
-from lambda_hat.config.problem import ProblemSpec
 from lambda_hat.config.runs import FromStudy, Runs
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.log import fmt_seconds
 from lambda_hat.parallel import configs
 from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.results import tables as results
+from lambda_hat.schema import ConfigError
 from lambda_hat.study import storage as studies
 from lambda_hat.study import validation
 from lambda_hat.study.tell import best_successful

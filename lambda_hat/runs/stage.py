@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from lambda_hat import layout
-from lambda_hat.config.schema import as_dict
 from lambda_hat.log import fmt_seconds
 from lambda_hat.parallel import session
 from lambda_hat.reference import app as reference_app
@@ -39,6 +38,7 @@ from lambda_hat.results import tables as results
 from lambda_hat.results.parquet import write_parquet
 from lambda_hat.runs.plan import ExperimentPlan, RunSet, describe, plan_experiments
 from lambda_hat.runs.summary import summary_table
+from lambda_hat.schema import as_dict
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial import submit as trial_submit
 from lambda_hat.trial.outcome import (

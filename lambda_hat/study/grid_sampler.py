@@ -18,8 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.schema import ConfigError
 from lambda_hat.study.tell import counts_as_finished
 
 log = logging.getLogger("lambda_hat.workflow")
@@ -35,7 +35,7 @@ def grid_values(dist: Any, grid_points: int | None, where: str) -> list:
     points (log-spaced for a log range, snapped to its step and deduplicated), without it a
     stepped range's every step (at most :data:`MAX_STEPPED_POINTS`). A continuous range without
     ``grid_points`` has no grid: :class:`ConfigError`. ``dist`` may be a
-    :class:`~lambda_hat.reference.stability.StabilityRange` (multiples of ε_max) at the config check.
+    :class:`~lambda_hat.methods.stability.StabilityRange` (multiples of ε_max) at the config check.
     """
     if isinstance(dist, CategoricalDistribution):
         return list(dist.choices)

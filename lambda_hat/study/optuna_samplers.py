@@ -18,8 +18,8 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.schema import ConfigError
 from lambda_hat.study.grid_sampler import SpaceGridSampler
 
 #: Samplers and the optional package each one needs.

@@ -33,18 +33,18 @@ from pathlib import Path
 
 from lambda_hat import layout, methods
 from lambda_hat.config.load import load_tuning
-from lambda_hat.config.problem import ProblemSpec
-from lambda_hat.config.schema import ConfigError, as_dict
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import session
 from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.stage import References, is_reference, reference_stage
 from lambda_hat.results import tables as results
 from lambda_hat.results.parquet import write_parquet
+from lambda_hat.schema import ConfigError, as_dict
 from lambda_hat.study import command, progress, validation
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies

@@ -16,10 +16,10 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution
 
 from lambda_hat import layout
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import Tuning, TuningConfig
 from lambda_hat.parallel import configs
 from lambda_hat.problem.build import problem_id
+from lambda_hat.schema import ConfigError
 from lambda_hat.study.grid_sampler import check_grid
 from lambda_hat.study.optuna_samplers import check_sampler
 from lambda_hat.study.space import Searched, check_enqueue, method_space

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import optuna
 
+from lambda_hat._io import finite_float
 from lambda_hat.llc import channel
 from lambda_hat.study.scoring import objective_values
 from lambda_hat.study.task import StudyTask
 from lambda_hat.trial.identity import trial_workdir
-from lambda_hat.trial.outcome import failure_of, finite_float
+from lambda_hat.trial.outcome import failure_of
 
 __all__ = ["PRUNING_STEPS", "Flight", "poll", "report_final"]
 

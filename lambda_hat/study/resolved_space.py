@@ -15,11 +15,13 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 
 from lambda_hat import layout
 from lambda_hat._io import read_json
-from lambda_hat.config.tuning import ProblemSpec, ReferenceConfig
+from lambda_hat.layout import problem_dir
 from lambda_hat.llc.posterior import default_beta
 from lambda_hat.methods import step_limit
-from lambda_hat.problem.build import problem_dir, problem_id
-from lambda_hat.reference.stability import StabilityRange
+from lambda_hat.methods.stability import StabilityRange
+from lambda_hat.problem.build import problem_id
+from lambda_hat.problem.spec import ProblemSpec
+from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.study.space import Searched
 
 log = logging.getLogger("lambda_hat.workflow")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lambda_hat.trial.outcome import estimate_error, finite_float
+from lambda_hat._io import finite_float
+from lambda_hat.trial.outcome import estimate_error
 
 
 def _huber_delta(ref: dict, huber_delta: float | None) -> float:

@@ -21,12 +21,13 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lambda_hat import layout
+from lambda_hat._io import finite_float
 from lambda_hat.study import sharing, stopping
 from lambda_hat.study.scoring import objective_values
 from lambda_hat.study.task import StudyTask
 from lambda_hat.study.tell import counts_as_finished, tell
 from lambda_hat.trial.identity import load_valid_metrics
-from lambda_hat.trial.outcome import failed_metrics, finite_float, screen_estimate
+from lambda_hat.trial.outcome import failed_metrics, screen_estimate
 
 __all__ = ["MAX_INFRASTRUCTURE_STREAK", "Settler"]
 

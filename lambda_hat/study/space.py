@@ -21,9 +21,9 @@ from optuna.distributions import (
 )
 
 from lambda_hat import methods
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.methods import step_limit
-from lambda_hat.reference.stability import STABILITY_SCALE, StabilityRange
+from lambda_hat.methods.stability import STABILITY_SCALE, StabilityRange
+from lambda_hat.schema import ConfigError
 from lambda_hat.trial import identity as runs
 
 #: Keys of a search-space override mapping.

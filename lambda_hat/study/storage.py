@@ -29,8 +29,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.config.tuning import OptunaConfig
+from lambda_hat.schema import ConfigError
 from lambda_hat.study.optuna_samplers import make_sampler
 
 log = logging.getLogger("lambda_hat.workflow")

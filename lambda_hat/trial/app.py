@@ -68,9 +68,10 @@ def cached_problem(spec: dict, artifacts: str | Path):
     """The problem of ``spec`` under ``artifacts``, built or loaded once per process (a warm
     trial process runs many trials of few problems): kept while its stored ``data.npz`` is the
     same file, :data:`PROBLEM_CACHE_SIZE` problems at most."""
-    from lambda_hat.config.schema import validate
-    from lambda_hat.config.tuning import ProblemSpec
-    from lambda_hat.problem.build import build_problem, problem_dir, problem_id
+    from lambda_hat.layout import problem_dir
+    from lambda_hat.problem.build import build_problem, problem_id
+    from lambda_hat.problem.spec import ProblemSpec
+    from lambda_hat.schema import validate
 
     spec_obj = validate(spec, ProblemSpec, "spec")
     pid = problem_id(spec_obj)

@@ -29,9 +29,9 @@ from typing import Any
 
 from lambda_hat import layout, methods
 from lambda_hat._io import read_json
-from lambda_hat.config.schema import ConfigError
 from lambda_hat.hashing import content_hash
 from lambda_hat.llc.posterior import default_beta
+from lambda_hat.schema import ConfigError
 from lambda_hat.trial.outcome import KINDS
 
 __all__ = [

@@ -3,7 +3,7 @@
 :func:`run_method_trial` is what the tuning workflow (through the trial app's default target,
 :func:`lambda_hat.trial.app.method_target`) and ``lambda-hat trial`` call. Contract:
 
-- It validates the hyperparameters first (a :class:`~lambda_hat.config.schema.ConfigError`
+- It validates the hyperparameters first (a :class:`~lambda_hat.schema.ConfigError`
   naming the field is the only exception it raises, before any work or file).
 - It writes ``<artifacts>/runs/<pid>/<method>/<run id>/manifest.json`` (everything that
   determines the run, :func:`lambda_hat.trial.identity.manifest`), then runs the method's adapter

@@ -1,16 +1,11 @@
-"""The sections both YAML kinds share: ``reference`` (the HMC reference and the posterior every
-method targets) and ``paths``.
-
-They live apart from the tuning schema so that the reference stage reads its settings without
-importing the method registry the tuning schema names (:mod:`lambda_hat.config.tuning`).
-"""
+"""The ``reference`` section both YAML kinds share: the HMC reference's settings, its quality
+gate, and the posterior (β, γ) every method targets."""
 
 from __future__ import annotations
 
-from lambda_hat import layout
-from lambda_hat.config.schema import config_dataclass, field
+from lambda_hat.schema import config_dataclass, field
 
-__all__ = ["PathsConfig", "ReferenceConfig"]
+__all__ = ["ReferenceConfig"]
 
 
 @config_dataclass
@@ -35,11 +30,3 @@ class ReferenceConfig:
     )
     seed: int = field(0, "sampling seed")
     workers: int | None = field(None, "references computed at once; None: one per core", ge=1)
-
-
-@config_dataclass
-class PathsConfig:
-    """Where outputs go (relative paths are relative to the working directory)."""
-
-    artifacts: str = field(layout.ARTIFACTS, "problems, references and runs")
-    results: str = field(layout.RESULTS, "studies and Parquet tables")

@@ -4,7 +4,7 @@ A problem is written in a YAML (either kind) as a :class:`ProblemEntry`: one pre
 group (``conf/{model,data,teacher}/<name>.yaml``, a ``conf/`` next to the config file first,
 then the package's), a seed and ``overrides`` deep-merged into the presets with OmegaConf.
 :func:`resolve_problem` composes them into a :class:`ProblemSpec`, every value checked (pydantic,
-through :mod:`lambda_hat.config.schema`); its content hash is the problem's pid
+through :mod:`lambda_hat.schema`); its content hash is the problem's pid
 (:func:`lambda_hat.problem.build.problem_id`). An error names the YAML path
 (``problems[0].overrides.model.depht``) and the preset a bad value came from.
 
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from omegaconf import OmegaConf
 
-from lambda_hat.config.schema import ConfigError, config_dataclass, field, read_yaml, validate
+from lambda_hat.schema import ConfigError, config_dataclass, field, read_yaml, validate
 
 __all__ = [
     "PRESET_GROUPS",
