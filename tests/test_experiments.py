@@ -22,7 +22,7 @@ import pytest
 import yaml
 from optuna.distributions import FloatDistribution
 
-from lambda_hat import cli
+from lambda_hat import cli, layout
 from lambda_hat._io import atomic_write_json
 from lambda_hat.config.load import load_runs, load_tuning
 from lambda_hat.config.runs import FromStudy, HyperSet, RunsConfig
@@ -220,10 +220,10 @@ def test_runs_table_one_row_per_run_a_summary_and_a_rerun_that_costs_nothing(tmp
     plan = experiments.plan_experiments(load_runs(config))
     with ThreadPoolExecutor(2) as pool:
         assert synthetic_run(plan, pool) == 0
-        first = pd.read_parquet(tmp_path / "out" / experiments.PARQUET_NAME)
+        first = pd.read_parquet(tmp_path / "out" / layout.RUNS_TABLE)
         printed = capsys.readouterr().out
         assert synthetic_run(plan, pool) == 0
-    again = pd.read_parquet(tmp_path / "out" / experiments.PARQUET_NAME)
+    again = pd.read_parquet(tmp_path / "out" / layout.RUNS_TABLE)
     assert len(first) == 2 * 3 and (first.status == "ok").all()
     assert list(again.run_id) == list(first.run_id) and again.reused.all()
     assert not first.reused.any() and first.run_id.str.startswith("r_").all()
@@ -255,7 +255,7 @@ def test_a_problem_whose_reference_failed_is_not_run_and_exits_1(tmp_path):
         return _done({**_fake_reference(payload).result(), "gate": {"passed": False}})
 
     assert experiments.execute(plan, lambda p: _done({}), failed_reference) == 1
-    assert len(pd.read_parquet(tmp_path / "out" / experiments.PARQUET_NAME)) == 0
+    assert len(pd.read_parquet(tmp_path / "out" / layout.RUNS_TABLE)) == 0
 
 
 CLI = [sys.executable, "-c", "import sys; from lambda_hat.cli import main; sys.exit(main())"]
@@ -290,7 +290,7 @@ def test_tune_then_run_through_parsl(tmp_path, monkeypatch):
     )
     out = subprocess.run([*CLI, "run", "--config", str(config), "--local"], **run)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    df = pd.read_parquet(tmp_path / "results" / experiments.PARQUET_NAME)
+    df = pd.read_parquet(tmp_path / "results" / layout.RUNS_TABLE)
     trials = pd.read_parquet(tmp_path / "results" / "optuna_trials.parquet")
     assert len(df) == 2 * 3 and (df.status == "ok").all()
     best = trials[trials.status == "ok"].nsmallest(1, "objective").iloc[0]
@@ -306,4 +306,4 @@ def test_tune_then_run_through_parsl(tmp_path, monkeypatch):
         exec(code, {"__name__": "readme"})  # runs in tmp_path (the test changed directory)
     again = subprocess.run([*CLI, "run", "--config", str(config), "--local"], **run)
     assert again.returncode == 0
-    assert pd.read_parquet(tmp_path / "results" / experiments.PARQUET_NAME).reused.all()
+    assert pd.read_parquet(tmp_path / "results" / layout.RUNS_TABLE).reused.all()

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.cli import main
 from lambda_hat.config.load import load_tuning
@@ -21,7 +22,6 @@ from lambda_hat.reference.nuts import ensure_reference
 from lambda_hat.reference.store import REF_SCHEMA, evaluate_gate, reference_settings
 from lambda_hat.report import figures
 from lambda_hat.results.parquet import write_parquet
-from lambda_hat.results.tables import PARQUET_NAME
 from lambda_hat.schema import as_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -130,7 +130,7 @@ def campaign(tmp_path_factory):
     ]
     rows += [_row(pid_b, "sgld", i, 1.4, 0.05, 1.4 + d) for i, d in enumerate([0.3, -0.02, 0.1])]
     rows.append(_row("p_notinconfig", "sgld", 0, 1.0, 0.1, 1.0))
-    write_parquet(rows, root / "results" / PARQUET_NAME)
+    write_parquet(rows, root / "results" / layout.TRIALS_TABLE)
     return {"cfg": cfg, "root": root, "ref": ref, "pid_a": pid_a, "pid_b": pid_b}
 
 
@@ -198,7 +198,7 @@ def test_plots_of_a_real_hmc_reference(tmp_path, capsys):
 
 
 def test_best_so_far_and_best_trials_follow_the_parquet(campaign):
-    df = pd.read_parquet(campaign["root"] / "results" / PARQUET_NAME)
+    df = pd.read_parquet(campaign["root"] / "results" / layout.TRIALS_TABLE)
     a = campaign["pid_a"]
     numbers, best = figures.best_so_far(df[(df.pid == a) & (df.method == "sgld")])
     ok = [(i, abs(x)) for i, x in enumerate(SGLD) if not isinstance(x, str)]
@@ -233,7 +233,7 @@ def test_missing_and_broken_inputs_are_skipped_not_fatal(campaign, tmp_path, cap
         problem_dir(tmp_path / "artifacts", b) / "ref.json", {**stored, "pid": b, "llc_ref": None}
     )
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / PARQUET_NAME).write_bytes(b"PAR1 torn")
+    (tmp_path / "results" / layout.TRIALS_TABLE).write_bytes(b"PAR1 torn")
     assert main(["plots", "--config", str(cfg)]) == 0
     stdout, stderr = capsys.readouterr()
     assert stdout == ""

@@ -13,6 +13,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from test_experiments import _config, synthetic_run
 from test_workflow import _journal, _run, _task
 
+from lambda_hat import layout
 from lambda_hat.config.load import load_runs, load_tuning
 from lambda_hat.results import parquet
 from lambda_hat.results import tables as results
@@ -66,7 +67,7 @@ def _tuned_tables(tmp_path):
     rows = []
     for t in tasks:
         rows += results.study_rows(t.study, t.pid, t.method, t.ref, problem=problems[t.pid])
-    parquet.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
+    parquet.write_parquet(rows, tmp_path / "results" / layout.TRIALS_TABLE)
     return tasks, problems
 
 

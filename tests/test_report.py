@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from test_plots import CONFIG, PNG_MAGIC, _fake_reference
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json
 from lambda_hat.cli import main
 from lambda_hat.config.load import load_tuning
@@ -24,7 +25,6 @@ from lambda_hat.report import study_figures as report_figures
 from lambda_hat.report.data import load_inputs
 from lambda_hat.report.tables import best_table, runs_table, validated_table
 from lambda_hat.results.parquet import write_parquet
-from lambda_hat.results.tables import PARQUET_NAME
 from lambda_hat.study import validation
 from lambda_hat.study.storage import pickle_path
 
@@ -88,11 +88,11 @@ def _validation(root, pid) -> None:
                     "run_dir": None,
                 }
             )
-    validation.write_parquet(rows, root / "results" / validation.PARQUET_NAME)
+    validation.write_parquet(rows, root / "results" / layout.VALIDATION_TABLE)
     rec = {"candidate": 1, "trial_number": 7, "hyperparams": {"eta0": 1e-3}, "n_ok": 2}
     rec.update(mean_abs_error=0.2, sd_abs_error=0.1414, n_failed=0, seeds=[1, 2])
     atomic_write_json(
-        root / "results" / validation.JSON_NAME,
+        root / "results" / layout.VALIDATION_JSON,
         {"studies": {f"{pid}:sgld": {"seeds": [1, 2], "candidates": [rec], "recommended": rec}}},
     )
 
@@ -126,7 +126,7 @@ def campaign(tmp_path_factory):
     rows.append(_row(root, a, "sgld", len(SGLD), lr, se, "interrupted", state="RUNNING"))
     rows += [_row(root, a, "vi", i, lr, se, k) for i, k in enumerate(["crashed", "oom"])]
     rows += [_row(root, b, "sgld", i, 1.4, 0.05, d) for i, d in enumerate([0.3, -0.02, 0.1])]
-    write_parquet(rows, root / "results" / PARQUET_NAME)
+    write_parquet(rows, root / "results" / layout.TRIALS_TABLE)
     _validation(root, a)
     _multi_objective_pickle(root, a)
     runs = pd.DataFrame(
@@ -178,7 +178,7 @@ def test_the_page_links_only_files_that_exist(campaign):
 
 
 def test_the_best_trial_is_the_parquets(campaign):
-    df = pd.read_parquet(campaign["root"] / "results" / PARQUET_NAME)
+    df = pd.read_parquet(campaign["root"] / "results" / layout.TRIALS_TABLE)
     a = campaign["a"]
     ok = df[(df.status == "ok") & df.objective.notna()]
     expect = ok.loc[ok.groupby(["pid", "method"]).objective.idxmin()].set_index(["pid", "method"])
@@ -276,13 +276,13 @@ def test_a_partial_and_broken_run_says_what_is_missing(campaign, tmp_path, capsy
     atomic_write_json(
         problem_dir(tmp_path / "artifacts", a) / "ref.json", {**stored, "llc_ref": None}
     )
-    (results / PARQUET_NAME).write_bytes(b"PAR1 torn")
-    (results / validation.JSON_NAME).write_text("{")
+    (results / layout.TRIALS_TABLE).write_bytes(b"PAR1 torn")
+    (results / layout.VALIDATION_JSON).write_text("{")
     assert main(["report", "--results", str(results)]) == 0
     md = (results / "report" / "summary.md").read_text()
-    assert f"{results / PARQUET_NAME} is unreadable" in md
+    assert f"{results / layout.TRIALS_TABLE} is unreadable" in md
     assert f"problem {a}: ref.json has no usable λ̂_ref (a failed reference)" in md
-    assert f"{results / validation.JSON_NAME} is unreadable" in md
+    assert f"{results / layout.VALIDATION_JSON} is unreadable" in md
     page = (results / "report" / "index.html").read_text()
     assert "missing or failed" in page and not re.findall(r'src="', page)
 
@@ -292,7 +292,7 @@ def test_the_grouping_schema_is_read_too(campaign, tmp_path):
     hyperparameters, flat ``rhat``/``ess_bulk``/``fge`` columns and experiment runs with
     hyperparameter sets and their source study give the same numbers, labelled."""
     results, a = tmp_path / "results", campaign["a"]
-    df = pd.read_parquet(campaign["root"] / "results" / PARQUET_NAME)
+    df = pd.read_parquet(campaign["root"] / "results" / layout.TRIALS_TABLE)
     diag = [json.loads(d) if isinstance(d, str) else None for d in df.diagnostics]
     df = df.assign(
         label=["linear·s0" if p == a else None for p in df.pid],
@@ -303,7 +303,7 @@ def test_the_grouping_schema_is_read_too(campaign, tmp_path):
         fge=50.0,
     ).drop(columns="run_dir")
     results.mkdir()
-    df.to_parquet(results / PARQUET_NAME)
+    df.to_parquet(results / layout.TRIALS_TABLE)
     runs = pd.DataFrame(
         {
             "pid": [a] * 4,
@@ -394,7 +394,7 @@ def test_studies_with_nothing_finished_or_nothing_searched(tmp_path):
     for r in rows:
         r.update(hyperparams={"lr": 1e-3}, error=r.get("objective"))
         r.update(llc_hat=r.get("objective") and 1.1 + r["objective"])
-    write_parquet(rows, tmp_path / "results" / PARQUET_NAME)
+    write_parquet(rows, tmp_path / "results" / layout.TRIALS_TABLE)
     assert main(["report", "--results", str(tmp_path / "results")]) == 0
     md = (tmp_path / "results" / "report" / "summary.md").read_text()
     assert "| p_a:sgld | 0 (+1 running) | 0 |  | no successful trial |" in md

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from optuna.distributions import FloatDistribution
 
+from lambda_hat import layout
 from lambda_hat.config.tuning import OptunaConfig, ValidateConfig
 from lambda_hat.hashing import content_hash
 from lambda_hat.parallel import session
@@ -124,7 +125,7 @@ def test_each_study_runs_top_k_times_seeds_fresh_runs_and_a_rerun_reuses_them(tm
     fresh = pool.payloads[16:]
     assert len(fresh) == 2 * 3 * 2  # studies x top_k x seeds
     assert sorted({p["seed"] for p in fresh}) == [1, 2]  # tuning seed 0 + 1, + 2
-    df = pd.read_parquet(tmp_path / "results" / validation.PARQUET_NAME)
+    df = pd.read_parquet(tmp_path / "results" / layout.VALIDATION_TABLE)
     assert len(df) == 12 and (df.status == "ok").all() and not df.reused.any()
     for v in out:
         trials = sorted(v.task.study.trials, key=lambda t: (t.value, t.number))
@@ -141,7 +142,7 @@ def test_each_study_runs_top_k_times_seeds_fresh_runs_and_a_rerun_reuses_them(tm
 
     again = validation.validate_studies(tasks, pool, cfg, tmp_path / "results")
     assert len(pool.payloads) == 28  # nothing re-run
-    df2 = pd.read_parquet(tmp_path / "results" / validation.PARQUET_NAME)
+    df2 = pd.read_parquet(tmp_path / "results" / layout.VALIDATION_TABLE)
     assert df2.reused.all() and list(df2.error) == list(df.error)
     assert [v.chosen for v in again] == [v.chosen for v in out]
 
@@ -166,7 +167,7 @@ def test_recommendation_is_the_best_validated_mean_not_the_luckiest_trial(tmp_pa
     rec = validation.recommendation(task.study)
     assert rec["hyperparams"] == {"x": 2.0} and rec["candidate"] == 2
     assert rec["trial_number"] == 1 and rec["n_ok"] == 2 and rec["seeds"] == [1, 2]
-    stored = json.loads((tmp_path / "results" / validation.JSON_NAME).read_text())
+    stored = json.loads((tmp_path / "results" / layout.VALIDATION_JSON).read_text())
     assert stored["studies"]["p_t:sgld"]["recommended"] == rec
     lines = validation.table(out).splitlines()
     assert [line.split()[1] for line in lines[2:]] == ["1", "2*", "3"]
@@ -177,8 +178,8 @@ def test_validate_null_runs_and_writes_nothing(tmp_path, pool):
     task = _table_study(tmp_path, pool)
     assert validation.validate_studies([task], pool, None, tmp_path / "results") is None
     assert len(pool.payloads) == 4
-    assert not (tmp_path / "results" / validation.PARQUET_NAME).exists()
-    assert not (tmp_path / "results" / validation.JSON_NAME).exists()
+    assert not (tmp_path / "results" / layout.VALIDATION_TABLE).exists()
+    assert not (tmp_path / "results" / layout.VALIDATION_JSON).exists()
     assert validation.recommendation(task.study) is None
 
 
@@ -210,7 +211,7 @@ def test_parsl_optuna_validates_after_tuning_or_not_at_all(tmp_path, monkeypatch
     monkeypatch.setattr(trial_submit, "submitter", lambda: pool)
     monkeypatch.setattr(reference_app, "submitter", lambda: lambda p: _done(REF))
     assert pipeline.main(["--config", str(cfg), "--trial-target", TARGET]) == 0
-    path = tmp_path / "results" / validation.PARQUET_NAME
+    path = tmp_path / "results" / layout.VALIDATION_TABLE
     if validate is None:
         assert len(pool.payloads) == 4 and not path.exists()
         return

@@ -18,6 +18,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import configs, session
@@ -270,7 +271,7 @@ def test_parquet_schema_and_the_readme_snippet(tmp_path):
     tasks = [_task(storage, tmp_path, pid) for pid in ("p_a", "p_b")]
     _run(tasks, trial_app.execute_trial, max_trials=5, batch_size=2)
     rows = [r for t in tasks for r in results.study_rows(t.study, t.pid, t.method, t.ref)]
-    path = parquet.write_parquet(rows, tmp_path / "results" / results.PARQUET_NAME)
+    path = parquet.write_parquet(rows, tmp_path / "results" / layout.TRIALS_TABLE)
 
     df = pd.read_parquet(path)
     ok = df[df.status == "ok"]

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 
 __all__ = [
@@ -45,7 +46,7 @@ STOP_ENV = "LAMBDA_HAT_STOP_FILE"
 """Environment variable naming the file whose existence asks the current trial to stop."""
 STARTED_ENV = "LAMBDA_HAT_STARTED_FILE"
 """Environment variable naming the file a trial touches when its start-up is over."""
-PROGRESS_NAME, STOP_NAME, STARTED_NAME = "progress.json", "stop.json", "started.json"
+PROGRESS_NAME, STOP_NAME, STARTED_NAME = layout.PROGRESS, layout.STOP, layout.STARTED
 
 _history: dict[str, list] = {}  # progress file -> [[fraction_done, llc_hat], ...] so far
 

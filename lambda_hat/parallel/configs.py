@@ -12,6 +12,7 @@ import runpy
 from functools import partial
 from pathlib import Path
 
+from lambda_hat import layout
 from lambda_hat.schema import ConfigError
 
 __all__ = ["capacity", "load_parsl_config", "local_config"]
@@ -19,7 +20,7 @@ __all__ = ["capacity", "load_parsl_config", "local_config"]
 log = logging.getLogger("lambda_hat.workflow")
 
 
-def local_config(workers: int | None = None, run_dir: str | Path = "runinfo"):
+def local_config(workers: int | None = None, run_dir: str | Path = layout.RUNINFO):
     """A HighThroughputExecutor on this machine, one worker per core (``--local``).
 
     Same as ``parsl_configs/local.py``; ``workers`` overrides the core count.

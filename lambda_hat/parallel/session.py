@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
+from lambda_hat import layout
 from lambda_hat.parallel import blocks
 
 __all__ = ["app", "ensure_worker_path", "parsl_session"]
@@ -53,7 +54,7 @@ def parsl_session(config, run_dir: str | Path | None = None) -> Iterator[None]:
     import parsl
 
     ensure_worker_path()
-    if run_dir is not None and config.run_dir == "runinfo":
+    if run_dir is not None and config.run_dir == layout.RUNINFO:
         config.run_dir = str(run_dir)
     blocks.cancel_previous(config.run_dir)  # a driver killed with kill -9 left them
     saved = _interrupt_on(signal.SIGTERM, signal.SIGHUP)

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from lambda_hat import layout
+
 __all__ = ["apply_env", "worker_env"]
 
 
@@ -21,7 +23,7 @@ def worker_env(artifacts: str | Path) -> dict[str, str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = str(max(1, cores or 1))
     env = {
-        "JAX_COMPILATION_CACHE_DIR": str(Path(artifacts).resolve() / ".jax_cache"),
+        "JAX_COMPILATION_CACHE_DIR": str(layout.jax_cache(artifacts)),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "OMP_NUM_THREADS": cores,

@@ -30,7 +30,6 @@ from lambda_hat.problem.build import problem_id, student_widths
 from lambda_hat.problem.models import mlp_param_count
 from lambda_hat.trial.outcome import KINDS, estimate_error
 
-PARQUET_NAME = layout.TRIALS_TABLE
 _POSTERIOR = ("beta", "gamma", "nbeta")  # the run's posterior, from metrics.json or its ref
 
 #: What the problem is (:func:`problem_columns`): presets by name, the resolved sizes.

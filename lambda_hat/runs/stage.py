@@ -47,7 +47,6 @@ from lambda_hat.trial.outcome import (
 )
 
 __all__ = [
-    "PARQUET_NAME",
     "RUN_COLUMNS",
     "ExperimentPlan",
     "Job",
@@ -60,7 +59,6 @@ __all__ = [
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = layout.RUNS_TABLE
 
 #: ``llc_runs.parquet``: the run's identity and source, then the problem and the outcome.
 RUN_COLUMNS: dict[str, pa.DataType] = {
@@ -189,7 +187,7 @@ def execute(
     else:
         jobs, skipped = _stages(plan, submit_trial, submit_reference)
     rows = [job_row(plan, j) for j in jobs]
-    path = write_parquet(rows, plan.results / PARQUET_NAME, RUN_COLUMNS)
+    path = write_parquet(rows, plan.results / layout.RUNS_TABLE, RUN_COLUMNS)
     print(summary_table(rows))
     for line in skipped:
         log.error("%s", line)

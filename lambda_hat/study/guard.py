@@ -26,6 +26,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from lambda_hat import layout
 from lambda_hat.study.diagnosis import Record
 from lambda_hat.study.diagnosis import diagnosis as diagnose
 from lambda_hat.study.diagnosis import suggestion as suggest
@@ -177,7 +178,7 @@ class FailureGuard:
             if not t.state.is_finished() or not self._same_space(t):
                 continue
             run_dir = t.user_attrs.get("run_dir")
-            path = f"{run_dir}/metrics.json" if run_dir else None
+            path = f"{run_dir}/{layout.METRICS}" if run_dir else None
             ok = t.state == TrialState.COMPLETE and t.user_attrs.get("status", "ok") == "ok"
             metrics = (
                 {"status": "ok"}

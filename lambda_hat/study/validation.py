@@ -42,8 +42,6 @@ from lambda_hat.trial.outcome import estimate_error, failure_of, screen_estimate
 
 log = logging.getLogger("lambda_hat.workflow")
 
-PARQUET_NAME = layout.VALIDATION_TABLE
-JSON_NAME = layout.VALIDATION_JSON
 #: The study user attr holding the recommendation (a dict, see :func:`recommendation`).
 USER_ATTR = "validation"
 
@@ -206,8 +204,10 @@ def validate_studies(
     _run_jobs([j for *_, jobs in plans for j in jobs], submit)
     out = [_settle(task, seeds, cands, jobs) for task, seeds, cands, jobs in plans]
     results_dir = Path(results_dir)
-    write_parquet([r for v in out for r in v.rows], results_dir / PARQUET_NAME)
-    atomic_write_json(results_dir / JSON_NAME, {"studies": {v.task.name: summary(v) for v in out}})
+    write_parquet([r for v in out for r in v.rows], results_dir / layout.VALIDATION_TABLE)
+    atomic_write_json(
+        results_dir / layout.VALIDATION_JSON, {"studies": {v.task.name: summary(v) for v in out}}
+    )
     for v in out:
         if v.validated and v.chosen is None:
             log.error("study %s: every validation run failed; no recommendation", v.task.name)

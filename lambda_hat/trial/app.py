@@ -22,6 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.llc.channel import (
     PROGRESS_ENV,
@@ -79,7 +80,7 @@ def cached_problem(spec: dict, artifacts: str | Path):
 
     def stamp() -> tuple | None:
         with contextlib.suppress(OSError):
-            st = (problem_dir(artifacts, pid) / "data.npz").stat()
+            st = (problem_dir(artifacts, pid) / layout.PROBLEM_DATA).stat()
             return st.st_ino, st.st_mtime_ns, st.st_size
         return None
 
@@ -135,10 +136,10 @@ def execute_trial(payload: dict) -> dict:
     metrics.setdefault("finished_at", time.time())
     metrics.setdefault("run_id", payload.get("run_id"))
     metrics.setdefault("hyperparams", payload["hyperparams"])
-    written = read_json(run_dir / "metrics.json")
+    written = read_json(run_dir / layout.METRICS)
     merged = {**(written or {}), **metrics}
     if merged != written:
-        atomic_write_json(run_dir / "metrics.json", merged)
+        atomic_write_json(run_dir / layout.METRICS, merged)
     return metrics
 
 

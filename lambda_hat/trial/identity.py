@@ -161,7 +161,7 @@ def target_location(payload: dict) -> tuple[str, Path]:
     """``(run_id, run_dir)`` of a run of any target: ``r_<sha256(target_manifest)[:12]>``
     under ``<artifacts>/runs/<pid>/<method>/``."""
     rid = content_hash(target_manifest(payload), prefix="r_")
-    return rid, Path(payload["artifacts"]) / "runs" / payload["pid"] / payload["method"] / rid
+    return rid, layout.run_dir(payload["artifacts"], payload["pid"], payload["method"], rid)
 
 
 def locator(
@@ -192,7 +192,7 @@ def locator(
 
 def trial_workdir(run_dir: str | Path) -> Path:
     """The isolation directory of a run: payload, result, ``progress.json``, ``stop.json``."""
-    return Path(run_dir) / "isolation"
+    return layout.isolation_dir(run_dir)
 
 
 def load_metrics(run_dir: str | Path) -> dict | None:
@@ -209,7 +209,7 @@ def load_valid_metrics(run_dir: str | Path | None) -> dict | None:
     other failure is run again when its manifest comes up again."""
     if not run_dir:
         return None
-    metrics = read_json(Path(run_dir) / "metrics.json")
+    metrics = read_json(Path(run_dir) / layout.METRICS)
     if metrics is None:
         return None
     if metrics.get("status") == "ok":

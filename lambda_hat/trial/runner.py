@@ -166,7 +166,7 @@ def _run(
     metrics["posterior"].update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)
     out = methods.get(method).run(target, hp, jax.random.PRNGKey(seed), deadline, timer)
     _fill_result(metrics, out, post)
-    atomic_write_npz(run_dir / "trace.npz", **out["trace"])
+    atomic_write_npz(run_dir / layout.TRACE, **out["trace"])
 
 
 def _record_pruned(metrics: dict, exc: engine.Pruned) -> None:

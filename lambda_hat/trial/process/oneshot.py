@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat.llc.channel import STARTED_NAME, STOP_NAME
 from lambda_hat.trial.process import supervise
 from lambda_hat.trial.process.request import run_request
@@ -123,7 +124,7 @@ def run_isolated(
         stop_grace_sec = max(5.0, 0.1 * hard_timeout_sec)
     if startup_timeout_sec is None:
         startup_timeout_sec = max(120.0, hard_timeout_sec)
-    oom_before, log_path = supervise.oom_kills(), wd / "child.log"
+    oom_before, log_path = supervise.oom_kills(), wd / layout.CHILD_LOG
     limit = Limit(paths[STARTED_NAME], hard_timeout_sec, startup_timeout_sec)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

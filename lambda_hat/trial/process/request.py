@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.llc.channel import mark_started
 from lambda_hat.trial.outcome import failed_metrics, from_exception
@@ -52,8 +53,8 @@ def run_request(target: str, workdir: Path) -> bool:
     write ``result.json`` (every failure as metrics). Shared by the one-shot child and the warm
     one (:mod:`lambda_hat.trial.process.warm`). Returns False when the process should not run another trial
     (an exception that is not an ``Exception``, e.g. ``SystemExit``, escaped the target)."""
-    result_path, tb_path = workdir / "result.json", workdir / "traceback.txt"
-    payload = read_json(workdir / "payload.json")
+    result_path, tb_path = workdir / layout.RESULT, workdir / layout.TRACEBACK
+    payload = read_json(workdir / layout.PAYLOAD)
     if payload is None:
         atomic_write_json(result_path, failed_metrics("error", "payload.json missing or corrupt"))
         return True

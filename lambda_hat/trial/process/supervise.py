@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, read_json
 from lambda_hat.llc.channel import (
     PROGRESS_ENV,
@@ -129,10 +130,10 @@ def timing(limit: Limit, log_path) -> dict:
 
 def prepare(wd: Path, payload: Mapping[str, Any], env: Mapping[str, str] | None):
     """The exchange files (stale ones removed, the payload written) and the child's environment."""
-    paths = {n: wd / n for n in ("result.json", PROGRESS_NAME, STOP_NAME, STARTED_NAME)}
+    paths = {n: wd / n for n in (layout.RESULT, PROGRESS_NAME, STOP_NAME, STARTED_NAME)}
     for stale in paths.values():
         stale.unlink(missing_ok=True)
-    atomic_write_json(wd / "payload.json", dict(payload))
+    atomic_write_json(wd / layout.PAYLOAD, dict(payload))
     child_env = {
         **os.environ,
         **(env or {}),
@@ -148,7 +149,7 @@ def outcome(paths, common, limit, limits, ended, returncode, oom_before) -> dict
     hard_timeout_sec, startup_timeout_sec, stop_grace_sec = limits
     timed_out, stopped = ended
     startup = common["startup_sec"]
-    result = read_json(paths["result.json"])
+    result = read_json(paths[layout.RESULT])
     if result is not None:  # the target finished, even if the process then hung or died on exit
         if result.get("status") == "failed" and isinstance(result.get("failure"), dict):
             result["failure"] = {**common, **result["failure"]}
