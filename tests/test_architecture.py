@@ -8,6 +8,9 @@ Imports are read from the source, every one counted: inside functions and under
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ ROOT = Path(lambda_hat.__file__).parent
 
 #: Lowest first: a package may import its own modules and those of the layers below it.
 LAYERS = [
-    {"_io", "hashing", "log", "layout", "schema"},
+    {"_io", "_exports", "hashing", "log", "layout", "schema"},
     {"llc"},
     {"samplers"},
     {"problem"},
@@ -157,3 +160,47 @@ def _sizes():
 def test_modules_functions_and_classes_stay_small(kind):
     over = [f"{name}: {n} lines" for name, k, n, limit in _sizes() if k == kind and n > limit]
     assert over == []
+
+
+PACKAGES = sorted(m for m, p in MODULES.items() if p.name == "__init__.py" and m != "lambda_hat")
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_public_name_of_a_package_resolves(package):
+    pkg = importlib.import_module(package)
+    assert pkg.__doc__ and "TODO" not in pkg.__doc__
+    assert [name for name in pkg.__all__ if not hasattr(pkg, name)] == []
+
+
+def test_other_stages_use_only_a_package_s_public_names():
+    """``from lambda_hat.<stage>.<module> import name`` across stages names something the
+    stage's ``__init__`` lists; importing a whole module is fine."""
+    private = []
+    for module in sorted(MODULES):
+        tree = ast.parse(MODULES[module].read_text())
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and node.module in MODULES):
+                continue
+            if MODULES[node.module].name == "__init__.py":  # the package's own surface
+                continue
+            package = node.module.rpartition(".")[0]
+            if package == "lambda_hat" or _unit(node.module) == _unit(module):
+                continue
+            public = importlib.import_module(package).__all__
+            private += [
+                f"{module}:{node.lineno} {node.module}.{a.name}"
+                for a in node.names
+                if a.name not in public and f"{node.module}.{a.name}" not in MODULES
+            ]
+    assert private == []
+
+
+def test_a_trial_process_starts_without_parsl_optuna_or_pandas():
+    """The supervised child imports what it runs, not the driver's machinery (start-up is paid
+    per fresh trial process): the stage packages load their public names lazily."""
+    code = (
+        "import sys, lambda_hat.trial.process.oneshot, lambda_hat.trial.process.warm; "
+        "print(sorted(m for m in ('parsl', 'optuna', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -27,12 +27,22 @@ from collections.abc import Mapping
 from optuna.distributions import BaseDistribution
 
 from lambda_hat.methods import mclmc, sgld, vi
-from lambda_hat.methods._base import Method
-from lambda_hat.methods.stability import StabilityRange, check_a_max
+from lambda_hat.methods._base import MIN_DRAWS, Method, make_target
+from lambda_hat.methods.stability import (
+    STABILITY_SCALE,
+    StabilityRange,
+    check_a_max,
+    langevin_step_limit,
+)
 from lambda_hat.schema import ConfigError, validate
 
 __all__ = [
     "METHODS",
+    "MIN_DRAWS",
+    "STABILITY_SCALE",
+    "StabilityRange",
+    "langevin_step_limit",
+    "make_target",
     "REGISTRY",
     "Method",
     "culprits",

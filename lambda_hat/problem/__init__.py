@@ -1,1 +1,35 @@
-"""TODO"""
+"""Problems: a teacher network, synthetic data and a trained student w*, content-addressed
+by pid under ``<artifacts>/problems/<pid>/``, and the closed-form answers tests check against.
+
+Modules: ``spec`` (the problem schema and presets), ``build`` (build or load a problem; its
+pid), ``models`` (MLP and deep linear networks), ``theory`` (d/2, Aoyagi's λ, closed forms).
+"""
+
+from lambda_hat._exports import lazy_exports
+
+__all__ = [
+    "build_problem",
+    "load_problem",
+    "mlp_param_count",
+    "Problem",
+    "problem_id",
+    "ProblemEntry",
+    "ProblemSpec",
+    "resolve_problem",
+    "student_widths",
+]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "build_problem": "build",
+        "load_problem": "build",
+        "mlp_param_count": "models",
+        "Problem": "build",
+        "problem_id": "build",
+        "ProblemEntry": "spec",
+        "ProblemSpec": "spec",
+        "resolve_problem": "spec",
+        "student_widths": "build",
+    },
+)
