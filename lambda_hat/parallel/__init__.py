@@ -14,6 +14,7 @@ __all__ = [
     "load_parsl_config",
     "local_config",
     "parsl_session",
+    "result_of",
     "worker_env",
 ]
 
@@ -27,6 +28,7 @@ __getattr__, __dir__ = lazy_exports(
         "load_parsl_config": "configs",
         "local_config": "configs",
         "parsl_session": "session",
+        "result_of": "submit",
         "worker_env": "worker",
     },
 )

@@ -94,10 +94,16 @@ class Flights(Generic[J]):
             yield from self.collect()
 
     def _outcome(self, fut: Future) -> dict:
-        try:
-            out = fut.result()
-            if not isinstance(out, dict):
-                raise TypeError(f"the {self._what} returned {type(out).__name__}, not a dict")
-            return out
-        except Exception as exc:
-            return self._failure(exc)
+        return result_of(fut, self._what, self._failure)
+
+
+def result_of(fut: Future, what: str, failure: Callable[[Exception], dict]) -> dict:
+    """The dict a finished app returned; its exception, or anything but a dict, as
+    ``failure(exc)`` (``what`` names the app in the message)."""
+    try:
+        out = fut.result()
+        if not isinstance(out, dict):
+            raise TypeError(f"the {what} returned {type(out).__name__}, not a dict")
+        return out
+    except Exception as exc:
+        return failure(exc)

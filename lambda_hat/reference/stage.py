@@ -33,6 +33,7 @@ from pathlib import Path
 from lambda_hat import layout
 from lambda_hat._io import read_json
 from lambda_hat.log import fmt_value
+from lambda_hat.parallel import result_of
 from lambda_hat.problem.build import load_problem, problem_id
 from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference.curvature import curvature_record
@@ -166,13 +167,11 @@ def _log_counts(order: dict[str, list[float]], submitted: int) -> None:
 
 def _result(fut: Future) -> dict:
     """A submitted reference's record; an exception or a non-dict becomes a failed record."""
-    try:
-        out = fut.result()
-        if not isinstance(out, dict):
-            raise TypeError(f"the app returned {type(out).__name__}, not a dict")
-        return out
-    except Exception as exc:
-        return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
+    return result_of(fut, "app", _failed)
+
+
+def _failed(exc: Exception) -> dict:
+    return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
 
 
 @contextlib.contextmanager

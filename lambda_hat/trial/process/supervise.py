@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "prepare",
     "pruned_metrics",
     "timing",
+    "wait_for",
     "wait_pid",
 ]
 
@@ -99,14 +100,15 @@ def fixed_limit(deadline: float) -> Limit:
     return limit
 
 
-def wait_pid(pid: int, limit: Limit, stop_file: Path | None = None) -> tuple[int, Any] | None:
-    """Reap ``pid`` (returning its wait status and rusage) or ``None`` at ``limit.deadline``,
-    or as soon as ``stop_file`` exists (both checked every ``STOP_POLL_SEC``)."""
+def wait_for(check: Callable[[float], Any], limit: Limit, stop_file: Path | None = None) -> Any:
+    """``check(timeout)`` (an answer, or None after waiting at most ``timeout`` s) until it
+    answers; None at ``limit.deadline`` or as soon as ``stop_file`` exists (both looked at
+    every ``STOP_POLL_SEC``, when the start mark may also move the deadline)."""
     next_check = time.monotonic() + STOP_POLL_SEC
     while True:
-        reaped, status, rusage = os.wait4(pid, os.WNOHANG)
-        if reaped == pid:
-            return status, rusage
+        answer = check(max(0.0, min(limit.deadline, next_check) - time.monotonic()))
+        if answer is not None:
+            return answer
         now = time.monotonic()
         if now >= next_check:
             limit.poll()
@@ -115,7 +117,19 @@ def wait_pid(pid: int, limit: Limit, stop_file: Path | None = None) -> tuple[int
             next_check = now + STOP_POLL_SEC
         if now >= limit.deadline:
             return None
-        time.sleep(_POLL_SEC)
+
+
+def wait_pid(pid: int, limit: Limit, stop_file: Path | None = None) -> tuple[int, Any] | None:
+    """Reap ``pid`` (its wait status and rusage) with :func:`wait_for`."""
+
+    def reaped(timeout: float) -> tuple[int, Any] | None:
+        got, status, rusage = os.wait4(pid, os.WNOHANG)
+        if got == pid:
+            return status, rusage
+        time.sleep(min(_POLL_SEC, timeout))
+        return None
+
+    return wait_for(reaped, limit, stop_file)
 
 
 def timing(limit: Limit, log_path) -> dict:

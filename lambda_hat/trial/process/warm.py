@@ -53,7 +53,6 @@ from lambda_hat.trial.outcome import failure_of
 from lambda_hat.trial.process import supervise
 from lambda_hat.trial.process.request import run_request
 from lambda_hat.trial.process.supervise import (
-    STOP_POLL_SEC,
     TERM_GRACE_SEC,
     Limit,
     fixed_limit,
@@ -61,6 +60,7 @@ from lambda_hat.trial.process.supervise import (
     outcome,
     prepare,
     timing,
+    wait_for,
 )
 
 __all__ = ["IDLE_EXIT_SEC", "WarmPolicy", "WarmProcess", "run_warm", "shutdown"]
@@ -188,22 +188,9 @@ def _acquire(env: Mapping[str, str], log_path: Path, fresh: bool = False) -> War
 
 
 def _await(proc: WarmProcess, limit: Limit, stop_file: Path | None) -> dict | None:
-    """The child's reply (``{}`` when it died), or None at ``limit.deadline`` or as soon as
-    ``stop_file`` exists (checked every ``STOP_POLL_SEC``)."""
-    next_check = time.monotonic() + STOP_POLL_SEC
-    while True:
-        now = time.monotonic()
-        answer = proc.reply(max(0.0, min(limit.deadline, next_check) - now))
-        if answer is not None:
-            return answer
-        now = time.monotonic()
-        if now >= next_check:
-            limit.poll()
-            if stop_file is not None and stop_file.exists():
-                return None
-            next_check = now + STOP_POLL_SEC
-        if now >= limit.deadline:
-            return None
+    """The child's reply (``{}`` when it died), or None at ``limit.deadline`` or on a stop
+    request (:func:`~lambda_hat.trial.process.supervise.wait_for`)."""
+    return wait_for(proc.reply, limit, stop_file)
 
 
 def _supervise(proc: WarmProcess, limit: Limit, stop_path: Path, stop_grace_sec: float):
