@@ -122,7 +122,8 @@ class WarmProcess:
         _ALL.add(self)
 
     @property
-    def pid(self) -> int:
+    def os_pid(self) -> int:
+        """The child's OS process id."""
         return self.proc.pid
 
     def alive(self) -> bool:
@@ -153,7 +154,7 @@ class WarmProcess:
     def rss_mb(self) -> float | None:
         """The child's resident set size in MiB (None when it cannot be read)."""
         try:
-            pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+            pages = int(Path(f"/proc/{self.os_pid}/statm").read_text().split()[1])
         except (OSError, ValueError, IndexError):
             return None
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -206,7 +207,7 @@ def _supervise(proc: WarmProcess, limit: Limit, stop_path: Path, stop_grace_sec:
             stopped = answer is None
         if answer is None:
             timed_out = not stopped
-            kill_group(proc.pid, signal.SIGTERM)
+            kill_group(proc.os_pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.proc.wait(timeout=TERM_GRACE_SEC)
         if answer == {} or answer is None:
@@ -246,7 +247,7 @@ def run_warm(
 
     Same arguments, files and outcomes; ``policy`` says when the child is recycled. The
     returned metrics also carry ``warm``: ``{"pid", "trial", "rss_mb", "recycled"}`` (the
-    child's pid, its how-many-th trial this was, its RSS after the trial, and why it was
+    child's OS process id, its how-many-th trial this was, its RSS after the trial, and why it was
     replaced afterwards: None, ``"killed"``, ``"max_trials"``, ``"max_rss_mb"``, ``"oom"``).
     """
     if not (hard_timeout_sec > 0):
@@ -272,7 +273,7 @@ def run_warm(
     limits = (hard_timeout_sec, startup_timeout_sec, stop_grace_sec)
     ended = (timed_out, stopped)
     result = outcome(paths, common, limit, limits, ended, 0 if code is None else code, oom_before)
-    info = {"pid": proc.pid, "trial": proc.trials, "rss_mb": None, "recycled": "killed"}
+    info = {"pid": proc.os_pid, "trial": proc.trials, "rss_mb": None, "recycled": "killed"}
     if answer:
         info["rss_mb"] = proc.rss_mb()
         info["recycled"] = _recycle_reason(proc, answer, result, policy)
