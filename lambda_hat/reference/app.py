@@ -6,7 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from lambda_hat.parallel import session, worker
-from lambda_hat.trial.outcome import TRACEBACK_CHARS, failed_metrics, from_exception
+from lambda_hat.trial.outcome import failed_from
 
 __all__ = ["execute_reference", "submitter"]
 
@@ -31,7 +31,7 @@ def execute_reference(payload: dict) -> dict:
             gamma=payload.get("gamma"),
         )
     except Exception as exc:
-        return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
+        return failed_from(exc)
 
 
 def submitter() -> Callable[[dict], Future]:

@@ -41,7 +41,7 @@ from lambda_hat.reference.nuts import reference_job
 from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.reference.store import load_reference, reference_home
 from lambda_hat.schema import as_dict
-from lambda_hat.trial.outcome import TRACEBACK_CHARS, failed_metrics, from_exception
+from lambda_hat.trial.outcome import failed_from
 
 __all__ = [
     "References",
@@ -167,11 +167,7 @@ def _log_counts(order: dict[str, list[float]], submitted: int) -> None:
 
 def _result(fut: Future) -> dict:
     """A submitted reference's record; an exception or a non-dict becomes a failed record."""
-    return result_of(fut, "app", _failed)
-
-
-def _failed(exc: Exception) -> dict:
-    return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
+    return result_of(fut, "app", failed_from)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from typing import Any, Literal, NamedTuple
 from lambda_hat._io import atomic_write_bytes, finite_float
 
 __all__ = [
+    "failed_from",
     "FAILURE_KINDS",
     "IMPLAUSIBLE_FACTOR",
     "KINDS",
@@ -181,6 +182,12 @@ def from_exception(
     if traceback_chars > 0:
         failure["traceback"] = text[-traceback_chars:]
     return failure
+
+
+def failed_from(exc: BaseException) -> dict:
+    """The failed metrics of an exception a submission, an app or its future raised (kind from
+    :func:`from_exception`, the traceback's tail kept)."""
+    return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
 
 
 def is_success(metrics: Mapping[str, Any] | None) -> bool:

@@ -14,9 +14,9 @@ from lambda_hat.parallel import session
 from lambda_hat.parallel.submit import Flights
 from lambda_hat.trial.app import execute_trial
 from lambda_hat.trial.identity import load_valid_metrics
-from lambda_hat.trial.outcome import TRACEBACK_CHARS, failed_metrics, from_exception, is_retryable
+from lambda_hat.trial.outcome import failed_from, is_retryable
 
-__all__ = ["flights", "outcome_of_exception", "run_all", "submitter"]
+__all__ = ["flights", "run_all", "submitter"]
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -28,22 +28,17 @@ def submitter() -> Callable[[dict], Future]:
     return session.app(execute_trial)
 
 
-def outcome_of_exception(exc: BaseException) -> dict:
-    """The failed metrics of a submission that raised (a lost worker: ``infrastructure``)."""
-    return failed_metrics(**from_exception(exc, traceback_chars=TRACEBACK_CHARS))
-
-
 def flights(
     submit: Callable[[dict], Future],
     what: str,
     on_retry: Callable[[Any, dict, int], None] | None = None,
 ) -> Flights:
     """:class:`~lambda_hat.parallel.submit.Flights` judging outcomes as trials are judged: an
-    exception becomes a failure record (:func:`outcome_of_exception`), and a run lost to the
+    exception becomes a failure record (:func:`lambda_hat.trial.outcome.failed_from`), and a run lost to the
     infrastructure is resubmitted while it has retries left
     (:func:`lambda_hat.trial.outcome.is_retryable`). ``what`` names what ``submit`` runs in
     the message of an outcome that is not a dict."""
-    return Flights(submit, outcome_of_exception, is_retryable, what=what, on_retry=on_retry)
+    return Flights(submit, failed_from, is_retryable, what=what, on_retry=on_retry)
 
 
 def run_all(
