@@ -32,6 +32,7 @@ from pathlib import Path
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from lambda_hat import layout
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.parallel import configs, session
 from lambda_hat.results import parquet
@@ -111,7 +112,7 @@ def workflow(trials: int, cfg: OptunaConfig, seed: int, submit, root: Path) -> f
     driver.run()
     studies.sync_storage(storage)
     rows = results.study_rows(study, task.pid, task.method, REF)
-    parquet.write_parquet(rows, root / "results" / results.PARQUET_NAME)
+    parquet.write_parquet(rows, root / "results" / layout.TRIALS_TABLE)
     studies.export_pickle(study, root / "results", task.pid, task.method)
     elapsed = time.perf_counter() - t0
     assert task.counts.finished == trials and len(rows) == trials

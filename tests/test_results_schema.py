@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.distributions import FloatDistribution, IntDistribution
 
+from lambda_hat import layout
 from lambda_hat.config.load import load_tuning
 from lambda_hat.problem.build import problem_id
 from lambda_hat.problem.spec import ProblemEntry, resolve_problem
@@ -68,7 +69,7 @@ def _table(tmp_path) -> pd.DataFrame:
             _trial(0, {"M": 4}, 0.2), tiny, "vi", ref, _metrics("vi", vi, 1.3), problems[tiny]
         ),
     ]
-    path = parquet.write_parquet(rows, tmp_path / results.PARQUET_NAME)
+    path = parquet.write_parquet(rows, tmp_path / layout.TRIALS_TABLE)
     return pd.read_parquet(path), problems
 
 
@@ -117,7 +118,7 @@ def test_integers_stay_integers_and_diagnostics_is_a_struct(tmp_path):
 
 def test_the_arrow_schema_is_typed_from_the_method_schemas(tmp_path):
     _table(tmp_path)
-    schema = pq.read_schema(tmp_path / results.PARQUET_NAME)
+    schema = pq.read_schema(tmp_path / layout.TRIALS_TABLE)
     assert str(schema.field("hp_batch").type) == "int64"
     assert str(schema.field("hp_eta0").type) == "double"
     assert schema.field("widths").type.value_type == pa.int64()
