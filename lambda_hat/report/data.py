@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lambda_hat import layout
 from lambda_hat._io import finite_float, read_json
 from lambda_hat.layout import problem_dir
-from lambda_hat.report.checks import diagnostic
+from lambda_hat.report.checks import diagnostic, is_interrupted
 from lambda_hat.study.resolved_space import RESOLVED_SPACE_ATTR
 from lambda_hat.study.storage import study_name
 
@@ -108,6 +109,9 @@ def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
         for p, m, lab in zip(df.pid, df.method, column(df, "label"), strict=True)
     ]
     dirs = df.run_dir if "run_dir" in df else pd.Series([None] * len(df), index=df.index)
+    if "failure_kind" in df:  # an interrupted trial's folder holds the run that re-ran its slot
+        cut = np.array([is_interrupted(k) for k in df.failure_kind], bool)
+        dirs = dirs.astype(object).where(~cut, None)
     diag = df.diagnostics if "diagnostics" in df else pd.Series([None] * len(df), index=df.index)
     _fill(df, "fge", lambda: [_from_metrics(d, ("work", "fge")) for d in dirs])
     _fill(df, "compile_sec", lambda: [_from_metrics(d, ("seconds", "compile")) for d in dirs])

@@ -186,10 +186,9 @@ def mark_failures(ax: Axes, failed: pd.DataFrame, x: str = "trial_number") -> No
             label = f"{kind}, not a result ({len(group)})"
         elif kind in KIND_STYLE:
             style = dict(zip(("marker", "color"), KIND_STYLE[kind], strict=True))
-        y = 0.09 if is_interrupted(kind) else 0.04
         ax.scatter(
             group[x],
-            np.full(len(group), y),
+            np.full(len(group), 0.04),
             transform=bottom,
             s=30,
             clip_on=False,

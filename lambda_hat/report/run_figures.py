@@ -151,7 +151,13 @@ def _loss_panel(ax: Axes, run: RunTrace) -> None:
     for c in range(L.shape[0]):
         ax.plot(x[s], L[c, s], lw=0.6, alpha=0.8, color=f"C{c % 10}")
     ax.axhline(loss_star, color="black", ls="--", lw=1.2, label="$L_n(w^*)$")
-    ax.set_ylim(*axis_limits(L[:, run.burn :].ravel(), [loss_star]))
+    kept = L[:, run.burn :]
+    kept = kept[np.isfinite(kept)]
+    if (
+        kept.size
+    ):  # every kept draw in view (spikes are what this panel is for); burn-in may leave it
+        lo, hi = min(kept.min(), loss_star), kept.max()
+        ax.set_ylim(lo - 0.05 * (hi - lo or 1.0), hi + 0.05 * (hi - lo or 1.0))
     ax.set_xlabel(_x_label(run))
     ax.set_ylabel("$L_n(w)$")
     ax.set_title("loss per chain", fontsize=10)
@@ -234,11 +240,13 @@ def _elbo_panel(ax: Axes, run: RunTrace) -> None:
     elbo = np.atleast_2d(np.asarray(run.trace["elbo"], dtype=np.float64))
     T = elbo.shape[1]
     x, s = np.arange(1, T + 1), _stride(T)
+    smooth = moving_mean(elbo, max(1, T // 20))
     for c in range(elbo.shape[0]):
-        ax.plot(x[s], elbo[c, s], lw=0.8, color=f"C{c % 10}")
+        ax.plot(x[s], elbo[c, s], lw=0.4, alpha=0.3, color=f"C{c % 10}")
+        ax.plot(x[s], smooth[c, s], lw=1.4, color=f"C{c % 10}")
     ax.set_ylim(*axis_limits(elbo[:, T // 10 :].ravel(), []))
     ax.set_xlabel("optimization step")
-    ax.set_ylabel("ELBO")
+    ax.set_ylabel("ELBO (minibatch estimate; line: moving mean)")
     ax.set_title("VI ELBO per fit", fontsize=10)
 
 
