@@ -27,6 +27,7 @@ from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.store import load_reference_at
 from lambda_hat.report import plots
+from lambda_hat.report.checks import run_verdict
 from lambda_hat.schema import ConfigError
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial import runner
@@ -182,6 +183,8 @@ def _cmd_trial(args: argparse.Namespace) -> int:
     if m["failure"]:
         line += f"; {m['failure']['kind']}: {m['failure']['message']}"
     print(line)
+    if m["llc_hat"] is not None:
+        print("  " + run_verdict(m))
     print(f"metrics: {Path(m['run_dir']) / layout.METRICS}")
     return 0 if m["status"] == "ok" else 1
 

@@ -154,6 +154,7 @@ def test_every_figure_is_a_valid_png(campaign):
     figures = {f"cost_{a}_sgld.png", f"cost_{a}_vi.png", f"cost_{b}_sgld.png", "convergence.png"}
     figures |= {f"slices_{p}_{m}.png" for p, m in ((a, "sgld"), (a, "vi"), (b, "sgld"))}
     figures |= {f"importance_{a}_sgld.png"}  # 8 successful trials; the others have fewer
+    figures |= {f"calibration_{p}_sgld.png" for p in (a, b)}  # vi searched no step size
     assert {p.name for p in (out / "figures").iterdir()} == figures
     today = {f"reference_{a}.png", f"study_{a}_sgld.png", f"study_{a}_vi.png"}
     today |= {f"study_{b}_sgld.png", "summary.png"}

@@ -13,7 +13,6 @@ it has.
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from collections.abc import Callable
@@ -21,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lambda_hat import layout
 from lambda_hat._io import finite_float, read_json
 from lambda_hat.layout import problem_dir
+from lambda_hat.report.checks import diagnostic, is_interrupted
+from lambda_hat.study.resolved_space import RESOLVED_SPACE_ATTR
 from lambda_hat.study.storage import study_name
 
 log = logging.getLogger("lambda_hat.report")
@@ -52,6 +54,7 @@ class Inputs:
     refs: dict[str, dict | None] = field(default_factory=dict)
     multi_objective: dict[tuple[str, str], bool] = field(default_factory=dict)
     log_scale: dict[tuple[str, str], dict[str, bool]] = field(default_factory=dict)
+    eps_max: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
 
 
@@ -75,12 +78,7 @@ def read_table(
 
 
 def _diagnostic(diag: Any, key: str) -> float | None:
-    if isinstance(diag, str):
-        try:
-            diag = json.loads(diag)
-        except ValueError:
-            return None
-    return finite_float(diag.get(key)) if isinstance(diag, dict) else None
+    return finite_float(diagnostic(diag, key))
 
 
 def _from_metrics(run_dir: Any, keys: tuple[str, ...]) -> float | None:
@@ -102,16 +100,22 @@ def _fill(df: pd.DataFrame, col: str, values) -> None:
 
 
 def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with ``study_label``, ``fge``, ``rhat`` and ``ess`` columns: kept when the Parquet
-    has them, else from the ``diagnostics`` column and the runs' metrics.json."""
+    """``df`` with ``study_label``, ``fge``, ``compile_sec``, ``rhat``, ``ess`` and ``mala``
+    (SGLD's MALA acceptance) columns: kept when the Parquet has them, else from the
+    ``diagnostics`` column and the runs' metrics.json."""
     df = df.copy()
     df["study_label"] = [
         study_label(p, m, lab)
         for p, m, lab in zip(df.pid, df.method, column(df, "label"), strict=True)
     ]
     dirs = df.run_dir if "run_dir" in df else pd.Series([None] * len(df), index=df.index)
+    if "failure_kind" in df:  # an interrupted trial's folder holds the run that re-ran its slot
+        cut = np.array([is_interrupted(k) for k in df.failure_kind], bool)
+        dirs = dirs.astype(object).where(~cut, None)
     diag = df.diagnostics if "diagnostics" in df else pd.Series([None] * len(df), index=df.index)
     _fill(df, "fge", lambda: [_from_metrics(d, ("work", "fge")) for d in dirs])
+    _fill(df, "compile_sec", lambda: [_from_metrics(d, ("seconds", "compile")) for d in dirs])
+    _fill(df, "mala", lambda: [_diagnostic(d, "mala_acceptance") for d in diag])
     _fill(df, "rhat", lambda: [_diagnostic(d, "rhat") for d in diag])
     if "ess" not in df and "ess_bulk" in df:
         df["ess"] = df.ess_bulk
@@ -181,6 +185,18 @@ def _log_scales(study) -> dict[str, bool]:
     return out
 
 
+def _eps_max(study) -> dict[str, float]:
+    """name -> ε_max of each hyperparameter a stored study searched relative to its stability
+    limit (its ``resolved_space`` user attr; :mod:`lambda_hat.study.resolved_space`)."""
+    space = study.user_attrs.get(RESOLVED_SPACE_ATTR) or {}
+    out = {}
+    for name, rec in space.items():
+        eps = finite_float((rec or {}).get("eps_max")) if isinstance(rec, dict) else None
+        if eps is not None and eps > 0:
+            out[name] = eps
+    return out
+
+
 def _studies(inp: Inputs, objectives: list[str] | None) -> None:
     """How many objectives each study had (the config's, else the study pickle's) and which
     hyperparameters it searched on a log scale (the pickle's)."""
@@ -195,6 +211,7 @@ def _studies(inp: Inputs, objectives: list[str] | None) -> None:
             study = None
         if study is not None:
             inp.log_scale[(pid, method)] = _log_scales(study)
+            inp.eps_max[(pid, method)] = _eps_max(study)
         if objectives is not None:
             inp.multi_objective[(pid, method)] = len(objectives) > 1
         elif study is not None:

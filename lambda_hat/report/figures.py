@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lambda_hat.log import fmt_value
+from lambda_hat.report.axes import log_axis
+from lambda_hat.report.checks import is_interrupted
 from lambda_hat.trial.outcome import FAILURE_KINDS
 
 if TYPE_CHECKING:
@@ -168,23 +170,30 @@ def free_bottom_strip(ax: Axes, frac: float = 0.12) -> None:
 
 def mark_failures(ax: Axes, failed: pd.DataFrame, x: str = "trial_number") -> None:
     """Failed trials as markers along the bottom of ``ax`` at their ``x`` column, one style per
-    failure kind (rows without an ``x`` value are left out)."""
+    failure kind (rows without an ``x`` value are left out); interrupted ones (a kind that is
+    not a result of the settings, :func:`lambda_hat.report.checks.is_interrupted`) as hollow
+    circles of their own, never as failures."""
     failed = failed[failed[x].notna()] if x in failed else failed.iloc[:0]
     if failed.empty:
         return
     bottom = ax.get_xaxis_transform()  # x in data, y in axes fraction
     kinds = failed.failure_kind.fillna("unknown")
     for kind, group in failed.groupby(kinds):
-        marker, color = KIND_STYLE.get(kind, ("o", "tab:gray"))
+        style: dict[str, Any] = {"marker": "o", "color": "tab:gray"}
+        label = f"failed: {kind} ({len(group)})"
+        if is_interrupted(kind):
+            style = {"marker": "o", "facecolors": "none", "edgecolors": "0.4"}
+            label = f"{kind}, not a result ({len(group)})"
+        elif kind in KIND_STYLE:
+            style = dict(zip(("marker", "color"), KIND_STYLE[kind], strict=True))
         ax.scatter(
             group[x],
             np.full(len(group), 0.04),
             transform=bottom,
-            marker=marker,
-            color=color,
             s=30,
             clip_on=False,
-            label=f"failed: {kind} ({len(group)})",
+            label=label,
+            **style,
         )
     xs = failed[x].to_numpy(float)  # markers in axes coordinates do not widen the x range
     ax.update_datalim(np.column_stack([xs, np.zeros_like(xs)]), updatey=False)
@@ -215,7 +224,7 @@ def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: d
         ends = np.concatenate([ok.llc_hat - se, ok.llc_hat + se]).astype(float)
         lo, hi = axis_limits(ends, keep, robust=True)
         ax_llc.set_ylim(lo, hi)
-        _mark_off_scale(ax_llc, ok, lo, hi)
+        mark_off_scale(ax_llc, ok, lo, hi)
         top = best_trials(ok)
         if not top.empty:
             ax_llc.scatter(
@@ -262,7 +271,7 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
         )
         vals = scored.objective.to_numpy(float)
         if vals.min() > 0 and vals.max() / vals.min() > 30:
-            ax_obj.set_yscale("log")
+            log_axis(ax_obj)
         free_bottom_strip(ax_obj)
     else:
         no_success(ax_obj)
@@ -280,22 +289,27 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
     legend(ax_llc, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
     running = len(study) - len(finished)
+    cut = sum(is_interrupted(k) for k in failed.failure_kind)
     fig.suptitle(
-        f"{method} on {pid}: {len(finished)} finished trials, {len(ok)} ok, {len(failed)} failed"
+        f"{method} on {pid}: {len(finished)} finished trials, {len(ok)} ok, "
+        f"{len(failed) - cut} failed"
+        + (f", {cut} interrupted" if cut else "")
         + (f", {running} running" if running else ""),
         fontsize=11,
     )
     return to_png(fig)
 
 
-def _mark_off_scale(ax: Axes, ok: pd.DataFrame, lo: float, hi: float) -> None:
-    """Trials whose λ̂ lies outside the axis drawn as arrows at the edge (never hidden)."""
-    for where, mask, marker in (("above", ok.llc_hat > hi, "^"), ("below", ok.llc_hat < lo, "v")):
+def mark_off_scale(
+    ax: Axes, ok: pd.DataFrame, lo: float, hi: float, x: str = "trial_number", y: str = "llc_hat"
+) -> None:
+    """Rows whose ``y`` lies outside ``lo..hi`` drawn as arrows at the edge (never hidden)."""
+    for where, mask, marker in (("above", ok[y] > hi, "^"), ("below", ok[y] < lo, "v")):
         if mask.any():
-            y = 0.97 if where == "above" else 0.03
+            edge = 0.97 if where == "above" else 0.03
             ax.scatter(
-                ok.trial_number[mask],
-                np.full(int(mask.sum()), y),
+                ok[x][mask],
+                np.full(int(mask.sum()), edge),
                 transform=ax.get_xaxis_transform(),
                 marker=marker,
                 color="tab:blue",

@@ -14,16 +14,26 @@ from __future__ import annotations
 import functools
 import html
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lambda_hat import layout
-from lambda_hat._io import atomic_write_bytes
-from lambda_hat.log import fmt_value
-from lambda_hat.report import plots
+from lambda_hat._io import atomic_write_bytes, finite_float
+from lambda_hat.report import calibration, plots, run_figures
 from lambda_hat.report import study_figures as report_figures
 from lambda_hat.report.data import Inputs, load_inputs, problem_labels
+from lambda_hat.report.sections import (
+    Block,
+    Writer,
+    best_blocks,
+    flag_blocks,
+    flag_lines,
+    reference_blocks,
+    runs_blocks,
+    validated_blocks,
+)
 from lambda_hat.report.tables import best_table, runs_table, validated_table
 from lambda_hat.study.storage import study_name
 
@@ -34,40 +44,71 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lambda_hat.report")
 
-Block = tuple
-"""One piece of the page, rendered alike to Markdown and HTML: ``("h", level, text)``,
-``("p", text)``, ``("ul", items)``, ``("table", header, rows)`` or ``("img", path relative to
-the output folder, caption)``."""
-
-
-def _pm(x: Any, se: Any) -> str:
-    """``x ± se``, or ``n/a`` without ``x``."""
-    return "n/a" if x is None else f"{x:.4g} ± {fmt_value(se, '.2g')}"
-
 
 # ------------------------------------------------------------------------------- figures
 
 
-class _Writer:
-    """Writes PNGs under ``out`` and gives the image blocks that link them."""
+def _theory(inp: Inputs, pid: Any) -> float | None:
+    return finite_float((inp.refs.get(pid) or {}).get("llc_theory"))
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.written: list[Path] = []
 
-    def png(self, name: str, data: bytes, caption: str) -> Block:
-        path = atomic_write_bytes(self.out / layout.REPORT_FIGURES / name, data)
-        self.written.append(path)
-        return ("img", path.relative_to(self.out).as_posix(), caption)
+def chain_block(w: Writer, name: str, run_dir: Any, heading: str, theory: float | None) -> Block:
+    """The chain figure of one run (:func:`lambda_hat.report.run_figures.plot_run`) written as
+    ``chains_<name>.png``, or a sentence saying why there is none."""
+    run, why = run_figures.load_run(run_dir)
+    if run is None:
+        return ("p", f"No chain figure for {heading}: {why}.")
+    png = run_figures.plot_run(run, heading, theory)
+    return w.png(f"chains_{name}.png", png, f"chains of {heading}: loss, running λ̂, diagnostics")
 
-    def link(self, path: Path, caption: str) -> Block:
-        return ("img", path.relative_to(self.out).as_posix(), caption)
+
+@dataclass
+class _Tables:
+    """The report's table rows, computed once and shared by the tables, flags and figures."""
+
+    best: list[dict] = field(default_factory=list)
+    validated: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+
+    def of(self, rows: list[dict], pid: str, method: str) -> dict:
+        return next((r for r in rows if r.get("pid") == pid and r.get("method") == method), {})
+
+
+def _chain_blocks(w: Writer, inp: Inputs, tables: _Tables, pid: str, method: str) -> list[Block]:
+    """The chains of a study's best trial and of its recommendation's first fresh seed."""
+    slug, theory = f"{pid}_{method}", _theory(inp, pid)
+    best, rec = tables.of(tables.best, pid, method), tables.of(tables.validated, pid, method)
+    out = []
+    if "trial" in best:
+        heading = f"{best['label']} best trial #{best['trial']} ({best['hyperparams']})"
+        out.append(chain_block(w, f"{slug}_best", best["run_dir"], heading, theory))
+    if rec.get("trial") is not None:
+        heading = f"{rec['study']} recommended: trial #{rec['trial']} ({rec['hyperparams']})"
+        heading += f", validation seed {rec.get('seed')}"
+        out.append(chain_block(w, f"{slug}_recommended", rec.get("run_dir"), heading, theory))
+        if rec.get("reliability"):
+            out.append(("p", f"Recommendation: {rec['reliability']}."))
+    return out
+
+
+def _calibration_block(
+    w: Writer, inp: Inputs, tables: _Tables, pid: str, method: str, study: pd.DataFrame
+) -> Block:
+    axis = calibration.calibration_axis(study, method, inp.eps_max.get((pid, method)))
+    if axis is None:
+        return ("p", "No calibration picture: the finished trials tried fewer than two step sizes.")
+    rec = tables.of(tables.validated, pid, method).get("trial")
+    png = calibration.plot_calibration(study, axis, study.study_label.iloc[0], rec)
+    what = "ε/ε_max" if axis[1] else axis[0].removeprefix("hp_")
+    return w.png(f"calibration_{pid}_{method}.png", png, f"signed error against {what}")
 
 
 def _study_blocks(
-    w: _Writer, inp: Inputs, pid: str, method: str, study: pd.DataFrame, plotted: dict[str, Path]
+    w: Writer, inp: Inputs, tables: _Tables, study: pd.DataFrame, plotted: dict[str, Path]
 ) -> list[Block]:
-    """A study's section: today's study figure, error vs cost, importance, slices (or why not)."""
+    """A study's section: today's study figure, the chains of its best and recommended runs,
+    calibration, error vs cost, importance, slices (or why not)."""
+    pid, method = study.pid.iloc[0], study.method.iloc[0]
     label = study.study_label.iloc[0]
     slug = f"{pid}_{method}"
     title = label if label == study_name(pid, method) else f"{label} ({pid} · {method})"
@@ -75,9 +116,13 @@ def _study_blocks(
     today = plotted.get(layout.study_png(pid, method))
     if today is not None:
         blocks.append(w.link(today, "trials: objective and λ̂ per trial (lambda-hat plots)"))
+    blocks += _chain_blocks(w, inp, tables, pid, method)
+    blocks.append(_calibration_block(w, inp, tables, pid, method, study))
     multi = inp.multi_objective.get((pid, method), False)
     png = report_figures.plot_cost(study, label, multi)
-    blocks.append(w.png(f"cost_{slug}.png", png, "error against runtime and FGE"))
+    blocks.append(
+        w.png(f"cost_{slug}.png", png, "error against runtime (without compilation) and FGE")
+    )
     scales = inp.log_scale.get((pid, method))
     imp, note = report_figures.importances(study, scales)
     if imp is None:
@@ -94,127 +139,17 @@ def _study_blocks(
     return blocks
 
 
-# -------------------------------------------------------------------------------- tables
-
-
-def _reference_blocks(w: _Writer, inp: Inputs, plotted: dict[str, Path]) -> list[Block]:
-    blocks: list[Block] = [("h", 2, "HMC references")]
-    rows = []
-    names = problem_labels(inp.trials)
-    for pid, ref in inp.refs.items():
-        name = f"{names[pid]} ({pid})" if pid in names else pid
-        if ref is None:
-            rows.append([name, "missing or failed", "", "", "", ""])
-            continue
-        gate = ref.get("gate") or {}
-        verdict = (
-            "passed"
-            if gate.get("passed", True)
-            else "FAILED: " + "; ".join(gate.get("reasons") or [])
-        )
-        rows.append(
-            [
-                name,
-                _pm(ref.get("llc_ref"), ref.get("se_ref")),
-                fmt_value(ref.get("llc_theory"), ".4g"),
-                fmt_value(ref.get("rhat"), ".4f"),
-                fmt_value(ref.get("ess_bulk"), ".0f"),
-                verdict,
-            ]
-        )
-    if not rows:
-        return [*blocks, ("p", "No problem found (no Parquet rows, no artifacts/problems/).")]
-    header = ["problem", "λ̂_ref ± SE", "theory λ", "R-hat", "bulk ESS", "gate"]
-    blocks.append(("table", header, rows))
-    for pid in inp.refs:
-        if layout.reference_png(pid) in plotted:
-            blocks.append(w.link(plotted[layout.reference_png(pid)], f"HMC reference {pid}"))
-    return blocks
-
-
-def _best_blocks(trials: pd.DataFrame) -> list[Block]:
-    header = "study,finished,ok,failed,best trial,hyperparameters,λ̂ ± SE,λ̂_ref ± SE,error"
-    header += ",objective,runtime (s),R-hat,ESS"
-    rows = []
-    for r in best_table(trials):
-        if "trial" not in r:
-            fill = ["no successful trial"] + [""] * 8
-        else:
-            fill = [
-                f"#{r['trial']}",
-                r["hyperparams"],
-                _pm(r["llc_hat"], r["se_hat"]),
-                _pm(r["llc_ref"], r["se_ref"]),
-                fmt_value(r["error"], "+.3g"),
-                fmt_value(r["objective"], ".4g"),
-                fmt_value(r["runtime_sec"], ".3g"),
-                fmt_value(r["rhat"], ".4f"),
-                fmt_value(r["ess"], ".0f"),
-            ]
-        done = str(r["finished"]) + (f" (+{r['running']} running)" if r["running"] else "")
-        rows.append([r["label"], done, str(r["ok"]), r["failed"], *fill])
-    return [("h", 2, "Best trial per study"), ("table", header.split(","), rows)]
-
-
-def _validated_blocks(inp: Inputs) -> list[Block]:
-    blocks: list[Block] = [("h", 2, "Validated hyperparameters")]
-    rows = validated_table(inp)
-    if not rows:
-        return [*blocks, ("p", "No validation yet (no validation.json with studies).")]
-    header = "study,seeds,from trial,hyperparameters,mean |error| ± sd,ok/failed seeds"
-    header += ",mean λ̂,mean runtime (s),max R-hat,min ESS"
-    table = []
+def _run_set_blocks(w: Writer, inp: Inputs, rows: list[dict]) -> list[Block]:
+    """The chains of each ``lambda-hat run`` set's first successful seed."""
+    out = []
     for r in rows:
-        if "note" in r:
-            table.append([r["study"], str(r["seeds"]), r["note"]] + [""] * 7)
-            continue
-        table.append(
-            [
-                r["study"],
-                ", ".join(str(s) for s in r["seeds"] or []),
-                f"#{r['trial']}",
-                r["hyperparams"],
-                _pm(r["mean_abs_error"], r["sd_abs_error"]),
-                f"{r['n_ok']}/{r['n_failed']}",
-                fmt_value(r.get("llc_hat"), ".4g"),
-                fmt_value(r.get("runtime_sec"), ".3g"),
-                fmt_value(r.get("rhat"), ".4f"),
-                fmt_value(r.get("ess"), ".0f"),
-            ]
+        name = f"{r['pid']}_{r['method']}_set{r['set']}"
+        heading = (
+            f"run {r['problem']} {r['method']} set {r['set']} ({r['from']}), seed {r.get('seed')}"
         )
-    return [*blocks, ("table", header.split(","), table)]
-
-
-def _runs_blocks(inp: Inputs) -> list[Block]:
-    blocks: list[Block] = [("h", 2, "Experiment runs (llc_runs.parquet)")]
-    if inp.runs is None:
-        return [*blocks, ("p", "No experiment runs yet: `lambda-hat run` writes them.")]
-    rows = runs_table(inp.runs)
-    if not rows:
-        return [*blocks, ("p", "llc_runs.parquet has no problem and method columns to group by.")]
-    header = "problem,method,set,hyperparameters from,runs,ok,failed,mean λ̂,sd over seeds"
-    header += ",mean SE,mean error"
-    header += ",max R-hat,min ESS,mean runtime (s)"
-    table = [
-        [
-            str(r["problem"]),
-            str(r["method"]),
-            "" if r["set"] is None else str(r["set"]),
-            r["from"],
-            str(r["runs"]),
-            str(r["ok"]),
-            r["failed"],
-            fmt_value(r["llc_hat"], ".4g"),
-            fmt_value(r["sd"], ".2g"),
-            fmt_value(r["se_hat"], ".2g"),
-            fmt_value(r["error"], "+.3g"),
-            fmt_value(r["rhat"], ".4f"),
-            fmt_value(r["ess"], ".0f"),
-            fmt_value(r["runtime_sec"], ".3g"),
-        ]
-        for r in rows
-    ]
-    return [*blocks, ("table", header.split(","), table)]
+        if r.get("run_dir") is not None:
+            out.append(chain_block(w, name, r["run_dir"], heading, _theory(inp, r["pid"])))
+    return out
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -285,22 +220,33 @@ def _today_plots(inp: Inputs, out: Path, cfg: ConfigFile | None) -> dict[str, Pa
     return {p.name: p for p in paths}
 
 
+def _tables(inp: Inputs) -> _Tables:
+    has_trials = inp.trials is not None and not inp.trials.empty
+    return _Tables(
+        best=best_table(inp.trials) if has_trials else [],
+        validated=validated_table(inp),
+        runs=runs_table(inp.runs) if inp.runs is not None else [],
+    )
+
+
 def report_blocks(
     inp: Inputs, out: Path, cfg: ConfigFile | None = None
 ) -> tuple[list[Block], list[Path]]:
     """The report's content and every figure written for it under ``out``."""
-    w = _Writer(out)
+    w = Writer(out)
     plotted = _today_plots(inp, out, cfg)
+    tables = _tables(inp)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         ("h", 1, "lambda_hat report"),
         ("p", f"From {inp.results.resolve()} and {inp.artifacts.resolve()}, {when}."),
         ("h", 2, "What is missing"),
         ("ul", inp.missing) if inp.missing else ("p", "Nothing: every input was found."),
+        *flag_blocks(flag_lines(tables.best, tables.validated, tables.runs)),
     ]
-    blocks += _reference_blocks(w, inp, plotted)
-    if inp.trials is not None and not inp.trials.empty:
-        blocks += _best_blocks(inp.trials)
+    blocks += reference_blocks(w, inp, plotted)
+    if tables.best:
+        blocks += best_blocks(tables.best)
         if layout.SUMMARY_PNG in plotted:
             blocks.append(
                 w.link(plotted[layout.SUMMARY_PNG], "best trial per method vs the reference")
@@ -311,12 +257,13 @@ def report_blocks(
         blocks.append(w.png("convergence.png", png, "best objective against finished trials"))
     else:
         blocks += [("h", 2, "Best trial per study"), ("p", "No tuning trials to report yet.")]
-    blocks += _validated_blocks(inp)
-    blocks += _runs_blocks(inp)
-    if inp.trials is not None and not inp.trials.empty:
+    blocks += validated_blocks(tables.validated)
+    blocks += runs_blocks(inp, tables.runs)
+    blocks += _run_set_blocks(w, inp, tables.runs)
+    if tables.best:
         blocks.append(("h", 2, "Studies"))
-        for (pid, method), study in inp.trials.groupby(["pid", "method"], sort=False):
-            blocks += _study_blocks(w, inp, pid, method, study, plotted)
+        for _, study in inp.trials.groupby(["pid", "method"], sort=False):
+            blocks += _study_blocks(w, inp, tables, study, plotted)
     return blocks, [*plotted.values(), *w.written]
 
 

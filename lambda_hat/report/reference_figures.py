@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from lambda_hat.log import fmt_value
+from lambda_hat.report.axes import log_axis
 from lambda_hat.report.figures import (
     LAMBDA_HAT,
     LAMBDA_REF,
@@ -74,7 +75,7 @@ def plot_reference(
         keep += [ref["llc_ref"] - 2 * ref["se_ref"], ref["llc_ref"] + 2 * ref["se_ref"]]
     settled = per_chain[:, max(1, T // 20) :]  # the first 5% of a running mean is noise
     ax_run.set_ylim(*axis_limits(settled.ravel(), keep))
-    ax_run.set_xscale("log")
+    log_axis(ax_run, "x")
     ax_run.set_xlabel("draws used (log scale)")
     ax_run.set_ylabel(f"running {LAMBDA_HAT}")
     ax_run.set_title(f"running {LAMBDA_HAT} per chain", fontsize=10)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lambda_hat.report.axes import log_axis
+from lambda_hat.report.checks import is_interrupted
 from lambda_hat.report.figures import (
     free_bottom_strip,
     legend,
@@ -55,8 +57,11 @@ def successful(study: pd.DataFrame) -> pd.DataFrame:
 def convergence_curve(study: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Best objective after each finished trial: ``(1..N, best)``, in the order the trials
     finished (``finished_at`` when every row has one, else trial number); NaN before the first
-    success. Failed trials count as finished trials that improved nothing."""
+    success. Failed trials count as finished trials that improved nothing; interrupted ones
+    (:func:`lambda_hat.report.checks.is_interrupted`) are left out."""
     done = finished(study)
+    if "failure_kind" in done:  # an interrupted trial is no result: its slot is asked again
+        done = done[np.array([not is_interrupted(k) for k in done.failure_kind], bool)]
     order = (
         "finished_at"
         if "finished_at" in done and done.finished_at.notna().all()
@@ -170,7 +175,7 @@ def _objective_axis(ax: Axes, values: np.ndarray) -> None:
     """Log y when the objective spans more than 30x (as in the study figure)."""
     v = values[np.isfinite(values)]
     if v.size and v.min() > 0 and v.max() / v.min() > 30:
-        ax.set_yscale("log")
+        log_axis(ax)
 
 
 def plot_convergence(
@@ -231,7 +236,7 @@ def _cost_panel(
         _objective_axis(ax, ok.objective.to_numpy(float))
         positive = ok[x].to_numpy(float)
         if positive.min() > 0 and positive.max() / positive.min() > 30:
-            ax.set_xscale("log")
+            log_axis(ax, "x")
         free_bottom_strip(ax)
     mark_failures(ax, failed, x)
     ax.set_xlabel(xlabel)
@@ -239,16 +244,29 @@ def _cost_panel(
     legend(ax, fontsize=8)
 
 
+def run_seconds(study: pd.DataFrame) -> pd.Series:
+    """Each trial's runtime without its compilation (``runtime_sec − compile_sec``): the cost
+    of a run once its programs are compiled, where the runtime with compilation mostly shows
+    which trial compiled first. ``runtime_sec`` where ``compile_sec`` is unknown."""
+    total = study.runtime_sec.astype(float)
+    if "compile_sec" not in study:
+        return total
+    comp = study.compile_sec.astype(float)
+    return (total - comp).where(comp.notna(), total)
+
+
 def plot_cost(study: pd.DataFrame, label: str, multi_objective: bool) -> bytes:
-    """Objective against runtime and against FGE (full-gradient evaluations, the ``fge``
-    column); the (objective, runtime) Pareto front is drawn when the study had both objectives."""
+    """Objective against runtime without compilation (:func:`run_seconds`) and against FGE
+    (full-gradient evaluations, the ``fge`` column); the (objective, runtime) Pareto front is
+    drawn when the study had both objectives."""
+    study = study.assign(run_sec=run_seconds(study))
     ok = successful(study)
     front = np.zeros(len(study), bool)
-    if multi_objective and "runtime_sec" in ok:
-        mask = pareto_mask(ok.runtime_sec, ok.objective)
+    if multi_objective:
+        mask = pareto_mask(ok.run_sec, ok.objective)
         front[study.index.get_indexer(ok.index[mask])] = True
     fig, axes = new_figure(11, 4.2, 1, 2)
-    _cost_panel(axes[0, 0], study, "runtime_sec", "runtime (s)", front, True)
+    _cost_panel(axes[0, 0], study, "run_sec", "runtime without compilation (s)", front, True)
     _cost_panel(axes[0, 1], study, "fge", "FGE (full-gradient evaluations)", front, False)
     kind = "objectives error + runtime" if multi_objective else "single objective"
     fig.suptitle(f"{label}: error against cost ({kind})", fontsize=11)
@@ -284,7 +302,7 @@ def _slice_panel(ax: Axes, study: pd.DataFrame, col: str, log: bool | None) -> N
         done = done.assign(**{col: done[col].astype(float)})
         ok, failed = done.loc[ok.index], done.loc[failed.index]
         if getattr(dist, "log", False):
-            ax.set_xscale("log")
+            log_axis(ax, "x")
         else:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     if ok.empty:

@@ -34,7 +34,10 @@ class StudySpace(NamedTuple):
     limits: dict[str, float]
 
 
-_PINNED_ATTR = "resolved_space"  # study user attr: the resolved ranges, fixed for the study's life
+RESOLVED_SPACE_ATTR = "resolved_space"
+"""The study user attr holding the resolved ranges, fixed for the study's life:
+``{name: {low, high, log, eps_max}}`` (the report reads ε_max from it)."""
+_PINNED_ATTR = RESOLVED_SPACE_ATTR
 
 
 def _as_record(d: FloatDistribution, eps_max: float) -> dict:

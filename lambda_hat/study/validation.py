@@ -268,7 +268,7 @@ def _row(job: _Job, metrics: dict) -> dict:
 _EXTRA = {"candidate": pa.int64(), "seed": pa.int64(), "abs_error": pa.float64()}
 _COLUMNS = (
     "pid method candidate trial_number seed run_id status hyperparams llc_hat se_hat llc_ref "
-    "se_ref error abs_error runtime_sec failure_kind failure_message reused host started_at "
+    "se_ref error abs_error runtime_sec compile_sec failure_kind failure_message reused host started_at "
     "finished_at run_dir diagnostics"
 ).split()
 
