@@ -5,6 +5,7 @@ figures they show, the page. They read stored files only, through :mod:`lambda_h
 from lambda_hat._exports import lazy_exports
 
 __all__ = [
+    "run_verdict",
     "make_plots",
     "make_report",
 ]
@@ -12,6 +13,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "run_verdict": "checks",
         "make_plots": "plots",
         "make_report": "page",
     },

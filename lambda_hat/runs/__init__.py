@@ -8,6 +8,7 @@ table), ``summary``.
 from lambda_hat._exports import lazy_exports
 
 __all__ = [
+    "summarize",
     "execute",
     "ExperimentPlan",
     "plan_experiments",
@@ -17,6 +18,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "summarize": "summary",
         "execute": "stage",
         "ExperimentPlan": "plan",
         "plan_experiments": "plan",

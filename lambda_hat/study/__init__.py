@@ -8,6 +8,7 @@ Entry point: :func:`lambda_hat.study.pipeline.main`.
 from lambda_hat._exports import lazy_exports
 
 __all__ = [
+    "RESOLVED_SPACE_ATTR",
     "best_successful",
     "check_plan",
     "counts_as_finished",
@@ -22,6 +23,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "RESOLVED_SPACE_ATTR": "resolved_space",
         "best_successful": "tell",
         "check_plan": "plan",
         "counts_as_finished": "tell",
