@@ -51,11 +51,11 @@ def fix_text(method: str, finished: int | None, steps_high: int | None, top_k: i
     """What would make the study's recommendation hold up, naming the config keys
     (``finished``: the study's finished trials; ``steps_high``: its longest run's steps)."""
     trials = f" (the study has {finished} finished trials)" if finished else ""
-    steps = f" (now up to {steps_high})" if steps_high else ""
+    steps = f"; now up to {steps_high}" if steps_high else ""
     return (
         f"more trials: raise optuna.max_trials{trials}, so the tuner finds a configuration "
-        f"that is accurate, not lucky; longer chains: raise optuna.search_space.{method}.steps"
-        f"{steps} (its low and high), so each run is less biased and less noisy; more "
+        f"that is accurate, not lucky; longer chains: raise optuna.search_space.{method}.steps "
+        f"(its low and high{steps}), so each run is less biased and less noisy; more "
         f"candidates: raise optuna.validate.top_k (now {top_k}); then rerun parsl-optuna with "
         "the same config (the study resumes and is validated again)"
     )
