@@ -170,8 +170,9 @@ def test_recommendation_is_the_best_validated_mean_not_the_luckiest_trial(tmp_pa
     stored = json.loads((tmp_path / "results" / layout.VALIDATION_JSON).read_text())
     assert stored["studies"]["p_t:sgld"]["recommended"] == rec
     lines = validation.table(out).splitlines()
-    assert [line.split()[1] for line in lines[2:]] == ["1", "2*", "3"]
-    assert lines[3].split()[3:] == ["0.01", "0.06", "±", "0.01414", "2/2", "x=2"]
+    assert [line.split()[1] for line in lines[2:5]] == ["1", "2*", "3"]
+    assert lines[3].split()[3:] == ["0.01", "0.06", "±", "0.01414", "-0.16", "2/2", "x=2"]
+    assert lines[5].startswith("p_t:sgld (candidate 2): reliable: ")
 
 
 def test_validate_null_runs_and_writes_nothing(tmp_path, pool):

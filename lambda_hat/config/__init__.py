@@ -10,6 +10,7 @@ with the references (:mod:`lambda_hat.reference.settings`).
 from lambda_hat._exports import lazy_exports
 
 __all__ = [
+    "UCB_SIGMAS",
     "ConfigFile",
     "FromStudy",
     "load_config",
@@ -27,6 +28,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "UCB_SIGMAS": "tuning",
         "ConfigFile": "load",
         "FromStudy": "runs",
         "load_config": "load",

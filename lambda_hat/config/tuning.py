@@ -35,6 +35,9 @@ __all__ = [
 
 MethodName = Literal[METHODS]  # the registry's names: sgld, vi, mclmc
 
+#: The default ``optuna.ucb_sigmas``: combined SEs the ``ucb`` objective adds (plans/objective.md).
+UCB_SIGMAS = 1.0
+
 
 @config_dataclass
 class ValidateConfig:
@@ -80,8 +83,15 @@ class OptunaConfig:
     )
     hmc_budget_sec: float | None = field(None, "alias of reference.budget_sec", gt=0)
     method_budget_sec: float = field(600.0, "wall-clock budget per trial (s)", gt=0)
-    objective: Literal["abs", "huber"] = field(
-        "abs", "abs: |llc_hat - llc_ref|; huber: Huber loss of that error with huber_delta"
+    objective: Literal["ucb", "abs", "huber"] = field(
+        "ucb",
+        "ucb: |llc_hat - llc_ref| + ucb_sigmas x the trial's SE beyond the reference's "
+        "(sqrt(se_hat^2 + se_ref^2) - se_ref), so a noisy trial that landed near the reference "
+        "by chance does not win; abs: |llc_hat - llc_ref|; huber: Huber loss of that error "
+        "with huber_delta",
+    )
+    ucb_sigmas: float = field(
+        UCB_SIGMAS, "ucb: combined SEs added to the |error| (and to a validated mean's)", ge=0
     )
     huber_delta: float | None = field(None, "Huber delta; None means 2 x the reference SE", gt=0)
     objectives: list[Literal["error", "runtime"]] = field(

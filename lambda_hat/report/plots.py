@@ -131,6 +131,8 @@ def _objective_label(cfg: ConfigFile) -> str:
         return "objective"
     if cfg.tuning.optuna.objective == "huber":
         return r"Huber$(\hat\lambda - \hat\lambda_{\mathrm{ref}})/\delta$"
+    if cfg.tuning.optuna.objective == "ucb":
+        return r"$|\hat\lambda - \hat\lambda_{\mathrm{ref}}|$ + k SE (ucb)"
     return r"$|\hat\lambda - \hat\lambda_{\mathrm{ref}}|$"
 
 

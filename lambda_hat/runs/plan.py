@@ -34,7 +34,8 @@ __all__ = ["ExperimentPlan", "RunSet", "describe", "plan_experiments"]
 @dataclass(frozen=True)
 class RunSet:
     """One resolved hyperparameter set of a method on one problem: its index in
-    ``methods.<method>``, the full hyperparameters, and the study and trial they came from."""
+    ``methods.<method>``, the full hyperparameters, the study and trial they came from, and
+    that trial's validation verdict (``{"reliable", "reliability"}``; None: not validated)."""
 
     method: str
     index: int
@@ -42,6 +43,7 @@ class RunSet:
     source_study: str | None = None
     source_trial: int | None = None
     source_pick: str | None = None
+    source_verdict: dict | None = None
 
 
 @dataclass
@@ -83,8 +85,16 @@ def _storage_of(fs: FromStudy, where: str):
     return studies.open_storage_at(journal), str(journal)
 
 
-def _tuned(study: optuna.Study, fs: FromStudy, where: str) -> tuple[dict, int]:
-    """The picked hyperparameters of ``study`` and the trial they came from."""
+def _verdict(found: dict | None) -> dict | None:
+    """``{"reliable", "reliability"}`` of a stored verdict or recommendation (None: none)."""
+    if not found or "reliable" not in found:
+        return None
+    return {"reliable": bool(found["reliable"]), "reliability": found.get("reliability")}
+
+
+def _tuned(study: optuna.Study, fs: FromStudy, where: str) -> tuple[dict, int, dict | None]:
+    """The picked hyperparameters of ``study``, the trial they came from and its validation
+    verdict (None when that trial was not validated)."""
     name = study.study_name
     if fs.pick == "validated":
         rec = validation.recommendation(study)
@@ -95,7 +105,7 @@ def _tuned(study: optuna.Study, fs: FromStudy, where: str) -> tuple[dict, int]:
                 "run parsl-optuna with optuna.validate set (e.g. {top_k: 3, seeds: 3}) and "
                 "the same config first, or use pick: best.",
             )
-        return dict(rec["hyperparams"]), int(rec["trial_number"])
+        return dict(rec["hyperparams"]), int(rec["trial_number"]), _verdict(rec)
     best = best_successful(study)
     if best is None:
         raise ConfigError(
@@ -111,11 +121,13 @@ def _tuned(study: optuna.Study, fs: FromStudy, where: str) -> tuple[dict, int]:
             "no metrics.json with its hyperparameters.",
             "run lambda-hat run where the tuning run's artifacts are, or use fixed values.",
         )
-    return dict(metrics["hyperparams"]), best.number
+    verdict = _verdict(validation.verdict_of_trial(study, best.number))
+    return dict(metrics["hyperparams"]), best.number, verdict
 
 
 def _from_study(fs: FromStudy, pid: str, method: str, where: str, opened: dict) -> tuple:
-    """``(hyperparams, study name, trial number)`` of a ``from_study`` set on problem ``pid``."""
+    """``(hyperparams, study name, trial number, verdict)`` of a ``from_study`` set on problem
+    ``pid``."""
     key = fs.storage or str(Path(fs.results).resolve())
     if key not in opened:
         opened[key] = _storage_of(fs, f"{where}.from_study")
@@ -130,8 +142,8 @@ def _from_study(fs: FromStudy, pid: str, method: str, where: str, opened: dict) 
             "tuning config, so that its pid is the same), or use fixed values.",
         )
     study = optuna.load_study(study_name=name, storage=storage)
-    hp, number = _tuned(study, fs, f"{where}.from_study")
-    return hp, name, number
+    hp, number, verdict = _tuned(study, fs, f"{where}.from_study")
+    return hp, name, number, verdict
 
 
 def _resolve_sets(exp: Runs, pids: list[str]) -> dict[str, list[RunSet]]:
@@ -142,12 +154,13 @@ def _resolve_sets(exp: Runs, pids: list[str]) -> dict[str, list[RunSet]]:
             for i, hs in enumerate(sets):
                 where = f"methods.{method}[{i}]"
                 for pid in pids:
-                    source: tuple = (None, None, None)
+                    source: tuple = (None, None, None, None)
                     hp = dict(hs.fixed)
                     if hs.from_study is not None:
-                        tuned, name, number = _from_study(hs.from_study, pid, method, where, opened)
+                        fs = hs.from_study
+                        tuned, name, number, verdict = _from_study(fs, pid, method, where, opened)
                         hp = {**tuned, **hs.fixed}
-                        source = (name, number, hs.from_study.pick)
+                        source = (name, number, fs.pick, verdict)
                     hp = runs.resolve_hyperparams(method, hp, f"{where}.fixed")
                     out[pid].append(RunSet(method, i, hp, *source))
     finally:

@@ -188,7 +188,10 @@ def execute(
         jobs, skipped = _stages(plan, submit_trial, submit_reference)
     rows = [job_row(plan, j) for j in jobs]
     path = write_parquet(rows, plan.results / layout.RUNS_TABLE, RUN_COLUMNS)
-    print(summary_table(rows))
+    verdicts = {
+        (pid, s.method, s.index): s.source_verdict for pid, sets in plan.sets.items() for s in sets
+    }
+    print(summary_table(rows, verdicts))
     for line in skipped:
         log.error("%s", line)
     failed = sum(r["status"] != "ok" for r in rows)

@@ -1,5 +1,7 @@
 """The summary ``lambda-hat run`` prints: per (problem, method, set), the mean λ̂ over the
-seeds, its spread, and how it agrees with the HMC reference and with theory where known."""
+seeds, its spread, how it agrees with the HMC reference and with theory where known, and, for a
+set taken from a validated study, whether its recommendation was reliable (the study's own
+verdict on fresh seeds, :mod:`lambda_hat.study.reliability`)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,18 @@ import statistics
 
 from lambda_hat.log import fmt_value, format_table
 from lambda_hat.results.tables import study_label
+from lambda_hat.study.reliability import mark, mark_line
 
 __all__ = ["summarize", "summary_table"]
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize(rows: list[dict], verdicts: dict[tuple, dict | None] | None = None) -> list[dict]:
     """Per (problem, method, set), in table order: successful/all runs, the mean λ̂ over the
     seeds and its spread (sd), the reference, ``d_ref`` = mean − λ_ref and ``z`` = d_ref over
     √(se_ref² + se_mean²) (se_mean: sd/√k over k ≥ 2 seeds, else the run's own SE), ``agrees``
-    (|z| ≤ 2), and ``d_theory`` = mean − λ_theory where theory gives λ."""
+    (|z| ≤ 2), ``d_theory`` = mean − λ_theory where theory gives λ, and ``reliable`` /
+    ``reliability``: the validation verdict of the study trial the set came from
+    (``verdicts[(pid, method, set)]``; None: a fixed set, or a trial never validated)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["pid"], r["method"], r["set"]), []).append(r)
@@ -51,16 +56,28 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "agrees": None if z is None else abs(z) <= 2,
                 "llc_theory": theory,
                 "d_theory": None if mean is None or theory is None else mean - theory,
+                **_verdict_of((verdicts or {}).get((pid, method, index))),
             }
         )
     return out
 
 
-def summary_table(rows: list[dict]) -> str:
-    """The printed summary (:func:`summarize`), one line per (problem, method, set)."""
-    header = "study set source ok mean_λ̂ sd λ_ref±se Δref z agrees λ_theory Δtheory".split()
-    lines = []
-    for s in summarize(rows):
+def _verdict_of(v: dict | None) -> dict:
+    if not v:
+        return {"reliable": None, "reliability": None}
+    return {"reliable": v.get("reliable"), "reliability": v.get("reliability")}
+
+
+def summary_table(rows: list[dict], verdicts: dict[tuple, dict | None] | None = None) -> str:
+    """The printed summary (:func:`summarize`), one line per (problem, method, set); the
+    ``tuned`` column is the source trial's validation mark, and every set whose study
+    recommendation is not reliable yet gets a line below with the reason and the fix."""
+    header = "study set source ok mean_λ̂ sd λ_ref±se Δref z agrees λ_theory Δtheory tuned"
+    header = header.split()
+    lines, notes = [], []
+    for s in summarize(rows, verdicts):
+        if s["reliable"] is False:
+            notes.append(mark_line(f"{s['label']} set {s['set']} ({s['source']})", s))
         lines.append(
             [
                 s["label"],
@@ -75,6 +92,7 @@ def summary_table(rows: list[dict]) -> str:
                 "-" if s["agrees"] is None else ("yes" if s["agrees"] else "NO"),
                 fmt_value(s["llc_theory"], ".4g", "-"),
                 fmt_value(s["d_theory"], "+.3g", "-"),
+                mark(s if s["reliable"] is not None else None),
             ]
         )
-    return format_table(header, lines)
+    return "\n".join([format_table(header, lines), *notes])

@@ -8,6 +8,8 @@ Entry point: :func:`lambda_hat.study.pipeline.main`.
 from lambda_hat._exports import lazy_exports
 
 __all__ = [
+    "mark_line",
+    "mark",
     "RESOLVED_SPACE_ATTR",
     "best_successful",
     "check_plan",
@@ -23,6 +25,8 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "mark_line": "reliability",
+        "mark": "reliability",
         "RESOLVED_SPACE_ATTR": "resolved_space",
         "best_successful": "tell",
         "check_plan": "plan",

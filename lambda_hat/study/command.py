@@ -79,7 +79,8 @@ def describe(plan: Plan) -> str:
     lines = [
         f"config {plan.exp.source}: {len(plan.pids)} problem(s) x {len(plan.cfg.methods)} "
         f"method(s), {oc.max_trials} finished trials each, {plan.batch_size} in flight, "
-        f"sampler {oc.sampler}, objective {oc.objective} {oc.objectives}, pruner "
+        f"sampler {oc.sampler}, objective {oc.objective}"
+        f"{f' ({oc.ucb_sigmas:g} SE)' if oc.objective == 'ucb' else ''} {oc.objectives}, pruner "
         f"{oc.pruner if studies.prunes(oc) else 'none'}",
         f"storage {studies.describe_storage(oc.storage or studies.journal_path(plan.results))}; "
         f"artifacts {plan.artifacts}; trial target {plan.trial_target}",

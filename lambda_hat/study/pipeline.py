@@ -115,6 +115,7 @@ def _study_task(
         objective=oc.objective,
         objectives=tuple(oc.objectives),
         huber_delta=oc.huber_delta,
+        ucb_sigmas=oc.ucb_sigmas,
         fixed=fixed,
         resolve=_resolver(method),
         locate=_locator(plan, spec, method),

@@ -124,7 +124,9 @@ class Settler:
             metrics.setdefault("metrics_path", str(Path(run_dir) / layout.METRICS))
         ref = task.trial_ref(trial.params)
         metrics = screen_estimate(metrics, ref)
-        values = objective_values(metrics, ref, task.objective, task.objectives, task.huber_delta)
+        values = objective_values(
+            metrics, ref, task.objective, task.objectives, task.huber_delta, task.ucb_sigmas
+        )
 
         def objective_fn(m: dict) -> list[float]:
             if values is None:

@@ -286,7 +286,41 @@ def open_study(
             "keep the objectives of the stored run, or point paths.results / optuna.storage "
             "at a new location.",
         )
+    _check_objective(study, cfg, stored)
     return study
+
+
+#: The study user attr recording how its trials' error objective was scored.
+OBJECTIVE_ATTR = "objective"
+
+
+def objective_record(cfg: OptunaConfig) -> dict:
+    """How a study's error values are scored: ``objective`` and the setting it reads."""
+    if cfg.objective == "ucb":
+        return {"objective": "ucb", "ucb_sigmas": cfg.ucb_sigmas}
+    if cfg.objective == "huber":
+        return {"objective": "huber", "huber_delta": cfg.huber_delta}
+    return {"objective": cfg.objective}
+
+
+def _check_objective(study: optuna.Study, cfg: OptunaConfig, stored: int) -> None:
+    """Refuse to tell a stored study's trials values of another objective (they would be ranked
+    together); record the objective of a new study. A study stored before the objective was
+    recorded was scored by ``abs`` or ``huber``: it resumes under those only."""
+    want, have = objective_record(cfg), study.user_attrs.get(OBJECTIVE_ATTR)
+    if have == want:
+        return
+    legacy = have is None and stored and want["objective"] == "ucb"
+    if have is not None or legacy:
+        was = "abs or huber (stored before the objective was recorded)" if legacy else have
+        raise ConfigError(
+            "optuna.objective",
+            f"study {study.study_name!r} in the storage was scored with {was}; the config asks "
+            f"for {want}.",
+            "set optuna.objective (and ucb_sigmas / huber_delta) as in the stored run, or point "
+            "paths.results / optuna.storage at a new location.",
+        )
+    study.set_user_attr(OBJECTIVE_ATTR, want)
 
 
 def export_pickle(study: optuna.Study, results: str | Path, pid: str, method: str) -> Path:

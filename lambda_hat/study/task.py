@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.distributions import BaseDistribution
 
+from lambda_hat.config.tuning import UCB_SIGMAS
 from lambda_hat.study.counts import StudyCounts
 from lambda_hat.study.grid_sampler import SpaceGridSampler
 from lambda_hat.study.guard import FailureGuard
@@ -51,6 +52,7 @@ class StudyTask:
     objective: str = "abs"
     objectives: tuple[str, ...] = ("error",)
     huber_delta: float | None = None
+    ucb_sigmas: float = UCB_SIGMAS
     fixed: dict = field(default_factory=dict)
     resolve: Callable[[dict], dict] | None = None
     locate: Callable[[dict], tuple[str, Path]] = target_location

@@ -8,110 +8,67 @@ numbers — through the same Parsl submitter and content addresses as the tuning
 (``StudyTask.locate``): a rerun of the command reuses every stored ``metrics.json`` and a
 killed validation resumes where it stopped.
 
-The recommendation of a study is the candidate with the lowest mean |λ̂ − λ̂_ref| over its
-fresh seeds, among the candidates with the fewest failed seeds (a configuration that fails on
-a fresh seed is not trusted over one that does not). It is recorded as the study's user attr
-``validation`` (read it with :func:`recommendation`) and in ``<results>/validation.json``;
+The recommendation of a study is, among the candidates with the fewest failed seeds (a
+configuration that fails on a fresh seed is not trusted over one that does not), the one whose
+validated error is best by the study's objective: with ``ucb`` (the default) the mean signed
+error's |ē| plus ``ucb_sigmas`` combined SEs (:meth:`Validated.bound`, the tuning objective
+applied to the fresh-seed mean), with ``abs``/``huber`` the lowest mean |λ̂ − λ̂_ref|. Each
+candidate gets a verdict (:func:`lambda_hat.study.reliability.verdict`: "reliable" when its
+mean error is within two combined SEs of the reference). The recommendation and its verdict
+(``reliable``, ``reliability``) are the study's user attr ``validation`` (read it with
+:func:`recommendation`) and in ``<results>/validation.json``; every candidate's verdict is the
+user attr ``validation_verdicts`` (by trial number, for ``lambda-hat run``'s ``pick: best``);
 every run is a row of ``<results>/validation.parquet``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lambda_hat import layout
-from lambda_hat._io import atomic_write_bytes, atomic_write_json, to_jsonable
+from lambda_hat._io import atomic_write_json, to_jsonable
 from lambda_hat.config.tuning import ValidateConfig
 from lambda_hat.log import fmt_value, format_table
-from lambda_hat.results import tables as results
-from lambda_hat.results.parquet import to_table
+from lambda_hat.study import reliability
+from lambda_hat.study.candidates import (
+    Candidate,
+    Validated,
+    pick,
+    top_candidates,
+    validation_seeds,
+)
 from lambda_hat.study.task import StudyTask
 from lambda_hat.study.tell import successful_trials
+from lambda_hat.study.validation_rows import run_row, write_parquet
 from lambda_hat.trial import submit as trial_submit
-from lambda_hat.trial.outcome import estimate_error, failure_of, screen_estimate
+from lambda_hat.trial.outcome import estimate_error, screen_estimate
+
+__all__ = [
+    "Candidate",
+    "StudyValidation",
+    "Validated",
+    "pick",
+    "recommendation",
+    "table",
+    "top_candidates",
+    "validate_studies",
+    "validation_seeds",
+    "verdict_of_trial",
+    "write_parquet",
+]
 
 log = logging.getLogger("lambda_hat.workflow")
 
 #: The study user attr holding the recommendation (a dict, see :func:`recommendation`).
 USER_ATTR = "validation"
-
-
-# ------------------------------------------------------------------- the selection rule
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One configuration to validate: its rank in the study (1 = best trial), the trial it
-    came from, that trial's objective and signed error, and the full resolved hyperparameters
-    (what the runs are addressed by)."""
-
-    rank: int
-    trial_number: int
-    objective: float
-    tuned_error: float | None
-    hyperparams: dict
-
-
-@dataclass
-class Validated:
-    """A candidate's fresh-seed outcomes: |error| of each successful run, failed-run count."""
-
-    candidate: Candidate
-    abs_errors: list[float] = field(default_factory=list)
-    failed: int = 0
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.abs_errors) if self.abs_errors else None
-
-    @property
-    def sd(self) -> float | None:
-        return statistics.stdev(self.abs_errors) if len(self.abs_errors) > 1 else None
-
-
-def validation_seeds(tuning_seed: int, n: int) -> list[int]:
-    """The ``n`` fresh seeds: ``tuning_seed + 1, ..., tuning_seed + n`` (never the tuning one)."""
-    return [int(tuning_seed) + 1 + i for i in range(n)]
-
-
-def top_candidates(
-    scored: Iterable[tuple[float, int, dict, float | None]], k: int
-) -> list[Candidate]:
-    """The ``k`` best of ``(objective, trial_number, hyperparams, tuned_error)``: lowest
-    objective first (ties: earlier trial), one candidate per distinct hyperparameter set."""
-    out: list[Candidate] = []
-    seen: set[str] = set()
-    for objective, number, hp, err in sorted(scored, key=lambda s: (s[0], s[1])):
-        key = json.dumps(to_jsonable(hp), sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(Candidate(len(out) + 1, number, objective, err, hp))
-        if len(out) == k:
-            break
-    return out
-
-
-def pick(validated: list[Validated]) -> int | None:
-    """Index of the recommended candidate: fewest failed seeds, then lowest mean |error|, then
-    the better tuning rank; None when no candidate has a successful run."""
-    usable = [i for i, v in enumerate(validated) if v.abs_errors]
-    if not usable:
-        return None
-    return min(
-        usable,
-        key=lambda i: (validated[i].failed, validated[i].mean, validated[i].candidate.rank),
-    )
+#: The study user attr holding every candidate's verdict: {trial number: {reliable, reliability}}.
+VERDICTS_ATTR = "validation_verdicts"
 
 
 # ------------------------------------------------------------------------ the stage
@@ -127,6 +84,24 @@ class StudyValidation:
     validated: list[Validated]
     rows: list[dict]
     chosen: int | None
+    fix: str = ""  # what would make a recommendation that is not reliable hold up
+
+    def verdict(self, i: int) -> dict:
+        """Candidate ``i``'s ``{"reliable", "reliability"}`` (:func:`reliability.verdict`)."""
+        x = self.validated[i]
+        return reliability.verdict(x.errors, x.se_hats, x.se_ref, x.candidate.tuned_error, self.fix)
+
+    @property
+    def study_verdict(self) -> dict:
+        """The recommendation's verdict; without one, not reliable (nothing held up)."""
+        if self.chosen is not None:
+            return self.verdict(self.chosen)
+        reason = (
+            "no candidate had a successful validation run"
+            if self.validated
+            else ("no successful trial to validate")
+        )
+        return {"reliable": False, "reliability": {"z": None, "reason": reason, "fix": self.fix}}
 
 
 @dataclass
@@ -150,6 +125,13 @@ def candidates_of(task: StudyTask, k: int) -> list[Candidate]:
         err = estimate_error(t.user_attrs.get("llc_hat"), llc_ref)
         scored.append((t.values[0], t.number, hp, err))
     return top_candidates(scored, k)
+
+
+def _fix(task: StudyTask, top_k: int) -> str:
+    """The study's fix text: its finished trials and the high end of its searched ``steps``."""
+    steps = task.space.get("steps")
+    high = getattr(steps, "high", None) if steps is not None else task.fixed.get("steps")
+    return reliability.fix_text(task.method, task.counts.finished or None, high, top_k)
 
 
 def _jobs(task: StudyTask, candidates: list[Candidate], seeds: list[int]) -> list[_Job]:
@@ -202,7 +184,10 @@ def validate_studies(
             log.warning("study %s: no successful trial to validate", task.name)
         plans.append((task, seeds, cands, _jobs(task, cands, seeds)))
     _run_jobs([j for *_, jobs in plans for j in jobs], submit)
-    out = [_settle(task, seeds, cands, jobs) for task, seeds, cands, jobs in plans]
+    out = [
+        _settle(task, seeds, cands, jobs, _fix(task, cfg.top_k))
+        for task, seeds, cands, jobs in plans
+    ]
     results_dir = Path(results_dir)
     write_parquet([r for v in out for r in v.rows], results_dir / layout.VALIDATION_TABLE)
     atomic_write_json(
@@ -211,86 +196,60 @@ def validate_studies(
     for v in out:
         if v.validated and v.chosen is None:
             log.error("study %s: every validation run failed; no recommendation", v.task.name)
-        rec = summary(v)["recommended"]
-        if rec is not None and v.task.study.user_attrs.get(USER_ATTR) != rec:
+        record = summary(v)
+        attrs = v.task.study.user_attrs
+        rec = record["recommended"]
+        if rec is not None and attrs.get(USER_ATTR) != rec:
             v.task.study.set_user_attr(USER_ATTR, rec)
+        if v.validated and attrs.get(VERDICTS_ATTR) != verdicts(record):
+            v.task.study.set_user_attr(VERDICTS_ATTR, verdicts(record))
+        if rec is not None and not rec["reliable"]:
+            log.warning(
+                "study %s: the recommendation is not reliable yet: %s. Fix: %s",
+                v.task.name,
+                rec["reliability"]["reason"],
+                rec["reliability"]["fix"],
+            )
     return out
 
 
 def _settle(
-    task: StudyTask, seeds: list[int], cands: list[Candidate], jobs: list[_Job]
+    task: StudyTask, seeds: list[int], cands: list[Candidate], jobs: list[_Job], fix: str
 ) -> StudyValidation:
-    by_rank = {c.rank: Validated(c) for c in cands}
+    by_rank = {
+        c.rank: Validated(c, se_ref=task.trial_ref(c.hyperparams).get("se_ref")) for c in cands
+    }
     rows = []
     for job in jobs:
         metrics = screen_estimate(dict(job.metrics or {}), job.ref)
-        row = _row(job, metrics)
+        cand = job.candidate
+        where = {
+            "pid": task.pid,
+            "method": task.method,
+            "candidate": cand.rank,
+            "trial_number": cand.trial_number,
+            "seed": job.seed,
+        }
+        row = run_row(where, cand.hyperparams, job.payload, job.ref, metrics)
         rows.append(row)
         v = by_rank[job.candidate.rank]
-        if row["status"] == "ok" and row["abs_error"] is not None:
-            v.abs_errors.append(row["abs_error"])
+        if row["status"] == "ok" and row["error"] is not None:
+            v.errors.append(row["error"])
+            v.se_hats.append(row["se_hat"])
         else:
             v.failed += 1
     validated = [by_rank[c.rank] for c in cands]
-    return StudyValidation(task, seeds, validated, rows, pick(validated))
+    sigmas = task.ucb_sigmas if task.objective == "ucb" else None
+    return StudyValidation(task, seeds, validated, rows, pick(validated, sigmas), fix)
 
 
 # --------------------------------------------------------------------- records
 
 
-def _row(job: _Job, metrics: dict) -> dict:
-    """One ``validation.parquet`` row: the run's identity, outcome and timing (the outcome
-    columns of :func:`lambda_hat.results.tables.metrics_columns`)."""
-    task, cand = job.task, job.candidate
-    failure = failure_of(metrics) or {}
-    cols = results.metrics_columns(metrics, job.ref)
-    err = cols["error"]
-    ok = metrics.get("status") == "ok" and err is not None
-    diagnostics = metrics.get("diagnostics")
-    return {
-        "pid": task.pid,
-        "method": task.method,
-        "candidate": cand.rank,
-        "trial_number": cand.trial_number,
-        "seed": job.seed,
-        "trial_id": job.payload["run_id"],
-        "status": "ok" if ok else "failed",
-        "hyperparams": to_jsonable(cand.hyperparams),
-        **cols,
-        "abs_error": abs(err) if err is not None else None,
-        "diagnostics": None if diagnostics is None else json.dumps(to_jsonable(diagnostics)),
-        "failure_kind": None if ok else failure.get("kind", "error"),
-        "failure_message": None if ok else failure.get("message"),
-        "run_dir": job.payload["run_dir"],
-    }
-
-
-_EXTRA = {"candidate": pa.int64(), "seed": pa.int64(), "abs_error": pa.float64()}
-_COLUMNS = (
-    "pid method candidate trial_number seed run_id status hyperparams llc_hat se_hat llc_ref "
-    "se_ref error abs_error runtime_sec compile_sec failure_kind failure_message reused host started_at "
-    "finished_at run_dir diagnostics"
-).split()
-
-
-def write_parquet(rows: list[dict], path: str | Path) -> Path:
-    """``rows`` as Parquet at ``path``, atomically: the trials table's types
-    (:func:`lambda_hat.results.parquet.to_table`, hyperparameters as a struct and one
-    ``hp_<name>`` column each) with ``trial_id`` named ``run_id``, plus ``candidate``,
-    ``seed`` and ``abs_error``."""
-    table = to_table(rows)
-    table = table.rename_columns(["run_id" if c == "trial_id" else c for c in table.column_names])
-    for name, tp in _EXTRA.items():
-        table = table.append_column(name, pa.array([r[name] for r in rows], type=tp))
-    hp_cols = [c for c in table.column_names if c.startswith("hp_")]
-    table = table.select(_COLUMNS + hp_cols)
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    return atomic_write_bytes(path, buf.getvalue().to_pybytes())
-
-
 def summary(v: StudyValidation) -> dict:
-    """The JSON record of a study's validation; ``recommended`` is what the user attr holds."""
+    """The JSON record of a study's validation: ``seeds``, ``candidates`` (each with its
+    verdict), ``recommended`` (what the user attr holds) and the study's ``reliable`` and
+    ``reliability`` (the recommendation's verdict; not reliable without one)."""
     cands = [
         {
             "candidate": x.candidate.rank,
@@ -299,50 +258,76 @@ def summary(v: StudyValidation) -> dict:
             "tuned_error": x.candidate.tuned_error,
             "mean_abs_error": x.mean,
             "sd_abs_error": x.sd,
-            "n_ok": len(x.abs_errors),
+            "mean_error": x.mean_error,
+            "se_mean_error": x.se_mean,
+            "n_ok": len(x.errors),
             "n_failed": x.failed,
             "hyperparams": x.candidate.hyperparams,
+            **v.verdict(i),
         }
-        for x in v.validated
+        for i, x in enumerate(v.validated)
     ]
     rec = None if v.chosen is None else dict(cands[v.chosen], seeds=v.seeds)
-    return to_jsonable({"seeds": v.seeds, "candidates": cands, "recommended": rec})
+    out = {"seeds": v.seeds, "candidates": cands, "recommended": rec, **v.study_verdict}
+    return to_jsonable(out)
+
+
+def verdicts(record: dict) -> dict:
+    """Every candidate's verdict by trial number (the ``validation_verdicts`` user attr) from
+    a :func:`summary` record."""
+    return {
+        str(c["trial_number"]): {"reliable": c["reliable"], "reliability": c["reliability"]}
+        for c in record["candidates"]
+    }
 
 
 def recommendation(study: optuna.Study) -> dict | None:
     """The validated recommendation of a study (``hyperparams``, ``candidate``,
-    ``trial_number``, ``mean_abs_error``, ``sd_abs_error``, ``n_ok``, ``n_failed``, ``seeds``,
-    ``tuned_objective``, ``tuned_error``), or None when it was never validated."""
+    ``trial_number``, ``mean_abs_error``, ``sd_abs_error``, ``mean_error``, ``se_mean_error``,
+    ``n_ok``, ``n_failed``, ``seeds``, ``tuned_objective``, ``tuned_error``, ``reliable``,
+    ``reliability``), or None when it was never validated."""
     rec = study.user_attrs.get(USER_ATTR)
     return dict(rec) if isinstance(rec, dict) else None
 
 
+def verdict_of_trial(study: optuna.Study, number: int) -> dict | None:
+    """``{"reliable", "reliability"}`` of trial ``number`` when it was validated, else None."""
+    stored = study.user_attrs.get(VERDICTS_ATTR)
+    found = stored.get(str(number)) if isinstance(stored, dict) else None
+    return dict(found) if isinstance(found, dict) else None
+
+
+def _candidate_row(v: StudyValidation, i: int) -> list[str]:
+    x = v.validated[i]
+    c = x.candidate
+    tuned = abs(c.tuned_error) if c.tuned_error is not None else c.objective
+    searched = sorted((k, val) for k, val in c.hyperparams.items() if k in v.task.space)
+    params = ", ".join(f"{k}={fmt_value(val, '.4g', '-', floats=True)}" for k, val in searched)
+    return [
+        v.task.name,
+        f"{c.rank}{'*' if i == v.chosen else ''}",
+        f"#{c.trial_number}",
+        fmt_value(tuned, ".4g", "-", floats=True),
+        f"{fmt_value(x.mean, '.4g', '-', floats=True)} ± {fmt_value(x.sd, '.4g', '-', floats=True)}",
+        fmt_value(x.z, "+.2f", "-"),
+        f"{len(x.errors)}/{len(x.errors) + x.failed}",
+        params,
+    ]
+
+
 def table(out: list[StudyValidation]) -> str:
     """Per study and candidate: tuned |error| of its trial, validated mean |error| ± sd over
-    the fresh seeds, successful/all runs and the searched hyperparameters; ``*`` marks the
-    recommendation."""
-    rows = []
+    the fresh seeds, z of the validated mean error against the reference (combined SE),
+    successful/all runs and the searched hyperparameters; ``*`` marks the recommendation.
+    Below, one line per study: its recommendation's mark, "reliable" or "not reliable yet"
+    with the reason and the fix (:func:`lambda_hat.study.reliability.verdict`)."""
+    rows, notes = [], []
     for v in out:
         if not v.validated:
-            rows.append([v.task.name, "-", "-", "-", "-", "-", "no successful trial"])
-        for i, x in enumerate(v.validated):
-            c = x.candidate
-            tuned = abs(c.tuned_error) if c.tuned_error is not None else c.objective
-            searched = sorted((k, val) for k, val in c.hyperparams.items() if k in v.task.space)
-            params = ", ".join(
-                f"{k}={fmt_value(val, '.4g', '-', floats=True)}" for k, val in searched
-            )
-            rows.append(
-                [
-                    v.task.name,
-                    f"{c.rank}{'*' if i == v.chosen else ''}",
-                    f"#{c.trial_number}",
-                    fmt_value(tuned, ".4g", "-", floats=True),
-                    f"{fmt_value(x.mean, '.4g', '-', floats=True)} ± "
-                    f"{fmt_value(x.sd, '.4g', '-', floats=True)}",
-                    f"{len(x.abs_errors)}/{len(x.abs_errors) + x.failed}",
-                    params,
-                ]
-            )
-    header = ["study", "cand", "trial", "tuned |err|", "validated |err|", "ok", "hyperparameters"]
-    return format_table(header, rows)
+            rows.append([v.task.name, "-", "-", "-", "-", "-", "-", "no successful trial"])
+        rows.extend(_candidate_row(v, i) for i in range(len(v.validated)))
+        which = "" if v.chosen is None else f" (candidate {v.chosen + 1})"
+        notes.append(reliability.mark_line(f"{v.task.name}{which}", v.study_verdict))
+    header = "study cand trial".split()
+    header += ["tuned |err|", "validated |err|", "z", "ok", "hyperparameters"]
+    return "\n".join([format_table(header, rows), *notes])
