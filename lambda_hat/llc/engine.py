@@ -11,7 +11,7 @@ time reported apart from run time) and **reused by later runs in the process**: 
 cached under a key naming what it computes and the static settings that shape it, plus the
 abstract signature of its arguments. Everything that varies between trials — continuous
 hyperparameters, β, γ, w*, L_n(w*), keys, step counts — is an argument, so a new trial of the
-same shapes compiles nothing (``tests/test_compilation.py``). Chunk programs loop over a
+same shapes compiles nothing (``tests/llc/test_compilation.py``). Chunk programs loop over a
 *traced* number of units up to a power-of-two capacity (:func:`chunk_capacity`), so varying
 ``steps`` between trials does not create a program per value.
 """

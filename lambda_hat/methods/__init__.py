@@ -14,7 +14,7 @@ loss_evals, ...), ``diagnostics`` and ``trace`` (arrays for ``trace.npz``), and 
 fails). It raises :class:`lambda_hat.llc.engine.Diverged` or :class:`lambda_hat.llc.engine.Pruned` to stop.
 
 The runner reads exactly the fields of each schema, so a hyperparameter that does nothing
-cannot exist unnoticed (``tests/test_runner.py`` checks that every searched one changes the run).
+cannot exist unnoticed (``tests/trial/test_runner.py`` checks that every searched one changes the run).
 Search spaces and their defaults are measured in ``plans/methods.md``; a step size's range is
 relative to the method's own stability limit (:func:`step_limit`).
 """

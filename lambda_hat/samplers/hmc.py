@@ -10,7 +10,7 @@ The chunked warm-up (:func:`build_warmup_chunk`) runs BlackJAX 1.7.1's window-ad
 runs) one step at a time over the precomputed per-step keys and Stan schedule. Any split of it
 into chunks gives the same numbers bit for bit; against the one-shot :func:`build_warmup` it is
 the same algorithm compiled differently, equal to rounding (adapted positions within ~1e-8 after
-300 steps; ``tests/test_reference.py`` checks both).
+300 steps; ``tests/samplers/test_hmc_kernel.py`` checks both).
 """
 
 from __future__ import annotations
