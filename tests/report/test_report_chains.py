@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_plots import CONFIG, PNG_MAGIC, _fake_reference
+from helpers.report import CONFIG, PNG_MAGIC, _fake_reference
 
 from lambda_hat import dashboard, layout
 from lambda_hat._io import atomic_write_json, read_json
