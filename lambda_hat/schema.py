@@ -89,6 +89,29 @@ def validate(value: Any, cls: type[T], where: str) -> T:
         raise _config_error(first, cls, where) from None
 
 
+def field_type(cls: type, name: str) -> Any:
+    """The type of field ``name`` of the schema ``cls`` (``X | None`` read as ``X``); None when
+    ``cls`` has no such field."""
+    info = cls.__pydantic_fields__.get(name)
+    return None if info is None else _unwrap(info.annotation)
+
+
+def allowed(cls: type, name: str) -> str:
+    """What field ``name`` of ``cls`` accepts, in words: ``an integer >= 2``, ``a number > 0
+    and < 1``, ``one of 'none', 'adam'`` (for messages about values checked elsewhere)."""
+    info = cls.__pydantic_fields__[name]
+    tp = _unwrap(info.annotation)
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    bounds = [
+        f"{word} {getattr(m, attr)}"
+        for attr, word in _BOUNDS.values()
+        for m in info.metadata
+        if hasattr(m, attr)
+    ]
+    return " and ".join([f"{_expected(tp)} {bounds[0]}" if bounds else _expected(tp), *bounds[1:]])
+
+
 def as_dict(obj: Any) -> dict:
     """A validated schema object as plain nested dicts (what gets hashed and stored)."""
     return dataclasses.asdict(obj)
