@@ -17,8 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from lambda_hat import dashboard, layout, methods
 from lambda_hat.config.load import ConfigFile, load_config
 from lambda_hat.log import fmt_seconds, fmt_value, format_table, setup_logging
@@ -27,7 +25,7 @@ from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.store import load_reference_at
 from lambda_hat.report import plots
-from lambda_hat.schema import ConfigError
+from lambda_hat.schema import ConfigError, parse_yaml
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial import runner
 
@@ -158,7 +156,7 @@ def _parse_sets(items: list[str]) -> dict:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ConfigError("--set", f"got {item!r}.", "write NAME=VALUE, e.g. eta0=1e-4.")
-        out[name.strip()] = yaml.safe_load(value)
+        out[name.strip()] = parse_yaml(value, f"--set {name.strip()}")
     return out
 
 
