@@ -64,7 +64,7 @@ def run_references(
     workers = min(len(specs), cfg.reference.workers or os.cpu_count() or 1)
     with references.process_submitter(workers, verbose) as submit:
         refs = references.reference_stage(
-            specs, cfg.reference, cfg.paths.artifacts, submit, force=force
+            specs, cfg.reference, cfg.paths.artifacts, submit, force=force, watch=False
         )
     return [{"pid": problem_id(s), **refs[problem_id(s)]} for s in specs]
 
@@ -106,7 +106,14 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         overrides["reference"] = {"budget_sec": args.budget}
     cfg = load_config(args.config, overrides)
     specs = select_problems(cfg.problems, args.problem)
-    refs = run_references(specs, cfg, args.force, args.verbose)
+    try:
+        refs = run_references(specs, cfg, args.force, args.verbose)
+    except references.ReferenceInterrupted as exc:
+        print(
+            f"interrupted: {exc}. Run the same command again (without --force): each "
+            "reference continues from its last saved chunk."
+        )
+        return 130
     print(reference_table(refs))
     failed = [r["pid"] for r in refs if not (r.get("gate") or {}).get("passed", False)]
     if failed:
@@ -227,6 +234,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         return experiments.execute(plan)
+    except references.ReferenceInterrupted as exc:
+        print(
+            f"interrupted during the reference stage, before any run: {exc}. Run the same "
+            "command again: each reference continues from its last saved chunk."
+        )
+        return 130
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (parallel.session.parsl_session)
         print("interrupted: finished runs are stored; run the same command to resume.")
         return 130
