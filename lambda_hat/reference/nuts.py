@@ -340,7 +340,8 @@ def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False
             est += f"; stopped early under budget {fmt_seconds(ref['budget_sec'])}"
         log.info("reference %s: cached (λ̂ = %s)", problem.pid, est)
         return ref
-    return compute_reference(problem, cfg, resume=checkpoint.resumable(problem, cfg, ref))
+    run = checkpoint.resumable(problem, cfg, ref)
+    return compute_reference(problem, cfg) if run is None else compute_reference(problem, cfg, run)
 
 
 def reference_job(
