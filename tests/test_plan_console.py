@@ -338,7 +338,7 @@ def test_the_driver_prints_each_running_references_progress_once_per_change(
         thread.join()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reference p_x")]
     assert lines == [
-        "reference p_x (γ=1): warm-up 48/100 steps, 5.0s spent, ETA 12.0s",
+        "reference p_x (γ=1): warm-up 48/100 steps, 5.0s spent, warm-up ETA 12.0s",
         "reference p_x (γ=1): warm-up done; 200/400 draws per chain (50%), acceptance 0.83, "
         "5.0s spent, ETA 3.0s",
     ]

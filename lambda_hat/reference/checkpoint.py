@@ -66,23 +66,29 @@ class Checkpoint:
     def __init__(self, home: Path, pid: str, cfg: ReferenceConfig, run: hmc.NUTSRun, timer: Timer):
         self.home, self.pid, self.cfg, self.timer = Path(home), pid, cfg, timer
         self.t0, self.before = engine.clock(), dict(run.seconds)
-        self.phase, self.mark = "", (0.0, 0.0, 0.0, 0)
+        self.phase = ""
+        self.start, self.rate_from = self._mark(run), None
         self._shown_phase, self._shown_at = "", -float("inf")
 
+    def _mark(self, run: hmc.NUTSRun) -> tuple[float, float, float, int]:
+        done = run.warmup_done if self.phase == "warmup" else run.draws_done
+        return engine.clock(), self.timer.compile, self.timer.run, done
+
     def begin(self, phase: str, run: hmc.NUTSRun) -> None:
-        """Start timing ``phase`` ("warmup" or "sampling") for its rate and ETA."""
-        done = run.warmup_done if phase == "warmup" else run.draws_done
+        """Start ``phase`` ("warmup", "sampling"; "" between them): its seconds and its rate
+        (for the ETA: measured from the end of its first chunk, the first warm-up steps and
+        any compilation being no guide to the rest) count from here."""
         self.phase = phase
-        self.mark = (engine.clock(), self.timer.compile, self.timer.run, done)
+        self.start, self.rate_from = self._mark(run), None
 
     def seconds(self, run: hmc.NUTSRun) -> dict:
         """Seconds spent on the reference so far, earlier sessions included, by phase."""
-        now, c0, r0, _ = self.mark
+        t0, c0, r0, _ = self.start
         out = dict(run.seconds)
         out["compile"] = self.before["compile"] + self.timer.compile
         out["total"] = self.before["total"] + engine.clock() - self.t0
         if self.phase == "warmup":
-            out["warmup"] += engine.clock() - now - (self.timer.compile - c0)
+            out["warmup"] += engine.clock() - t0 - (self.timer.compile - c0)
         elif self.phase == "sampling":
             out["sampling"] += self.timer.run - r0
         return out
@@ -121,11 +127,14 @@ class Checkpoint:
         hmc.save_run(self.home / layout.REF_STATE, run, meta)
 
     def _eta(self, run: hmc.NUTSRun) -> float | None:
-        """Seconds left at this session's rate in the current phase (a warm-up step taken as
-        costing what a draw costs); None before the phase has a rate."""
-        t0, c0, _, done0 = self.mark
+        """Seconds left in the current phase at this session's rate after the phase's first
+        chunk; None before there is one."""
+        if self.rate_from is None:
+            self.rate_from = self._mark(run)
+            return None
+        t0, c0, _, done0 = self.rate_from
         if self.phase == "warmup":
-            done, left = run.warmup_done, self.cfg.warmup - run.warmup_done + self.cfg.draws
+            done, left = run.warmup_done, self.cfg.warmup - run.warmup_done
         else:
             done, left = run.draws_done, self.cfg.draws - run.draws_done
         spent = engine.clock() - t0 - (self.timer.compile - c0)
@@ -134,6 +143,7 @@ class Checkpoint:
     def _log(self, record: dict) -> None:
         now = engine.clock()
         show = record["phase"] != self._shown_phase or now - self._shown_at >= PROGRESS_EVERY_SEC
+        show = show and self.phase != ""  # warm-up done: the reference logs it itself
         if show:
             self._shown_phase, self._shown_at = record["phase"], now
         log.log(logging.INFO if show else logging.DEBUG, "%s", progress_line(record))
@@ -142,18 +152,18 @@ class Checkpoint:
 def progress_line(record: dict) -> str:
     """One line of a progress record: where the reference is, the time spent, the ETA."""
     head = f"reference {record.get('pid')} (γ={record.get('gamma', 0):g})"
+    eta = record.get("eta_sec")
+    eta = "?" if eta is None else fmt_seconds(eta)
     if record.get("phase") == "warmup":
         where = f"warm-up {record.get('warmup_done')}/{record.get('warmup')} steps"
+        eta = f"warm-up ETA {eta}"
     else:
         done, total = record.get("draws_done", 0), max(record.get("draws", 1), 1)
         where = f"warm-up done; {done}/{total} draws per chain ({100 * done / total:.0f}%)"
         if record.get("acceptance") is not None:
             where += f", acceptance {record['acceptance']:.2f}"
-    eta = record.get("eta_sec")
-    return (
-        f"{head}: {where}, {fmt_seconds(record.get('seconds', 0.0))} spent, "
-        f"ETA {'?' if eta is None else fmt_seconds(eta)}"
-    )
+        eta = f"ETA {eta}"
+    return f"{head}: {where}, {fmt_seconds(record.get('seconds', 0.0))} spent, {eta}"
 
 
 def read_progress(home: Path) -> dict | None:

@@ -82,8 +82,8 @@ def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys
             "reference %s: budget %s spent during warm-up (%s): no draws", problem.pid, spent, at
         )
         return
-    ckpt.begin("sampling", run)
-    ckpt.save(run)  # warm-up done
+    ckpt.begin("", run)
+    ckpt.save(run)  # warm-up done: a record for the driver (logged below)
     log.info(
         "reference %s: warm-up done in %s (compile %s); step sizes %s",
         problem.pid,
