@@ -231,6 +231,7 @@ def test_an_interrupted_reference_continues_from_its_last_chunk_to_the_same_resu
     assert f"interrupted: continuing it from its saved state (warm-up {warm}/100, {draws}/400" in (
         caplog.text
     )
+    assert f"(continued from {'draw' if draws else 'warm-up step'} {draws or warm})" in caplog.text
     # only the rest is computed: the draws of the first session are kept, not redone
     assert [d for d in seen if d > 0] == list(range(max(draws, 0) + 100, 401, 100))
     assert resumed["sessions"] == 2 and resumed["draws_per_chain"] == SMALL.draws

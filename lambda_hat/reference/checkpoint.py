@@ -68,6 +68,9 @@ class Checkpoint:
         self.t0, self.before = engine.clock(), dict(run.seconds)
         self.phase = ""
         self.start, self.rate_from = self._mark(run), None
+        self.resumed = None  # where an earlier session's saved run left off
+        if run.sessions:
+            self.resumed = {"warmup_done": run.warmup_done, "draws_done": run.draws_done}
         self._shown_phase, self._shown_at = "", -float("inf")
 
     def _mark(self, run: hmc.NUTSRun) -> tuple[float, float, float, int]:
@@ -109,6 +112,7 @@ class Checkpoint:
             "acceptance": acceptance,
             "seconds": seconds["total"],
             "eta_sec": self._eta(run),
+            "resumed_from": self.resumed,
             "updated_at": time.time(),
         }
         atomic_write_json(self.home / layout.REF_PROGRESS, record)
@@ -163,6 +167,10 @@ def progress_line(record: dict) -> str:
         if record.get("acceptance") is not None:
             where += f", acceptance {record['acceptance']:.2f}"
         eta = f"ETA {eta}"
+    back = record.get("resumed_from")
+    if back:
+        at = back["draws_done"] or back["warmup_done"]
+        where += f" (continued from {'draw' if back['draws_done'] else 'warm-up step'} {at})"
     return f"{head}: {where}, {fmt_seconds(record.get('seconds', 0.0))} spent, {eta}"
 
 
