@@ -17,8 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from lambda_hat import dashboard, layout, methods
 from lambda_hat.config.load import ConfigFile, load_config
 from lambda_hat.log import fmt_seconds, fmt_value, format_table, setup_logging
@@ -28,7 +26,7 @@ from lambda_hat.reference import stage as references
 from lambda_hat.reference.store import load_reference_at
 from lambda_hat.report import plots
 from lambda_hat.report.checks import run_verdict
-from lambda_hat.schema import ConfigError
+from lambda_hat.schema import ConfigError, parse_yaml
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial import runner
 
@@ -67,7 +65,7 @@ def run_references(
     workers = min(len(specs), cfg.reference.workers or os.cpu_count() or 1)
     with references.process_submitter(workers, verbose) as submit:
         refs = references.reference_stage(
-            specs, cfg.reference, cfg.paths.artifacts, submit, force=force
+            specs, cfg.reference, cfg.paths.artifacts, submit, force=force, watch=False
         )
     return [{"pid": problem_id(s), **refs[problem_id(s)]} for s in specs]
 
@@ -109,7 +107,14 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         overrides["reference"] = {"budget_sec": args.budget}
     cfg = load_config(args.config, overrides)
     specs = select_problems(cfg.problems, args.problem)
-    refs = run_references(specs, cfg, args.force, args.verbose)
+    try:
+        refs = run_references(specs, cfg, args.force, args.verbose)
+    except references.ReferenceInterrupted as exc:
+        print(
+            f"interrupted: {exc}. Run the same command again (without --force): each "
+            "reference continues from its last saved chunk."
+        )
+        return 130
     print(reference_table(refs))
     failed = [r["pid"] for r in refs if not (r.get("gate") or {}).get("passed", False)]
     if failed:
@@ -159,7 +164,7 @@ def _parse_sets(items: list[str]) -> dict:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ConfigError("--set", f"got {item!r}.", "write NAME=VALUE, e.g. eta0=1e-4.")
-        out[name.strip()] = yaml.safe_load(value)
+        out[name.strip()] = parse_yaml(value, f"--set {name.strip()}")
     return out
 
 
@@ -232,6 +237,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         return experiments.execute(plan)
+    except references.ReferenceInterrupted as exc:
+        print(
+            f"interrupted during the reference stage, before any run: {exc}. Run the same "
+            "command again: each reference continues from its last saved chunk."
+        )
+        return 130
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (parallel.session.parsl_session)
         print("interrupted: finished runs are stored; run the same command to resume.")
         return 130

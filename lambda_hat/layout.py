@@ -8,7 +8,7 @@ them. Imports nothing of lambda_hat: every stage may use it.
 
     <artifacts>/
       problems/<pid>/                 problem.json, data.npz          (problem.build)
-        ref.json, ref_trace.npz, ref_state.npz                        (the config's reference)
+        ref.json, ref_trace.npz, ref_state.npz, ref_progress.json     (the config's reference)
         refs/g_<hash>/                the same files, a reference at another γ
         curvature/c_<hash>.json       a_max at (β, γ)                 (reference.curvature)
       runs/<pid>/<method>/<run id>/   manifest.json, metrics.json, trace.npz, traceback.txt
@@ -44,7 +44,8 @@ PROBLEM_INFO = "problem.json"
 PROBLEM_DATA = "data.npz"
 REF = "ref.json"
 REF_TRACE = "ref_trace.npz"
-REF_STATE = "ref_state.npz"  # the chains' state of a reference stopped early
+REF_STATE = "ref_state.npz"  # a running or stopped reference's chains and draws so far
+REF_PROGRESS = "ref_progress.json"  # how far a running reference is (read by the driver)
 REFS = "refs"  # references at γ other than the config's, one folder each
 REFS_PREFIX = "g_"
 CURVATURE = "curvature"

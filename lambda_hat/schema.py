@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -89,6 +90,29 @@ def validate(value: Any, cls: type[T], where: str) -> T:
         raise _config_error(first, cls, where) from None
 
 
+def field_type(cls: type, name: str) -> Any:
+    """The type of field ``name`` of the schema ``cls`` (``X | None`` read as ``X``); None when
+    ``cls`` has no such field."""
+    info = cls.__pydantic_fields__.get(name)
+    return None if info is None else _unwrap(info.annotation)
+
+
+def allowed(cls: type, name: str) -> str:
+    """What field ``name`` of ``cls`` accepts, in words: ``an integer >= 2``, ``a number > 0
+    and < 1``, ``one of 'none', 'adam'`` (for messages about values checked elsewhere)."""
+    info = cls.__pydantic_fields__[name]
+    tp = _unwrap(info.annotation)
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    bounds = [
+        f"{word} {getattr(m, attr)}"
+        for attr, word in _BOUNDS.values()
+        for m in info.metadata
+        if hasattr(m, attr)
+    ]
+    return " and ".join([f"{_expected(tp)} {bounds[0]}" if bounds else _expected(tp), *bounds[1:]])
+
+
 def as_dict(obj: Any) -> dict:
     """A validated schema object as plain nested dicts (what gets hashed and stored)."""
     return dataclasses.asdict(obj)
@@ -104,17 +128,51 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(
             str(path), f"cannot read the file ({exc.strerror}).", "check the path."
         ) from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` read as plain YAML data (``yaml.safe_load``); a :class:`ConfigError` at
+    ``where`` for a syntax error, or for a tag that asks for a Python object (which would run
+    code: never honoured) or any other non-data tag."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         what = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            str(path),
-            f"YAML syntax error at {loc}: {what}.",
-            "fix the indentation/quoting there.",
-        ) from None
+        tag = (
+            _UNKNOWN_TAG.search(what)
+            if isinstance(exc, yaml.constructor.ConstructorError)
+            else None
+        )
+        if tag is None:
+            raise ConfigError(
+                where, f"YAML syntax error at {loc}: {what}.", "fix the indentation/quoting there."
+            ) from None
+        raise _tag_error(tag.group(1), loc, where) from None
+
+
+_UNKNOWN_TAG = re.compile(r"constructor for the tag '([^']+)'")
+
+
+def _tag_error(tag: str, loc: str, where: str) -> ConfigError:
+    """The error for a YAML tag that plain data does not have (``!!python/...``, ``!foo``)."""
+    shown = "!!" + tag.removeprefix(_YAML_TAG_PREFIX) if tag.startswith(_YAML_TAG_PREFIX) else tag
+    if "python/" in tag:
+        problem = (
+            f"the tag {shown} at {loc} asks for a Python object, which would run code as the "
+            "YAML is read; lambda_hat reads configs as plain data and never honours such tags "
+            "(nothing was run)."
+        )
+    else:
+        problem = f"the tag {shown} at {loc} is not plain YAML data; configs take none."
+    return ConfigError(
+        where, problem, "write a plain value there (number, string, list or mapping), no tag."
+    )
+
+
+_YAML_TAG_PREFIX = "tag:yaml.org,2002:"
 
 
 # ----------------------------------------------------------------------- the YAML 1.1 rules

@@ -4,10 +4,12 @@ Where a reference lives, which stored one is reused and its quality gate are
 :mod:`lambda_hat.reference.store`'s. A reference is computed once per (problem, reference
 settings) and reused: a valid ref.json whose ``settings`` match the requested ones is returned
 as is (``force`` recomputes); a corrupt, partial or mismatched one is recomputed, never
-trusted. Budgets (``budget_sec``) are
-honoured between warm-up chunks and between sampling chunks: the work so far is kept,
-``stopped_early`` (and ``stopped_in``: warmup or sampling) is recorded and the chains' state is
-saved to ``ref_state.npz``. A reference stopped early is reused only for a budget no larger than
+trusted. Warm-up and sampling run in chunks, and the run is saved after every chunk
+(``ref_state.npz``, :mod:`lambda_hat.reference.checkpoint`): a reference interrupted by Ctrl-C,
+kill -9 or a lost node is continued by the next call from its last chunk, to the draws an
+uninterrupted run gives. Budgets (``budget_sec``) are honoured between chunks: the work so far
+is kept, ``stopped_early`` (and ``stopped_in``: warmup or sampling) is recorded and the saved
+state stays. A reference stopped early is reused only for a budget no larger than
 the one it had; a larger budget (or none) *extends* it from the saved state — the same draws an
 uninterrupted run with a budget gives — or recomputes it when the state is unusable (logged).
 A reference that misses its quality gate (R-hat > ``rhat_max``, bulk ESS < ``ess_min``,
@@ -33,9 +35,11 @@ from lambda_hat.llc.diagnostics import chain_health
 from lambda_hat.llc.engine import Timer
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.llc.posterior import chain_starts
-from lambda_hat.log import Progress, fmt_seconds, fmt_value, setup_logging
+from lambda_hat.log import fmt_seconds, fmt_value, setup_logging
 from lambda_hat.problem.build import Problem, build_problem
 from lambda_hat.problem.spec import ProblemSpec
+from lambda_hat.reference import checkpoint
+from lambda_hat.reference.checkpoint import Checkpoint
 from lambda_hat.reference.curvature import curvature_record
 from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.reference.store import (
@@ -51,8 +55,6 @@ from lambda_hat.schema import as_dict, validate
 
 log = logging.getLogger("lambda_hat.reference")
 
-_SECONDS = ("compile", "warmup", "sampling", "total")
-
 
 def _versions() -> dict:
     out = {"lambda_hat": __version__}
@@ -64,27 +66,13 @@ def _versions() -> dict:
     return out
 
 
-def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys, deadline, timer):
-    """Window adaptation per chain, vmapped; the adapted states start sampling.
-
-    Without a budget: BlackJAX's ``window_adaptation`` in one call (the numbers references
-    have always had). With one: the same adaptation in chunks (:func:`hmc.build_warmup_chunk`,
-    the same draws for any split), the budget checked between chunks; a stop leaves
-    ``run.warm`` to continue from.
-    """
-    C, W = cfg.chains, cfg.warmup
-    k_init, k_warm = keys
-    key = ("hmc", "warmup", problem.pid, post.beta, post.gamma, C, W, cfg.target_accept)
+def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys, deadline, ckpt):
+    """Window adaptation per chain, vmapped, in chunks (:func:`_chunked_warmup`, saved after
+    each); the adapted states start sampling. A budget stop leaves ``run.warm`` to continue."""
+    timer, W = ckpt.timer, cfg.warmup
     t0, c0 = engine.clock(), timer.compile
-    if cfg.budget_sec is None and run.warm is None:
-        positions = chain_starts(post, k_init, C)
-        warm_fn = hmc.build_warmup(post, W, cfg.target_accept, cfg.max_tree_depth)
-        warm_keys = jax.random.split(k_warm, C)
-        exe = timer.compiled((*key, cfg.max_tree_depth), warm_fn, warm_keys, positions)
-        run.chains, grads, div = timer.call(exe, warm_keys, positions)
-        run.grads_warm, run.div_warm, run.warmup_done = int(grads.sum()), int(div.sum()), W
-    else:
-        _chunked_warmup(post, cfg, run, key, k_init, k_warm, deadline, timer)
+    ckpt.begin("warmup", run)
+    _chunked_warmup(post, cfg, run, problem.pid, keys, deadline, ckpt)
     sec = engine.clock() - t0 - (timer.compile - c0)  # compile is reported apart
     run.seconds["warmup"] += sec
     if run.chains is None:
@@ -94,6 +82,8 @@ def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys
             "reference %s: budget %s spent during warm-up (%s): no draws", problem.pid, spent, at
         )
         return
+    ckpt.begin("", run)
+    ckpt.save(run)  # warm-up done: a record for the driver (logged below)
     log.info(
         "reference %s: warm-up done in %s (compile %s); step sizes %s",
         problem.pid,
@@ -103,11 +93,13 @@ def _warmup(problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, keys
     )
 
 
-def _chunked_warmup(
-    post, cfg: ReferenceConfig, run: hmc.NUTSRun, key, k_init, k_warm, deadline, timer
-):
-    """The warm-up in chunks through the engine's loop, from ``run.warm`` or the start."""
-    ta, W = cfg.target_accept, cfg.warmup
+def _chunked_warmup(post, cfg: ReferenceConfig, run: hmc.NUTSRun, pid, keys, deadline, ckpt):
+    """The warm-up in chunks through the engine's loop, from ``run.warm`` or the start: BlackJAX's
+    window adaptation, the same bits for any split (:func:`hmc.build_warmup_chunk`), so a
+    continued warm-up is the uninterrupted one."""
+    ta, W, timer = cfg.target_accept, cfg.warmup, ckpt.timer
+    k_init, k_warm = keys
+    key = ("hmc", "warmup", pid, post.beta, post.gamma, cfg.chains, W, ta)
     if run.warm is None:
         positions = chain_starts(post, k_init, cfg.chains)
         run.warm = timer.once((*key, "init"), hmc.build_warmup_init(post, ta), positions)
@@ -118,14 +110,21 @@ def _chunked_warmup(
     start = run.warmup_done
 
     def run_chunk(carry, first, m):
-        first = engine.i64(start + first)
-        return timer.call(exe, carry, steps, schedule, first, engine.i64(m)), None, True
+        at = engine.i64(start + first)
+        carry = timer.call(exe, carry, steps, schedule, at, engine.i64(m))
+        run.warm, run.warmup_done = carry, start + first + m
+        return carry, None, True
 
     t_run = timer.run
     out = engine.drive(
-        run_chunk, run.warm, W - start, engine.chunk_capacity(W), deadline, predict_budget=True
+        run_chunk,
+        run.warm,
+        W - start,
+        engine.chunk_capacity(W),
+        deadline,
+        on_chunk=lambda done, info: ckpt.save(run),
+        predict_budget=True,
     )
-    run.warm, run.warmup_done = out.carry, start + out.done
     run.sec_per_step = (timer.run - t_run) / max(out.done, 1)
     if not out.stopped_early:
         final = functools.partial(hmc.warmup_final, target_accept=ta)
@@ -136,14 +135,14 @@ def _chunked_warmup(
 
 
 def _sample(
-    problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, k_sample, deadline, timer
+    problem: Problem, post, cfg: ReferenceConfig, run: hmc.NUTSRun, k_sample, deadline, ckpt
 ):
-    """NUTS draws in chunks through the engine's loop (budget checked before each chunk),
-    continuing at ``run.draws_done``; chunk ``i`` always draws from ``fold_in(k, i·chunk)``."""
-    C = cfg.chains
+    """NUTS draws in chunks through the engine's loop (budget checked before each chunk, the
+    run saved after each), continuing at ``run.draws_done``; chunk ``i`` always draws from
+    ``fold_in(k, i·chunk)``, so a continued run draws what an uninterrupted one draws."""
+    C, timer = cfg.chains, ckpt.timer
     chunk_fn = hmc.build_sample_chunk(post, cfg.max_tree_depth)
     key = ("hmc", "sample", problem.pid, post.beta, post.gamma, C, cfg.max_tree_depth)
-    progress = Progress(log, f"reference {problem.pid}", cfg.draws, "draws per chain")
     start = run.draws_done
 
     def run_chunk(chains, done, this):
@@ -151,10 +150,13 @@ def _sample(
         keys = jax.random.split(jax.random.fold_in(k_sample, first), C * this).reshape(C, this, -1)
         exe = timer.compiled(key, chunk_fn, keys, chains)
         chains, info = timer.call(exe, keys, chains)
-        return chains, jax.tree.map(np.asarray, info), True
+        info = jax.tree.map(np.asarray, info)
+        run.chains, run.draws_done = chains, first + this
+        run.infos.append(info)
+        return chains, info, True
 
     def on_chunk(done, info):
-        progress.update(start + done, f"acceptance {float(info.acceptance_rate.mean()):.2f}")
+        ckpt.save(run, float(info.acceptance_rate.mean()))
 
     if run.draws_done:  # seconds per draw: from the draws so far, else from the warm-up's steps
         run.sec_per_step = run.seconds["sampling"] / run.draws_done
@@ -162,6 +164,7 @@ def _sample(
     if run.sec_per_step and engine.clock() + run.sec_per_step * m > deadline:
         log.warning("reference %s: no time left for the next %d draws; stopping", problem.pid, m)
         return
+    ckpt.begin("sampling", run)
     t_run = timer.run
     out = engine.drive(
         run_chunk,
@@ -173,8 +176,6 @@ def _sample(
         predict_budget=True,
     )
     run.seconds["sampling"] += timer.run - t_run
-    run.chains, run.draws_done = out.carry, start + out.done
-    run.infos += out.infos
     if out.stopped_early:
         at = f"{run.draws_done}/{cfg.draws} draws"
         spent = fmt_seconds(cfg.budget_sec)
@@ -186,20 +187,24 @@ def _sample(
 def compute_reference(
     problem: Problem, cfg: ReferenceConfig, resume: hmc.NUTSRun | None = None
 ) -> dict:
-    """Run NUTS on the problem's LLC posterior and write ref.json (+ ref_trace.npz, and
-    ref_state.npz when the budget stopped it), continuing ``resume`` when given.
+    """Run NUTS on the problem's LLC posterior and write ref.json (+ ref_trace.npz),
+    continuing ``resume`` when given. The run is saved after every chunk
+    (:class:`lambda_hat.reference.checkpoint.Checkpoint`); a finished reference removes the
+    saved state, one stopped by its budget keeps it.
 
     The budget covers the reference's whole life: a resumed one has what its earlier
     sessions did not spend.
     """
     t_start = engine.clock()
+    if resume is None:  # an unusable state or stale progress of an earlier run: not this one's
+        checkpoint.clear(problem.path)
     run = resume or hmc.NUTSRun(
-        chunk=min(cfg.chunk, cfg.draws), seconds=dict.fromkeys(_SECONDS, 0.0)
+        chunk=min(cfg.chunk, cfg.draws), seconds=dict.fromkeys(checkpoint.SECONDS, 0.0)
     )
     left = math.inf if cfg.budget_sec is None else cfg.budget_sec - run.seconds["total"]
     deadline = t_start + left
     post = problem.posterior(cfg.beta, cfg.gamma)
-    timer = Timer()
+    ckpt = Checkpoint(problem.path, problem.pid, cfg, run, Timer())
     k_init, k_warm, k_sample = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
     shape = f"{cfg.chains} chains x {cfg.draws} draws (+{cfg.warmup} warm-up)"
     where = f"; resuming at warm-up {run.warmup_done}, draw {run.draws_done}" if resume else ""
@@ -208,21 +213,20 @@ def compute_reference(
         *(problem.pid, shape, post.d, post.n, post.nbeta, post.gamma, where),
     )
     if run.chains is None:
-        _warmup(problem, post, cfg, run, (k_init, k_warm), deadline, timer)
+        _warmup(problem, post, cfg, run, (k_init, k_warm), deadline, ckpt)
     if run.chains is not None and run.draws_done < cfg.draws:
-        _sample(problem, post, cfg, run, k_sample, deadline, timer)
+        _sample(problem, post, cfg, run, k_sample, deadline, ckpt)
     run.sessions += 1
-    run.seconds["compile"] += timer.compile
+    run.seconds["compile"] += ckpt.timer.compile
     run.seconds["total"] += engine.clock() - t_start
     ref = _record(problem, post, cfg, run)
     if (info := run.info()) is not None:
         trace = {"loss": info.loss, "acceptance_rate": info.acceptance_rate}
         atomic_write_npz(problem.path / layout.REF_TRACE, **trace)
     if ref.get("stopped_early"):
-        hmc.save_run(problem.path / layout.REF_STATE, run)
-    else:
-        (problem.path / layout.REF_STATE).unlink(missing_ok=True)
+        ckpt.save_state(run, dict(run.seconds), run.sessions)
     atomic_write_json(ref_path(problem), ref)
+    checkpoint.clear(problem.path, state=not ref.get("stopped_early"))
     _report(problem, ref)
     return ref
 
@@ -310,18 +314,6 @@ def _report(problem: Problem, ref: dict) -> None:
         )
 
 
-def _load_state(problem: Problem, cfg: ReferenceConfig, ref: dict) -> hmc.NUTSRun:
-    """The run a stopped reference left (ValueError/OSError/KeyError when it is unusable)."""
-    post = problem.posterior(cfg.beta, cfg.gamma)
-    kind = "warm" if ref["stopped_in"] == "warmup" else "chains"
-    run = hmc.load_run(problem.path / layout.REF_STATE, post, cfg.target_accept, cfg.chains, kind)
-    if (run.warmup_done, run.draws_done) != (ref["warmup_done"], ref["draws_per_chain"]):
-        raise ValueError("the state file does not belong to ref.json")
-    run.chunk, run.sessions = ref["chunk"], ref["sessions"]
-    run.seconds = {k: ref["seconds"][k] for k in _SECONDS}
-    return run
-
-
 def _larger(budget: float | None, than: float | None) -> bool:
     """Whether ``budget`` allows more than ``than`` (None: no budget)."""
     return than is not None and (budget is None or budget > than)
@@ -330,34 +322,26 @@ def _larger(budget: float | None, than: float | None) -> bool:
 def ensure_reference(problem: Problem, cfg: ReferenceConfig, force: bool = False) -> dict:
     """The problem's reference: reused when a valid matching ref.json exists, else computed.
 
-    A stored reference stopped early by its budget is reused only for a budget no larger;
-    for a larger one (or none) it is extended from its saved state, or recomputed when that
-    state is missing or unusable — logged either way.
+    A reference interrupted (Ctrl-C, kill, a lost node: no ref.json at these settings) is
+    continued from the state it saved after its last chunk. A stored reference stopped early
+    by its budget is reused only for a budget no larger; for a larger one (or none) it is
+    extended from its saved state. An unusable state is recomputed — logged either way.
+    ``force`` recomputes from nothing.
     """
-    ref = None if force else stored_reference(problem, cfg)
-    if ref is None:
+    if force:
+        checkpoint.clear(problem.path)
         return compute_reference(problem, cfg)
-    if not (ref.get("stopped_early") and _larger(cfg.budget_sec, ref.get("budget_sec"))):
+    ref = stored_reference(problem, cfg)
+    if ref is not None and not (
+        ref.get("stopped_early") and _larger(cfg.budget_sec, ref.get("budget_sec"))
+    ):
         est = f"{fmt_value(ref['llc_ref'], '.4g')} ± {fmt_value(ref['se_ref'], '.2g')}"
         if ref.get("stopped_early"):
             est += f"; stopped early under budget {fmt_seconds(ref['budget_sec'])}"
         log.info("reference %s: cached (λ̂ = %s)", problem.pid, est)
         return ref
-    was = (
-        f"stopped early ({ref.get('stopped_in')}: warm-up {ref.get('warmup_done')}/{ref['warmup']}, "
-        f"draws {ref['draws_per_chain']}/{cfg.draws}) under budget "
-        f"{fmt_seconds(ref['budget_sec'])}; budget now "
-        f"{'none' if cfg.budget_sec is None else fmt_seconds(cfg.budget_sec)}"
-    )
-    try:
-        run = _load_state(problem, cfg, ref)
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning(
-            "reference %s: %s; saved state unusable (%s): recomputing", problem.pid, was, exc
-        )
-        return compute_reference(problem, cfg)
-    log.info("reference %s: %s: extending it from its saved state", problem.pid, was)
-    return compute_reference(problem, cfg, resume=run)
+    run = checkpoint.resumable(problem, cfg, ref)
+    return compute_reference(problem, cfg) if run is None else compute_reference(problem, cfg, run)
 
 
 def reference_job(

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 import multiprocessing
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -36,14 +37,17 @@ from lambda_hat.log import fmt_value
 from lambda_hat.parallel import result_of
 from lambda_hat.problem.build import load_problem, problem_id
 from lambda_hat.problem.spec import ProblemSpec
+from lambda_hat.reference import checkpoint
+from lambda_hat.reference.checkpoint import read_progress
 from lambda_hat.reference.curvature import curvature_record
 from lambda_hat.reference.nuts import reference_job
 from lambda_hat.reference.settings import ReferenceConfig
-from lambda_hat.reference.store import load_reference, reference_home
+from lambda_hat.reference.store import load_reference, reference_dir, reference_home
 from lambda_hat.schema import as_dict
 from lambda_hat.trial.outcome import failed_from
 
 __all__ = [
+    "ReferenceInterrupted",
     "References",
     "cached_reference",
     "is_reference",
@@ -117,6 +121,7 @@ def reference_stage(
     submit: Submit,
     gammas: Mapping[str, Sequence[float]] | None = None,
     force: bool = False,
+    watch: bool = True,
 ) -> References:
     """One reference per (problem of ``specs``, γ of ``gammas[pid]``: ``cfg.gamma`` first; the
     default is ``cfg.gamma`` alone), read on the driver when stored (:func:`cached_reference`),
@@ -127,29 +132,89 @@ def reference_stage(
     forced), the arguments of :func:`lambda_hat.reference.nuts.reference_job`. A submission
     that raises or returns no dict becomes a failed record
     (:func:`lambda_hat.trial.outcome.failed_metrics`). Problems are taken once per pid.
+
+    While submitted references run, ``watch`` prints their progress (:func:`_wait`); leave it
+    off when they log to this terminal themselves (local processes). Ctrl-C raises
+    :class:`ReferenceInterrupted`, saying where each unfinished reference last saved its run.
     """
     by_gamma: dict[str, dict[float, dict]] = {}
     order: dict[str, list[float]] = {}
     futures: dict[tuple[str, float], Future] = {}
     base = {"reference": dataclasses.asdict(cfg), "artifacts": str(artifacts)}
-    for spec in specs:
-        pid = problem_id(spec)
-        if pid in by_gamma:
-            continue
-        by_gamma[pid], order[pid] = {}, [float(g) for g in (gammas or {}).get(pid, [cfg.gamma])]
-        payload = {"spec": as_dict(spec), **base, **({"force": True} if force else {})}
-        for g in order[pid]:
-            cached = None if force else cached_reference(spec, cfg, artifacts, g)
-            if cached is not None:
-                by_gamma[pid][g] = cached
-            else:
+    homes: dict[tuple[str, float], Path] = {}
+    try:
+        for spec in specs:
+            pid = problem_id(spec)
+            if pid in by_gamma:
+                continue
+            by_gamma[pid], order[pid] = {}, [float(g) for g in (gammas or {}).get(pid, [cfg.gamma])]
+            payload = {"spec": as_dict(spec), **base, **({"force": True} if force else {})}
+            for g in order[pid]:
+                cached = None if force else cached_reference(spec, cfg, artifacts, g)
+                if cached is not None:
+                    by_gamma[pid][g] = cached
+                    continue
+                homes[pid, g] = reference_dir(artifacts, pid, cfg, g)
                 futures[pid, g] = submit({**payload, "gamma": g})
-    _log_counts(order, len(futures))
-    for (pid, g), fut in futures.items():
-        by_gamma[pid][g] = _result(fut)
+        _log_counts(order, len(futures))
+        for (pid, g), ref in _wait(futures, homes, watch).items():
+            by_gamma[pid][g] = ref
+    except KeyboardInterrupt:
+        left = [k for k in homes if k not in futures or not futures[k].done()]
+        raise ReferenceInterrupted(_saved(left, homes)) from None
     for pid, gs in order.items():  # in γ order, whichever came from where
         by_gamma[pid] = {g: by_gamma[pid][g] for g in gs}
     return References(by_gamma, float(cfg.gamma))
+
+
+class ReferenceInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, SIGHUP) during the reference stage; the message says where each
+    unfinished reference last saved its run (the rerun continues from there)."""
+
+
+def _saved(keys: list[tuple[str, float]], homes: dict[tuple[str, float], Path]) -> str:
+    """What the unfinished references ``keys`` saved, from their progress records."""
+    parts = []
+    for pid, g in keys:
+        rec = read_progress(homes[pid, g])
+        if rec is None:
+            parts.append(f"{pid} (γ={g:g}): no chunk finished yet, nothing saved")
+        elif rec.get("phase") == "warmup":
+            parts.append(
+                f"{pid} (γ={g:g}): saved at warm-up step {rec['warmup_done']}/{rec['warmup']}"
+            )
+        else:
+            parts.append(
+                f"{pid} (γ={g:g}): saved at {rec['draws_done']}/{rec['draws']} draws per chain"
+            )
+    return "; ".join(parts) or "every reference had finished"
+
+
+def _wait(
+    futures: dict[tuple[str, float], Future], homes: dict[tuple[str, float], Path], watch: bool
+) -> dict[tuple[str, float], dict]:
+    """Each submitted reference's record (:func:`_result`) as it finishes; meanwhile, with
+    ``watch``, a line per reference whose progress record changed (at most one per
+    :data:`checkpoint.PROGRESS_EVERY_SEC` each, and one at each phase change): references
+    computed on workers whose logs the user does not see (Parsl's go to runinfo)."""
+    out: dict[tuple[str, float], dict] = {}
+    pending = dict(futures)
+    seen = {k: (read_progress(homes[k]) or {}).get("updated_at") for k in pending}
+    shown: dict[tuple[str, float], tuple[str, float]] = {}
+    while pending:
+        done, _ = cf.wait(list(pending.values()), POLL_SEC, cf.FIRST_COMPLETED)
+        for key in [k for k, f in pending.items() if f in done]:
+            out[key] = _result(pending.pop(key))
+        for key in pending if watch else ():
+            rec = read_progress(homes[key])
+            if rec is None or rec.get("updated_at") == seen[key]:
+                continue
+            phase, at = shown.get(key, ("", -math.inf))
+            now = time.monotonic()
+            if rec.get("phase") != phase or now - at >= checkpoint.PROGRESS_EVERY_SEC:
+                seen[key], shown[key] = rec.get("updated_at"), (rec.get("phase"), now)
+                log.info("%s", checkpoint.progress_line(rec))
+    return out
 
 
 def _log_counts(order: dict[str, list[float]], submitted: int) -> None:
@@ -163,6 +228,10 @@ def _log_counts(order: dict[str, list[float]], submitted: int) -> None:
         total - submitted,
         submitted,
     )
+
+
+#: Seconds between two looks at the running references (their results, their progress).
+POLL_SEC = 2.0
 
 
 def _result(fut: Future) -> dict:

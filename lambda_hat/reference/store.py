@@ -30,6 +30,7 @@ __all__ = [
     "load_reference",
     "load_reference_at",
     "ref_path",
+    "reference_dir",
     "reference_home",
     "reference_settings",
     "stored_reference",
@@ -64,8 +65,20 @@ def reference_home(problem: Problem, cfg: ReferenceConfig, primary: bool = True)
     trace) and computing one never overwrites another."""
     if primary:
         return problem
-    home = problem.path / layout.REFS / content_hash(reference_settings(cfg), layout.REFS_PREFIX)
-    return dataclasses.replace(problem, path=home)
+    return dataclasses.replace(problem, path=_other_gamma_dir(problem.path, cfg))
+
+
+def reference_dir(artifacts: str | Path, pid: str, cfg: ReferenceConfig, gamma: float) -> Path:
+    """The folder of ``pid``'s reference at ``gamma`` (the other settings ``cfg``'s), without
+    loading the problem: where a driver finds a running reference's progress record."""
+    path = layout.problem_dir(artifacts, pid)
+    if float(gamma) == cfg.gamma:
+        return path
+    return _other_gamma_dir(path, dataclasses.replace(cfg, gamma=float(gamma)))
+
+
+def _other_gamma_dir(problem_path: Path, cfg: ReferenceConfig) -> Path:
+    return problem_path / layout.REFS / content_hash(reference_settings(cfg), layout.REFS_PREFIX)
 
 
 def evaluate_gate(ref: dict, cfg: ReferenceConfig) -> dict:

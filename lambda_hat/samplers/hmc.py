@@ -16,6 +16,7 @@ the same algorithm compiled differently, equal to rounding (adapted positions wi
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,6 +46,7 @@ __all__ = [
     "build_warmup_chunk",
     "build_warmup_init",
     "load_run",
+    "read_meta",
     "save_run",
     "state_arrays",
     "state_from_arrays",
@@ -272,9 +274,12 @@ class NUTSRun:
 _COUNTS = ("warmup_done", "draws_done", "grads_warm", "div_warm")
 
 
-def save_run(path: Path, run: NUTSRun) -> None:
-    """The run's chains' state and draws so far as one ``.npz`` (written atomically)."""
-    arrays = {k: getattr(run, k) for k in _COUNTS}
+def save_run(path: Path, run: NUTSRun, meta: dict | None = None) -> None:
+    """The run's chains' state and draws so far as one ``.npz`` (written atomically), with
+    ``meta`` (plain JSON values: what the caller needs to continue it) as a JSON string."""
+    arrays: dict = {k: getattr(run, k) for k in _COUNTS}
+    if meta is not None:
+        arrays["meta"] = np.asarray(json.dumps(meta))
     if run.warm is not None:
         arrays.update(state_arrays(run.warm, "warm"))
     else:
@@ -284,13 +289,20 @@ def save_run(path: Path, run: NUTSRun) -> None:
     atomic_write_npz(path, **arrays)
 
 
+def read_meta(path: Path) -> dict | None:
+    """The ``meta`` :func:`save_run` stored (None when the file has none: an older one);
+    OSError/ValueError when the file is missing or unreadable."""
+    with np.load(path) as z:
+        return json.loads(str(z["meta"])) if "meta" in z.files else None
+
+
 def load_run(
     path: Path, posterior: LLCPosterior, target_accept: float, chains: int, kind: str
 ) -> NUTSRun:
     """The run :func:`save_run` wrote (``kind``: "warm" mid-warm-up, "chains" mid-sampling);
     OSError/KeyError/ValueError when the file is missing or does not fit."""
     with np.load(path) as z:
-        a = dict(z)
+        a = {k: z[k] for k in z.files if k != "meta"}
     run = NUTSRun(chunk=0, **{k: int(a[k]) for k in _COUNTS})
     state = state_from_arrays(a, posterior, target_accept, chains, kind)
     run.warm, run.chains = (state, None) if kind == "warm" else (None, state)

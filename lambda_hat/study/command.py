@@ -9,6 +9,7 @@ import argparse
 from lambda_hat.study import storage as studies
 from lambda_hat.study.plan import Plan
 from lambda_hat.study.resolved_space import describe_space, stored_curvatures
+from lambda_hat.study.space import fmt_values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +81,7 @@ def describe(plan: Plan) -> str:
         f"config {plan.exp.source}: {len(plan.pids)} problem(s) x {len(plan.cfg.methods)} "
         f"method(s), {oc.max_trials} finished trials each, {plan.batch_size} in flight, "
         f"sampler {oc.sampler}, objective {oc.objective}"
-        f"{f' ({oc.ucb_sigmas:g} SE)' if oc.objective == 'ucb' else ''} {oc.objectives}, pruner "
+        f"{f' ({oc.ucb_sigmas:g} SE)' if oc.objective == 'ucb' else ''} [{', '.join(oc.objectives)}], pruner "
         f"{oc.pruner if studies.prunes(oc) else 'none'}",
         f"storage {studies.describe_storage(oc.storage or studies.journal_path(plan.results))}; "
         f"artifacts {plan.artifacts}; trial target {plan.trial_target}",
@@ -93,6 +94,7 @@ def describe(plan: Plan) -> str:
     for m in plan.cfg.methods:
         space = describe_space(plan.spaces[m], m, curvatures)
         lines.append(
-            f"  {m}: searched {space}" + (f"; fixed {plan.fixed[m]}" if plan.fixed[m] else "")
+            f"  {m}: searched {space}"
+            + (f"; fixed {fmt_values(plan.fixed[m])}" if plan.fixed[m] else "")
         )
     return "\n".join(lines)

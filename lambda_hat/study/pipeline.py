@@ -295,6 +295,16 @@ def execute(plan: Plan) -> int:
     return code
 
 
+def interrupted_message(exc: BaseException) -> str:
+    """What an interrupt during the reference stage kept: each unfinished reference's last
+    saved chunk (no trial had started)."""
+    return (
+        f"interrupted during the reference stage, before any trial: {exc}. The executors were "
+        "shut down. Run the same command again: each reference continues from its last saved "
+        "chunk (at most one chunk per reference is redone)."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``parsl-optuna``."""
     args = command.build_parser().parse_args(argv)
@@ -313,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return execute(plan)
+    except references.ReferenceInterrupted as exc:
+        log.error("%s", interrupted_message(exc))
+        return 130
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (session.parsl_session)
         log.error(
             "interrupted: finished trials are saved; the executors were shut down. "

@@ -27,15 +27,16 @@ _EARLY = {"stale": "converged", "grid": "grid done"}
 
 class StudyTable:
     """Prints one line per study: its label, finished / running / failed / pruned, best so
-    far, ETA.
+    far, ETA — when it changed.
 
-    ``labels`` maps a pid to its readable problem label
+    A call shows the rows of the studies whose outcome counts (finished, failed, pruned,
+    best, verdicts) changed since the last shown table, and nothing when none did: a trial
+    starting or the ETA moving is not news. ``force`` (the start and the end of a run) shows
+    every row. ``labels`` maps a pid to its readable problem label
     (:func:`lambda_hat.results.tables.problem_labels`; a study's label is
     :func:`~lambda_hat.results.tables.study_label`); ``clock`` is the one time source (tests
     substitute it); ``emit`` receives the text.
     """
-
-    quiet_sec = 60.0  # a table that did not change is shown again after this long
 
     def __init__(
         self,
@@ -50,51 +51,56 @@ class StudyTable:
         self.labels = dict(labels or {})
         self.emit = emit or (lambda text: log.info("progress\n%s", text))
         self.start = clock()
-        self._last: tuple | None = None
-        self._last_at = -float("inf")
+        self._last: list[tuple] | None = None
 
-    def render(self) -> str:
+    def render(self, only: Sequence[int] | None = None) -> str:
+        """The table: every study, or the studies at indices ``only``."""
         elapsed = self.clock() - self.start
         rows = []
-        for t in self.tasks:
-            c = t.counts
-            remaining = 0 if t.done else self.max_trials - c.finished
-            eta = eta_seconds(remaining, c.finished_this_run, elapsed)
-            best = "-" if c.best_value is None else f"{c.best_value:.4g} (#{c.best_number})"
-            state = (
-                "stopped"
-                if c.stop_reason
-                else _EARLY.get((c.early_stop or {}).get("rule"))
-                or ("done" if remaining == 0 else ("?" if eta is None else fmt_seconds(eta)))
-            )
-            rows.append(
-                [
-                    label_of(t.name, self.labels),
-                    t.name,
-                    f"{c.finished}/{self.max_trials}",
-                    str(c.running),
-                    str(c.failed),
-                    str(c.pruned),
-                    str(c.reused),
-                    best,
-                    state,
-                ]
-            )
+        for i, t in enumerate(self.tasks):
+            if only is None or i in only:
+                rows.append(self._row(t, elapsed))
         return format_table(
             ["label", "study", "finished", "running", "failed", "pruned", "reused", "best", "ETA"],
             rows,
         )
 
-    def __call__(self, force: bool = False) -> None:
-        """Show the table when a count changed, or every ``quiet_sec`` seconds regardless."""
-        key = tuple(
-            (c.finished, c.running, c.failed, c.pruned, c.best_value, c.stop_reason, c.early_stop)
-            for c in (t.counts for t in self.tasks)
+    def _row(self, t, elapsed: float) -> list[str]:
+        c = t.counts
+        remaining = 0 if t.done else self.max_trials - c.finished
+        eta = eta_seconds(remaining, c.finished_this_run, elapsed)
+        best = "-" if c.best_value is None else f"{c.best_value:.4g} (#{c.best_number})"
+        state = (
+            "stopped"
+            if c.stop_reason
+            else _EARLY.get((c.early_stop or {}).get("rule"))
+            or ("done" if remaining == 0 else ("?" if eta is None else fmt_seconds(eta)))
         )
-        now = self.clock()
-        if force or key != self._last or now - self._last_at >= self.quiet_sec:
-            self._last, self._last_at = key, now
+        return [
+            label_of(t.name, self.labels),
+            t.name,
+            f"{c.finished}/{self.max_trials}",
+            str(c.running),
+            str(c.failed),
+            str(c.pruned),
+            str(c.reused),
+            best,
+            state,
+        ]
+
+    def __call__(self, force: bool = False) -> None:
+        """Show the rows that changed (every row with ``force`` or the first time)."""
+        keys = [
+            (c.finished, c.failed, c.pruned, c.best_value, c.stop_reason, c.early_stop)
+            for c in (t.counts for t in self.tasks)
+        ]
+        last, self._last = self._last, keys
+        if force or last is None:
             self.emit(self.render())
+            return
+        changed = [i for i, (a, b) in enumerate(zip(keys, last, strict=True)) if a != b]
+        if changed:
+            self.emit(self.render(changed))
 
 
 def label_of(study: str, labels: Mapping[str, str]) -> str:

@@ -22,7 +22,7 @@ from lambda_hat.methods.stability import StabilityRange
 from lambda_hat.problem.build import problem_id
 from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference.settings import ReferenceConfig
-from lambda_hat.study.space import Searched
+from lambda_hat.study.space import Searched, fmt_range
 
 log = logging.getLogger("lambda_hat.workflow")
 
@@ -84,14 +84,20 @@ def study_space(
                     f"{method}.{name}: no ε_max for the scaled range ({exc})"
                 ) from None
             why = curv.get("error") or exc
-            log.warning("%s.%s: ε_max unknown (%s); searching %s", method, name, why, dist.fallback)
+            log.warning(
+                "%s.%s: ε_max unknown (%s); searching %s",
+                method,
+                name,
+                why,
+                fmt_range(dist.fallback),
+            )
             out[name] = dist.fallback
         pinned[name] = _as_record(out[name], limits.get(name, 0.0))  # type: ignore[arg-type]
         log.info(
             "%s: %s searched %s (%s, ε_max %s)",
             study.study_name if study is not None else method,
             name,
-            out[name],
+            fmt_range(out[name]),
             dist,
             f"{limits[name]:.3g}" if name in limits else "unknown",
         )
@@ -133,7 +139,7 @@ def describe_space(space: dict[str, Searched], method: str, curvatures: dict[str
     parts = []
     for name, dist in space.items():
         if not isinstance(dist, StabilityRange):
-            parts.append(f"{name}={dist}")
+            parts.append(f"{name}={fmt_range(dist)}")
             continue
         known = []
         for pid, curv in curvatures.items():

@@ -11,6 +11,7 @@ a reference per trial, is rejected here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from optuna.distributions import (
@@ -21,9 +22,10 @@ from optuna.distributions import (
 )
 
 from lambda_hat import methods
+from lambda_hat.log import fmt_value
 from lambda_hat.methods import step_limit
 from lambda_hat.methods.stability import STABILITY_SCALE, StabilityRange
-from lambda_hat.schema import ConfigError
+from lambda_hat.schema import ConfigError, allowed, field_type, validate
 from lambda_hat.trial import identity as runs
 
 #: Keys of a search-space override mapping.
@@ -67,7 +69,7 @@ def method_space(
         if "scale" in spec:
             space[name] = _scaled(method, name, spec, sub)
         else:
-            space[name] = _distribution(spec, space.get(name), sub)
+            space[name] = _distribution(method, name, spec, space.get(name), sub)
     if fixed:
         runs.resolve_hyperparams(method, fixed, where)
     return space, fixed
@@ -128,37 +130,122 @@ def _scaled(method: str, name: str, spec: dict, where: str) -> StabilityRange:
         ) from None
 
 
-def _distribution(spec: dict, base: Searched | None, where: str) -> BaseDistribution:
+def _distribution(
+    method: str, name: str, spec: dict, base: Searched | None, where: str
+) -> BaseDistribution:
+    """``{choices}`` or ``{low, high[, log][, step]}`` of hyperparameter ``name``: every choice
+    and both ends checked against the method's schema (type and bounds), an integer
+    hyperparameter searched over integers, a real one over reals."""
+    hyper = methods.get(method).hyper
     keys = set(spec)
-    try:
-        if keys == {"choices"}:
-            if not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise ValueError("choices must be a non-empty list")
-            return CategoricalDistribution(spec["choices"])
-        if keys <= _RANGE_KEYS and {"low", "high"} <= keys:
-            low, high = spec["low"], spec["high"]
-            as_int = isinstance(base, IntDistribution) or (
-                base is None and all(isinstance(v, int) for v in (low, high))
-            )
-            if as_int:
-                return IntDistribution(
-                    int(low),
-                    int(high),
-                    log=bool(spec.get("log", False)),
-                    step=int(spec.get("step", 1)),
-                )
-            return FloatDistribution(
-                float(low), float(high), log=bool(spec.get("log", False)), step=spec.get("step")
-            )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            where, f"invalid range {spec!r}: {exc}.", "use low < high (low > 0 with log: true)."
-        ) from None
+    if keys == {"choices"}:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(where, f"got {spec!r}.", "list the values: {choices: [a, b]}.")
+        for i, c in enumerate(choices):
+            _schema_value(hyper, name, c, f"{where}.choices[{i}]", base)
+        try:
+            return CategoricalDistribution(choices)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(where, f"invalid choices {choices!r}: {exc}.") from None
+    if keys <= _RANGE_KEYS and {"low", "high"} <= keys:
+        return _range(hyper, name, spec, base, where)
     raise ConfigError(
         where,
         f"got {spec!r}.",
         "write a fixed value, {low: .., high: .., log: true|false} or {choices: [...]}.",
     )
+
+
+def _range(hyper: type, name: str, spec: dict, base: Searched | None, where: str):
+    """A numeric range of ``name``, each end a valid value of it (integers for an integer)."""
+    kind = field_type(hyper, name)
+    if kind not in (int, float):
+        raise ConfigError(
+            where,
+            f"got the range {spec!r}, but {name} is {allowed(hyper, name)}.",
+            "list the values to try, {choices: [...]}, or fix one value.",
+        )
+    low, high = (
+        _range_end(hyper, name, spec[end], f"{where}.{end}", base) for end in ("low", "high")
+    )
+    log, step = spec.get("log", False), spec.get("step", 1 if kind is int else None)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log", f"got {log!r}.", "write log: true or log: false.")
+    if kind is int and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+        raise ConfigError(
+            f"{where}.step", f"got {step!r}.", f"{name} is an integer: use a step >= 1."
+        )
+    try:
+        if kind is int:
+            return IntDistribution(low, high, log=log, step=step)
+        return FloatDistribution(float(low), float(high), log=log, step=step)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            where,
+            f"invalid range {spec!r}: {str(exc).rstrip('.')}.",
+            "use low < high (low > 0 with log: true).",
+        ) from None
+
+
+def _range_end(hyper: type, name: str, value: Any, where: str, base: Searched | None) -> Any:
+    out = _schema_value(hyper, name, value, where, base)
+    if out is None:
+        raise ConfigError(where, "is null.", "give both ends of the range as numbers.")
+    return out
+
+
+def _schema_value(hyper: type, name: str, value: Any, where: str, base: Searched | None) -> Any:
+    """``value`` as the method's schema reads it for ``name``; a ConfigError at ``where`` (a
+    range's end, a choice) naming what ``name`` allows when it is not one."""
+    try:
+        return getattr(validate({name: value}, hyper, name), name)
+    except ConfigError:
+        pass
+    example = f" (default search: {fmt_range(base)})" if isinstance(base, BaseDistribution) else ""
+    raise ConfigError(
+        where,
+        f"got {value!r}; {name} must be {allowed(hyper, name)}.",
+        f"give {name} only values that are {allowed(hyper, name)}{example}.",
+    )
+
+
+def fmt_range(dist: Searched) -> str:
+    """A searched range as people write it: ``1e-05..0.01 log``, ``500..2000``,
+    ``{32, 64, 128}``, ``0.001..1 x eps_max, log`` (numbers to 4 significant digits)."""
+    if isinstance(dist, CategoricalDistribution):
+        return "{" + ", ".join(fmt_value(c, ".4g", "null", floats=True) for c in dist.choices) + "}"
+    if isinstance(dist, FloatDistribution | IntDistribution):
+        out = (
+            f"{fmt_value(dist.low, '.4g', floats=True)}..{fmt_value(dist.high, '.4g', floats=True)}"
+        )
+        if dist.log:
+            out += " log"
+        if dist.step is not None and not (isinstance(dist, IntDistribution) and dist.step == 1):
+            out += f" step {fmt_value(dist.step, '.4g', floats=True)}"
+        return out
+    return str(dist)
+
+
+def fmt_values(values: dict) -> str:
+    """Hyperparameter values as ``eta0=1.235e-05, steps=2000`` (floats to 4 significant
+    digits)."""
+    return ", ".join(f"{k}={fmt_value(v, '.4g', 'null', floats=True)}" for k, v in values.items())
+
+
+def _inside(dist: Searched, value: Any) -> bool:
+    """Whether ``value`` is a point of ``dist`` (a scaled range is unknown before the problem's
+    ε_max: yes)."""
+    if isinstance(dist, CategoricalDistribution):
+        return any(v == value and type(v) is type(value) for v in dist.choices) or any(
+            v == value and {type(v), type(value)} <= {int, float} for v in dist.choices
+        )
+    if isinstance(dist, FloatDistribution | IntDistribution):
+        if not dist.low <= value <= dist.high:
+            return False
+        k = (value - dist.low) / dist.step if dist.step else 0.0
+        return math.isclose(k, round(k), abs_tol=1e-9)
+    return True
 
 
 def check_enqueue(method: str, entries: Any, space: dict, fixed: dict) -> list[dict]:
@@ -181,7 +268,7 @@ def check_enqueue(method: str, entries: Any, space: dict, fixed: dict) -> list[d
                 "is not a searched hyperparameter.",
                 f"searched: {', '.join(space)}; fix others under optuna.search_space.{method}.",
             )
-        runs.resolve_hyperparams(method, {**fixed, **entry}, sub)
+        hp = runs.resolve_hyperparams(method, {**fixed, **entry}, sub)
         gamma = space.get("gamma")
         if "gamma" in entry and entry["gamma"] not in getattr(gamma, "choices", ()):
             raise ConfigError(
@@ -189,5 +276,12 @@ def check_enqueue(method: str, entries: Any, space: dict, fixed: dict) -> list[d
                 f"got {entry['gamma']!r}, not one of the γ choices {list(gamma.choices)}.",
                 "enqueue one of the listed values (each has its own reference).",
             )
+        for k, v in entry.items():
+            if k != "gamma" and not _inside(space[k], hp[k]):
+                raise ConfigError(
+                    f"{sub}.{k}",
+                    f"got {v!r}, outside the searched range {fmt_range(space[k])}.",
+                    f"enqueue a value inside it, or widen optuna.search_space.{method}.{k}.",
+                )
         out.append(dict(entry))
     return out

@@ -212,9 +212,9 @@ def test_progress_shows_counts_best_and_eta():
     show()  # nothing changed: quiet
     t.counts.finished += 1
     show()
-    now[0] += progress.StudyTable.quiet_sec
-    show()
-    assert len(shown) == 3 and "5/10" in shown[1]
+    now[0] += 600.0
+    show()  # only time passed: quiet (issue 19: no reprint of an unchanged table)
+    assert len(shown) == 2 and "5/10" in shown[1]
 
 
 def test_absurd_or_non_finite_ok_estimates_are_told_as_diverged(tmp_path):
