@@ -33,6 +33,7 @@ from lambda_hat.report.figures import (
     mark_off_scale,
     new_figure,
     no_success,
+    star_best,
     to_png,
 )
 from lambda_hat.report.study_figures import finished, successful
@@ -171,16 +172,7 @@ def _draw_trials(
     best = best_trials(ok)
     if not best.empty:
         b = ok[ok.trial_number == best.trial_number.iloc[0]]
-        ax.scatter(
-            b.x,
-            b.signed,
-            marker="*",
-            s=160,
-            color="gold",
-            ec="black",
-            zorder=5,
-            label=f"best trial (#{int(b.trial_number.iloc[0])})",
-        )
+        star_best(ax, b.x, b.signed, int(b.trial_number.iloc[0]))
     if recommended is not None and (ok.trial_number == recommended).any():
         r = ok[ok.trial_number == recommended]
         ax.scatter(

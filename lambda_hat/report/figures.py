@@ -227,16 +227,7 @@ def _draw_trial_llcs(ax_llc: Axes, study: pd.DataFrame, ok: pd.DataFrame, ref: d
         mark_off_scale(ax_llc, ok, lo, hi)
         top = best_trials(ok)
         if not top.empty:
-            ax_llc.scatter(
-                top.trial_number,
-                top.llc_hat,
-                marker="*",
-                s=160,
-                color="gold",
-                ec="black",
-                zorder=5,
-                label=f"best trial (#{int(top.trial_number.iloc[0])})",
-            )
+            star_best(ax_llc, top.trial_number, top.llc_hat, int(top.trial_number.iloc[0]))
     else:
         no_success(ax_llc, 0.9)
 
@@ -298,6 +289,13 @@ def plot_study(study: pd.DataFrame, ref: dict | None, objective_label: str = "ob
         fontsize=11,
     )
     return to_png(fig)
+
+
+def star_best(ax, x, y, number: int) -> None:
+    """The best trial as a gold star, labelled with its number."""
+    ax.scatter(
+        x, y, marker="*", s=160, color="gold", ec="black", zorder=5, label=f"best trial (#{number})"
+    )
 
 
 def mark_off_scale(
