@@ -50,13 +50,17 @@ def test_search_spaces_are_the_documented_ones():
     assert vi["whitening_mode"] == CategoricalDistribution(["none", "rmsprop", "adam", "lanczos"])
     assert vi["steps"] == IntDistribution(2000, 20000)
     assert vi["batch_size"] == CategoricalDistribution([32, 64, 128, 256])
-    mc = methods.search_space("mclmc")
-    assert mc["step_size"] == StabilityRange(
-        1e-2, 1.0, True, FloatDistribution(1e-4, 1e-1, log=True)
-    )
-    assert mc["target_accept"] == FloatDistribution(0.6, 0.95)
+    mc = methods.search_space("mclmc")  # tuned (the default): the tuner sets the step size
+    assert set(mc) == {"target_accept", "L", "steps"}
+    assert mc["target_accept"] == FloatDistribution(0.75, 0.97)
     assert mc["L"] == FloatDistribution(0.5, 3.0)
     assert mc["steps"] == IntDistribution(200, 2000)
+    untuned = methods.search_space("mclmc", {"tune": False})
+    assert untuned["step_size"] == StabilityRange(
+        0.02, 0.5, True, FloatDistribution(1e-4, 1e-1, log=True)
+    )
+    assert untuned["L"] == FloatDistribution(0.3, 10.0, log=True)
+    assert set(untuned) == {"step_size", "L", "steps"}
     for method in methods.METHODS:  # every searched name is a field with a default
         assert set(methods.search_space(method)) <= set(methods.default_hyperparams(method))
         assert methods.default_hyperparams(method)["chains"] == 4 or method == "vi"
@@ -97,8 +101,8 @@ SENSITIVITY = {
         {"lr": 2e-2, "M": 8, "r": 2, "whitening_mode": "rmsprop", "steps": 80, "batch_size": 64},
     ),
     "mclmc": (
-        {"step_size": 1e-3, "steps": 200, "chains": 2},
-        {"step_size": 1e-2, "target_accept": 0.7, "L": 2.0, "steps": 300},
+        {"steps": 200, "chains": 2},
+        {"target_accept": 0.8, "L": 2.0, "steps": 300},
     ),
 }
 

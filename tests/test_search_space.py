@@ -32,10 +32,12 @@ CURV = {"a_max": A_MAX, "d": D}
 
 
 def test_default_step_ranges_are_relative_to_the_limit():
-    sgld, mclmc = methods.search_space("sgld")["eta0"], methods.search_space("mclmc")["step_size"]
+    sgld = methods.search_space("sgld")["eta0"]
+    mclmc = methods.search_space("mclmc", {"tune": False})["step_size"]  # untuned MCLMC's
+    assert "step_size" not in methods.search_space("mclmc")  # tuned: the tuner's output
     assert (sgld.low, sgld.high, sgld.log) == (1e-3, 1.0, True)
     assert sgld.fallback == FloatDistribution(1e-6, 1e-1, log=True)  # the old absolute default
-    assert (mclmc.low, mclmc.high, mclmc.log) == (1e-2, 1.0, True)
+    assert (mclmc.low, mclmc.high, mclmc.log) == (0.02, 0.5, True)
     assert mclmc.fallback == FloatDistribution(1e-4, 1e-1, log=True)
 
 
@@ -79,9 +81,10 @@ def test_study_space_resolves_per_problem_and_stays_pinned():
     # a resume with a recomputed a_max (last digits differ) keeps the stored range
     again = study_space(space, "sgld", {"curvature": {"a_max": A_MAX * 1.001, "d": D}}, study)
     assert again.space["eta0"] == got.space["eta0"] and again.limits == got.limits
-    mc = study_space(methods.search_space("mclmc"), "mclmc", {"curvature": CURV})
-    assert mc.space["step_size"].high == pytest.approx(0.21551, rel=1e-4)
-    assert mc.space["step_size"].low == pytest.approx(0.0021551, rel=1e-4)
+    untuned = methods.search_space("mclmc", {"tune": False})
+    mc = study_space(untuned, "mclmc", {"curvature": CURV})
+    assert mc.space["step_size"].high == pytest.approx(0.5 * 0.21551, rel=1e-4)
+    assert mc.space["step_size"].low == pytest.approx(0.02 * 0.21551, rel=1e-4)
 
 
 def test_a_study_from_before_scaled_ranges_keeps_its_absolute_range():

@@ -42,8 +42,9 @@ def test_mclmc_counts_start_tuning_and_sampling_gradients(linear_problem, tmp_pa
         linear_problem, "mclmc", {"steps": 200, "chains": 2}, None, 0, artifacts=tmp_path
     )
     assert m["status"] == "ok", m["failure"]
-    # tuner for 200 steps at tune_frac 0.3: phases 20 + 20 + 7 (readjust) + 20 = 67 steps
-    assert m["work"]["tuning_steps"] == 67
-    # per chain: 1 gradient at the start, 2 per integrator step (67 tuning + 200 sampling)
-    assert m["work"]["grad_evals"] == 2 * (1 + 2 * (67 + 200))
+    # tuner for 200 steps at tune_frac 0.3: phases 20 + 20 + 7 (readjust) + 20 = 67 steps, then
+    # the energy-variance rounds at energy_frac 0.2: 4 windows of 40 // 4 = 10 steps
+    assert m["work"]["tuning_steps"] == 67 + 40
+    # per chain: 1 gradient at the start, 2 per integrator step (107 tuning + 200 sampling)
+    assert m["work"]["grad_evals"] == 2 * (1 + 2 * (107 + 200))
     assert m["work"]["fge"] == m["work"]["grad_evals"]  # full-batch gradients

@@ -15,6 +15,8 @@ parameter failure the sampler learns from, deterministic in the manifest, estima
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -27,9 +29,17 @@ from lambda_hat.methods.stability import StabilityRange
 from lambda_hat.samplers import mclmc as mclmc_kernel
 from lambda_hat.schema import ConfigError, config_dataclass, field
 
-MISS_FACTOR = 10.0
-"""A tuned run whose achieved energy error per dimension exceeds this many times the tuner's
-target failed its tuning (a ``diverged`` failure with ``check: energy_error``)."""
+DEFAULT_MISS_FACTOR = 10.0
+"""``miss_factor``'s default: a tuned run whose achieved energy error per dimension exceeds this
+many times its target fails (``diverged``, ``check: energy_error``; plans/methods.md)."""
+DEFAULT_ENERGY_FRAC = 0.2
+"""``energy_frac``'s default: steps of the energy-variance rounds, as a fraction of ``steps``."""
+ENERGY_ROUNDS = 4  # windows of the energy-variance adaptation, each followed by a new step size
+MIN_WINDOW = 10  # steps per window below which the rounds are skipped
+ENERGY_MARGIN = 0.8
+"""The energy rounds sample at this times the largest step size that met the target: a step
+that met it in its window read 12–18× in sampling on the deep linear network, 0.8× of it
+at most 0.8× (plans/methods.md)."""
 
 OMEGA_H = 2.553
 """Largest stable ω·h of BlackJAX's ``isokinetic_mclachlan`` on a harmonic mode (plans/curvature.md)."""
@@ -53,22 +63,52 @@ class MCLMCHyper:
     steps: int = field(1000, "sampling steps per chain after tuning, burn-in included", ge=2)
     tune: bool = field(True, "run BlackJAX's tuner first (its steps count as work)")
     tune_frac: float = field(0.3, "tuning steps as a fraction of steps (split in 3 phases)", gt=0)
+    energy_frac: float = field(
+        DEFAULT_ENERGY_FRAC,
+        "tuned: steps (fraction of steps) of the energy-variance rounds that hold the chains' "
+        "pooled energy error at the target before sampling (0: BlackJAX's per-chain tuning only)",
+        ge=0,
+    )
+    miss_factor: float = field(
+        DEFAULT_MISS_FACTOR,
+        "tuned: a run whose energy error per dimension exceeds this many times its target fails",
+        gt=1,
+    )
     burnin_frac: float = field(0.1, "fraction of the sampling steps discarded", ge=0, lt=1)
     chains: int = field(4, "independent chains, vmapped (each tuned on its own)", ge=1)
 
 
 def space() -> dict:
-    """step_size log 1e-2..1 x ε_max = 2.553·√((d−1)/a_max) (the integrator's stability limit;
-    absolute 1e-4..1e-1 when a_max is unknown); target_accept 0.6..0.95; L 0.5..3.0;
-    steps 200..2000."""
+    """The default (tuned) mode's space: target_accept 0.75..0.97 (energy targets 3.3e-3 ..
+    4.5e-5 per dimension, BlackJAX's 5e-4 inside), L 0.5..3 (a multiplier of the tuned L),
+    steps 200..2000. The step size is the tuner's output, so it is not searched."""
     return {
-        "step_size": StabilityRange(
-            1e-2, 1.0, log=True, fallback=FloatDistribution(1e-4, 1e-1, log=True)
-        ),
-        "target_accept": FloatDistribution(0.6, 0.95),
+        "target_accept": FloatDistribution(0.75, 0.97),
         "L": FloatDistribution(0.5, 3.0),
         "steps": IntDistribution(200, 2000),
     }
+
+
+def untuned_space() -> dict:
+    """The space of ``tune: false``: step_size log 0.02..0.5 × ε_max = 2.553·√((d−1)/a_max)
+    (the integrator's stability limit at w*; absolute 1e-4..1e-1 when a_max is unknown), L log
+    0.3..10 (absolute, unit mass), steps 200..2000; ``target_accept`` only sets the energy
+    check's target, so it is not searched."""
+    return {
+        "step_size": StabilityRange(
+            0.02, 0.5, log=True, fallback=FloatDistribution(1e-4, 1e-1, log=True)
+        ),
+        "L": FloatDistribution(0.3, 10.0, log=True),
+        "steps": IntDistribution(200, 2000),
+    }
+
+
+def space_for(fixed: Mapping[str, Any]) -> dict:
+    """The default space given the values a config fixes: :func:`untuned_space` when it fixes
+    ``tune: false``, else :func:`space`."""
+    tune = fixed.get("tune", True)
+    untuned = tune is False or (isinstance(tune, str) and tune.strip().lower() == "false")
+    return untuned_space() if untuned else space()
 
 
 def check(hp: MCLMCHyper, where: str) -> None:
@@ -126,17 +166,70 @@ def _chains(target: Target, hp: dict, key, timer: Timer):
         k_start, k_mom, k_tune, k_run = jax.random.split(key, 4)
         starts = chain_starts(post, k_start, C)
         states = mclmc_kernel.init(post, jax.random.split(k_mom, C), starts)
-        return states, jax.random.split(k_tune, C), jax.random.split(k_run, C)
+        energy_keys = jax.random.split(jax.random.fold_in(k_tune, 1), C)
+        return states, jax.random.split(k_tune, C), jax.random.split(k_run, C), energy_keys
 
-    states, tune_keys, chain_keys = timer.once(
+    states, tune_keys, chain_keys, energy_keys = timer.once(
         ("mclmc", "setup", target.key, C), setup, target.args, key
     )
     if hp["tune"]:
         chains, tune_steps = _tune(target, hp, states, tune_keys, timer)
+        chains, held, rounds = _hold_energy(target, hp, chains, energy_keys, timer)
+        tune_steps += held
     else:
         chains = mclmc_kernel.fixed_chains(states, f64(hp["L"]), f64(hp["step_size"]))
-        tune_steps = 0
-    return chains, chain_keys, tune_steps
+        tune_steps, rounds = 0, []
+    return chains, chain_keys, (tune_steps, rounds)
+
+
+def _hold_energy(target: Target, hp: dict, chains, keys, timer: Timer):
+    """The energy-variance rounds: the chains pooled to one set of parameters
+    (:func:`lambda_hat.samplers.mclmc.pooled_chains`), then :data:`ENERGY_ROUNDS` windows of
+    ``energy_frac · steps / ENERGY_ROUNDS`` steps, each followed by the step size that brings the
+    chains' mean squared energy change per dimension in that window to the target. Returns the
+    chains, the steps spent and the rounds' record (none when the windows would be shorter than
+    :data:`MIN_WINDOW` steps: BlackJAX's per-chain tuning alone)."""
+    C, d = hp["chains"], target.post.d
+    window = round(hp["energy_frac"] * hp["steps"]) // ENERGY_ROUNDS
+    if window < MIN_WINDOW:
+        return chains, 0, []
+    desired = mclmc_kernel.desired_energy_var(hp["target_accept"])
+    chains = timer.once(("mclmc", "pool", C, d), mclmc_kernel.pooled_chains, chains)
+
+    def run_window(args, keys, chains, n, r):
+        post = traced_posterior(target, args)
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+        return mclmc_kernel.build_window(post)(keys, chains, n)
+
+    rounds: list[tuple[float, float]] = []
+    for r in range(ENERGY_ROUNDS):
+        chains, sq, good = timer.once(
+            ("mclmc", "window", target.key, C),
+            run_window,
+            target.args,
+            keys,
+            chains,
+            i64(window),
+            i64(r),
+        )
+        good_steps = float(np.sum(good))
+        ratio = float(np.sum(sq)) / (good_steps * d) / desired if good_steps else math.inf
+        rounds.append((float(np.asarray(chains.step_size)[0]), ratio))
+        last = r + 1 == ENERGY_ROUNDS
+        step = (
+            mclmc_kernel.energy_step_choice(rounds) * ENERGY_MARGIN
+            if last
+            else mclmc_kernel.energy_step_size(rounds)
+        )
+        chains = chains._replace(step_size=np.full((C,), step, np.float64))
+    if not np.isfinite(np.asarray(chains.state.position)).all():
+        raise Diverged(ENERGY_ROUNDS * window, "non-finite parameters during MCLMC tuning")
+    record = [{"step_size": e, "energy_var_ratio": _finite_or_none(q)} for e, q in rounds]
+    return chains, ENERGY_ROUNDS * window, record
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
@@ -145,7 +238,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     C, steps, d = hp["chains"], hp["steps"], post.d
     if d < 2:
         raise ConfigError("method", "MCLMC needs at least 2 parameters.", "use another method.")
-    chains, chain_keys, tune_steps = _chains(target, hp, key, timer)
+    chains, chain_keys, tuning = _chains(target, hp, key, timer)
 
     def unit(consts, chains, i):
         args, chain_keys = consts
@@ -174,14 +267,14 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         lambda ch: ch.state.position,
         lambda infos: partial_llc(concat(infos, "loss"), post, hp["burnin_frac"]),
     )
-    return _output(hp, d, chains, infos, (done, early, tune_steps))
+    return _output(hp, d, chains, infos, (done, early, tuning))
 
 
 def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
     """The RunOutput of the sampling steps run (``progress``: steps done, stopped early, the
     tuner's steps), with the tuning diagnostics and, for a tuning that missed its energy
     target, the failure."""
-    done, early, tune_steps = progress
+    done, early, (tune_steps, rounds) = progress
     C, steps = hp["chains"], hp["steps"]
     loss = concat(infos, "loss")
     energy = concat(infos, "energy_change")
@@ -190,6 +283,7 @@ def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
     # every chain's start gradient (init), the tuner's steps and the sampling steps
     grads = C * (1 + mclmc_kernel.GRADS_PER_STEP * (tune_steps + done))
     diagnostics = _tuning_diagnostics(chains, energy[:, burn:], d, hp)
+    diagnostics["energy_rounds"] = rounds
     out = {
         **run_output(loss, draws, burn, done, steps, early, (done, steps)),
         "work": {
@@ -201,26 +295,65 @@ def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
         "diagnostics": {**diagnostics, "nan_steps": int((~nonans).sum())},
         "trace": {"loss": loss, "energy_change": energy},
     }
-    failure = _energy_miss(diagnostics, done, steps) if hp["tune"] else None
+    failure = _energy_miss(diagnostics, hp, done)
     return out if failure is None else {**out, "failure": failure}
 
 
-def _energy_miss(diagnostics: dict, done: int, steps: int) -> dict | None:
-    """The failure of a tuning whose achieved energy error is over MISS_FACTOR × its target."""
-    miss = diagnostics["energy_var_ratio"]
-    if miss is None or miss <= MISS_FACTOR:
+def _energy_miss(diagnostics: dict, hp: dict, done: int) -> dict | None:
+    """The failure of a run whose achieved energy error is over ``miss_factor`` × the target of
+    its ``target_accept``, with the settings that would fix it."""
+    miss, limit = diagnostics["energy_var_ratio"], hp["miss_factor"]
+    if miss is None or miss <= limit:
         return None
+    why = (
+        "the tuned step size is too large where the chains went"
+        if hp["tune"]
+        else ("the step size is too large for this posterior")
+    )
     return {
         "kind": "diverged",
         "check": "energy_error",
         "message": (
-            f"MCLMC tuning missed its energy-error target: {diagnostics['energy_var_per_dim']:.3g}"
+            f"MCLMC's energy error missed its target: {diagnostics['energy_var_per_dim']:.3g}"
             f" per dimension against {diagnostics['desired_energy_var']:.3g} ({miss:.3g}x, "
-            f"limit {MISS_FACTOR:g}x); the step size is too large for this posterior"
+            f"miss_factor {limit:g}): {why}. Fix: {energy_fixes(hp, miss)}"
         ),
         "step": done,
-        "steps_planned": steps,
+        "steps_planned": hp["steps"],
     }
+
+
+def energy_fixes(hp: dict, miss: float) -> str:
+    """The settings that would bring an energy error ``miss`` × the target under the limit.
+
+    Tuned: a smaller target (``target_accept``), longer energy-variance rounds
+    (``energy_frac``); untuned: a smaller ``step_size`` (the power-law guess with the tuner's
+    margin) or ``tune: true``; either: a ``miss_factor`` that accepts it.
+    """
+    if hp["tune"]:
+        desired = mclmc_kernel.desired_energy_var(hp["target_accept"])
+        accept = min(0.99, mclmc_kernel.target_accept_for(desired / miss))
+        fixes = [
+            f"set target_accept: {math.ceil(accept * 100) / 100:g} (an energy target "
+            f"{miss:.2g}x smaller, so smaller steps)"
+        ]
+        if hp["energy_frac"] * hp["steps"] < ENERGY_ROUNDS * MIN_WINDOW:
+            fixes.append(
+                f"energy_frac: {DEFAULT_ENERGY_FRAC:g} (hold the energy error at the "
+                "target over all chains before sampling)"
+            )
+        elif hp["energy_frac"] < 0.5:
+            fixes.append(
+                f"energy_frac: {min(0.5, 2 * hp['energy_frac']):g} (longer energy-variance rounds)"
+            )
+    else:
+        step = hp["step_size"] * ENERGY_MARGIN * miss ** (-1 / mclmc_kernel.ENERGY_EXPONENT)
+        fixes = [
+            f"set step_size: {step:.2g}",
+            "or tune: true (the step size that holds the energy target)",
+        ]
+    fixes.append(f"or accept this energy error with miss_factor: {math.ceil(1.2 * miss):g}")
+    return "; ".join(fixes) + "."
 
 
 def _tuning_diagnostics(chains, energy: np.ndarray, d: int, hp: dict) -> dict:
@@ -256,4 +389,5 @@ METHOD = Method(
     culprits={"diverged": ("step_size",), "timeout": ("steps",), "oom": ()},
     check=check,
     step_limit=step_limit,
+    space_for=space_for,
 )
