@@ -118,3 +118,32 @@ def test_each_mode_searches_what_changes_its_run():
     assert (scaled["step_size"].low, scaled["step_size"].high) == (0.1, 0.3)
     with pytest.raises(ConfigError, match="tune: false"):
         method_space("mclmc", {"step_size": {"low": 0.1, "high": 0.3, "scale": "stability"}}, "w")
+
+
+# VI on a zero-teacher deep linear network (true rank 0, Aoyagi's λ = 2.5 for 3-2-3, d = 12):
+# the fitted mixture reads ~10x the LLC with a flat ELBO. Its Stein ratio says so.
+ZERO = {
+    "model": "dln",
+    "data": "dln",
+    "teacher": "zero",
+    "seed": 0,
+    "overrides": {"model": {"widths": [2]}, "data": {"n": 200, "input_dim": 3, "output_dim": 3}},
+}
+VI_HP = {"steps": 1000, "chains": 2, "eval_samples": 64, "lr": 0.03}
+
+
+def test_vi_says_when_it_cannot_fit_a_zero_teacher_network(artifacts, linear_problem, tmp_path):
+    """The zero-teacher network fails ``check: stein`` (naming the fix); the linear problem, where
+    q can be the posterior, passes with a Stein ratio near 1 under the same settings."""
+    zero = build_problem(resolve_problem(ZERO), artifacts)
+    assert zero.info["theory"]["lambda"] == 2.5
+    m = run_method_trial(zero, "vi", VI_HP, None, 0, artifacts=tmp_path)
+    f, dg = m["failure"], m["diagnostics"]
+    assert m["status"] == "failed" and f["check"] == "stein", f
+    assert not dg["elbo_moving"]  # the ELBO check alone called this fit converged and ok
+    assert m["llc_hat"] > 4 * 2.5 and dg["stein_ratio"] > 4  # ρ sees the estimate's excess
+    assert "mclmc or sgld" in f["message"] and "stein_limit: " in f["message"]
+    assert dg["stein_ratio"] - 2 * dg["stein_ratio_se"] > 2.0  # beyond the limit, not noise
+    lin = run_method_trial(linear_problem, "vi", VI_HP, None, 0, artifacts=tmp_path)
+    assert lin["status"] == "ok", lin["failure"]
+    assert abs(lin["diagnostics"]["stein_ratio"] - 1) < 0.15
