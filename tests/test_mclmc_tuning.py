@@ -19,6 +19,7 @@ from lambda_hat.problem.build import build_problem
 from lambda_hat.problem.spec import resolve_problem
 from lambda_hat.samplers import mclmc
 from lambda_hat.schema import ConfigError
+from lambda_hat.study.diagnosis import Record, suggestion
 from lambda_hat.study.space import method_space
 from lambda_hat.trial.runner import run_method_trial
 
@@ -153,3 +154,22 @@ def test_vi_says_when_it_cannot_fit_a_zero_teacher_network(artifacts, linear_pro
     lin = run_method_trial(linear_problem, "vi", VI_HP, None, 0, artifacts=tmp_path)
     assert lin["status"] == "ok", lin["failure"]
     assert abs(lin["diagnostics"]["llc_relaxed"] / lin["llc_hat"] - 1) < 0.1
+
+
+def test_the_guard_passes_on_a_checks_own_fix():
+    """A study whose every trial failed one named check stops with that check's fix, not with a
+    range of the searched parameters (which would not help VI on a zero-teacher network)."""
+    fix = "estimate this problem with mclmc or sgld (plans/vi.md); or accept this fit with drift_tol: 0.7."
+    failure = {
+        "kind": "diverged",
+        "check": "drift",
+        "message": f"VI cannot fit this posterior. Fix: {fix}",
+    }
+    records = [Record(i, dict(failure), None, {"lr": 10.0**-i}) for i in range(1, 6)]
+    advice = suggestion(records, {"diverged": ("lr", "steps")})
+    assert advice == f"every trial failed the drift check; {fix}"
+    plain = [
+        Record(i, {"kind": "diverged", "message": "non-finite"}, None, {"lr": 10.0**-i})
+        for i in range(1, 6)
+    ]
+    assert "drift" not in suggestion(plain, {"diverged": ("lr", "steps")})

@@ -1,15 +1,14 @@
-"""MCLMC: hyperparameters, search space and the adapter onto :mod:`lambda_hat.samplers.mclmc`.
+"""MCLMC: hyperparameters, search spaces and the adapter onto :mod:`lambda_hat.samplers.mclmc`.
 
 With ``tune`` (default) each chain runs the traced restatement of BlackJAX's
-``mclmc_find_L_and_step_size`` (step size, L and a diagonal mass matrix per chain) and keeps
-its tuned state; the tuner's steps count as work.
+``mclmc_find_L_and_step_size`` (step size, L and a diagonal mass matrix per chain), then the
+chains are pooled to one set of parameters and the energy-variance rounds bracket the step
+size that holds their energy error at the target (:func:`_hold_energy`); every tuning step
+counts as work. With ``tune: false`` the chains sample at the given step size and L; that mode
+searches the step size relative to ε_max (:func:`untuned_space`, :func:`space_for`).
 
-A tuning that misses: the achieved energy error per dimension of the kept steps is recorded
-against the tuner's target (``diagnostics.energy_var_ratio``), with the tuned step sizes' spread
-across chains (``step_size_spread``, max/min). Unadjusted MCLMC's bias grows with the energy
-error, so a run over :data:`MISS_FACTOR` times its target (the 5-3-5 deep linear network read
-40x, its chains' step sizes 4.5x apart) is a ``diverged`` failure (``check: energy_error``): a
-parameter failure the sampler learns from, deterministic in the manifest, estimate kept.
+Either mode's run whose energy error exceeds ``miss_factor`` × its target fails
+(:mod:`lambda_hat.methods.mclmc_energy`). plans/methods.md, "MCLMC's tuning".
 """
 
 from __future__ import annotations
@@ -25,21 +24,18 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from lambda_hat.llc.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite, i64
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.methods._base import Method, Target, kept, partial_llc, run_output, traced_posterior
+from lambda_hat.methods.mclmc_energy import (
+    DEFAULT_ENERGY_FRAC,
+    DEFAULT_MISS_FACTOR,
+    ENERGY_MARGIN,
+    ENERGY_ROUNDS,
+    MIN_WINDOW,
+    energy_miss,
+    tuning_diagnostics,
+)
 from lambda_hat.methods.stability import StabilityRange
 from lambda_hat.samplers import mclmc as mclmc_kernel
 from lambda_hat.schema import ConfigError, config_dataclass, field
-
-DEFAULT_MISS_FACTOR = 10.0
-"""``miss_factor``'s default: a tuned run whose achieved energy error per dimension exceeds this
-many times its target fails (``diverged``, ``check: energy_error``; plans/methods.md)."""
-DEFAULT_ENERGY_FRAC = 0.2
-"""``energy_frac``'s default: steps of the energy-variance rounds, as a fraction of ``steps``."""
-ENERGY_ROUNDS = 4  # windows of the energy-variance adaptation, each followed by a new step size
-MIN_WINDOW = 10  # steps per window below which the rounds are skipped
-ENERGY_MARGIN = 0.8
-"""The energy rounds sample at this times the largest step size that met the target: a step
-that met it in its window read 12–18× in sampling on the deep linear network, 0.8× of it
-at most 0.8× (plans/methods.md)."""
 
 OMEGA_H = 2.553
 """Largest stable ω·h of BlackJAX's ``isokinetic_mclachlan`` on a harmonic mode (plans/curvature.md)."""
@@ -50,9 +46,10 @@ class MCLMCHyper:
     """Microcanonical Langevin Monte Carlo (BlackJAX ``mclmc``, isokinetic McLachlan).
 
     With ``tune`` (default) BlackJAX's ``mclmc_find_L_and_step_size`` adapts the step size,
-    L and a diagonal mass matrix per chain: ``step_size`` is then its starting step size,
-    ``target_accept`` sets its energy-error target and ``L`` multiplies the tuned L. With
-    ``tune: false`` ``step_size`` and ``L`` are used as given and ``target_accept`` is unused.
+    L and a diagonal mass matrix per chain, and the energy-variance rounds then set one step
+    size for all chains: ``step_size`` is only the tuner's start, ``target_accept`` sets the
+    energy target and ``L`` multiplies the tuned L. With ``tune: false`` ``step_size`` and
+    ``L`` are used as given and ``target_accept`` sets only the energy check's target.
     """
 
     step_size: float | None = field(None, "step size (tuner's start; None: sqrt(d)/4)", gt=0)
@@ -71,11 +68,11 @@ class MCLMCHyper:
     )
     miss_factor: float = field(
         DEFAULT_MISS_FACTOR,
-        "tuned: a run whose energy error per dimension exceeds this many times its target fails",
+        "a run whose energy error per dimension exceeds this many times its target fails",
         gt=1,
     )
     burnin_frac: float = field(0.1, "fraction of the sampling steps discarded", ge=0, lt=1)
-    chains: int = field(4, "independent chains, vmapped (each tuned on its own)", ge=1)
+    chains: int = field(4, "independent chains, vmapped (tuned each, then pooled)", ge=1)
 
 
 def space() -> dict:
@@ -185,10 +182,11 @@ def _chains(target: Target, hp: dict, key, timer: Timer):
 def _hold_energy(target: Target, hp: dict, chains, keys, timer: Timer):
     """The energy-variance rounds: the chains pooled to one set of parameters
     (:func:`lambda_hat.samplers.mclmc.pooled_chains`), then :data:`ENERGY_ROUNDS` windows of
-    ``energy_frac · steps / ENERGY_ROUNDS`` steps, each followed by the step size that brings the
-    chains' mean squared energy change per dimension in that window to the target. Returns the
-    chains, the steps spent and the rounds' record (none when the windows would be shorter than
-    :data:`MIN_WINDOW` steps: BlackJAX's per-chain tuning alone)."""
+    ``energy_frac · steps / ENERGY_ROUNDS`` steps whose pooled energy error per dimension
+    brackets the step size that meets the target (:func:`~lambda_hat.samplers.mclmc.
+    energy_step_size`); sampling runs at :data:`ENERGY_MARGIN` × the largest that met it.
+    Returns the chains, the steps spent and the rounds' record (none when the windows would be
+    shorter than :data:`MIN_WINDOW` steps: BlackJAX's per-chain tuning alone)."""
     C, d = hp["chains"], target.post.d
     window = round(hp["energy_frac"] * hp["steps"]) // ENERGY_ROUNDS
     if window < MIN_WINDOW:
@@ -282,7 +280,7 @@ def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
     draws, burn = kept(loss, hp["burnin_frac"])
     # every chain's start gradient (init), the tuner's steps and the sampling steps
     grads = C * (1 + mclmc_kernel.GRADS_PER_STEP * (tune_steps + done))
-    diagnostics = _tuning_diagnostics(chains, energy[:, burn:], d, hp)
+    diagnostics = tuning_diagnostics(chains, energy[:, burn:], d, hp)
     diagnostics["energy_rounds"] = rounds
     out = {
         **run_output(loss, draws, burn, done, steps, early, (done, steps)),
@@ -295,84 +293,8 @@ def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
         "diagnostics": {**diagnostics, "nan_steps": int((~nonans).sum())},
         "trace": {"loss": loss, "energy_change": energy},
     }
-    failure = _energy_miss(diagnostics, hp, done)
+    failure = energy_miss(diagnostics, hp, done)
     return out if failure is None else {**out, "failure": failure}
-
-
-def _energy_miss(diagnostics: dict, hp: dict, done: int) -> dict | None:
-    """The failure of a run whose achieved energy error is over ``miss_factor`` × the target of
-    its ``target_accept``, with the settings that would fix it."""
-    miss, limit = diagnostics["energy_var_ratio"], hp["miss_factor"]
-    if miss is None or miss <= limit:
-        return None
-    why = (
-        "the tuned step size is too large where the chains went"
-        if hp["tune"]
-        else ("the step size is too large for this posterior")
-    )
-    return {
-        "kind": "diverged",
-        "check": "energy_error",
-        "message": (
-            f"MCLMC's energy error missed its target: {diagnostics['energy_var_per_dim']:.3g}"
-            f" per dimension against {diagnostics['desired_energy_var']:.3g} ({miss:.3g}x, "
-            f"miss_factor {limit:g}): {why}. Fix: {energy_fixes(hp, miss)}"
-        ),
-        "step": done,
-        "steps_planned": hp["steps"],
-    }
-
-
-def energy_fixes(hp: dict, miss: float) -> str:
-    """The settings that would bring an energy error ``miss`` × the target under the limit.
-
-    Tuned: a smaller target (``target_accept``), longer energy-variance rounds
-    (``energy_frac``); untuned: a smaller ``step_size`` (the power-law guess with the tuner's
-    margin) or ``tune: true``; either: a ``miss_factor`` that accepts it.
-    """
-    if hp["tune"]:
-        desired = mclmc_kernel.desired_energy_var(hp["target_accept"])
-        accept = min(0.99, mclmc_kernel.target_accept_for(desired / miss))
-        fixes = [
-            f"set target_accept: {math.ceil(accept * 100) / 100:g} (an energy target "
-            f"{miss:.2g}x smaller, so smaller steps)"
-        ]
-        if hp["energy_frac"] * hp["steps"] < ENERGY_ROUNDS * MIN_WINDOW:
-            fixes.append(
-                f"energy_frac: {DEFAULT_ENERGY_FRAC:g} (hold the energy error at the "
-                "target over all chains before sampling)"
-            )
-        elif hp["energy_frac"] < 0.5:
-            fixes.append(
-                f"energy_frac: {min(0.5, 2 * hp['energy_frac']):g} (longer energy-variance rounds)"
-            )
-    else:
-        step = hp["step_size"] * ENERGY_MARGIN * miss ** (-1 / mclmc_kernel.ENERGY_EXPONENT)
-        fixes = [
-            f"set step_size: {step:.2g}",
-            "or tune: true (the step size that holds the energy target)",
-        ]
-    fixes.append(f"or accept this energy error with miss_factor: {math.ceil(1.2 * miss):g}")
-    return "; ".join(fixes) + "."
-
-
-def _tuning_diagnostics(chains, energy: np.ndarray, d: int, hp: dict) -> dict:
-    """Tuned L and step size per chain, their spread, and the achieved energy error per
-    dimension (mean squared energy change of the kept steps / d) against the tuner's target."""
-    step_size = np.asarray(chains.step_size, dtype=np.float64)
-    target = mclmc_kernel.desired_energy_var(hp["target_accept"])
-    per_chain = np.mean(energy**2, axis=1) / d if energy.shape[1] else np.full(len(energy), np.nan)
-    achieved = float(np.mean(per_chain)) if np.isfinite(per_chain).all() else None
-    positive = step_size.min() > 0 and np.isfinite(step_size).all()
-    return {
-        "L": np.asarray(chains.L).tolist(),
-        "step_size": step_size.tolist(),
-        "step_size_spread": float(step_size.max() / step_size.min()) if positive else None,
-        "desired_energy_var": target,
-        "energy_var_per_dim": achieved,
-        "energy_var_per_dim_per_chain": per_chain.tolist(),
-        "energy_var_ratio": None if achieved is None else achieved / target,
-    }
 
 
 def step_limit(a_max: float, d: int) -> float:
