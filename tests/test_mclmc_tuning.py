@@ -173,3 +173,17 @@ def test_the_guard_passes_on_a_checks_own_fix():
         for i in range(1, 6)
     ]
     assert "drift" not in suggestion(plain, {"diverged": ("lr", "steps")})
+
+
+@pytest.mark.slow  # ~4 short MCLMC runs on the linear problem (one compile)
+def test_every_untuned_searched_hyperparameter_changes_the_run(linear_problem, tmp_path):
+    """``tune: false`` searches step_size, L and steps: each changes the run's numbers (the
+    tuned space is checked in tests/test_runner.py)."""
+    base = {"tune": False, "step_size": 0.01, "L": 1.0, "steps": 200, "chains": 2}
+    assert set(methods.search_space("mclmc", {"tune": False})) == {"step_size", "L", "steps"}
+    first = run_method_trial(linear_problem, "mclmc", base, None, 0, artifacts=tmp_path)
+    for name, value in {"step_size": 0.02, "L": 2.0, "steps": 300}.items():
+        other = run_method_trial(
+            linear_problem, "mclmc", {**base, name: value}, None, 0, artifacts=tmp_path
+        )
+        assert other["run_id"] != first["run_id"] and other["llc_hat"] != first["llc_hat"], name

@@ -88,10 +88,11 @@ def drift_failure(diagnostics: dict, hp: dict) -> dict | None:
         "kind": "diverged",
         "check": "drift",
         "message": (
-            f"VI cannot fit this posterior: {hp['drift_steps']} MALA steps from its q's draws "
-            f"moved λ̂ by {100 * drift:+.0f} % (± {100 * se:.0f} %, drift_tol "
-            f"{tol:g}) to {diagnostics['llc_relaxed']:.4g}, so q is not the posterior its "
-            "estimate needs. Fix: estimate this problem with mclmc or sgld (plans/vi.md); "
-            f"or accept this fit with drift_tol: {math.ceil(120 * abs(drift)) / 100:g}."
+            f"VI's q is not the posterior its estimate needs: {hp['drift_steps']} MALA steps "
+            f"from its draws moved λ̂ by {100 * drift:+.0f} % (± {100 * se:.0f} %, drift_tol "
+            f"{tol:g}) to {diagnostics['llc_relaxed']:.4g}. Fix: if the fit is short, more "
+            "steps or a larger lr; where converged fits drift too (zero-teacher deep linear "
+            "networks: plans/vi.md), VI cannot fit this posterior: estimate it with mclmc or "
+            f"sgld; or accept this fit with drift_tol: {math.ceil(120 * abs(drift)) / 100:g}."
         ),
     }
