@@ -86,9 +86,14 @@ def validate_hyperparams(method: str, hp: dict | None, where: str = "hyperparams
     return dataclasses.asdict(resolved)
 
 
-def search_space(method: str) -> dict[str, BaseDistribution]:
-    """The default Optuna search space of ``method`` (its record's ``space()``)."""
-    return get(method).space()
+def search_space(method: str, fixed: Mapping | None = None) -> dict[str, BaseDistribution]:
+    """The default Optuna search space of ``method`` (its record's ``space()``), or, given the
+    values a config fixes, its record's ``space_for(fixed)`` where it has one (MCLMC: another
+    space for ``tune: false``)."""
+    m = get(method)
+    if fixed and m.space_for is not None:
+        return m.space_for(fixed)
+    return m.space()
 
 
 def culprits(method: str) -> dict[str, tuple[str, ...]]:

@@ -42,7 +42,9 @@ class Method(NamedTuple):
     ``step_limit(a_max, d)`` is the stability limit ε_max of the step size that the space's
     :class:`lambda_hat.methods.stability.StabilityRange` scales, on a problem whose
     posterior precision at w* has top eigenvalue ``a_max`` (checked finite and > 0) and ``d``
-    parameters, or None for a method without one.
+    parameters, or None for a method without one; ``space_for(fixed)`` the default space
+    when a config fixes the hyperparameters ``fixed``, for a method whose modes search different
+    parameters (MCLMC tuned or not), or None (``space()`` whatever is fixed).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Method(NamedTuple):
     check: Callable[[Any, str], None] | None = None
     revision: Callable[[dict], str | None] = lambda hp: None
     step_limit: Callable[[float, int], float] | None = None
+    space_for: Callable[[Mapping[str, Any]], dict] | None = None
 
 
 class Target(NamedTuple):

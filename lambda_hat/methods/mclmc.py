@@ -1,20 +1,21 @@
-"""MCLMC: hyperparameters, search space and the adapter onto :mod:`lambda_hat.samplers.mclmc`.
+"""MCLMC: hyperparameters, search spaces and the adapter onto :mod:`lambda_hat.samplers.mclmc`.
 
 With ``tune`` (default) each chain runs the traced restatement of BlackJAX's
-``mclmc_find_L_and_step_size`` (step size, L and a diagonal mass matrix per chain) and keeps
-its tuned state; the tuner's steps count as work.
+``mclmc_find_L_and_step_size`` (step size, L and a diagonal mass matrix per chain), then the
+chains are pooled to one set of parameters and the energy-variance rounds bracket the step
+size that holds their energy error at the target (:func:`_hold_energy`); every tuning step
+counts as work. With ``tune: false`` the chains sample at the given step size and L; that mode
+searches the step size relative to ε_max (:func:`untuned_space`, :func:`space_for`).
 
-A tuning that misses: the achieved energy error per dimension of the kept steps is recorded
-against the tuner's target (``diagnostics.energy_var_ratio``), with the tuned step sizes' spread
-across chains (``step_size_spread``, max/min). Unadjusted MCLMC's bias grows with the energy
-error, so a run over :data:`MISS_FACTOR` times its target (the 5-3-5 deep linear network read
-40x, its chains' step sizes 4.5x apart) is a ``diverged`` failure (``check: energy_error``): a
-parameter failure the sampler learns from, deterministic in the manifest, estimate kept.
+Either mode's run whose energy error exceeds ``miss_factor`` × its target fails
+(:mod:`lambda_hat.methods.mclmc_energy`). plans/methods.md, "MCLMC's tuning".
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,13 +24,18 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from lambda_hat.llc.engine import Diverged, Timer, concat, drive_units, f64, first_nonfinite, i64
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.methods._base import Method, Target, kept, partial_llc, run_output, traced_posterior
+from lambda_hat.methods.mclmc_energy import (
+    DEFAULT_ENERGY_FRAC,
+    DEFAULT_MISS_FACTOR,
+    ENERGY_MARGIN,
+    ENERGY_ROUNDS,
+    MIN_WINDOW,
+    energy_miss,
+    tuning_diagnostics,
+)
 from lambda_hat.methods.stability import StabilityRange
 from lambda_hat.samplers import mclmc as mclmc_kernel
 from lambda_hat.schema import ConfigError, config_dataclass, field
-
-MISS_FACTOR = 10.0
-"""A tuned run whose achieved energy error per dimension exceeds this many times the tuner's
-target failed its tuning (a ``diverged`` failure with ``check: energy_error``)."""
 
 OMEGA_H = 2.553
 """Largest stable ω·h of BlackJAX's ``isokinetic_mclachlan`` on a harmonic mode (plans/curvature.md)."""
@@ -40,9 +46,10 @@ class MCLMCHyper:
     """Microcanonical Langevin Monte Carlo (BlackJAX ``mclmc``, isokinetic McLachlan).
 
     With ``tune`` (default) BlackJAX's ``mclmc_find_L_and_step_size`` adapts the step size,
-    L and a diagonal mass matrix per chain: ``step_size`` is then its starting step size,
-    ``target_accept`` sets its energy-error target and ``L`` multiplies the tuned L. With
-    ``tune: false`` ``step_size`` and ``L`` are used as given and ``target_accept`` is unused.
+    L and a diagonal mass matrix per chain, and the energy-variance rounds then set one step
+    size for all chains: ``step_size`` is only the tuner's start, ``target_accept`` sets the
+    energy target and ``L`` multiplies the tuned L. With ``tune: false`` ``step_size`` and
+    ``L`` are used as given and ``target_accept`` sets only the energy check's target.
     """
 
     step_size: float | None = field(None, "step size (tuner's start; None: sqrt(d)/4)", gt=0)
@@ -53,22 +60,52 @@ class MCLMCHyper:
     steps: int = field(1000, "sampling steps per chain after tuning, burn-in included", ge=2)
     tune: bool = field(True, "run BlackJAX's tuner first (its steps count as work)")
     tune_frac: float = field(0.3, "tuning steps as a fraction of steps (split in 3 phases)", gt=0)
+    energy_frac: float = field(
+        DEFAULT_ENERGY_FRAC,
+        "tuned: steps (fraction of steps) of the energy-variance rounds that hold the chains' "
+        "pooled energy error at the target before sampling (0: BlackJAX's per-chain tuning only)",
+        ge=0,
+    )
+    miss_factor: float = field(
+        DEFAULT_MISS_FACTOR,
+        "a run whose energy error per dimension exceeds this many times its target fails",
+        gt=1,
+    )
     burnin_frac: float = field(0.1, "fraction of the sampling steps discarded", ge=0, lt=1)
-    chains: int = field(4, "independent chains, vmapped (each tuned on its own)", ge=1)
+    chains: int = field(4, "independent chains, vmapped (tuned each, then pooled)", ge=1)
 
 
 def space() -> dict:
-    """step_size log 1e-2..1 x ε_max = 2.553·√((d−1)/a_max) (the integrator's stability limit;
-    absolute 1e-4..1e-1 when a_max is unknown); target_accept 0.6..0.95; L 0.5..3.0;
-    steps 200..2000."""
+    """The default (tuned) mode's space: target_accept 0.75..0.97 (energy targets 3.3e-3 ..
+    4.5e-5 per dimension, BlackJAX's 5e-4 inside), L 0.5..3 (a multiplier of the tuned L),
+    steps 200..2000. The step size is the tuner's output, so it is not searched."""
     return {
-        "step_size": StabilityRange(
-            1e-2, 1.0, log=True, fallback=FloatDistribution(1e-4, 1e-1, log=True)
-        ),
-        "target_accept": FloatDistribution(0.6, 0.95),
+        "target_accept": FloatDistribution(0.75, 0.97),
         "L": FloatDistribution(0.5, 3.0),
         "steps": IntDistribution(200, 2000),
     }
+
+
+def untuned_space() -> dict:
+    """The space of ``tune: false``: step_size log 0.02..0.5 × ε_max = 2.553·√((d−1)/a_max)
+    (the integrator's stability limit at w*; absolute 1e-4..1e-1 when a_max is unknown), L log
+    0.3..10 (absolute, unit mass), steps 200..2000; ``target_accept`` only sets the energy
+    check's target, so it is not searched."""
+    return {
+        "step_size": StabilityRange(
+            0.02, 0.5, log=True, fallback=FloatDistribution(1e-4, 1e-1, log=True)
+        ),
+        "L": FloatDistribution(0.3, 10.0, log=True),
+        "steps": IntDistribution(200, 2000),
+    }
+
+
+def space_for(fixed: Mapping[str, Any]) -> dict:
+    """The default space given the values a config fixes: :func:`untuned_space` when it fixes
+    ``tune: false``, else :func:`space`."""
+    tune = fixed.get("tune", True)
+    untuned = tune is False or (isinstance(tune, str) and tune.strip().lower() == "false")
+    return untuned_space() if untuned else space()
 
 
 def check(hp: MCLMCHyper, where: str) -> None:
@@ -126,17 +163,71 @@ def _chains(target: Target, hp: dict, key, timer: Timer):
         k_start, k_mom, k_tune, k_run = jax.random.split(key, 4)
         starts = chain_starts(post, k_start, C)
         states = mclmc_kernel.init(post, jax.random.split(k_mom, C), starts)
-        return states, jax.random.split(k_tune, C), jax.random.split(k_run, C)
+        energy_keys = jax.random.split(jax.random.fold_in(k_tune, 1), C)
+        return states, jax.random.split(k_tune, C), jax.random.split(k_run, C), energy_keys
 
-    states, tune_keys, chain_keys = timer.once(
+    states, tune_keys, chain_keys, energy_keys = timer.once(
         ("mclmc", "setup", target.key, C), setup, target.args, key
     )
     if hp["tune"]:
         chains, tune_steps = _tune(target, hp, states, tune_keys, timer)
+        chains, held, rounds = _hold_energy(target, hp, chains, energy_keys, timer)
+        tune_steps += held
     else:
         chains = mclmc_kernel.fixed_chains(states, f64(hp["L"]), f64(hp["step_size"]))
-        tune_steps = 0
-    return chains, chain_keys, tune_steps
+        tune_steps, rounds = 0, []
+    return chains, chain_keys, (tune_steps, rounds)
+
+
+def _hold_energy(target: Target, hp: dict, chains, keys, timer: Timer):
+    """The energy-variance rounds: the chains pooled to one set of parameters
+    (:func:`lambda_hat.samplers.mclmc.pooled_chains`), then :data:`ENERGY_ROUNDS` windows of
+    ``energy_frac · steps / ENERGY_ROUNDS`` steps whose pooled energy error per dimension
+    brackets the step size that meets the target (:func:`~lambda_hat.samplers.mclmc.
+    energy_step_size`); sampling runs at :data:`ENERGY_MARGIN` × the largest that met it.
+    Returns the chains, the steps spent and the rounds' record (none when the windows would be
+    shorter than :data:`MIN_WINDOW` steps: BlackJAX's per-chain tuning alone)."""
+    C, d = hp["chains"], target.post.d
+    window = round(hp["energy_frac"] * hp["steps"]) // ENERGY_ROUNDS
+    if window < MIN_WINDOW:
+        return chains, 0, []
+    desired = mclmc_kernel.desired_energy_var(hp["target_accept"])
+    chains = timer.once(("mclmc", "pool", C, d), mclmc_kernel.pooled_chains, chains)
+
+    def run_window(args, keys, chains, n, r):
+        post = traced_posterior(target, args)
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+        return mclmc_kernel.build_window(post)(keys, chains, n)
+
+    rounds: list[tuple[float, float]] = []
+    for r in range(ENERGY_ROUNDS):
+        chains, sq, good = timer.once(
+            ("mclmc", "window", target.key, C),
+            run_window,
+            target.args,
+            keys,
+            chains,
+            i64(window),
+            i64(r),
+        )
+        good_steps = float(np.sum(good))
+        ratio = float(np.sum(sq)) / (good_steps * d) / desired if good_steps else math.inf
+        rounds.append((float(np.asarray(chains.step_size)[0]), ratio))
+        last = r + 1 == ENERGY_ROUNDS
+        step = (
+            mclmc_kernel.energy_step_choice(rounds) * ENERGY_MARGIN
+            if last
+            else mclmc_kernel.energy_step_size(rounds)
+        )
+        chains = chains._replace(step_size=np.full((C,), step, np.float64))
+    if not np.isfinite(np.asarray(chains.state.position)).all():
+        raise Diverged(ENERGY_ROUNDS * window, "non-finite parameters during MCLMC tuning")
+    record = [{"step_size": e, "energy_var_ratio": _finite_or_none(q)} for e, q in rounds]
+    return chains, ENERGY_ROUNDS * window, record
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
@@ -145,7 +236,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
     C, steps, d = hp["chains"], hp["steps"], post.d
     if d < 2:
         raise ConfigError("method", "MCLMC needs at least 2 parameters.", "use another method.")
-    chains, chain_keys, tune_steps = _chains(target, hp, key, timer)
+    chains, chain_keys, tuning = _chains(target, hp, key, timer)
 
     def unit(consts, chains, i):
         args, chain_keys = consts
@@ -174,14 +265,14 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         lambda ch: ch.state.position,
         lambda infos: partial_llc(concat(infos, "loss"), post, hp["burnin_frac"]),
     )
-    return _output(hp, d, chains, infos, (done, early, tune_steps))
+    return _output(hp, d, chains, infos, (done, early, tuning))
 
 
 def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
     """The RunOutput of the sampling steps run (``progress``: steps done, stopped early, the
     tuner's steps), with the tuning diagnostics and, for a tuning that missed its energy
     target, the failure."""
-    done, early, tune_steps = progress
+    done, early, (tune_steps, rounds) = progress
     C, steps = hp["chains"], hp["steps"]
     loss = concat(infos, "loss")
     energy = concat(infos, "energy_change")
@@ -189,7 +280,8 @@ def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
     draws, burn = kept(loss, hp["burnin_frac"])
     # every chain's start gradient (init), the tuner's steps and the sampling steps
     grads = C * (1 + mclmc_kernel.GRADS_PER_STEP * (tune_steps + done))
-    diagnostics = _tuning_diagnostics(chains, energy[:, burn:], d, hp)
+    diagnostics = tuning_diagnostics(chains, energy[:, burn:], d, hp)
+    diagnostics["energy_rounds"] = rounds
     out = {
         **run_output(loss, draws, burn, done, steps, early, (done, steps)),
         "work": {
@@ -201,45 +293,8 @@ def _output(hp: dict, d: int, chains, infos, progress: tuple) -> dict:
         "diagnostics": {**diagnostics, "nan_steps": int((~nonans).sum())},
         "trace": {"loss": loss, "energy_change": energy},
     }
-    failure = _energy_miss(diagnostics, done, steps) if hp["tune"] else None
+    failure = energy_miss(diagnostics, hp, done)
     return out if failure is None else {**out, "failure": failure}
-
-
-def _energy_miss(diagnostics: dict, done: int, steps: int) -> dict | None:
-    """The failure of a tuning whose achieved energy error is over MISS_FACTOR × its target."""
-    miss = diagnostics["energy_var_ratio"]
-    if miss is None or miss <= MISS_FACTOR:
-        return None
-    return {
-        "kind": "diverged",
-        "check": "energy_error",
-        "message": (
-            f"MCLMC tuning missed its energy-error target: {diagnostics['energy_var_per_dim']:.3g}"
-            f" per dimension against {diagnostics['desired_energy_var']:.3g} ({miss:.3g}x, "
-            f"limit {MISS_FACTOR:g}x); the step size is too large for this posterior"
-        ),
-        "step": done,
-        "steps_planned": steps,
-    }
-
-
-def _tuning_diagnostics(chains, energy: np.ndarray, d: int, hp: dict) -> dict:
-    """Tuned L and step size per chain, their spread, and the achieved energy error per
-    dimension (mean squared energy change of the kept steps / d) against the tuner's target."""
-    step_size = np.asarray(chains.step_size, dtype=np.float64)
-    target = mclmc_kernel.desired_energy_var(hp["target_accept"])
-    per_chain = np.mean(energy**2, axis=1) / d if energy.shape[1] else np.full(len(energy), np.nan)
-    achieved = float(np.mean(per_chain)) if np.isfinite(per_chain).all() else None
-    positive = step_size.min() > 0 and np.isfinite(step_size).all()
-    return {
-        "L": np.asarray(chains.L).tolist(),
-        "step_size": step_size.tolist(),
-        "step_size_spread": float(step_size.max() / step_size.min()) if positive else None,
-        "desired_energy_var": target,
-        "energy_var_per_dim": achieved,
-        "energy_var_per_dim_per_chain": per_chain.tolist(),
-        "energy_var_ratio": None if achieved is None else achieved / target,
-    }
 
 
 def step_limit(a_max: float, d: int) -> float:
@@ -256,4 +311,5 @@ METHOD = Method(
     culprits={"diverged": ("step_size",), "timeout": ("steps",), "oom": ()},
     check=check,
     step_limit=step_limit,
+    space_for=space_for,
 )

@@ -39,6 +39,7 @@ from lambda_hat.methods._base import (
     run_output,
     traced_posterior,
 )
+from lambda_hat.methods.vi_drift import DEFAULT_DRIFT_TOL, drift_check
 from lambda_hat.samplers import vi as vi_kernel
 from lambda_hat.schema import config_dataclass, field
 
@@ -76,6 +77,15 @@ class VIHyper:
     )
     init_spread: float = field(
         0.1, "spread of the initial component means (in posterior sd's from the curvature)", ge=0
+    )
+    drift_steps: int = field(
+        200,
+        "MALA steps from draws of each fitted q (a full-data gradient each): a fit whose "
+        "estimate they move by more than drift_tol fails; 0 skips the check",
+        ge=0,
+    )
+    drift_tol: float = field(
+        DEFAULT_DRIFT_TOL, "largest relative drift of λ̂ under those steps that passes", gt=0
     )
     dtype: Dtype = dtype_field()
 
@@ -167,6 +177,7 @@ def run(target: Target, hp: dict, key, deadline: float, timer: Timer) -> dict:
         raise Diverged(done, "non-finite L_n at a draw from the fitted q")
     out = _output(hp, n, done, early, elbo, loss, state)
     out["diagnostics"].update(importance(log_w, loss, post.nbeta, post.loss_star))
+    drift_check(target, hp, whitening, eval_keys, state.params, timer, out)
     return out
 
 
@@ -321,5 +332,5 @@ METHOD = Method(
         "timeout": ("steps", "whiten_steps", "M"),
         "oom": ("batch_size", "M", "r"),
     },
-    revision=lambda hp: "lanczos whitening, importance diagnostics",
+    revision=lambda hp: "lanczos whitening, importance diagnostics, drift check",
 )

@@ -21,6 +21,7 @@ variance per dimension is BlackJAX's default 5e-4 at ``target_accept = 0.9`` and
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ __all__ = [
     "MCLMCInfo",
     "GRADS_PER_STEP",
     "desired_energy_var",
+    "target_accept_for",
     "TuneSchedule",
     "tune_schedule",
     "tuning_steps",
@@ -46,6 +48,10 @@ __all__ = [
     "build_tuner",
     "finish_tuning",
     "fixed_chains",
+    "pooled_chains",
+    "energy_step_size",
+    "energy_step_choice",
+    "build_window",
     "build_step",
 ]
 
@@ -77,6 +83,13 @@ def desired_energy_var(target_accept: float) -> float:
     z = NormalDist().inv_cdf(target_accept / 2)
     z0 = NormalDist().inv_cdf(0.9 / 2)
     return _DEFAULT_ENERGY_VAR * (z / z0) ** 2
+
+
+def target_accept_for(energy_var: float) -> float:
+    """The ``target_accept`` whose energy target is ``energy_var`` (inverse of
+    :func:`desired_energy_var`)."""
+    z0 = NormalDist().inv_cdf(0.9 / 2)
+    return 2 * NormalDist().cdf(z0 * math.sqrt(energy_var / _DEFAULT_ENERGY_VAR))
 
 
 def _tune_fracs(tune_frac: float) -> tuple[float, float, float]:
@@ -269,6 +282,96 @@ def fixed_chains(states: IntegratorState, L, step_size) -> MCLMCChains:
         jnp.full((C,), step_size, states.position.dtype),
         jnp.ones((C, d), states.position.dtype),
     )
+
+
+def pooled_chains(chains: MCLMCChains) -> MCLMCChains:
+    """Every chain at the same parameters: the mean of the chains' diagonal variance estimates
+    (the inverse mass matrix), the median L and the geometric mean step size.
+
+    All chains sample one posterior, so their tuning data can be pooled: four chains' estimates
+    of the posterior's variances are better than each one's, and one step size set on the
+    chains' energy errors together holds the energy error where the chains go, where each
+    chain's own short tuning read its own region (plans/methods.md, "MCLMC's tuning").
+    """
+    C = chains.L.shape[0]
+    imm = jnp.mean(chains.inverse_mass_matrix, axis=0)
+    step_size = jnp.exp(jnp.mean(jnp.log(chains.step_size)))
+    return chains._replace(
+        L=jnp.full((C,), jnp.median(chains.L)),
+        step_size=jnp.full((C,), step_size),
+        inverse_mass_matrix=jnp.broadcast_to(imm, chains.inverse_mass_matrix.shape),
+    )
+
+
+ENERGY_EXPONENT = 6.0
+"""Energy variance per step ∝ step size^6 for a second-order integrator (BlackJAX's model)."""
+MAX_ENERGY_CHANGE = 4.0  # most a step size changes in one energy-variance round
+
+
+def energy_step_size(rounds: list[tuple[float, float]]) -> float:
+    """The next step size from the energy-variance rounds so far, ``(step size, achieved/target
+    energy variance)`` each (ratio NaN/inf: the window hit NaNs, counts as far over).
+
+    The achieved variance is not a smooth power of the step size where the posterior's
+    curvature varies: on the 5-4-5 deep linear network it read 4e-4× the target at one step
+    size and 1600× at 1.5 times it (a stability cliff the chains cross where they meet stiffer
+    regions). So the rounds *bracket* the target: between the largest step size that met it
+    (``lo``) and the smallest that missed (``hi``) the next is their geometric mean; with only
+    one side known, the power-law guess ratio^(−1/6) (at most :data:`MAX_ENERGY_CHANGE`-fold,
+    and below ``hi``). :func:`energy_step_choice` picks the step size to sample with.
+    """
+    lo, hi = _bracket(rounds)
+    if lo is not None and hi is not None:
+        return math.sqrt(lo * hi)
+    step, ratio = rounds[-1]
+    ratio = ratio if math.isfinite(ratio) else math.inf
+    factor = min(max(ratio ** (-1.0 / ENERGY_EXPONENT), 1 / MAX_ENERGY_CHANGE), MAX_ENERGY_CHANGE)
+    return step * factor
+
+
+def energy_step_choice(rounds: list[tuple[float, float]]) -> float:
+    """The step size to sample with after the rounds: the largest that met the target below the
+    smallest that missed it, else the next guess (:func:`energy_step_size`)."""
+    lo, _ = _bracket(rounds)
+    return lo if lo is not None else energy_step_size(rounds)
+
+
+def _bracket(rounds: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """(largest step size with ratio <= 1 below every miss, smallest with ratio > 1)."""
+    missed = [s for s, r in rounds if not r <= 1.0]
+    hi = min(missed) if missed else None
+    met = [s for s, r in rounds if r <= 1.0 and (hi is None or s < hi)]
+    return (max(met) if met else None), hi
+
+
+def build_window(posterior: LLCPosterior):
+    """``window(keys (C,), chains, n) -> (chains, sq (C,), good (C,))``: ``n`` (traced) steps
+    of every chain at its parameters; ``sq`` sums the squared energy changes of the NaN-free
+    steps (inf for a chain whose position became non-finite: it is put back where it started),
+    ``good`` counts them. The energy-variance rounds of the tuning run it."""
+    step = build_step(posterior)
+
+    def one(key, state, L, step_size, imm, n):
+        def body(i, carry):
+            s, sq, good = carry
+            s, info = step(jax.random.fold_in(key, i), s, L, step_size, imm)
+            ok = info.nonans & jnp.isfinite(info.energy_change)
+            sq = sq + jnp.where(ok, jnp.square(info.energy_change), 0.0)
+            return s, sq, good + ok.astype(sq.dtype)
+
+        zero = jnp.zeros((), state.position.dtype)
+        end, sq, good = jax.lax.fori_loop(0, n, body, (state, zero, zero))
+        finite = jnp.all(jnp.isfinite(end.position))  # else: back to the start, counted as a miss
+        end = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), end, state)
+        return end, jnp.where(finite, sq, jnp.inf), good
+
+    def window(keys, chains: MCLMCChains, n):
+        states, sq, good = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None))(
+            keys, chains.state, chains.L, chains.step_size, chains.inverse_mass_matrix, n
+        )
+        return chains._replace(state=states), sq, good
+
+    return window
 
 
 def build_step(posterior: LLCPosterior):

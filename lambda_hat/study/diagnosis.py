@@ -162,6 +162,9 @@ def suggestion(
     last = next(r for r in reversed(failed) if _is(r, kind))
     f = last.failure or {}
     where = f" (see {last.path})" if last.path else ""
+    own = _check_fix(failed, kind)
+    if own is not None:
+        return own
     if KINDS[kind].told == "COMPLETE":  # a parameter failure: diverged, timeout, oom
         cut = cutoff(records, kind, culprits.get(kind, ()))
         if cut is not None:
@@ -180,6 +183,18 @@ def suggestion(
         how = f.get("signal_name") or f.get("signal") or f"exit code {f.get('exit_code')}"
         return f"the trial process died ({how}); inspect its log{where}"
     return f"the {kind} failures are not caused by the parameters: check the workers/cluster{where}"
+
+
+def _check_fix(failed: Sequence[Record], kind: str) -> str | None:
+    """The method's own advice when every failure of ``kind`` failed the same named check and
+    says how to fix it (``... Fix: ...`` in its message): e.g. VI's drift check, where no range
+    of the searched parameters would help."""
+    same = [r.failure for r in failed if _is(r, kind)]
+    checks = {f.get("check") for f in same if f is not None}
+    message = str((same[-1] or {}).get("message", "")) if same else ""
+    if len(checks) != 1 or None in checks or "Fix: " not in message:
+        return None
+    return f"every trial failed the {checks.pop()} check; " + message.split("Fix: ", 1)[1]
 
 
 def _first_line(failure: Mapping[str, Any]) -> str:

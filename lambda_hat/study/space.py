@@ -44,11 +44,12 @@ def method_space(
     stability}`` (``low·ε_max … high·ε_max``, resolved per problem:
     :func:`lambda_hat.study.resolved_space.study_space`) or ``{choices: [...]}``.
     """
-    space = dict(methods.search_space(method))
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
         raise ConfigError(where, f"got {overrides!r}, expected a mapping of parameter overrides.")
+    given = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
+    space = dict(methods.search_space(method, given))  # MCLMC: tune: false searches others
     known = set(methods.default_hyperparams(method)) | set(runs.POSTERIOR_HYPERPARAMS)
     fixed: dict[str, Any] = {}
     for name, spec in overrides.items():
@@ -67,12 +68,26 @@ def method_space(
             space[name] = _gamma_choices(spec, sub)
             continue
         if "scale" in spec:
-            space[name] = _scaled(method, name, spec, sub)
+            space[name] = _scaled(method, name, spec, sub, given)
         else:
             space[name] = _distribution(method, name, spec, space.get(name), sub)
-    if fixed:
-        runs.resolve_hyperparams(method, fixed, where)
+    if fixed:  # with a value for each searched one (cross-field checks: MCLMC's step_size)
+        runs.resolve_hyperparams(method, {**_probe(space), **fixed}, where)
     return space, fixed
+
+
+def _probe(space: dict[str, Searched]) -> dict[str, Any]:
+    """A value of each searched hyperparameter: its range's low end, first choice, or 1.0 for
+    a range relative to ε_max (its absolute value is known only per problem)."""
+    out: dict[str, Any] = {}
+    for name, dist in space.items():
+        if isinstance(dist, StabilityRange):
+            out[name] = dist.fallback.low if dist.fallback is not None else 1.0
+        elif isinstance(dist, CategoricalDistribution):
+            out[name] = dist.choices[0]
+        elif isinstance(dist, (FloatDistribution, IntDistribution)):
+            out[name] = dist.low
+    return out
 
 
 def _gamma_choices(spec: dict, where: str) -> CategoricalDistribution:
@@ -102,15 +117,16 @@ def _gamma_choices(spec: dict, where: str) -> CategoricalDistribution:
     return CategoricalDistribution(values)
 
 
-def _scaled(method: str, name: str, spec: dict, where: str) -> StabilityRange:
-    """A ``scale: stability`` range: only for the step size that has a limit."""
+def _scaled(method: str, name: str, spec: dict, where: str, given: dict) -> StabilityRange:
+    """A ``scale: stability`` range: only for the step size that has a limit (in the space of
+    the mode the fixed values ``given`` select)."""
     if spec["scale"] != STABILITY_SCALE:
         raise ConfigError(
             f"{where}.scale",
             f"got {spec['scale']!r}.",
             f"use scale: {STABILITY_SCALE} (relative to ε_max) or drop scale (absolute).",
         )
-    default = methods.search_space(method).get(name)
+    default = methods.search_space(method, given).get(name)
     try:
         step_limit(method, 1.0, 2)
         if not isinstance(default, StabilityRange) or set(spec) - {"low", "high", "log", "scale"}:
@@ -118,7 +134,8 @@ def _scaled(method: str, name: str, spec: dict, where: str) -> StabilityRange:
     except ValueError:
         raise ConfigError(
             f"{where}.scale",
-            f"{method}'s {name} has no stability limit (only SGLD's eta0 and MCLMC's step_size).",
+            f"{method}'s {name} has no stability limit here (SGLD's eta0 has one, and MCLMC's "
+            "step_size with tune: false).",
             "write an absolute range {low: .., high: .., log: ..} without scale.",
         ) from None
     try:

@@ -27,13 +27,17 @@ def test_search_spaces_are_the_documented_ones():
     assert vi["whitening_mode"] == CategoricalDistribution(["none", "rmsprop", "adam", "lanczos"])
     assert vi["steps"] == IntDistribution(2000, 20000)
     assert vi["batch_size"] == CategoricalDistribution([32, 64, 128, 256])
-    mc = methods.search_space("mclmc")
-    assert mc["step_size"] == StabilityRange(
-        1e-2, 1.0, True, FloatDistribution(1e-4, 1e-1, log=True)
-    )
-    assert mc["target_accept"] == FloatDistribution(0.6, 0.95)
+    mc = methods.search_space("mclmc")  # tuned (the default): the tuner sets the step size
+    assert set(mc) == {"target_accept", "L", "steps"}
+    assert mc["target_accept"] == FloatDistribution(0.75, 0.97)
     assert mc["L"] == FloatDistribution(0.5, 3.0)
     assert mc["steps"] == IntDistribution(200, 2000)
+    untuned = methods.search_space("mclmc", {"tune": False})
+    assert untuned["step_size"] == StabilityRange(
+        0.02, 0.5, True, FloatDistribution(1e-4, 1e-1, log=True)
+    )
+    assert untuned["L"] == FloatDistribution(0.3, 10.0, log=True)
+    assert set(untuned) == {"step_size", "L", "steps"}
     for method in methods.METHODS:  # every searched name is a field with a default
         assert set(methods.search_space(method)) <= set(methods.default_hyperparams(method))
         assert methods.default_hyperparams(method)["chains"] == 4 or method == "vi"
@@ -58,10 +62,12 @@ A_MAX, D = 1_385_088.35, 9_871  # mlp10k/large (plans/curvature.md)
 
 
 def test_default_step_ranges_are_relative_to_the_limit():
-    sgld, mclmc = methods.search_space("sgld")["eta0"], methods.search_space("mclmc")["step_size"]
+    sgld = methods.search_space("sgld")["eta0"]
+    mclmc = methods.search_space("mclmc", {"tune": False})["step_size"]  # untuned MCLMC's
+    assert "step_size" not in methods.search_space("mclmc")  # tuned: the tuner's output
     assert (sgld.low, sgld.high, sgld.log) == (1e-3, 1.0, True)
     assert sgld.fallback == FloatDistribution(1e-6, 1e-1, log=True)  # the old absolute default
-    assert (mclmc.low, mclmc.high, mclmc.log) == (1e-2, 1.0, True)
+    assert (mclmc.low, mclmc.high, mclmc.log) == (0.02, 0.5, True)
     assert mclmc.fallback == FloatDistribution(1e-4, 1e-1, log=True)
 
 

@@ -31,10 +31,12 @@ def test_vi_counts_fit_whitening_and_evaluation_draws(linear_problem, tmp_path):
     m = run_method_trial(linear_problem, "vi", {"steps": 300}, None, 0, artifacts=tmp_path)
     assert m["failure"] is None or m["failure"]["kind"] == "diverged", m["failure"]
     # 4 fits x 300 steps x M = 4 components x 1 draw, batch 128 of 200 rows; whitening once:
-    # 200 gradients of 128 rows; evaluation: 4 fits x 256 full-data L_n passes
-    assert m["work"]["grad_evals"] == 4 * 300 * 4 + 200
+    # 200 gradients of 128 rows; evaluation: 4 fits x 256 full-data L_n passes; the drift
+    # check: 4 fits x 32 draws x (1 + 200 MALA steps) full-data gradients
+    assert m["work"]["grad_evals"] == 4 * 300 * 4 + 200 + 4 * 32 * 201
     assert m["work"]["loss_evals"] == 4 * 256
-    assert m["work"]["fge"] == pytest.approx(4 * 300 * 4 * 128 / 200 + 200 * 128 / 200 + 1024)
+    fit = 4 * 300 * 4 * 128 / 200 + 200 * 128 / 200
+    assert m["work"]["fge"] == pytest.approx(fit + 1024 + 4 * 32 * 201)
 
 
 def test_mclmc_counts_start_tuning_and_sampling_gradients(linear_problem, tmp_path):
@@ -42,8 +44,9 @@ def test_mclmc_counts_start_tuning_and_sampling_gradients(linear_problem, tmp_pa
         linear_problem, "mclmc", {"steps": 200, "chains": 2}, None, 0, artifacts=tmp_path
     )
     assert m["status"] == "ok", m["failure"]
-    # tuner for 200 steps at tune_frac 0.3: phases 20 + 20 + 7 (readjust) + 20 = 67 steps
-    assert m["work"]["tuning_steps"] == 67
-    # per chain: 1 gradient at the start, 2 per integrator step (67 tuning + 200 sampling)
-    assert m["work"]["grad_evals"] == 2 * (1 + 2 * (67 + 200))
+    # tuner for 200 steps at tune_frac 0.3: phases 20 + 20 + 7 (readjust) + 20 = 67 steps, then
+    # the energy-variance rounds at energy_frac 0.2: 4 windows of 40 // 4 = 10 steps
+    assert m["work"]["tuning_steps"] == 67 + 40
+    # per chain: 1 gradient at the start, 2 per integrator step (107 tuning + 200 sampling)
+    assert m["work"]["grad_evals"] == 2 * (1 + 2 * (107 + 200))
     assert m["work"]["fge"] == m["work"]["grad_evals"]  # full-batch gradients
