@@ -18,6 +18,9 @@ them. Imports nothing of lambda_hat: every stage may use it.
     <results>/
       optuna_trials.parquet           one row per tuning trial        (parsl-optuna)
       validation.parquet, validation.json                             (its validation stage)
+      class_trials.parquet            one row per class trial and member (class studies)
+      transfer.parquet                a class's settings on its holdout members
+      classes/<class>/<method>/recommendation.json   a class study's pick, in its units
       llc_runs.parquet                one row per run                 (lambda-hat run)
       studies/journal.log             the default Optuna storage
       studies/optuna_llc/<study>.pkl  study pickles
@@ -73,6 +76,10 @@ TRIALS_TABLE = "optuna_trials.parquet"
 RUNS_TABLE = "llc_runs.parquet"
 VALIDATION_TABLE = "validation.parquet"
 VALIDATION_JSON = "validation.json"
+CLASS_TRIALS_TABLE = "class_trials.parquet"
+TRANSFER_TABLE = "transfer.parquet"
+CLASSES = "classes"
+RECOMMENDATION_JSON = "recommendation.json"
 STUDIES = "studies"
 JOURNAL = "journal.log"
 PICKLES = "optuna_llc"
@@ -125,6 +132,11 @@ def studies_dir(results: str | Path) -> Path:
 def journal_path(results: str | Path) -> Path:
     """The default study storage: ``<results>/studies/journal.log``."""
     return studies_dir(results) / JOURNAL
+
+
+def class_recommendation(results: str | Path, name: str, method: str) -> Path:
+    """A class study's recommendation (its settings in transferable units)."""
+    return Path(results) / CLASSES / name / method / RECOMMENDATION_JSON
 
 
 def pickle_path(results: str | Path, study: str) -> Path:
