@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 from omegaconf import OmegaConf
 
 from lambda_hat import layout
+from lambda_hat.config.classes import ClassMembers, expand_members
 from lambda_hat.config.paths import PathsConfig
 from lambda_hat.config.runs import Runs, RunsConfig, check_runs
 from lambda_hat.config.tuning import Tuning, TuningConfig, check_tuning
@@ -111,7 +112,28 @@ def load_tuning(path: str | Path, overrides: dict | None = None) -> Tuning:
     """
     path = Path(path)
     cfg, problems = _load(path, _read(path, overrides), TuningConfig, check_tuning)
-    return Tuning(config=cfg, problems=problems, source=str(path))
+    return Tuning(cfg, problems, str(path), _classes(cfg, path))
+
+
+def _classes(cfg: TuningConfig, path: Path) -> dict[str, ClassMembers]:
+    """Every class with its members resolved (sweeps expanded); errors name the file."""
+    out = {}
+    search = [path.parent / "conf"]
+    try:
+        for i, c in enumerate(cfg.classes):
+            roles = {}
+            for role in ("train", "holdout"):
+                entries = expand_members(getattr(c, role), f"classes[{i}].{role}")
+                roles[role] = (
+                    [resolve_problem(e, w, search) for w, e in entries],
+                    [e for _, e in entries],
+                )
+            out[c.name] = ClassMembers(
+                c, roles["train"][0], roles["holdout"][0], roles["train"][1], roles["holdout"][1]
+            )
+    except ConfigError as exc:
+        raise ConfigError(exc.where, exc.problem, exc.fix, source=str(path)) from None
+    return out
 
 
 def load_runs(path: str | Path, overrides: dict | None = None) -> Runs:
@@ -200,7 +222,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
         tuple(cfg.methods),
         oc.method_budget_sec,
         oc.storage or str(layout.journal_path(cfg.paths.results)),
-        Tuning(config=cfg, problems=problems, source=str(path)),
+        Tuning(cfg, problems, str(path), _classes(cfg, path)),
     )
 
 

@@ -14,9 +14,11 @@ means, in the help text next to it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Literal
 
+from lambda_hat.config.classes import ClassConfig, ClassMembers
 from lambda_hat.config.paths import PathsConfig
 from lambda_hat.methods import METHODS
 from lambda_hat.problem.spec import ProblemEntry, ProblemSpec
@@ -176,7 +178,10 @@ class OptunaConfig:
 class TuningConfig:
     """A whole tuning YAML (``parsl-optuna``)."""
 
-    problems: list[ProblemEntry] = field([], "problems (targets) to study")
+    problems: list[ProblemEntry] = field([], "problems (targets) to study, one study each")
+    classes: list[ClassConfig] = field(
+        [], "problem classes: one study per (class, method) over its train members"
+    )
     methods: list[MethodName] = field([], "methods to tune")
     reference: ReferenceConfig = field(ReferenceConfig(), "HMC reference settings")
     optuna: OptunaConfig = field(OptunaConfig(), "tuning settings")
@@ -185,18 +190,22 @@ class TuningConfig:
 
 @dataclass(frozen=True)
 class Tuning:
-    """A loaded tuning YAML: the validated config and its resolved problems, in order."""
+    """A loaded tuning YAML: the validated config, its resolved problems in order, and its
+    classes by name (members resolved)."""
 
     config: TuningConfig
     problems: list[ProblemSpec]
     source: str
+    classes: dict[str, ClassMembers] = dataclasses.field(default_factory=dict)
 
 
 def check_tuning(cfg: TuningConfig) -> TuningConfig:
     """``cfg`` after the checks across fields (raises :class:`ConfigError`): at least one
-    problem; ``optuna.hmc_budget_sec`` is an alias of ``reference.budget_sec``, one value kept."""
-    if not cfg.problems:
-        raise ConfigError("problems", "is empty.", "list at least one problem.")
+    problem or class, class names once each and usable in a path, every class with train
+    members; ``optuna.hmc_budget_sec`` is an alias of ``reference.budget_sec``, one value kept."""
+    if not cfg.problems and not cfg.classes:
+        raise ConfigError("problems", "is empty.", "list at least one problem (or a class).")
+    _check_classes(cfg.classes)
     alias, canon = cfg.optuna.hmc_budget_sec, cfg.reference.budget_sec
     if alias is None:
         return cfg
@@ -208,3 +217,21 @@ def check_tuning(cfg: TuningConfig) -> TuningConfig:
         )
     ref = dataclasses.replace(cfg.reference, budget_sec=alias)
     return dataclasses.replace(cfg, reference=ref)
+
+
+def _check_classes(classes: list[ClassConfig]) -> None:
+    seen: set[str] = set()
+    for i, c in enumerate(classes):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", c.name):
+            raise ConfigError(
+                f"classes[{i}].name",
+                f"got {c.name!r}.",
+                "use letters, digits, _ and - only (it names files and studies).",
+            )
+        if c.name in seen:
+            raise ConfigError(f"classes[{i}].name", f"{c.name!r} is listed twice.", "rename one.")
+        seen.add(c.name)
+        if not c.train:
+            raise ConfigError(
+                f"classes[{i}].train", "is empty.", "list the members to tune against."
+            )

@@ -20,6 +20,7 @@ __all__ = [
     "reference_stage",
     "ReferenceConfig",
     "References",
+    "unusable",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -36,5 +37,6 @@ __getattr__, __dir__ = lazy_exports(
         "reference_stage": "stage",
         "ReferenceConfig": "settings",
         "References": "stage",
+        "unusable": "stage",
     },
 )

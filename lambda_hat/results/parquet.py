@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lambda_hat import methods
-from lambda_hat._io import atomic_write_bytes
+from lambda_hat._io import atomic_write_bytes, finite_float
 from lambda_hat.results.tables import TRIAL_COLUMNS
 from lambda_hat.trial.identity import POSTERIOR_HYPERPARAMS
 
@@ -136,7 +136,20 @@ def to_table(rows: list[dict], columns: dict[str, pa.DataType] | None = None) ->
         cols["diagnostics"] = pa.array([_cast(d, pa.string()) for d in diagnostics], pa.string())
     for n in names:
         cols[f"hp_{n}"] = pa.array([v[n] for v in hp_values], type=types[n])
+    _units(rows, cols)
     return pa.table(cols)
+
+
+def _units(rows: list[dict], cols: dict[str, pa.Array]) -> None:
+    """``eps_max`` and one ``<name>_units`` column (value / ε_max) per hyperparameter any
+    row's ``units`` holds: the unit a setting transfers in, beside its absolute value."""
+    units = [r.get("units") or {} for r in rows]
+    names = sorted({k for u in units for k in u})
+    if not names and not any("eps_max" in r for r in rows):
+        return
+    cols["eps_max"] = pa.array([finite_float(r.get("eps_max")) for r in rows], pa.float64())
+    for n in names:
+        cols[f"{n}_units"] = pa.array([finite_float(u.get(n)) for u in units], pa.float64())
 
 
 def _pandas_ints(table: pa.Table) -> pa.Table:

@@ -218,9 +218,12 @@ def trial_row(
     ref: dict,
     metrics: dict | None = None,
     problem: dict | None = None,
+    limits: dict[str, float] | None = None,
 ) -> dict:
     """One ``optuna_trials.parquet`` row for ``trial`` (its metrics.json is read unless
-    ``metrics`` is given); ``problem``: its :func:`problem_columns` (None: left empty)."""
+    ``metrics`` is given); ``problem``: its :func:`problem_columns` (None: left empty);
+    ``limits``: ε_max of each hyperparameter searched relative to it, which gives the row's
+    ``units`` (value / ε_max, the unit a setting transfers in) and ``eps_max``."""
     run_dir = trial.user_attrs.get("run_dir")
     kind = KINDS.get(trial.user_attrs.get("failure_kind"))
     if kind is not None and not kind.finished:
@@ -238,6 +241,7 @@ def trial_row(
     cols["failure_message"] = cols["failure_message"] or trial.user_attrs.get("failure_message")
     cols["reused"] = bool(trial.user_attrs.get("reused", False))
     cols["run_dir"] = run_dir
+    hyperparams = to_jsonable(metrics.get("hyperparams") or dict(trial.params))
     return {
         "pid": pid,
         "method": method,
@@ -246,10 +250,23 @@ def trial_row(
         "state": trial.state.name,
         "status": status,
         "objective": finite_float(trial.values[0]) if ok and trial.values else None,
-        "hyperparams": to_jsonable(metrics.get("hyperparams") or dict(trial.params)),
+        "hyperparams": hyperparams,
+        **units_columns(hyperparams, limits),
         **(problem or {}),
         **cols,
     }
+
+
+def units_columns(hyperparams: dict, limits: dict[str, float] | None) -> dict:
+    """``units`` ({name: value / ε_max} for each name with a limit) and ``eps_max`` (the
+    first such limit; one step-size limit per method) of a run's absolute ``hyperparams``."""
+    units = {
+        k: hyperparams[k] / eps
+        for k, eps in (limits or {}).items()
+        if eps and isinstance(hyperparams.get(k), int | float)
+    }
+    eps_max = next((eps for eps in (limits or {}).values() if eps), None)
+    return {"units": units or None, "eps_max": eps_max}
 
 
 def study_rows(
@@ -259,14 +276,22 @@ def study_rows(
     ref: dict,
     ref_of: Callable[[dict], dict] | None = None,
     problem: dict | None = None,
+    limits: dict[str, float] | None = None,
 ) -> list[dict]:
     """Rows for every trial of ``study`` except WAITING ones (RUNNING ones with their state).
 
     ``ref_of(params)`` is the reference of a trial's own posterior
     (:meth:`lambda_hat.study.task.StudyTask.trial_ref`); None: ``ref`` for every trial.
-    ``problem``: the study's :func:`problem_columns`."""
+    ``problem``: the study's :func:`problem_columns`; ``limits``: :func:`trial_row`'s."""
     return [
-        trial_row(t, pid, method, ref if ref_of is None else ref_of(t.params), problem=problem)
+        trial_row(
+            t,
+            pid,
+            method,
+            ref if ref_of is None else ref_of(t.params),
+            problem=problem,
+            limits=limits,
+        )
         for t in study.get_trials(deepcopy=False)
         if t.state != TrialState.WAITING
     ]

@@ -90,6 +90,12 @@ def describe(plan: Plan) -> str:
         lines.append("  references at γ = " + ", ".join(f"{g:g}" for g in plan.gammas))
     for pid, spec in zip(plan.pids, plan.exp.problems, strict=False):
         lines.append(f"  problem {pid}: model {spec.model.family} data n={spec.data.n}")
+    for name, c in plan.exp.classes.items():
+        lines.append(
+            f"  class {name}: {len(c.train)} train member(s), {len(c.holdout)} holdout; one "
+            f"study per method, objective {c.config.objective}, halving "
+            f"{'on' if c.config.halving else 'off'}, step sizes in units of each member's ε_max"
+        )
     curvatures = stored_curvatures(plan.exp.problems, plan.cfg.reference, plan.artifacts)
     for m in plan.cfg.methods:
         space = describe_space(plan.spaces[m], m, curvatures)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from lambda_hat import layout, methods
 from lambda_hat.config.load import load_tuning
-from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import session
@@ -44,17 +43,17 @@ from lambda_hat.reference import stage as references
 from lambda_hat.reference.stage import References, is_reference, reference_stage
 from lambda_hat.results import tables as results
 from lambda_hat.results.parquet import write_parquet
-from lambda_hat.schema import ConfigError, as_dict
-from lambda_hat.study import command, progress, validation
+from lambda_hat.schema import ConfigError
+from lambda_hat.study import class_stage, command, progress, transfer, validation
 from lambda_hat.study import driver as tuning
 from lambda_hat.study import storage as studies
 from lambda_hat.study.guard import FailureGuard
+from lambda_hat.study.payloads import base_payload, locator, resolver, trial_ref
 from lambda_hat.study.plan import Plan, check_plan
 from lambda_hat.study.pruning import PRUNING_STEPS
 from lambda_hat.study.resolved_space import study_space
 from lambda_hat.study.stopping import StopRule
 from lambda_hat.study.tell import best_successful
-from lambda_hat.trial import identity as runs
 from lambda_hat.trial import submit as trial_submit
 
 __all__ = ["References", "execute", "is_reference", "main", "make_tasks", "reference_stage"]
@@ -64,17 +63,13 @@ log = logging.getLogger("lambda_hat.workflow")
 # ---------------------------------------------------------------------------------- stages
 
 
-def _trial_ref(ref: dict) -> dict:
-    return {k: v for k, v in ref.items() if k != "summary"}
-
-
 def _ref_lookup(refs: dict, pid: str, gamma_varies: bool):
     """``StudyTask.refs`` for a study whose trials' γ varies (searched or fixed), else None."""
     if not isinstance(refs, References) or not gamma_varies:
         return None
 
     def ref_for(params: dict) -> dict:
-        return _trial_ref(refs.at(pid, params.get("gamma")))
+        return trial_ref(refs.at(pid, params.get("gamma")))
 
     return ref_for
 
@@ -110,15 +105,15 @@ def _study_task(
         method=method,
         study=study,
         space=resolved.space,
-        base_payload=_base_payload(spec, method, refs[pid], oc, plan.artifacts, plan.trial_target),
+        base_payload=base_payload(spec, method, refs[pid], oc, plan.artifacts, plan.trial_target),
         ref=refs[pid],
         objective=oc.objective,
         objectives=tuple(oc.objectives),
         huber_delta=oc.huber_delta,
         ucb_sigmas=oc.ucb_sigmas,
         fixed=fixed,
-        resolve=_resolver(method),
-        locate=_locator(plan, spec, method),
+        resolve=resolver(method),
+        locate=locator(plan.trial_target, plan.artifacts, spec, method),
         guard=FailureGuard(
             max_consecutive_failures=oc.max_consecutive_failures,
             culprits=methods.culprits(method),
@@ -137,44 +132,16 @@ def _study_task(
     return task
 
 
-def _base_payload(
-    spec: ProblemSpec, method: str, ref: dict, oc: OptunaConfig, artifacts: Path, target: str
-) -> dict:
-    """The static part of every trial payload of one study (``StudyTask.base_payload``)."""
-    return {
-        "pid": problem_id(spec),
-        "spec": as_dict(spec),
-        "method": method,
-        "budget_sec": oc.method_budget_sec,
-        "seed": oc.seed,
-        "ref": _trial_ref(ref),
-        "artifacts": str(artifacts),
-        "target": target,
-        "isolate": oc.isolate,
-        "timeout_grace": oc.timeout_grace,
-        "warm": None if oc.warm is None else as_dict(oc.warm),
-    }
-
-
-def _resolver(method: str):
-    def resolve(hp: dict) -> dict:
-        return runs.resolve_hyperparams(method, hp)
-
-    return resolve
-
-
-def _locator(plan: Plan, spec: ProblemSpec, method: str):
-    """Where the trial's runner will write (:func:`runs.locator`)."""
-    return runs.locator(plan.trial_target, plan.artifacts, problem_id(spec), spec.data.n, method)
-
-
 def aggregate(tasks: list[tuning.StudyTask], problems: dict[str, dict], out: Path) -> Path:
     """Stage 3: the Parquet table under ``out`` (``problems``: pid -> its problem columns,
     :func:`lambda_hat.results.tables.problem_table`) and the study pickles."""
     rows = []
     for t in tasks:
         problem = problems.get(t.pid)
-        rows.extend(results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem))
+        limits = t.guard.step_limits if t.guard is not None else None
+        rows.extend(
+            results.study_rows(t.study, t.pid, t.method, t.ref, t.trial_ref, problem, limits)
+        )
         studies.export_pickle(t.study, out, t.pid, t.method)
     return write_parquet(rows, out / layout.TRIALS_TABLE)
 
@@ -228,10 +195,39 @@ def parsl_session(parsl_config, out: Path, attempts: int = 5) -> Iterator[None]:
 
 
 def _references(plan: Plan) -> References:
-    """Stage 1: the reference stage at the plan's problems and γ, on the Parsl reference app."""
+    """Stage 1: the reference stage at the plan's problems and γ (class members: the
+    reference's γ), on the Parsl reference app."""
     submit = reference_app.submitter()
     gammas = dict.fromkeys(plan.pids, plan.gammas)
-    return reference_stage(plan.exp.problems, plan.cfg.reference, plan.artifacts, submit, gammas)
+    specs = [*plan.exp.problems, *class_stage.class_specs(plan)]
+    return reference_stage(specs, plan.cfg.reference, plan.artifacts, submit, gammas)
+
+
+def _classes(plan: Plan, storage, refs: References, submit, validated) -> int:
+    """Stage 2c: the class studies, their recommendations and the held-out proof."""
+    if not plan.exp.classes:
+        return 0
+    oc = plan.cfg.optuna
+    tasks, problems = class_stage.make_class_tasks(plan, storage, refs)
+    for why in problems:
+        log.error("%s", why)
+    class_stage.run_class_studies(tasks, submit, plan.batch_size)
+    studies.sync_storage(storage)
+    class_stage.write_class_table(tasks, plan.results)
+    rows = []
+    for task in tasks:
+        v = oc.validate
+        record = transfer.recommend(
+            task, submit, v.top_k if v else 1, v.seeds if v else 1, plan.results, oc.seed
+        )
+        cfg = task.config
+        rows += transfer.holdout_proof(
+            task, submit, record, cfg.holdout_seeds, plan.results, oc.seed, cfg.baseline
+        )
+    if rows:
+        transfer.write_transfer(rows, plan.results)
+        print(transfer.transfer_table(rows, transfer.per_problem_errors(validated)))
+    return 1 if problems else 0
 
 
 def execute(plan: Plan) -> int:
@@ -277,6 +273,7 @@ def execute(plan: Plan) -> int:
         show(force=True)
         driver.run()
         validated = validation.validate_studies(tasks, submit, oc.validate, plan.results)
+        code = max(code, _classes(plan, storage, refs, submit, validated))
     studies.sync_storage(storage)
     show(force=True)
     path = aggregate(tasks, problems, plan.results)
@@ -315,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         exp = load_tuning(args.config, command.overrides(args))
         plan = check_plan(exp, args.parsl_config, args.trial_target)
+        class_stage.check_classes(plan)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
