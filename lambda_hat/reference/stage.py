@@ -178,14 +178,14 @@ def _saved(keys: list[tuple[str, float]], homes: dict[tuple[str, float], Path]) 
     for pid, g in keys:
         rec = read_progress(homes[pid, g])
         if rec is None:
-            parts.append(f"{pid} (γ={g:g}): no chunk finished yet, nothing saved")
+            parts.append(f"{pid} (γ = {g:g}): no chunk finished yet, nothing saved")
         elif rec.get("phase") == "warmup":
             parts.append(
-                f"{pid} (γ={g:g}): saved at warm-up step {rec['warmup_done']}/{rec['warmup']}"
+                f"{pid} (γ = {g:g}): saved at warm-up step {rec['warmup_done']}/{rec['warmup']}"
             )
         else:
             parts.append(
-                f"{pid} (γ={g:g}): saved at {rec['draws_done']}/{rec['draws']} draws per chain"
+                f"{pid} (γ = {g:g}): saved at {rec['draws_done']}/{rec['draws']} draws per chain"
             )
     return "; ".join(parts) or "every reference had finished"
 

@@ -339,8 +339,8 @@ def test_the_driver_prints_each_running_references_progress_once_per_change(
         thread.join()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reference p_x")]
     assert lines == [
-        "reference p_x (γ=1): warm-up 48/100 steps, 5.0s spent, warm-up ETA 12.0s",
-        "reference p_x (γ=1): warm-up done; 200/400 draws per chain (50%), acceptance 0.83, "
+        "reference p_x (γ = 1): warm-up 48/100 steps, 5.0s spent, warm-up ETA 12.0s",
+        "reference p_x (γ = 1): warm-up done; 200/400 draws per chain (50%), acceptance 0.83, "
         "5.0s spent, ETA 3.0s",
     ]
     assert refs[stage.problem_id(spec)]["llc_ref"] == 1.5
@@ -360,7 +360,7 @@ def test_ctrl_c_while_waiting_says_what_each_reference_saved(tmp_path, monkeypat
     monkeypatch.setattr(stage.cf, "wait", wait)
     with pytest.raises(stage.ReferenceInterrupted) as exc:
         stage.reference_stage([spec], SMALL, tmp_path, lambda payload: cf.Future())
-    assert str(exc.value) == f"{pid} (γ=1): saved at 200/400 draws per chain"
+    assert str(exc.value) == f"{pid} (γ = 1): saved at 200/400 draws per chain"
     monkeypatch.setattr(pipeline, "execute", lambda plan: (_ for _ in ()).throw(exc.value))
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("problems: [{model: linear, data: small}]\nmethods: [sgld]\n")
