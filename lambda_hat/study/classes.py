@@ -143,17 +143,32 @@ class ClassTask:
     def done(self) -> bool:
         return self.stop_reason is not None or self.finished + self.running >= self.max_trials
 
-    def absolute(self, units: dict, member: Member) -> dict:
-        """A setting in units made absolute for ``member`` and resolved (defaults filled)."""
+    def absolute(self, units: dict, member: Member, steps_unit: str = "count") -> dict:
+        """A setting in units made absolute for ``member`` and resolved (defaults filled).
+
+        ``steps_unit``: ``count`` keeps ``steps`` as tuned; ``relaxation`` holds steps × ε
+        (the chain's length in units of its slowest relaxation time 1/(εγ), γ shared)
+        fixed: steps × ε_max(train, geometric mean) / ε_max(member)."""
         hp = {**self.fixed, **units}
         for name in self.scaled:
             if name in hp and hp[name] is not None:
                 hp[name] = float(hp[name]) * member.eps_max(self.method)
+        if steps_unit == "relaxation" and self.scaled and hp.get("steps"):
+            ratio = self.train_eps_max() / member.eps_max(self.method)
+            hp["steps"] = max(1, round(hp["steps"] * ratio))
         return self.resolve(hp)
 
-    def payload(self, units: dict, member: Member, seed: int | None = None) -> dict:
+    def train_eps_max(self) -> float:
+        """The geometric mean ε_max of the train members (the scale tuned ``steps`` are at)."""
+        logs = [math.log(m.eps_max(self.method)) for m in self.members]
+        return math.exp(sum(logs) / len(logs))
+
+    def payload(
+        self, units: dict, member: Member, seed: int | None = None, steps_unit: str = "count"
+    ) -> dict:
         """The run of ``units`` on ``member`` (at ``seed``; None: the tuning seed), addressed."""
-        payload = dict(self.payload_of(member), hyperparams=self.absolute(units, member))
+        hp = self.absolute(units, member, steps_unit)
+        payload = dict(self.payload_of(member), hyperparams=hp)
         if seed is not None:
             payload["seed"] = seed
         run_id, run_dir = self.locate_of(member)(payload)

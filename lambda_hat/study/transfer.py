@@ -52,6 +52,7 @@ class Setting:
     trial: int | None
     objective: float | None
     absolute: bool = False  # the baseline: absolute values, no ε_max conversion
+    steps_unit: str = "count"  # relaxation: steps scaled by ε_max(train) / ε_max(member)
 
 
 def top_settings(task: ClassTask, k: int) -> list[Setting]:
@@ -73,7 +74,7 @@ def _run(task: ClassTask, jobs: list[tuple], submit, label: str) -> None:
                 run_id, run_dir = task.locate_of(member)(payload)
                 payload.update(run_id=run_id, run_dir=str(run_dir))
             else:
-                payload = task.payload(setting.units, member, seed)
+                payload = task.payload(setting.units, member, seed, setting.steps_unit)
         except ValueError as exc:
             job[0]["metrics"] = {
                 "status": "failed",
@@ -193,6 +194,12 @@ def holdout_proof(
     settings.sort(key=lambda s: s.trial != rec)
     if all(s.trial != rec for s in settings):
         settings.insert(0, Setting(f"#{rec}", record["units"], rec, record["objective"]))
+    if task.scaled and "steps" in settings[0].units:  # which unit of chain length transfers
+        first = settings[0]
+        name = f"{first.name}, steps x eps ratio"
+        settings.insert(
+            1, Setting(name, first.units, None, first.objective, steps_unit="relaxation")
+        )
     if baseline and task.method == "sgld":
         settings.append(Setting("baseline", dict(BASELINE_SGLD), None, None, absolute=True))
     fresh = validation_seeds(seed0, seeds)
@@ -221,6 +228,7 @@ def _row(task: ClassTask, metrics: dict, s: Setting, m: Member, seed: int, rec) 
         "trial_number": s.trial,
         "recommended": s.trial == rec and s.trial is not None,
         "baseline": s.absolute,
+        "steps_unit": None if s.absolute else s.steps_unit,
         "seed": seed,
         "units": None if s.absolute else {k: s.units[k] for k in task.scaled if k in s.units},
         "eps_max": eps,
@@ -264,6 +272,7 @@ TRANSFER_COLUMNS = {
     "trial_number": pa.int64(),
     "recommended": pa.bool_(),
     "baseline": pa.bool_(),
+    "steps_unit": pa.string(),
     "seed": pa.int64(),
     "status": pa.string(),
     "failure_kind": pa.string(),

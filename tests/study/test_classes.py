@@ -8,6 +8,7 @@ the recommendation and the held-out proof with the baseline (plans/transfer.md).
 from __future__ import annotations
 
 import json
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -232,3 +233,17 @@ def test_recommendation_and_held_out_proof_with_the_baseline(tmp_path):
     trials = pd.read_parquet(write_class_table([task], tmp_path / "results"))
     assert len(trials) == 5 * 3 and set(trials["pid"]) == {m.pid for m in task.members}
     assert (trials["eta0_units"] * trials["eps_max"] - trials["hp_eta0"]).abs().max() < 1e-15
+
+
+def test_chain_length_in_relaxation_units_scales_steps_by_the_eps_max_ratio(tmp_path):
+    task = _task(_journal(tmp_path), tmp_path)
+    big = _member(9, 30.0, 40_000.0, 400)
+    eps = [step_limit("sgld", a, d) for _, a, d in SIZES]
+    train = math.exp(sum(math.log(e) for e in eps) / 3)
+    assert task.train_eps_max() == pytest.approx(train)
+    units = {"eta0": 0.1, "y": 1.0, "steps": 1000}
+    count = task.absolute(units, big)
+    relax = task.absolute(units, big, "relaxation")
+    assert count["steps"] == 1000 and count["eta0"] == pytest.approx(0.1 * big.eps_max("sgld"))
+    assert relax["steps"] == round(1000 * train / big.eps_max("sgld"))  # steps × ε held fixed
+    assert relax["steps"] * relax["eta0"] == pytest.approx(1000 * 0.1 * train, rel=1e-3)
