@@ -309,11 +309,13 @@ def report(refs: References, pid: str) -> None:
     """Log each reference of ``pid``: λ̂_ref ± SE and its gate."""
     for gamma, ref in refs.by_gamma[pid].items():
         if is_reference(ref):
+            theory = ref.get("llc_theory")
             log.info(
-                "reference %s (γ = %g): llc_ref = %s ± %s, gate %s",
+                "reference %s (γ = %g): llc_ref = %s ± %s, gate %s%s",
                 pid,
                 gamma,
                 fmt_value(ref.get("llc_ref"), ".4g"),
                 fmt_value(ref.get("se_ref"), ".2g"),
                 "passed" if ref["gate"]["passed"] else "FAILED",
+                "" if theory is None else f" (theory {theory:.4g})",
             )

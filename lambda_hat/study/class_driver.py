@@ -62,6 +62,8 @@ class ClassDriver:
         for task in self.tasks:
             _requeue_interrupted(task)
             task.counted()
+            if task.guard is not None and not task.guard.replay(task.study).proceed:
+                task.stop_reason = task.guard.decision.message
         while True:
             self._refill()
             if not self.flights:
@@ -169,6 +171,12 @@ class ClassDriver:
         self._attrs(ct)
         args = tell(ct.task.study, ct.trial, metrics, lambda _m: values)
         self._finish(ct, args.state, args.user_attrs.get("failure_kind"))
+        guard = ct.task.guard
+        if guard is not None and ct.task.stop_reason is None:
+            decision = guard.record(ct.trial.number, metrics, None, ct.trial.params, told=args)
+            if not decision.proceed:
+                ct.task.stop_reason = decision.message
+                log.warning("class study %s stopped: %s", ct.task.label, decision.message)
 
     def _prune(self, ct: _Trial, partial: float, median: float, count: int) -> None:
         self._attrs(ct)

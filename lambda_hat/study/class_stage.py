@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 from optuna.distributions import CategoricalDistribution
 
-from lambda_hat import layout
+from lambda_hat import layout, methods
 from lambda_hat.config.classes import ClassMembers
 from lambda_hat.hashing import content_hash
 from lambda_hat.problem.build import problem_id
@@ -23,16 +23,19 @@ from lambda_hat.schema import ConfigError
 from lambda_hat.study import storage as studies
 from lambda_hat.study.class_driver import ClassDriver
 from lambda_hat.study.classes import MEMBERS_ATTR, ClassTask, Member, class_space, class_study_pid
+from lambda_hat.study.guard import FailureGuard
 from lambda_hat.study.payloads import base_payload, locator, resolver, trial_ref
 from lambda_hat.study.plan import Plan
 
 __all__ = [
     "check_classes",
+    "class_pids",
     "class_rows",
     "class_specs",
     "make_class_tasks",
     "member_label",
     "run_class_studies",
+    "theory_gap",
     "write_class_table",
 ]
 
@@ -66,6 +69,11 @@ def class_specs(plan: Plan) -> list:
         out.extend(members.train)
         out.extend(members.holdout)
     return out
+
+
+def class_pids(plan: Plan) -> list[str]:
+    """The pids of every class member, each once, in the order written."""
+    return list(dict.fromkeys(problem_id(s) for s in class_specs(plan)))
 
 
 def check_classes(plan: Plan) -> None:
@@ -155,7 +163,25 @@ def _task(plan: Plan, storage, name, members, method, train, holdout) -> ClassTa
         max_trials=members.config.max_trials or oc.max_trials,
         max_retries=oc.infrastructure_retries,
         holdout=holdout,
+        guard=FailureGuard(
+            max_consecutive_failures=oc.max_consecutive_failures,
+            culprits=methods.culprits(method),
+            space=space,
+        ),
     )
+
+
+def theory_gap(task: ClassTask) -> tuple[float, float, int] | None:
+    """The signed relative gap (λ_HMC − λ_theory) / λ_theory over the train members that have
+    both: its mean, its largest magnitude and the member count (None: no member has both)."""
+    gaps = []
+    for m in task.members:
+        hmc, theory = m.ref.get("llc_ref"), m.ref.get("llc_theory")
+        if m.ref.get("kind", "hmc") == "hmc" and hmc is not None and theory:
+            gaps.append((hmc - theory) / theory)
+    if not gaps:
+        return None
+    return sum(gaps) / len(gaps), max(gaps, key=abs), len(gaps)
 
 
 def run_class_studies(tasks: list[ClassTask], submit, batch_size: int) -> None:

@@ -30,6 +30,7 @@ from lambda_hat.config.classes import ClassConfig
 from lambda_hat.methods import step_limit
 from lambda_hat.methods.stability import StabilityRange
 from lambda_hat.problem.spec import ProblemSpec
+from lambda_hat.study.guard import FailureGuard
 from lambda_hat.study.scoring import excess_se
 from lambda_hat.study.tell import counts_as_finished, successful_trials
 from lambda_hat.trial.outcome import estimate_error
@@ -134,6 +135,7 @@ class ClassTask:
     running: int = 0
     stop_reason: str | None = None
     holdout: list[Member] = field(default_factory=list)
+    guard: FailureGuard | None = None
 
     @property
     def label(self) -> str:

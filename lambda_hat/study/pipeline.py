@@ -208,12 +208,27 @@ def _classes(plan: Plan, storage, refs: References, submit, validated) -> int:
     if not plan.exp.classes:
         return 0
     oc = plan.cfg.optuna
+    for pid in class_stage.class_pids(plan):
+        references.report(refs, pid)
     tasks, problems = class_stage.make_class_tasks(plan, storage, refs)
     for why in problems:
         log.error("%s", why)
+    for task in tasks[:: max(1, len(plan.cfg.methods))]:  # once per class
+        gap = class_stage.theory_gap(task)
+        if gap is not None:
+            log.info(
+                "class %s: HMC vs theory on %d train member(s): mean gap %+.1f%% (largest "
+                "%+.1f%%), the finite-nβ, finite-γ offset a theory reference does not have",
+                task.name,
+                gap[2],
+                100 * gap[0],
+                100 * gap[1],
+            )
     class_stage.run_class_studies(tasks, submit, plan.batch_size)
     studies.sync_storage(storage)
-    class_stage.write_class_table(tasks, plan.results)
+    path = class_stage.write_class_table(tasks, plan.results)
+    if path is not None:
+        log.info("wrote %s", path)
     rows = []
     for task in tasks:
         v = oc.validate
@@ -225,8 +240,15 @@ def _classes(plan: Plan, storage, refs: References, submit, validated) -> int:
             task, submit, record, cfg.holdout_seeds, plan.results, oc.seed, cfg.baseline
         )
     if rows:
-        transfer.write_transfer(rows, plan.results)
+        log.info("wrote %s", transfer.write_transfer(rows, plan.results))
         print(transfer.transfer_table(rows, transfer.per_problem_errors(validated)))
+    for task in tasks:
+        if task.stop_reason:
+            log.error("class study %s stopped early:\n%s", task.label, task.stop_reason)
+            problems.append(task.label)
+        elif best_successful(task.study) is None:
+            log.error("class study %s has no successful trial", task.label)
+            problems.append(task.label)
     return 1 if problems else 0
 
 
@@ -250,31 +272,46 @@ def execute(plan: Plan) -> int:
         problems = results.problem_table(plan.cfg.problems, plan.exp.problems)
         labels = {pid: row["label"] for pid, row in problems.items()}
         show = progress.StudyTable(tasks, oc.max_trials, labels=labels)
-        last_parquet = [time.monotonic()]
-
-        def tick() -> None:
-            show()
-            if time.monotonic() - last_parquet[0] > 60:
-                aggregate(tasks, problems, plan.results)
-                last_parquet[0] = time.monotonic()
-
         submit = trial_submit.submitter()
-        driver = tuning.Driver(
-            tasks,
-            submit,
-            max_trials=oc.max_trials,
-            batch_size=plan.batch_size,
-            on_tick=tick,
-            tick_sec=10.0,
-            sync=lambda: studies.sync_storage(storage, wait=False),
-        )
-        for t in tasks:
-            driver.recover(t)
-        show(force=True)
-        driver.run()
-        validated = validation.validate_studies(tasks, submit, oc.validate, plan.results)
+        validated = _tune(plan, storage, tasks, problems, show, submit) if tasks else None
         code = max(code, _classes(plan, storage, refs, submit, validated))
     studies.sync_storage(storage)
+    if tasks:
+        code = max(code, _summarize(plan, tasks, problems, labels, validated, show))
+    log.info("done (%s)", fmt_seconds(time.monotonic() - t0))
+    return code
+
+
+def _tune(plan: Plan, storage, tasks, problems, show, submit):
+    """Stage 2 and 2b: the per-problem studies, then their validation (its result)."""
+    oc = plan.cfg.optuna
+    last_parquet = [time.monotonic()]
+
+    def tick() -> None:
+        show()
+        if time.monotonic() - last_parquet[0] > 60:
+            aggregate(tasks, problems, plan.results)
+            last_parquet[0] = time.monotonic()
+
+    driver = tuning.Driver(
+        tasks,
+        submit,
+        max_trials=oc.max_trials,
+        batch_size=plan.batch_size,
+        on_tick=tick,
+        tick_sec=10.0,
+        sync=lambda: studies.sync_storage(storage, wait=False),
+    )
+    for t in tasks:
+        driver.recover(t)
+    show(force=True)
+    driver.run()
+    return validation.validate_studies(tasks, submit, oc.validate, plan.results)
+
+
+def _summarize(plan: Plan, tasks, problems, labels, validated, show) -> int:
+    """Stage 3 for the per-problem studies: the tables, the Parquet file, the exit code."""
+    code = 0
     show(force=True)
     path = aggregate(tasks, problems, plan.results)
     print(progress.best_table(best_rows(tasks), labels))
@@ -288,7 +325,7 @@ def execute(plan: Plan) -> int:
         elif best_successful(t.study) is None:
             log.error("study %s has no successful trial", t.name)
             code = 1
-    log.info("wrote %s (%s)", path, fmt_seconds(time.monotonic() - t0))
+    log.info("wrote %s", path)
     return code
 
 

@@ -247,3 +247,14 @@ def test_chain_length_in_relaxation_units_scales_steps_by_the_eps_max_ratio(tmp_
     assert count["steps"] == 1000 and count["eta0"] == pytest.approx(0.1 * big.eps_max("sgld"))
     assert relax["steps"] == round(1000 * train / big.eps_max("sgld"))  # steps × ε held fixed
     assert relax["steps"] * relax["eta0"] == pytest.approx(1000 * 0.1 * train, rel=1e-3)
+
+
+def test_the_failure_guard_stops_a_class_study_whose_settings_all_fail(tmp_path):
+    from lambda_hat.study.guard import FailureGuard
+
+    guard = FailureGuard(max_consecutive_failures=3, culprits={"diverged": ("eta0",)})
+    task = _task(_journal(tmp_path), tmp_path, max_trials=20, guard=guard)
+    failed = {"status": "failed", "failure": {"kind": "diverged", "message": "NaN", "step": 3}}
+    _drive([task], lambda p: failed, batch_size=1)
+    assert task.stop_reason is not None and len(task.study.get_trials()) <= 3
+    assert "eta0" in task.stop_reason
