@@ -28,11 +28,19 @@ from lambda_hat import layout
 from lambda_hat.config.paths import PathsConfig
 from lambda_hat.config.runs import Runs, RunsConfig, check_runs
 from lambda_hat.config.tuning import Tuning, TuningConfig, check_tuning
+from lambda_hat.problem.build import problem_id, theory_unknown
 from lambda_hat.problem.spec import ProblemSpec, resolve_problem
 from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.schema import ConfigError, read_yaml, validate
 
-__all__ = ["ConfigFile", "config_kind", "load_config", "load_runs", "load_tuning"]
+__all__ = [
+    "ConfigFile",
+    "config_kind",
+    "load_config",
+    "load_runs",
+    "load_tuning",
+    "reference_kinds",
+]
 
 C = TypeVar("C")
 
@@ -62,19 +70,45 @@ def _read(path: Path, overrides: dict | None) -> dict:
     return raw
 
 
-def _load(path: Path, raw: dict, schema: type[C], check: Callable[[C], C]) -> tuple[C, list]:
-    """``raw`` validated against ``schema``, checked, and its problems resolved; errors name
-    the file."""
+def _load(
+    path: Path, raw: dict, schema: type[C], check: Callable[[C], C]
+) -> tuple[C, list, dict[str, str]]:
+    """``raw`` validated against ``schema``, checked, its problems resolved and their reference
+    kinds checked (:func:`reference_kinds`); errors name the file."""
     try:
         cfg = check(validate(raw, schema, ""))
         search = [path.parent / "conf"]
         problems = [
             resolve_problem(p, f"problems[{i}]", search) for i, p in enumerate(cfg.problems)
         ]
+        kinds = reference_kinds(cfg.problems, problems)
     except ConfigError as exc:
         fix = _other_kind(exc, raw, "tuning" if schema is TuningConfig else "runs") or exc.fix
         raise ConfigError(exc.where, exc.problem, fix, source=str(path)) from None
-    return cfg, problems
+    return cfg, problems, kinds
+
+
+def reference_kinds(entries: list, specs: list[ProblemSpec]) -> dict[str, str]:
+    """pid -> its ``reference`` kind (hmc | theory | none). A ConfigError for ``theory`` where
+    no theoretical λ is known (:func:`lambda_hat.problem.build.theory_unknown`), and for one
+    pid listed twice with different kinds."""
+    kinds: dict[str, str] = {}
+    for i, (entry, spec) in enumerate(zip(entries, specs, strict=True)):
+        where, pid = f"problems[{i}].reference", problem_id(spec)
+        if entry.reference == "theory" and (why := theory_unknown(spec)) is not None:
+            raise ConfigError(
+                where,
+                f"got 'theory', but {why}.",
+                "use reference: hmc (an HMC reference) or reference: none (runs unscored).",
+            )
+        if kinds.setdefault(pid, entry.reference) != entry.reference:
+            raise ConfigError(
+                where,
+                f"problem {pid} is listed twice, with reference: {kinds[pid]} and "
+                f"reference: {entry.reference}.",
+                "give every listing of the same problem the same reference kind.",
+            )
+    return kinds
 
 
 def _evidence(raw: dict) -> dict[str, dict[str, str]]:
@@ -110,16 +144,16 @@ def load_tuning(path: str | Path, overrides: dict | None = None) -> Tuning:
     Presets are looked up in ``<config dir>/conf/<group>/`` first, then in the package.
     """
     path = Path(path)
-    cfg, problems = _load(path, _read(path, overrides), TuningConfig, check_tuning)
-    return Tuning(config=cfg, problems=problems, source=str(path))
+    cfg, problems, kinds = _load(path, _read(path, overrides), TuningConfig, check_tuning)
+    return Tuning(config=cfg, problems=problems, source=str(path), kinds=kinds)
 
 
 def load_runs(path: str | Path, overrides: dict | None = None) -> Runs:
     """Read, compose and check a run YAML; raises :class:`ConfigError` naming the field.
     Fixed hyperparameters are validated against their method's schema here."""
     path = Path(path)
-    cfg, problems = _load(path, _read(path, overrides), RunsConfig, check_runs)
-    return Runs(config=cfg, problems=problems, source=str(path))
+    cfg, problems, kinds = _load(path, _read(path, overrides), RunsConfig, check_runs)
+    return Runs(config=cfg, problems=problems, source=str(path), kinds=kinds)
 
 
 # ------------------------------------------------------------------------------ either kind
@@ -145,6 +179,11 @@ class ConfigFile:
     budget_sec: float
     storage: str
     loaded: Tuning | Runs
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """pid -> its reference kind (hmc | theory | none)."""
+        return self.loaded.kinds
 
     @property
     def tuning(self) -> TuningConfig | None:
@@ -174,8 +213,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
     path = Path(path)
     raw = _read(path, overrides)
     if config_kind(raw, str(path)) == "runs":
-        cfg, problems = _load(path, raw, RunsConfig, check_runs)
-        runs = Runs(config=cfg, problems=problems, source=str(path))
+        cfg, problems, kinds = _load(path, raw, RunsConfig, check_runs)
+        runs = Runs(config=cfg, problems=problems, source=str(path), kinds=kinds)
         stores = [_study_storage(s.from_study) for sets in cfg.methods.values() for s in sets]
         storage = next((s for s in stores if s is not None), None)
         return ConfigFile(
@@ -189,7 +228,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
             storage or str(layout.journal_path(cfg.paths.results)),
             runs,
         )
-    cfg, problems = _load(path, raw, TuningConfig, check_tuning)
+    cfg, problems, kinds = _load(path, raw, TuningConfig, check_tuning)
     oc = cfg.optuna
     return ConfigFile(
         "tuning",
@@ -200,12 +239,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
         tuple(cfg.methods),
         oc.method_budget_sec,
         oc.storage or str(layout.journal_path(cfg.paths.results)),
-        Tuning(config=cfg, problems=problems, source=str(path)),
+        Tuning(config=cfg, problems=problems, source=str(path), kinds=kinds),
     )
 
 
 def _study_storage(from_study: Any) -> str | None:
     """The study storage a ``from_study`` set reads (None: a set of fixed values)."""
-    if from_study is None:
+    if from_study is None or from_study.class_ is not None:
         return None
     return from_study.storage or str(layout.journal_path(from_study.results))

@@ -185,11 +185,17 @@ class TuningConfig:
 
 @dataclass(frozen=True)
 class Tuning:
-    """A loaded tuning YAML: the validated config and its resolved problems, in order."""
+    """A loaded tuning YAML: the validated config, its resolved problems in order, and each
+    problem's reference kind (``kinds``: pid -> hmc | theory | none)."""
 
     config: TuningConfig
     problems: list[ProblemSpec]
     source: str
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def reference_kind(self, pid: str) -> str:
+        """What problem ``pid``'s runs are scored against: hmc | theory | none."""
+        return self.kinds.get(pid, "hmc")
 
 
 def check_tuning(cfg: TuningConfig) -> TuningConfig:

@@ -17,6 +17,8 @@ __all__ = [
     "ProblemSpec",
     "resolve_problem",
     "student_widths",
+    "theory_unknown",
+    "REFERENCE_KINDS",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -31,5 +33,7 @@ __getattr__, __dir__ = lazy_exports(
         "ProblemSpec": "spec",
         "resolve_problem": "spec",
         "student_widths": "build",
+        "theory_unknown": "build",
+        "REFERENCE_KINDS": "spec",
     },
 )
