@@ -137,3 +137,15 @@ def test_a_zero_draw_hmc_reference_is_never_usable():
         assert why and "no draws: the budget stopped it" in why
         for fix in ("reference.budget_sec", "reference: none", "reference: theory"):
             assert fix in why
+
+
+def test_the_reference_table_shows_theory_and_none_plainly():
+    from lambda_hat import cli
+
+    rows = [
+        {"pid": "p_1", "kind": "theory", "llc_ref": 3.0, "llc_theory": 3.0, "d": 15, "n": 200},
+        {"pid": "p_2", "kind": "none", "llc_ref": None, "llc_theory": None, "d": 15, "n": 200},
+    ]
+    text = cli.reference_table(rows)
+    assert "3 (theory)" in text and "reference: theory" in text
+    assert "no reference" in text and "reference: none" in text
