@@ -65,7 +65,13 @@ def run_references(
     workers = min(len(specs), cfg.reference.workers or os.cpu_count() or 1)
     with references.process_submitter(workers, verbose) as submit:
         refs = references.reference_stage(
-            specs, cfg.reference, cfg.paths.artifacts, submit, force=force, watch=False
+            specs,
+            cfg.reference,
+            cfg.paths.artifacts,
+            submit,
+            force=force,
+            watch=False,
+            kinds=cfg.kinds,
         )
     return [{"pid": problem_id(s), **refs[problem_id(s)]} for s in specs]
 
@@ -80,6 +86,10 @@ def _row(r: dict) -> list[str]:
     if not references.is_reference(r):  # it could not be computed: the reason instead
         why = references.usable_reason(r, False)
         return [r["pid"], "", "", "", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", f"FAILED: {why}"]
+    if r.get("kind", "hmc") != "hmc":  # theory | none: no NUTS, nothing of HMC to show
+        shown = "no reference" if r["llc_ref"] is None else f"{r['llc_ref']:.4g} (theory)"
+        rest = [*["-"] * 4, fmt_value(r["llc_theory"], ".4g"), f"reference: {r['kind']}"]
+        return [r["pid"], r.get("summary", ""), str(r["d"]), str(r["n"]), shown, *rest]
     return [
         r["pid"],
         r.get("summary", ""),

@@ -32,7 +32,11 @@ from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
 
-_STRICT_KEYS = ConfigDict(extra="forbid", validate_default=True)
+# A field with an alias (``class`` for ``class_``) takes either name: the YAML writes the
+# alias, Python code the field's name.
+_STRICT_KEYS = ConfigDict(
+    extra="forbid", validate_default=True, validate_by_name=True, validate_by_alias=True
+)
 
 # pydantic error type -> (FieldInfo metadata attribute, the word in the message)
 _BOUNDS = {
@@ -234,7 +238,7 @@ def _walk(cls: type, loc: tuple) -> tuple[tuple, Any, Any, type]:
         tp = _unwrap(tp)
         fields = getattr(tp, "__pydantic_fields__", None)
         if fields is not None and isinstance(part, str):
-            owner = tp
+            owner, fields = tp, keys_of(tp)
             if part not in fields:
                 return (*rank, -1), None, None, owner
             rank.append(list(fields).index(part))
@@ -246,6 +250,12 @@ def _walk(cls: type, loc: tuple) -> tuple[tuple, Any, Any, type]:
         else:
             break
     return tuple(rank), _unwrap(tp), info, owner
+
+
+def keys_of(cls: type) -> dict[str, Any]:
+    """The YAML keys of schema ``cls`` -> their fields: a field's alias where it has one
+    (``class`` for the field ``class_``, a Python keyword), else its name."""
+    return {info.alias or name: info for name, info in cls.__pydantic_fields__.items()}
 
 
 def _path(where: str, loc: tuple) -> str:
@@ -283,7 +293,7 @@ def _config_error(err: dict, cls: type, where: str) -> ConfigError:
     _, tp, info, owner = _walk(cls, loc)
     path = _path(where, loc)
     if kind in _UNKNOWN_KEY:
-        names = list(owner.__pydantic_fields__)
+        names = list(keys_of(owner))
         return ConfigError(
             path,
             f"unknown key.{_did_you_mean(str(loc[-1]), names)} Valid keys here: "

@@ -29,11 +29,19 @@ from lambda_hat.config.classes import ClassMembers, expand_members
 from lambda_hat.config.paths import PathsConfig
 from lambda_hat.config.runs import Runs, RunsConfig, check_runs
 from lambda_hat.config.tuning import Tuning, TuningConfig, check_tuning
+from lambda_hat.problem.build import problem_id, theory_unknown
 from lambda_hat.problem.spec import ProblemSpec, resolve_problem
 from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.schema import ConfigError, read_yaml, validate
 
-__all__ = ["ConfigFile", "config_kind", "load_config", "load_runs", "load_tuning"]
+__all__ = [
+    "ConfigFile",
+    "config_kind",
+    "load_config",
+    "load_runs",
+    "load_tuning",
+    "reference_kinds",
+]
 
 C = TypeVar("C")
 
@@ -63,19 +71,52 @@ def _read(path: Path, overrides: dict | None) -> dict:
     return raw
 
 
-def _load(path: Path, raw: dict, schema: type[C], check: Callable[[C], C]) -> tuple[C, list]:
-    """``raw`` validated against ``schema``, checked, and its problems resolved; errors name
-    the file."""
+def _load(
+    path: Path, raw: dict, schema: type[C], check: Callable[[C], C]
+) -> tuple[C, list, dict[str, str]]:
+    """``raw`` validated against ``schema``, checked, its problems resolved and their reference
+    kinds checked (:func:`reference_kinds`); errors name the file."""
     try:
         cfg = check(validate(raw, schema, ""))
         search = [path.parent / "conf"]
         problems = [
             resolve_problem(p, f"problems[{i}]", search) for i, p in enumerate(cfg.problems)
         ]
+        kinds = reference_kinds(cfg.problems, problems)
     except ConfigError as exc:
         fix = _other_kind(exc, raw, "tuning" if schema is TuningConfig else "runs") or exc.fix
         raise ConfigError(exc.where, exc.problem, fix, source=str(path)) from None
-    return cfg, problems
+    return cfg, problems, kinds
+
+
+def reference_kinds(
+    entries: list,
+    specs: list[ProblemSpec],
+    wheres: list[str] | None = None,
+    kinds: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """pid -> its ``reference`` kind (hmc | theory | none), added to ``kinds``. A ConfigError
+    at ``wheres[i]`` (default ``problems[i]``) for ``theory`` where no theoretical λ is known
+    (:func:`lambda_hat.problem.build.theory_unknown`), and for one pid listed twice with
+    different kinds."""
+    kinds = {} if kinds is None else kinds
+    for i, (entry, spec) in enumerate(zip(entries, specs, strict=True)):
+        at = wheres[i] if wheres is not None else f"problems[{i}]"
+        where, pid = f"{at}.reference", problem_id(spec)
+        if entry.reference == "theory" and (why := theory_unknown(spec)) is not None:
+            raise ConfigError(
+                where,
+                f"got 'theory', but {why}.",
+                "use reference: hmc (an HMC reference) or reference: none (runs unscored).",
+            )
+        if kinds.setdefault(pid, entry.reference) != entry.reference:
+            raise ConfigError(
+                where,
+                f"problem {pid} is listed twice, with reference: {kinds[pid]} and "
+                f"reference: {entry.reference}.",
+                "give every listing of the same problem the same reference kind.",
+            )
+    return kinds
 
 
 def _evidence(raw: dict) -> dict[str, dict[str, str]]:
@@ -111,12 +152,14 @@ def load_tuning(path: str | Path, overrides: dict | None = None) -> Tuning:
     Presets are looked up in ``<config dir>/conf/<group>/`` first, then in the package.
     """
     path = Path(path)
-    cfg, problems = _load(path, _read(path, overrides), TuningConfig, check_tuning)
-    return Tuning(cfg, problems, str(path), _classes(cfg, path))
+    cfg, problems, kinds = _load(path, _read(path, overrides), TuningConfig, check_tuning)
+    classes = _classes(cfg, path, kinds)
+    return Tuning(config=cfg, problems=problems, source=str(path), classes=classes, kinds=kinds)
 
 
-def _classes(cfg: TuningConfig, path: Path) -> dict[str, ClassMembers]:
-    """Every class with its members resolved (sweeps expanded); errors name the file."""
+def _classes(cfg: TuningConfig, path: Path, kinds: dict[str, str]) -> dict[str, ClassMembers]:
+    """Every class with its members resolved (sweeps expanded), their reference kinds added to
+    ``kinds``; errors name the file."""
     out = {}
     search = [path.parent / "conf"]
     try:
@@ -124,10 +167,9 @@ def _classes(cfg: TuningConfig, path: Path) -> dict[str, ClassMembers]:
             roles = {}
             for role in ("train", "holdout"):
                 entries = expand_members(getattr(c, role), f"classes[{i}].{role}")
-                roles[role] = (
-                    [resolve_problem(e, w, search) for w, e in entries],
-                    [e for _, e in entries],
-                )
+                specs = [resolve_problem(e, w, search) for w, e in entries]
+                _member_kinds(entries, specs, kinds, train=role == "train")
+                roles[role] = (specs, [e for _, e in entries])
             out[c.name] = ClassMembers(
                 c, roles["train"][0], roles["holdout"][0], roles["train"][1], roles["holdout"][1]
             )
@@ -136,12 +178,25 @@ def _classes(cfg: TuningConfig, path: Path) -> dict[str, ClassMembers]:
     return out
 
 
+def _member_kinds(entries: list, specs: list, kinds: dict[str, str], train: bool) -> None:
+    """Check the members' reference kinds (train members need a reference to tune against)
+    and add them to ``kinds``."""
+    for (where, entry), spec in zip(entries, specs, strict=True):
+        if train and entry.reference == "none":
+            raise ConfigError(
+                f"{where}.reference",
+                "a train member needs a reference: the class study scores its runs against it.",
+                "use reference: hmc or theory, or make it a holdout member.",
+            )
+        reference_kinds([entry], [spec], [where], kinds)
+
+
 def load_runs(path: str | Path, overrides: dict | None = None) -> Runs:
     """Read, compose and check a run YAML; raises :class:`ConfigError` naming the field.
     Fixed hyperparameters are validated against their method's schema here."""
     path = Path(path)
-    cfg, problems = _load(path, _read(path, overrides), RunsConfig, check_runs)
-    return Runs(config=cfg, problems=problems, source=str(path))
+    cfg, problems, kinds = _load(path, _read(path, overrides), RunsConfig, check_runs)
+    return Runs(config=cfg, problems=problems, source=str(path), kinds=kinds)
 
 
 # ------------------------------------------------------------------------------ either kind
@@ -167,6 +222,11 @@ class ConfigFile:
     budget_sec: float
     storage: str
     loaded: Tuning | Runs
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """pid -> its reference kind (hmc | theory | none)."""
+        return self.loaded.kinds
 
     @property
     def tuning(self) -> TuningConfig | None:
@@ -196,8 +256,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
     path = Path(path)
     raw = _read(path, overrides)
     if config_kind(raw, str(path)) == "runs":
-        cfg, problems = _load(path, raw, RunsConfig, check_runs)
-        runs = Runs(config=cfg, problems=problems, source=str(path))
+        cfg, problems, kinds = _load(path, raw, RunsConfig, check_runs)
+        runs = Runs(config=cfg, problems=problems, source=str(path), kinds=kinds)
         stores = [_study_storage(s.from_study) for sets in cfg.methods.values() for s in sets]
         storage = next((s for s in stores if s is not None), None)
         return ConfigFile(
@@ -211,7 +271,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
             storage or str(layout.journal_path(cfg.paths.results)),
             runs,
         )
-    cfg, problems = _load(path, raw, TuningConfig, check_tuning)
+    cfg, problems, kinds = _load(path, raw, TuningConfig, check_tuning)
     oc = cfg.optuna
     return ConfigFile(
         "tuning",
@@ -222,12 +282,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ConfigFile:
         tuple(cfg.methods),
         oc.method_budget_sec,
         oc.storage or str(layout.journal_path(cfg.paths.results)),
-        Tuning(cfg, problems, str(path), _classes(cfg, path)),
+        Tuning(cfg, problems, str(path), _classes(cfg, path, kinds), kinds),
     )
 
 
 def _study_storage(from_study: Any) -> str | None:
     """The study storage a ``from_study`` set reads (None: a set of fixed values)."""
-    if from_study is None:
+    if from_study is None or from_study.class_ is not None:
         return None
     return from_study.storage or str(layout.journal_path(from_study.results))

@@ -190,13 +190,19 @@ class TuningConfig:
 
 @dataclass(frozen=True)
 class Tuning:
-    """A loaded tuning YAML: the validated config, its resolved problems in order, and its
-    classes by name (members resolved)."""
+    """A loaded tuning YAML: the validated config, its resolved problems in order, its
+    classes by name (members resolved) and each problem's reference kind (``kinds``: pid ->
+    hmc | theory | none, class members included)."""
 
     config: TuningConfig
     problems: list[ProblemSpec]
     source: str
     classes: dict[str, ClassMembers] = dataclasses.field(default_factory=dict)
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def reference_kind(self, pid: str) -> str:
+        """What problem ``pid``'s runs are scored against: hmc | theory | none."""
+        return self.kinds.get(pid, "hmc")
 
 
 def check_tuning(cfg: TuningConfig) -> TuningConfig:

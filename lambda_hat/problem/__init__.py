@@ -18,6 +18,8 @@ __all__ = [
     "ProblemSpec",
     "resolve_problem",
     "student_widths",
+    "theory_unknown",
+    "REFERENCE_KINDS",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -33,5 +35,7 @@ __getattr__, __dir__ = lazy_exports(
         "ProblemSpec": "spec",
         "resolve_problem": "spec",
         "student_widths": "build",
+        "theory_unknown": "build",
+        "REFERENCE_KINDS": "spec",
     },
 )

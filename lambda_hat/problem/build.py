@@ -127,6 +127,32 @@ def theoretical_llc(spec: ProblemSpec, model: Model, w_teacher) -> dict | None:
     return None
 
 
+def theory_unknown(spec: ProblemSpec) -> str | None:
+    """Why :func:`theoretical_llc` may give no λ for ``spec`` (None: it always gives one), read
+    from the spec alone, before anything is built: λ is known for a model with no hidden layer
+    (regular: d/2) and for a deep linear network whose teacher's product has at most the rank of
+    the student's narrowest layer (Aoyagi); a teacher that may exceed it is unrealizable."""
+    student = (spec.data.input_dim, *student_widths(spec), spec.data.output_dim)
+    if len(student) == 2:
+        return None
+    if spec.model.family != "dln":
+        return (
+            f"no theoretical λ is known for a {spec.model.family} with hidden layers "
+            "(known: deep linear networks, by Aoyagi's formula, and models with no hidden "
+            "layer, d/2)"
+        )
+    t = spec.teacher
+    hidden = list(t.widths) if t.widths is not None else list(student[1:-1])
+    bound = min(spec.data.input_dim, *hidden, spec.data.output_dim)
+    bound = 0 if t.scale == 0 else min(bound, bound if t.rank is None else t.rank)
+    if bound > min(student):
+        return (
+            f"the teacher's product may have rank {bound}, above the student's narrowest "
+            f"layer ({min(student)}): Aoyagi's formula needs a realizable teacher"
+        )
+    return None
+
+
 def _sample_inputs(key, data) -> jax.Array:
     shape = (data.n, data.input_dim)
     if data.x_dist == "uniform":

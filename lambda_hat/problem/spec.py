@@ -25,6 +25,7 @@ from lambda_hat.schema import ConfigError, config_dataclass, field, read_yaml, v
 
 __all__ = [
     "PRESET_GROUPS",
+    "REFERENCE_KINDS",
     "DataConfig",
     "ModelConfig",
     "ProblemEntry",
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 PRESET_GROUPS = ("model", "data", "teacher")
+
+#: What a problem's runs are scored against (``problems[i].reference``): an HMC reference,
+#: the theoretical λ (deep linear networks, regular models), or nothing (runs unscored).
+REFERENCE_KINDS = ("hmc", "theory", "none")
 
 
 @config_dataclass
@@ -110,6 +115,12 @@ class ProblemEntry:
     teacher: str = field("_null", "preset name in conf/teacher/ (_null: random student-shaped net)")
     seed: int = field(0, "seed for data, teacher, student init and training")
     overrides: dict = field({}, "deep-merged into the presets: {model: {...}, data: {...}, ...}")
+    reference: Literal["hmc", "theory", "none"] = field(
+        "hmc",
+        "what runs are scored against: hmc (a NUTS reference), theory (Aoyagi's λ of a deep "
+        "linear network, d/2 of a regular model; no NUTS), none (no reference: runs unscored); "
+        "not part of the problem, so the pid is the same",
+    )
 
 
 # -------------------------------------------------------------------------------- presets

@@ -3,7 +3,8 @@ sets every method's step-size limit, and the one driver-side reference stage tha
 ``parsl-optuna``, ``lambda-hat run`` and ``lambda-hat reference`` share.
 
 Modules: ``settings`` (the ``reference`` section), ``nuts`` (compute a reference), ``store``
-(``ref.json``, the gate), ``curvature`` (a_max), ``stage`` (the stage), ``app`` (its Parsl app).
+(``ref.json``, the gate), ``curvature`` (a_max), ``kinds`` (``reference: theory | none``: no
+NUTS, the curvature record only), ``stage`` (the stage), ``app`` (its Parsl app).
 """
 
 from lambda_hat._exports import lazy_exports

@@ -12,7 +12,8 @@ __all__ = ["execute_reference", "submitter"]
 
 
 def execute_reference(payload: dict) -> dict:
-    """The reference app body: build the problem and its HMC reference (cached by pid).
+    """The reference app body: build the problem and its HMC reference (cached by pid), or,
+    for ``kind`` theory | none, its record without NUTS.
 
     Returns the ref.json contents, or a failed record
     (:func:`lambda_hat.trial.outcome.failed_metrics` of the exception, with the traceback's
@@ -29,6 +30,7 @@ def execute_reference(payload: dict) -> dict:
             payload.get("force", False),
             verbose=None,
             gamma=payload.get("gamma"),
+            kind=payload.get("kind", "hmc"),
         )
     except Exception as exc:
         return failed_from(exc)

@@ -55,6 +55,8 @@ __all__ = [
     "curvature_settings",
     "curvature_path",
     "problem_curvature",
+    "curvature_record",
+    "stored_curvature_record",
 ]
 
 log = logging.getLogger("lambda_hat.curvature")
@@ -318,6 +320,25 @@ def _log_computed(c: Curvature, seconds: float) -> None:
     )
 
 
+_RECORD = ("a_max", "h_max", "d", "n", "beta", "gamma", "eps_max_sgld", "converged", "path")
+
+
+def stored_curvature_record(problem_path: str | Path, beta: float, gamma: float) -> dict | None:
+    """The :func:`curvature_record` stored with the problem at (β, γ), read from its file
+    (no JAX, nothing computed), or None when there is none."""
+    for path in sorted((Path(problem_path) / layout.CURVATURE).glob(layout.CURVATURE_GLOB)):
+        info = read_json(path) or {}
+        settings = info.get("settings") or {}
+        if not (
+            math.isclose(settings.get("beta", -1.0), beta)
+            and math.isclose(settings.get("gamma", -1.0), gamma)
+        ):
+            continue
+        if (stored := _load(path, settings)) is not None:
+            return {k: getattr(stored, k) for k in _RECORD}
+    return None
+
+
 def curvature_record(problem: Problem, beta: float, gamma: float) -> dict:
     """a_max of nβ·∇²L_n(w*) + γI at the reference's β, γ, as plain numbers for the driver (it
     resolves the ``scale: stability`` ranges with them and loads no arrays); ``{"error": ..}``
@@ -328,5 +349,4 @@ def curvature_record(problem: Problem, beta: float, gamma: float) -> dict:
     except Exception as exc:  # an optional extra: never lose the reference over it
         log.warning("curvature %s: not computed (%s: %s)", problem.pid, type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
-    keep = ("a_max", "h_max", "d", "n", "beta", "gamma", "eps_max_sgld", "converged", "path")
-    return {k: getattr(c, k) for k in keep}
+    return {k: getattr(c, k) for k in _RECORD}

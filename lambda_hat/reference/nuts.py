@@ -41,6 +41,7 @@ from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import checkpoint
 from lambda_hat.reference.checkpoint import Checkpoint
 from lambda_hat.reference.curvature import curvature_record
+from lambda_hat.reference.kinds import plain_reference
 from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.reference.store import (
     REF_SCHEMA,
@@ -351,11 +352,13 @@ def reference_job(
     force: bool = False,
     verbose: int | None = 0,
     gamma: float | None = None,
+    kind: str = "hmc",
 ) -> dict:
     """Build the problem and its reference from plain dicts (for worker processes).
 
     ``gamma`` (when it is not ``cfg``'s) asks for the reference of the posterior at that γ, the
-    other settings the config's: it is stored in its own folder (:func:`reference_home`)."""
+    other settings the config's: it is stored in its own folder (:func:`reference_home`).
+    ``kind`` theory or none runs no NUTS (:func:`lambda_hat.reference.kinds.plain_reference`)."""
     if verbose is not None:
         setup_logging(verbose)
     spec_obj = validate(spec, ProblemSpec, "spec")
@@ -364,9 +367,12 @@ def reference_job(
     if not primary:
         cfg_obj = dataclasses.replace(cfg_obj, gamma=float(gamma))
     problem = build_problem(spec_obj, artifacts)
+    if kind != "hmc":
+        return plain_reference(problem, cfg_obj, kind)
     ref = ensure_reference(reference_home(problem, cfg_obj, primary), cfg_obj, force)
     return {
         **ref,
+        "kind": "hmc",
         "summary": problem.summary(),
         "curvature": curvature_record(problem, ref["beta"], ref["gamma"]),
     }

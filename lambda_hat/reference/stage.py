@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from lambda_hat import layout
-from lambda_hat._io import read_json
+from lambda_hat._io import finite_float, read_json
 from lambda_hat.log import fmt_value
 from lambda_hat.parallel import result_of
 from lambda_hat.problem.build import load_problem, problem_id
@@ -40,6 +40,7 @@ from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import checkpoint
 from lambda_hat.reference.checkpoint import read_progress
 from lambda_hat.reference.curvature import curvature_record
+from lambda_hat.reference.kinds import announce, stored_plain_reference
 from lambda_hat.reference.nuts import reference_job
 from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.reference.store import load_reference, reference_dir, reference_home
@@ -109,9 +110,21 @@ def cached_reference(
         return None
     return {
         **ref,
+        "kind": "hmc",
         "summary": problem.summary(),
         "curvature": curvature_record(problem, ref["beta"], ref["gamma"]),
     }
+
+
+def _cached(
+    spec: ProblemSpec, cfg: ReferenceConfig, artifacts: str | Path, gamma: float, kind: str
+) -> dict | None:
+    """The stored record of ``kind`` (:func:`cached_reference`, or for theory | none
+    :func:`lambda_hat.reference.kinds.stored_plain_reference`), or None."""
+    if kind == "hmc":
+        return cached_reference(spec, cfg, artifacts, gamma)
+    cfg = dataclasses.replace(cfg, gamma=float(gamma))
+    return stored_plain_reference(spec, cfg, artifacts, kind)
 
 
 def reference_stage(
@@ -122,6 +135,7 @@ def reference_stage(
     gammas: Mapping[str, Sequence[float]] | None = None,
     force: bool = False,
     watch: bool = True,
+    kinds: Mapping[str, str] | None = None,
 ) -> References:
     """One reference per (problem of ``specs``, γ of ``gammas[pid]``: ``cfg.gamma`` first; the
     default is ``cfg.gamma`` alone), read on the driver when stored (:func:`cached_reference`),
@@ -136,6 +150,10 @@ def reference_stage(
     While submitted references run, ``watch`` prints their progress (:func:`_wait`); leave it
     off when they log to this terminal themselves (local processes). Ctrl-C raises
     :class:`ReferenceInterrupted`, saying where each unfinished reference last saved its run.
+
+    ``kinds[pid]`` (default hmc) is a problem's reference kind: theory | none run no NUTS
+    (:mod:`lambda_hat.reference.kinds`; ``kind`` in the payload) and the stage says once per
+    such problem what its runs are scored against.
     """
     by_gamma: dict[str, dict[float, dict]] = {}
     order: dict[str, list[float]] = {}
@@ -148,9 +166,11 @@ def reference_stage(
             if pid in by_gamma:
                 continue
             by_gamma[pid], order[pid] = {}, [float(g) for g in (gammas or {}).get(pid, [cfg.gamma])]
+            kind = (kinds or {}).get(pid, "hmc")
             payload = {"spec": as_dict(spec), **base, **({"force": True} if force else {})}
+            payload.update({"kind": kind} if kind != "hmc" else {})
             for g in order[pid]:
-                cached = None if force else cached_reference(spec, cfg, artifacts, g)
+                cached = None if force else _cached(spec, cfg, artifacts, g, kind)
                 if cached is not None:
                     by_gamma[pid][g] = cached
                     continue
@@ -164,6 +184,8 @@ def reference_stage(
         raise ReferenceInterrupted(_saved(left, homes)) from None
     for pid, gs in order.items():  # in γ order, whichever came from where
         by_gamma[pid] = {g: by_gamma[pid][g] for g in gs}
+        if (kind := (kinds or {}).get(pid, "hmc")) != "hmc":
+            announce(pid, kind, by_gamma[pid][gs[0]])
     return References(by_gamma, float(cfg.gamma))
 
 
@@ -251,6 +273,7 @@ def process_submitter(workers: int, verbose: int = 0) -> Iterator[Submit]:
         nonlocal pool
         args = (payload["spec"], payload["reference"], payload["artifacts"])
         args += (payload.get("force", False), verbose, payload.get("gamma"))
+        args += (payload.get("kind", "hmc"),)
         if workers > 1:
             if pool is None:
                 ctx = multiprocessing.get_context("spawn")
@@ -282,6 +305,15 @@ def usable_reason(
     the config key that lets a failed gate through (named in the fix)."""
     if not is_reference(ref):
         return f"the reference could not be computed: {ref['failure']['message']}"
+    if ref.get("kind", "hmc") != "hmc":  # theory | none: no HMC, no gate
+        return None
+    if finite_float(ref.get("llc_ref")) is None:  # never a silent zero-draw reference
+        return (
+            f"the HMC reference has no draws ({_why_empty(ref)}), so there is nothing to score "
+            f"runs against ({key} does not change that). Raise reference.budget_sec (or lower "
+            "reference.warmup), or set this problem's reference: none (runs reported unscored) "
+            "or reference: theory (deep linear networks, regular models)."
+        )
     gate = ref.get("gate") or {}
     if not gate.get("passed", False) and not allow_failed:
         reasons = "; ".join(gate.get("reasons") or ["no reason recorded"])
@@ -290,6 +322,12 @@ def usable_reason(
             f"or reference.warmup, or set {key}: true to use it anyway."
         )
     return None
+
+
+def _why_empty(ref: dict) -> str:
+    """Why a reference has no draws, from its gate (the budget, in words) or its fields."""
+    reasons = (ref.get("gate") or {}).get("reasons") or []
+    return next((r for r in reasons if r.startswith("no draws")), "no estimate recorded")
 
 
 def unusable(

@@ -3,20 +3,26 @@
 The runs YAML (:mod:`lambda_hat.config.runs`), every ``from_study`` set resolved against its
 stored study — ``pick: best`` the study's best successful trial (its full hyperparameters from
 the trial's ``metrics.json``), ``pick: validated`` the validation stage's recommendation
-(:func:`lambda_hat.study.validation.recommendation`) — and the Parsl config. A missing results
-folder, study or validation is a :class:`ConfigError` that says what to run first.
+(:func:`lambda_hat.study.validation.recommendation`) — every ``from_study: {class: NAME}``
+set read from the class study's recommendation (:mod:`lambda_hat.config.recommendation`), and
+the Parsl config. A missing results folder, study, recommendation or validation is a
+:class:`ConfigError` that says what to run first. Values in ε_max units (``scale: stability``,
+a class recommendation's scaled names) stay units here: each problem's ε_max comes with its
+reference record (:meth:`RunSet.absolute`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from lambda_hat import layout
-from lambda_hat.config.runs import FromStudy, Runs
+from lambda_hat import layout, methods
+from lambda_hat.config.recommendation import ClassSetting, read_class_recommendation
+from lambda_hat.config.runs import FromStudy, HyperSet, Runs, has_stability_limit, split_units
 from lambda_hat.log import fmt_seconds
 from lambda_hat.parallel import configs
 from lambda_hat.problem.build import problem_id
@@ -35,7 +41,12 @@ __all__ = ["ExperimentPlan", "RunSet", "describe", "plan_experiments"]
 class RunSet:
     """One resolved hyperparameter set of a method on one problem: its index in
     ``methods.<method>``, the full hyperparameters, the study and trial they came from, and
-    that trial's validation verdict (``{"reliable", "reliability"}``; None: not validated)."""
+    that trial's validation verdict (``{"reliable", "reliability"}``; None: not validated).
+
+    ``units``: the hyperparameters given as fractions of the problem's ε_max (a ``fixed``
+    ``{value, scale: stability}``, a class recommendation's scaled names); ``hyperparams``
+    holds the fractions in their place until :meth:`absolute` converts them. ``from_class``: the class study
+    the set came from."""
 
     method: str
     index: int
@@ -44,6 +55,27 @@ class RunSet:
     source_trial: int | None = None
     source_pick: str | None = None
     source_verdict: dict | None = None
+    units: dict = field(default_factory=dict)
+    from_class: str | None = None
+
+    def absolute(self, curvature: dict | None) -> tuple[dict, float | None]:
+        """(the hyperparameters with every unit converted, ε_max of the method on the problem
+        whose curvature record this is; None when unknown). ValueError when units need an
+        ε_max the record does not give."""
+        try:
+            eps_max = methods.step_limit(self.method, curvature["a_max"], curvature["d"])
+        except (KeyError, TypeError, ValueError):
+            eps_max = None
+        if not self.units:
+            return self.hyperparams, eps_max
+        if eps_max is None:
+            why = (curvature or {}).get("error", "no curvature record")
+            raise ValueError(
+                f"{', '.join(self.units)} given in ε_max units, but this problem's ε_max is "
+                f"unknown ({why}): give absolute values"
+            )
+        hp = {**self.hyperparams, **{k: f * eps_max for k, f in self.units.items()}}
+        return runs.resolve_hyperparams(self.method, hp), eps_max
 
 
 @dataclass
@@ -146,23 +178,54 @@ def _from_study(fs: FromStudy, pid: str, method: str, where: str, opened: dict) 
     return hp, name, number, verdict
 
 
+def _from_class(fs: FromStudy, method: str, where: str) -> tuple[dict, dict, ClassSetting]:
+    """(absolute values, ``{name: fraction of ε_max}``, the setting) of a class set."""
+    rec = read_class_recommendation(fs.results, fs.class_, method, fs.pick, f"{where}.from_study")
+    units = {k: float(rec.units[k]) for k in rec.scaled}
+    plain = {k: v for k, v in rec.units.items() if k not in units}
+    for name in units:
+        if not has_stability_limit(method, name, plain):
+            raise ConfigError(
+                f"{where}.from_study.class",
+                f"class {rec.name!r} scales {method}'s {name}, which has no stability limit.",
+                "rewrite the recommendation with that value absolute (not in scaled).",
+            )
+    return plain, units, rec
+
+
+def _one_set(hs: HyperSet, method: str, where: str, pids: list[str], opened: dict) -> dict:
+    """pid -> the :class:`RunSet` of set ``hs`` on that problem."""
+    fixed, fixed_units = split_units(method, hs.fixed, f"{where}.fixed")
+    fs, out = hs.from_study, {}
+    if fs is not None and fs.class_ is not None:
+        plain, units, rec = _from_class(fs, method, where)
+        units = {k: v for k, v in {**units, **fixed_units}.items() if k not in fixed}
+        hp = runs.resolve_hyperparams(method, {**plain, **fixed, **units}, f"{where}.fixed")
+        source = dict(source_trial=rec.trial, source_pick=rec.pick, from_class=rec.name)
+        return {pid: RunSet(method, 0, hp, units=units, **source) for pid in pids}
+    for pid in pids:
+        hp, source = dict(fixed), {}
+        if fs is not None:
+            tuned, name, number, verdict = _from_study(fs, pid, method, where, opened)
+            hp = {**tuned, **fixed}
+            source = dict(
+                source_study=name, source_trial=number, source_pick=fs.pick, source_verdict=verdict
+            )
+        hp = runs.resolve_hyperparams(method, {**hp, **fixed_units}, f"{where}.fixed")
+        out[pid] = RunSet(method, 0, hp, units=fixed_units, **source)
+    return out
+
+
 def _resolve_sets(exp: Runs, pids: list[str]) -> dict[str, list[RunSet]]:
     cfg, opened = exp.config, {}
     out: dict[str, list[RunSet]] = {pid: [] for pid in pids}
     try:
         for method, sets in cfg.methods.items():
             for i, hs in enumerate(sets):
-                where = f"methods.{method}[{i}]"
-                for pid in pids:
-                    source: tuple = (None, None, None, None)
-                    hp = dict(hs.fixed)
-                    if hs.from_study is not None:
-                        fs = hs.from_study
-                        tuned, name, number, verdict = _from_study(fs, pid, method, where, opened)
-                        hp = {**tuned, **hs.fixed}
-                        source = (name, number, fs.pick, verdict)
-                    hp = runs.resolve_hyperparams(method, hp, f"{where}.fixed")
-                    out[pid].append(RunSet(method, i, hp, *source))
+                for pid, runset in _one_set(
+                    hs, method, f"methods.{method}[{i}]", pids, opened
+                ).items():
+                    out[pid].append(dataclasses.replace(runset, index=i))
     finally:
         for storage, _ in opened.values():
             if isinstance(storage, studies.Journal):
@@ -209,11 +272,12 @@ def describe(plan: ExperimentPlan) -> str:
     ]
     for pid, sets in plan.sets.items():
         for s in sets:
-            src = (
-                f" from {s.source_study} #{s.source_trial} ({s.source_pick})"
-                if s.source_study
-                else ""
-            )
+            src = ""
+            if s.source_study or s.from_class:
+                study = s.source_study or f"class {s.from_class}"
+                src = f" from {study} #{s.source_trial} ({s.source_pick})"
+            hp = {k: v for k, v in s.hyperparams.items() if k not in s.units}
+            units = "".join(f", {k}: {f:g} x ε_max" for k, f in s.units.items())
             label = results.study_label(plan.problems[pid]["label"], s.method)
-            lines.append(f"  {label} ({pid}) set {s.index}{src}: {s.hyperparams}")
+            lines.append(f"  {label} ({pid}) set {s.index}{src}: {hp}{units}")
     return "\n".join(lines)

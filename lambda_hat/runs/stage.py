@@ -54,13 +54,17 @@ __all__ = [
     "execute",
     "make_jobs",
     "plan_experiments",
+    "run_columns",
     "run_jobs",
 ]
 
 log = logging.getLogger("lambda_hat.workflow")
 
 
-#: ``llc_runs.parquet``: the run's identity and source, then the problem and the outcome.
+#: ``llc_runs.parquet``: the run's identity and source (``from_class``: the class study of a
+#: ``from_study: {class}`` set; ``ref_kind``: hmc | theory | none; ``eps_max``: the method's
+#: stability limit on the problem), then the problem and the outcome; a ``<name>_units``
+#: column per hyperparameter given in ε_max units follows ``eps_max`` (:func:`run_columns`).
 RUN_COLUMNS: dict[str, pa.DataType] = {
     "pid": pa.string(),
     "method": pa.string(),
@@ -71,9 +75,25 @@ RUN_COLUMNS: dict[str, pa.DataType] = {
     "source_study": pa.string(),
     "source_trial": pa.int64(),
     "source_pick": pa.string(),
+    "from_class": pa.string(),
+    "ref_kind": pa.string(),
+    "eps_max": pa.float64(),
     **results.PROBLEM_COLUMNS,
     **results.METRIC_COLUMNS,
 }
+
+
+def run_columns(rows: list[dict]) -> dict[str, pa.DataType]:
+    """:data:`RUN_COLUMNS` with a ``<name>_units`` column (the fraction of ε_max) after
+    ``eps_max`` for every hyperparameter some row gives in units."""
+    names = sorted({k for r in rows for k in r.get("units") or {}})
+    out: dict[str, pa.DataType] = {}
+    for key, tp in RUN_COLUMNS.items():
+        out[key] = tp
+        if key == "eps_max":
+            out.update({f"{n}_units": pa.float64() for n in names})
+    return out
+
 
 # ---------------------------------------------------------------------------- stages 1-2
 
@@ -87,6 +107,7 @@ class Job:
     seed: int
     payload: dict
     ref: dict
+    eps_max: float | None = None
     metrics: dict | None = None
 
 
@@ -101,6 +122,12 @@ def make_jobs(plan: ExperimentPlan, refs: references.References) -> tuple[list[J
         for s in plan.sets[pid]:
             ref = refs.at(pid, plan.gamma_of(s))
             ref = {k: v for k, v in ref.items() if k != "summary"}
+            try:
+                hp, eps_max = s.absolute(ref.get("curvature"))
+            except ValueError as exc:
+                label = results.study_label(plan.problems[pid]["label"], s.method)
+                skipped.append(f"{label} ({pid}) set {s.index} is not run: {exc}")
+                continue
             locate = runs.locator(
                 runs.DEFAULT_TRIAL_TARGET, plan.artifacts, pid, spec.data.n, s.method
             )
@@ -109,7 +136,7 @@ def make_jobs(plan: ExperimentPlan, refs: references.References) -> tuple[list[J
                     "pid": pid,
                     "spec": as_dict(spec),
                     "method": s.method,
-                    "hyperparams": s.hyperparams,
+                    "hyperparams": hp,
                     "budget_sec": cfg.budget_sec,
                     "seed": seed,
                     "ref": ref,
@@ -120,7 +147,7 @@ def make_jobs(plan: ExperimentPlan, refs: references.References) -> tuple[list[J
                 }
                 run_id, run_dir = locate(payload)
                 payload.update(run_id=run_id, run_dir=str(run_dir))
-                jobs.append(Job(pid, s, seed, payload, ref))
+                jobs.append(Job(pid, s, seed, payload, ref, eps_max))
     return jobs, skipped
 
 
@@ -162,7 +189,12 @@ def job_row(plan: ExperimentPlan, job: Job) -> dict:
         "source_study": s.source_study,
         "source_trial": s.source_trial,
         "source_pick": s.source_pick,
-        "hyperparams": s.hyperparams,
+        "from_class": s.from_class,
+        "ref_kind": job.ref.get("kind", "hmc"),
+        "eps_max": job.eps_max,
+        **{f"{k}_units": f for k, f in s.units.items()},
+        "units": s.units,
+        "hyperparams": job.payload["hyperparams"],
         **plan.problems[job.pid],
         **cols,
         "failure_kind": None if ok else (failure or {}).get("kind", "error"),
@@ -187,7 +219,7 @@ def execute(
     else:
         jobs, skipped = _stages(plan, submit_trial, submit_reference)
     rows = [job_row(plan, j) for j in jobs]
-    path = write_parquet(rows, plan.results / layout.RUNS_TABLE, RUN_COLUMNS)
+    path = write_parquet(rows, plan.results / layout.RUNS_TABLE, run_columns(rows))
     verdicts = {
         (pid, s.method, s.index): s.source_verdict for pid, sets in plan.sets.items() for s in sets
     }
@@ -204,7 +236,12 @@ def execute(
 def _stages(plan: ExperimentPlan, submit_trial, submit_reference) -> tuple[list[Job], list[str]]:
     cfg, gammas = plan.exp.config, {pid: plan.gammas(pid) for pid in plan.specs}
     refs = references.reference_stage(
-        plan.specs.values(), cfg.reference, plan.artifacts, submit_reference, gammas
+        plan.specs.values(),
+        cfg.reference,
+        plan.artifacts,
+        submit_reference,
+        gammas,
+        kinds=plan.exp.kinds,
     )
     jobs, skipped = make_jobs(plan, refs)
     run_jobs(jobs, submit_trial, plan.exp.config.infrastructure_retries)

@@ -1,5 +1,7 @@
 """The summary ``lambda-hat run`` prints: per (problem, method, set), the mean λ̂ over the
-seeds, its spread, how it agrees with the HMC reference and with theory where known, and, for a
+seeds, its spread, how it agrees with its reference (HMC; the theoretical λ for
+``reference: theory``, z then from the runs' own SE; ``no reference`` for ``reference: none``,
+unscored) and with theory where known, and, for a
 set taken from a validated study, whether its recommendation was reliable (the study's own
 verdict on fresh seeds, :mod:`lambda_hat.study.reliability`)."""
 
@@ -38,6 +40,8 @@ def summarize(rows: list[dict], verdicts: dict[tuple, dict | None] | None = None
         se = math.sqrt((se_ref or 0.0) ** 2 + (se_mean or 0.0) ** 2)
         z = None if d_ref is None or se == 0 else d_ref / se
         source = first["source_study"] and f"{first['source_pick']} #{first['source_trial']}"
+        if first.get("from_class"):
+            source = f"class {first['from_class']} {first['source_pick']} #{first['source_trial']}"
         out.append(
             {
                 "label": study_label(first["label"], method) if first["label"] else pid,
@@ -49,6 +53,7 @@ def summarize(rows: list[dict], verdicts: dict[tuple, dict | None] | None = None
                 "n": len(group),
                 "mean": mean,
                 "sd": sd,
+                "ref_kind": first.get("ref_kind") or "hmc",
                 "llc_ref": ref,
                 "se_ref": se_ref,
                 "d_ref": d_ref,
@@ -60,6 +65,15 @@ def summarize(rows: list[dict], verdicts: dict[tuple, dict | None] | None = None
             }
         )
     return out
+
+
+def _reference(s: dict) -> str:
+    """The reference column: λ_ref ± se (HMC), ``λ (theory)``, or ``no reference``."""
+    if s["llc_ref"] is None:
+        return "no reference"
+    if s["ref_kind"] == "theory":
+        return f"{fmt_value(s['llc_ref'], '.4g')} (theory)"
+    return f"{fmt_value(s['llc_ref'], '.4g', '-')} ± {fmt_value(s['se_ref'], '.2g', '-')}"
 
 
 def _verdict_of(v: dict | None) -> dict:
@@ -86,7 +100,7 @@ def summary_table(rows: list[dict], verdicts: dict[tuple, dict | None] | None = 
                 f"{s['n_ok']}/{s['n']}",
                 fmt_value(s["mean"], ".4g", "-"),
                 fmt_value(s["sd"], ".2g", "-"),
-                f"{fmt_value(s['llc_ref'], '.4g', '-')} ± {fmt_value(s['se_ref'], '.2g', '-')}",
+                _reference(s),
                 fmt_value(s["d_ref"], "+.3g", "-"),
                 fmt_value(s["z"], "+.2f", "-"),
                 "-" if s["agrees"] is None else ("yes" if s["agrees"] else "NO"),

@@ -19,7 +19,7 @@ from lambda_hat.config.load import load_runs
 from lambda_hat.config.runs import FromStudy, HyperSet, RunsConfig
 from lambda_hat.config.tuning import TuningConfig
 from lambda_hat.problem.spec import PRESET_GROUPS, ProblemSpec, preset_names, resolve_problem
-from lambda_hat.schema import validate
+from lambda_hat.schema import keys_of, validate
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -41,7 +41,7 @@ def _schema_of(tp) -> type | None:
 
 def _key_mismatches(block: dict, cls: type, where: str = "") -> list[str]:
     """Schema keys missing from ``block`` and documented keys the schema lacks, recursively."""
-    fields = cls.__pydantic_fields__
+    fields = keys_of(cls)
     at = f"{where}." if where else ""
     out = [f"{at}{k} is documented but not in {cls.__name__}" for k in block if k not in fields]
     for name, info in fields.items():
@@ -121,7 +121,7 @@ def test_search_space_example_names_real_hyperparameters():
 
 def _walk(block: dict, cls: type, where: str = "") -> list[str]:
     """Keys of ``block`` the schema class lacks, and its fields ``block`` leaves out."""
-    fields = cls.__pydantic_fields__
+    fields = keys_of(cls)
     out = [f"{where}{k} is not in {cls.__name__}" for k in block if k not in fields]
     return out + [f"{where}{k} is not documented" for k in fields if k not in block]
 
@@ -138,7 +138,8 @@ def test_readme_documents_every_experiments_key_with_its_default(tmp_path):
     for key in ("seeds", "budget_sec", "allow_failed_reference", "isolate", "timeout_grace"):
         assert block[key] == getattr(defaults, key), key
     assert block["infrastructure_retries"] == defaults.infrastructure_retries
-    assert sgld["from_study"] == dataclasses.asdict(FromStudy())
+    defaults = dataclasses.asdict(FromStudy())
+    assert sgld["from_study"] == {"class": defaults.pop("class_"), **defaults}
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(block))
     assert load_runs(path).config.methods["vi"][0].fixed == {"M": 4}

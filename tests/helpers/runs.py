@@ -20,11 +20,18 @@ PROBLEM = "{model: linear, data: small, teacher: _null, seed: 0}"
 REFERENCE = "{chains: 2, draws: 200, warmup: 200, rhat_max: 1.1, ess_min: 50}"
 
 
-def _config(tmp_path: Path, methods: str, seeds: str = "[0, 1]", results: str = "out") -> Path:
+def _config(
+    tmp_path: Path,
+    methods: str,
+    seeds: str = "[0, 1]",
+    results: str = "out",
+    problems: str = f"[{PROBLEM}]",
+    extra: str = "",
+) -> Path:
     path = tmp_path / "experiments.yaml"
     path.write_text(
-        f"problems: [{PROBLEM}]\nreference: {REFERENCE}\nmethods: {methods}\nseeds: {seeds}\n"
-        "budget_sec: 30\nisolate: false\n"
+        f"problems: {problems}\nreference: {REFERENCE}\nmethods: {methods}\nseeds: {seeds}\n"
+        f"budget_sec: 30\nisolate: false\n{extra}"
         f"paths: {{artifacts: {tmp_path / 'artifacts'}, results: {tmp_path / results}}}\n"
     )
     return path

@@ -16,7 +16,11 @@ from conftest import TINY_REFERENCE
 
 from lambda_hat import layout
 
-CLI = [sys.executable, "-c", "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())"]
+CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from lambda_hat.study.pipeline import main; sys.exit(main())",
+]
 
 
 def _config(root: Path) -> Path:
