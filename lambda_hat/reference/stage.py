@@ -344,9 +344,10 @@ def unusable(
 
 
 def report(refs: References, pid: str) -> None:
-    """Log each reference of ``pid``: λ̂_ref ± SE and its gate."""
+    """Log each HMC reference of ``pid``: λ̂_ref ± SE and its gate (a theory or no reference
+    was announced by the stage)."""
     for gamma, ref in refs.by_gamma[pid].items():
-        if is_reference(ref):
+        if is_reference(ref) and ref.get("kind", "hmc") == "hmc":
             theory = ref.get("llc_theory")
             log.info(
                 "reference %s (γ = %g): llc_ref = %s ± %s, gate %s%s",

@@ -77,7 +77,17 @@ def class_pids(plan: Plan) -> list[str]:
 
 
 def check_classes(plan: Plan) -> None:
-    """Class studies sample the reference's posterior: no method may search or fix γ."""
+    """A listed problem without a reference cannot be tuned; class studies sample the
+    reference's posterior: no method may search or fix γ."""
+    for i, spec in enumerate(plan.exp.problems):
+        if plan.exp.reference_kind(problem_id(spec)) == "none":
+            raise ConfigError(
+                f"problems[{i}].reference",
+                "is none: a study scores its trials against a reference.",
+                "use hmc or theory, or make the problem a class holdout member (or run it "
+                "with lambda-hat run).",
+                source=plan.exp.source,
+            )
     if not plan.exp.classes:
         return
     for m in plan.cfg.methods:

@@ -200,7 +200,8 @@ def _references(plan: Plan) -> References:
     submit = reference_app.submitter()
     gammas = dict.fromkeys(plan.pids, plan.gammas)
     specs = [*plan.exp.problems, *class_stage.class_specs(plan)]
-    return reference_stage(specs, plan.cfg.reference, plan.artifacts, submit, gammas)
+    cfg, kinds = plan.cfg.reference, plan.exp.kinds
+    return reference_stage(specs, cfg, plan.artifacts, submit, gammas, kinds=kinds)
 
 
 def _classes(plan: Plan, storage, refs: References, submit, validated) -> int:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from lambda_hat import layout
-from lambda_hat._io import atomic_write_json, finite_float
+from lambda_hat._io import finite_float, read_json
+from lambda_hat.config.recommendation import ClassRecommendation, write_class_recommendation
 from lambda_hat.log import fmt_value, format_table
 from lambda_hat.results.parquet import write_parquet
 from lambda_hat.study.candidates import validation_seeds
@@ -133,21 +134,39 @@ def recommend(
     scores = _validated_scores(task, top_settings(task, top_k), fresh, submit)
     score, chosen, per_seed = min(scores, key=lambda x: x[0])
     held = math.isfinite(score)
-    best_units = {**task.fixed, **best.params}
-    record = {
-        "class": task.name,
-        "method": task.method,
-        "pick": "validated" if held else "best",
-        "units": chosen.units if held else best_units,
-        "scaled": list(task.scaled),
-        "trial": chosen.trial if held else best.number,
-        "objective": chosen.objective if held else best.values[0],
-        "validated": (
-            {"mean": score, "per_seed": per_seed, "seeds": fresh, "trial": chosen.trial}
-            if held
-            else None
-        ),
-        "best": {"trial": best.number, "units": best_units, "objective": best.values[0]},
+    rec = ClassRecommendation(
+        class_=task.name,
+        method=task.method,
+        pick="validated" if held else "best",
+        units={**task.fixed, **best.params},
+        scaled=list(task.scaled),
+        trial=best.number,
+        objective=best.values[0],
+        validated=_validated_entry(task, scores, chosen, score, per_seed, fresh) if held else None,
+    )
+    write_class_recommendation(results, rec)
+    record = read_json(layout.class_recommendation(results, task.name, task.method))
+    picked = record["validated"] or record
+    log.info(
+        "class %s:%s recommends trial %s (%s, validated %s)",
+        task.name,
+        task.method,
+        picked["trial"],
+        _fmt_units(picked["units"], task.scaled),
+        fmt_value(score if held else None, ".3g"),
+    )
+    return record
+
+
+def _validated_entry(task: ClassTask, scores, chosen: Setting, score, per_seed, fresh) -> dict:
+    """The recommendation file's ``validated``: the winner's setting, its mean class objective
+    over the fresh seeds, every candidate's, and the members it was validated on."""
+    return {
+        "trial": chosen.trial,
+        "units": chosen.units,
+        "mean": score,
+        "per_seed": per_seed,
+        "seeds": fresh,
         "candidates": [
             {
                 "trial": s.trial,
@@ -158,16 +177,6 @@ def recommend(
         ],
         "members": [{"pid": m.pid, "label": m.label, "d": m.d} for m in task.members],
     }
-    atomic_write_json(layout.class_recommendation(results, task.name, task.method), record)
-    log.info(
-        "class %s:%s recommends trial %s (%s, validated %s)",
-        task.name,
-        task.method,
-        record["trial"],
-        _fmt_units(record["units"], task.scaled),
-        fmt_value(score if held else None, ".3g"),
-    )
-    return record
 
 
 def _fmt_units(units: dict, scaled) -> str:
@@ -190,10 +199,11 @@ def holdout_proof(
     if not task.holdout or record is None:
         return []
     settings = top_settings(task, task.config.top_k)
-    rec = record["trial"]
+    picked = record["validated"] or record
+    rec = picked["trial"]
     settings.sort(key=lambda s: s.trial != rec)
     if all(s.trial != rec for s in settings):
-        settings.insert(0, Setting(f"#{rec}", record["units"], rec, record["objective"]))
+        settings.insert(0, Setting(f"#{rec}", picked["units"], rec, None))
     if task.scaled and "steps" in settings[0].units:  # which unit of chain length transfers
         first = settings[0]
         name = f"{first.name}, steps x eps ratio"
@@ -324,7 +334,8 @@ def transfer_table(rows: list[dict], per_problem: dict[tuple, float] | None = No
     tuned and validated setting (its validated mean |error| / λ_ref), shown beside."""
     out_rows = []
     shown = set()
-    for s in summarize(rows):
+    members = list(dict.fromkeys(r["pid"] for r in rows))
+    for s in sorted(summarize(rows), key=lambda s: members.index(s["pid"])):
         study = f"{s['class']}:{s['method']}"
         if "llc_hat" not in s:
             cells = [f"failed ({s['failure']})", "", "", ""]

@@ -66,7 +66,7 @@ def test_a_class_study_recommends_in_units_proves_on_its_holdout_and_resumes(tmp
     assert (trials["eta0_units"] * trials["eps_max"] - trials["hp_eta0"]).abs().max() < 1e-12
     record = json.loads(layout.class_recommendation(results, "lin", "sgld").read_text())
     assert record["pick"] == "validated" and record["scaled"] == ["eta0"]
-    assert 1e-3 <= record["units"]["eta0"] <= 1.0  # the default range, in units of ε_max
+    assert 1e-3 <= record["validated"]["units"]["eta0"] <= 1.0  # the default range, ε_max units
     proof = pd.read_parquet(results / layout.TRANSFER_TABLE)
     assert proof["pid"].nunique() == 1 and proof["baseline"].sum() == 1
     assert proof["recommended"].sum() == 1 and (proof["status"] == "ok").all()

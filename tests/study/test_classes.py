@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from lambda_hat import layout
 from lambda_hat.config.classes import ClassConfig
+from lambda_hat.config.recommendation import read_class_recommendation
 from lambda_hat.config.tuning import OptunaConfig
 from lambda_hat.methods import step_limit
 from lambda_hat.problem.build import problem_id
@@ -209,14 +210,19 @@ def test_recommendation_and_held_out_proof_with_the_baseline(tmp_path):
     )
     assert stored == json.loads(json.dumps(record))
     assert stored["pick"] == "validated" and stored["scaled"] == ["eta0"]
-    assert stored["trial"] in [c["trial"] for c in stored["candidates"]]
-    # the synthetic run's error does not depend on the seed: validated = tuned
-    assert stored["validated"]["mean"] == pytest.approx(stored["objective"])
+    validated = stored["validated"]
+    assert validated["trial"] in [c["trial"] for c in validated["candidates"]]
+    # the synthetic run's error does not depend on the seed: validated = tuned = the best
+    assert validated["mean"] == pytest.approx(stored["objective"])
+    assert validated["units"] == stored["units"] and validated["trial"] == stored["trial"]
+    # what lambda-hat run's from_study: {class: dln} reads
+    got = read_class_recommendation(tmp_path / "results", "dln", "sgld", "validated", "here")
+    assert got.units == validated["units"] and got.scaled == ("eta0",)
     holdout = task.holdout[0]
     eps = step_limit("sgld", 10_000.0, 200)
     rec = [r for r in rows if r["recommended"]]
     assert len(rec) == 2 and {r["seed"] for r in rec} == {1, 2}
-    assert rec[0]["hyperparams"]["eta0"] == pytest.approx(stored["units"]["eta0"] * eps)
+    assert rec[0]["hyperparams"]["eta0"] == pytest.approx(validated["units"]["eta0"] * eps)
     expected = abs(synthetic_llc(rec[0]["hyperparams"], 20.0) - 20.0) / 20.0
     assert rec[0]["rel_error"] == pytest.approx(expected)
     base = [r for r in rows if r["baseline"]]
