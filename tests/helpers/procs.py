@@ -4,6 +4,8 @@ children.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import psutil
@@ -30,3 +32,26 @@ def _gone(pid: int, within: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def kill_leftovers(proc: subprocess.Popen, marker: str) -> None:
+    """SIGKILL the driver ``proc`` if it still runs, then what it started that outlives it: its
+    descendants as they were before it died (Parsl's HTEX interchange and its multiprocessing
+    helpers, the worker pool, isolated trials), and whatever runs with the test's temporary path
+    in its command line or as its working directory (the interchange renames its process title
+    but keeps the driver's working directory)."""
+    procs: dict[int, psutil.Process] = {}
+    if proc.poll() is None:
+        try:
+            procs = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+        proc.kill()
+        proc.wait()
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        cmd, cwd = " ".join(p.info["cmdline"] or []), p.info["cwd"] or ""
+        if p.pid != os.getpid() and (
+            marker in cmd or cwd == marker or cwd.startswith(marker + "/")
+        ):
+            procs.setdefault(p.pid, p)
+    kill_and_wait(procs.values())

@@ -1,18 +1,23 @@
 """A class study through ``parsl-optuna --local`` end to end: a class of three tiny linear
 problems (train) and one held out, tuned with the analytic trial (its references are real):
 class_trials.parquet, the recommendation in units, the held-out proof with the baseline
-(transfer.parquet and its printed table); the same command again resumes with nothing to run.
+(transfer.parquet and its printed table); the same command again resumes with nothing to run;
+a driver killed with member runs in flight resumes, reading back the runs that finished.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 from conftest import TINY_REFERENCE
+from helpers.procs import kill_leftovers
 
 from lambda_hat import layout
 
@@ -49,9 +54,11 @@ paths: {{artifacts: {root / "artifacts"}, results: {root / "results"}}}
     return path
 
 
+ARGS = ["--local", "--trial-target", "lambda_hat.trial.synthetic:synthetic_trial"]
+
+
 def _run(config: Path, cwd: Path) -> subprocess.CompletedProcess:
-    args = ["--config", str(config), "--local", "--trial-target"]
-    args.append("lambda_hat.trial.synthetic:synthetic_trial")
+    args = ["--config", str(config), *ARGS]
     return subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
@@ -77,3 +84,41 @@ def test_a_class_study_recommends_in_units_proves_on_its_holdout_and_resumes(tmp
     assert again.returncode == 0, out2
     assert "0 submitted" in out2 and "4 finished trials" in out2
     assert len(pd.read_parquet(results / layout.CLASS_TRIALS_TABLE)) == len(trials)
+    _killed_and_resumed(tmp_path, config)
+
+
+def _killed_and_resumed(root: Path, config: Path) -> None:
+    """SIGKILL the driver with member runs in flight (each sleeps), then run it again: every
+    setting finishes, the killed trials' stored member runs are read back, not run again."""
+    results = root / "results_killed"
+    seeded = root / "seeded.yaml"  # another trial seed: none of the first run's runs apply
+    seeded.write_text(config.read_text().replace("optuna:\n", "optuna:\n  seed: 7\n"))
+    args = ["--config", str(seeded), *ARGS, "--results", str(results)]
+    before = set((root / "artifacts" / "runs").glob("*/*/*/metrics.json"))
+    env = {**os.environ, "LAMBDA_HAT_SYNTHETIC_SECONDS": "1.0"}
+    proc = subprocess.Popen(CLI + args, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = set((root / "artifacts" / "runs").glob("*/*/*/metrics.json"))
+            if len(runs - before) >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the driver finished before it could be killed"
+    finally:
+        kill_leftovers(proc, str(root))
+    proc.communicate(timeout=30)
+    again = subprocess.run(
+        CLI + args, cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert "was interrupted; its setting is asked again" in out
+    reused = int(re.search(r"finished trials \((\d+) member runs reused\)", out).group(1))
+    assert reused >= 1, out
+    trials = pd.read_parquet(results / layout.CLASS_TRIALS_TABLE)
+    assert (
+        trials[trials["state"] == "COMPLETE"]["trial_number"].nunique()
+        + (trials[trials["state"] == "PRUNED"]["trial_number"].nunique())
+        == 4
+    )

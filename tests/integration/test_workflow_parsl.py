@@ -17,10 +17,9 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import psutil
 import pytest
 from conftest import TINY_PROBLEM, TINY_REFERENCE
-from helpers.procs import kill_and_wait
+from helpers.procs import kill_leftovers
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -53,29 +52,6 @@ def _cli(args, cwd, env=None, **kw):
         text=True,
         **kw,
     )
-
-
-def _kill_leftovers(proc: subprocess.Popen, marker: str) -> None:
-    """SIGKILL the driver ``proc`` if it still runs, then what it started that outlives it: its
-    descendants as they were before it died (Parsl's HTEX interchange and its multiprocessing
-    helpers, the worker pool, isolated trials), and whatever runs with the test's temporary path
-    in its command line or as its working directory (the interchange renames its process title
-    but keeps the driver's working directory)."""
-    procs: dict[int, psutil.Process] = {}
-    if proc.poll() is None:
-        try:
-            procs = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
-        except psutil.NoSuchProcess:
-            pass
-        proc.kill()
-        proc.wait()
-    for p in psutil.process_iter(["cmdline", "cwd"]):
-        cmd, cwd = " ".join(p.info["cmdline"] or []), p.info["cwd"] or ""
-        if p.pid != os.getpid() and (
-            marker in cmd or cwd == marker or cwd.startswith(marker + "/")
-        ):
-            procs.setdefault(p.pid, p)
-    kill_and_wait(procs.values())
 
 
 def _studies(results: Path) -> dict[str, list]:
@@ -178,7 +154,7 @@ def test_sigkill_mid_tuning_then_rerun_finishes_exactly_max_trials(shared, tiny_
             time.sleep(0.2)
         assert proc.poll() is None, "the driver finished before it could be killed"
     finally:
-        _kill_leftovers(proc, marker)  # SIGKILL: no clean-up of its own
+        kill_leftovers(proc, marker)  # SIGKILL: no clean-up of its own
     first, _ = proc.communicate(timeout=30)
     assert "1 cached, 0 submitted" in first, first[-4000:]  # tiny_reference's, as configured
     before = _studies(results)
