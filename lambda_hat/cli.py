@@ -20,6 +20,7 @@ from pathlib import Path
 from lambda_hat import dashboard, layout, methods
 from lambda_hat.config.load import ConfigFile, load_config
 from lambda_hat.log import fmt_seconds, fmt_value, format_table, setup_logging
+from lambda_hat.precision import enable_x64
 from lambda_hat.problem.build import build_problem, problem_id
 from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import stage as references
@@ -376,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lambda-hat`` (float64 on: lambda_hat owns this process)."""
+    enable_x64()
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
@@ -383,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def parsl_optuna(argv: list[str] | None = None) -> int:
+    """Entry point of ``parsl-optuna``: float64 on, then :func:`lambda_hat.study.pipeline.main`."""
+    enable_x64()
+    from lambda_hat.study.pipeline import main as pipeline_main
+
+    return pipeline_main(argv)
 
 
 if __name__ == "__main__":

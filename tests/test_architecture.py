@@ -21,7 +21,7 @@ ROOT = Path(lambda_hat.__file__).parent
 
 #: Lowest first: a package may import its own modules and those of the layers below it.
 LAYERS = [
-    {"_io", "_exports", "hashing", "log", "layout", "schema"},
+    {"_io", "_exports", "hashing", "log", "layout", "precision", "schema"},
     {"llc"},
     {"samplers"},
     {"problem"},
