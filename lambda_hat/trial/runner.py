@@ -152,8 +152,7 @@ def _run(
     """The method on the posterior ``ps`` of ``problem``: fills ``metrics``, writes the trace."""
     target = make_target(
         problem.pid,
-        problem.model.apply,
-        float(problem.spec.data.noise),
+        problem.loss,
         problem.X,
         problem.y,
         problem.w_star,
