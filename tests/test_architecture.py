@@ -34,7 +34,7 @@ LAYERS = [
     {"study"},
     {"runs"},
     {"report"},
-    {"cli", "dashboard", "__init__"},
+    {"cli", "dashboard", "notebook", "__init__"},
 ]
 RANK = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 400, 60, 200

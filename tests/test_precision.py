@@ -19,7 +19,7 @@ IMPORT_ALL = (
     "import importlib, pkgutil, jax, lambda_hat\n"
     "for m in pkgutil.walk_packages(lambda_hat.__path__, 'lambda_hat.'):\n"
     "    if '.__main__' not in m.name: importlib.import_module(m.name)\n"
-    "lambda_hat.enable_x64\n"
+    "lambda_hat.estimate\n"
     "print(jax.config.jax_enable_x64)"
 )
 
