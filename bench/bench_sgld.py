@@ -162,4 +162,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import lambda_hat
+
+    lambda_hat.enable_x64()  # a process lambda_hat owns: compute in float64
     main()

@@ -32,12 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-jax.config.update("jax_enable_x64", True)
-
-from lambda_hat.problem import theory  # noqa: E402
-from lambda_hat.problem.build import build_problem  # noqa: E402
-from lambda_hat.problem.spec import resolve_problem  # noqa: E402
-from lambda_hat.samplers import vi  # noqa: E402
+from lambda_hat.problem import theory
+from lambda_hat.problem.build import build_problem
+from lambda_hat.problem.spec import resolve_problem
+from lambda_hat.samplers import vi
 
 SPEC = {"model": "small", "data": "small", "seed": 5}
 
@@ -221,4 +219,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import lambda_hat
+
+    lambda_hat.enable_x64()  # a process lambda_hat owns: compute in float64
     main()

@@ -1,10 +1,16 @@
-"""lambda_hat: local learning coefficient estimation with HMC references and tuned samplers."""
+"""lambda_hat: local learning coefficient estimation with HMC references and tuned samplers.
 
-import jax
+Importing it changes no global JAX setting: float64 is switched on where lambda_hat owns the
+process (its commands, trial and worker processes) or by :func:`enable_x64`
+(:mod:`lambda_hat.precision`). :func:`estimate` is the notebook call (:mod:`lambda_hat.notebook`):
+λ̂ of your own parameters, loss and data. Public names load on first use.
+"""
 
-# Every LLC computation runs in float64 (the references need it, and mixing precisions across
-# tasks of one worker process would change results depending on task order).
-jax.config.update("jax_enable_x64", True)
+from lambda_hat._exports import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+__all__ = ["__version__", "LLCResult", "enable_x64", "estimate"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"enable_x64": "precision", "estimate": "notebook", "LLCResult": "notebook"}
+)

@@ -7,7 +7,7 @@ storage, :mod:`lambda_hat.dashboard`). Every ``--config`` takes either YAML kind
 YAML or a run YAML (:func:`lambda_hat.config.load.load_config`); ``run`` takes a run YAML.
 Each handler takes the parsed arguments and returns an exit code: 0 done, 1 a result that
 failed (a reference gate, a failed trial), 2 bad input (nothing was done).
-``parsl-optuna`` (the tuning workflow) has its own entry point, :mod:`lambda_hat.study.pipeline`.
+``parsl-optuna`` (the tuning workflow) has its own entry point, :func:`lambda_hat.study.pipeline.main`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from pathlib import Path
 
 from lambda_hat import dashboard, layout, methods
 from lambda_hat.config.load import ConfigFile, load_config
-from lambda_hat.log import fmt_seconds, fmt_value, format_table, setup_logging
+from lambda_hat.log import setup_logging
+from lambda_hat.precision import enable_x64
 from lambda_hat.problem.build import build_problem, problem_id
 from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.store import load_reference_at
+from lambda_hat.reference.table import reference_table
 from lambda_hat.report import plots
 from lambda_hat.report.checks import run_verdict
 from lambda_hat.schema import ConfigError, parse_yaml
@@ -74,41 +76,6 @@ def run_references(
             kinds=cfg.kinds,
         )
     return [{"pid": problem_id(s), **refs[problem_id(s)]} for s in specs]
-
-
-def _div(ref: dict) -> str:
-    """Divergent draws and their fraction of the draws (the gate's number)."""
-    draws = ref["chains"] * ref["draws_per_chain"]
-    return f"{ref['divergences']} ({ref['divergences'] / draws:.1%})" if draws else "n/a"
-
-
-def _row(r: dict) -> list[str]:
-    if not references.is_reference(r):  # it could not be computed: the reason instead
-        why = references.usable_reason(r, False)
-        return [r["pid"], "", "", "", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", f"FAILED: {why}"]
-    if r.get("kind", "hmc") != "hmc":  # theory | none: no NUTS, nothing of HMC to show
-        shown = "no reference" if r["llc_ref"] is None else f"{r['llc_ref']:.4g} (theory)"
-        rest = [*["-"] * 4, fmt_value(r["llc_theory"], ".4g"), f"reference: {r['kind']}"]
-        return [r["pid"], r.get("summary", ""), str(r["d"]), str(r["n"]), shown, *rest]
-    return [
-        r["pid"],
-        r.get("summary", ""),
-        str(r["d"]),
-        str(r["n"]),
-        f"{fmt_value(r['llc_ref'], '.4g')} ± {fmt_value(r['se_ref'], '.2g')}",
-        fmt_value(r["rhat"], ".4f"),
-        fmt_value(r["ess_bulk"], ".0f"),
-        _div(r),
-        fmt_seconds(r["seconds"]["total"]),
-        fmt_value(r["llc_theory"], ".4g"),
-        "ok" if r["gate"]["passed"] else "FAILED: " + "; ".join(r["gate"]["reasons"]),
-    ]
-
-
-def reference_table(refs: list[dict]) -> str:
-    """The summary table printed by ``lambda-hat reference``."""
-    header = "pid model d n λ̂_ref±se R-hat ESS div time λ_theory gate".split()
-    return format_table(header, [_row(r) for r in refs])
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
@@ -386,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lambda-hat`` (float64 on: lambda_hat owns this process)."""
+    enable_x64()
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:

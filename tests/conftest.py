@@ -14,9 +14,14 @@ import numpy as np
 import psutil
 import pytest
 
+import lambda_hat
 from lambda_hat import cli
 from lambda_hat.problem.build import build_problem
 from lambda_hat.problem.spec import resolve_problem
+
+#: The tests are a process lambda_hat owns: float64 from the start (``cli.main`` would switch it
+#: on anyway, and a test's precision must not depend on which test ran first).
+lambda_hat.enable_x64()
 
 #: Set in this process, so inherited by everything the tests start (SLURM jobs included).
 SESSION_ENV = "LAMBDA_HAT_TEST_SESSION"

@@ -21,7 +21,7 @@ ROOT = Path(lambda_hat.__file__).parent
 
 #: Lowest first: a package may import its own modules and those of the layers below it.
 LAYERS = [
-    {"_io", "_exports", "hashing", "log", "layout", "schema"},
+    {"_io", "_exports", "hashing", "log", "layout", "precision", "schema"},
     {"llc"},
     {"samplers"},
     {"problem"},
@@ -34,7 +34,7 @@ LAYERS = [
     {"study"},
     {"runs"},
     {"report"},
-    {"cli", "dashboard", "__init__"},
+    {"cli", "dashboard", "notebook", "__init__"},
 ]
 RANK = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 400, 60, 200

@@ -69,3 +69,11 @@ def exit_three() -> dict:
 
 def returns_list() -> list:
     return [1, 2]
+
+
+def precision() -> dict:
+    """What float type this trial process computes in (it must have switched float64 on)."""
+    import jax
+    import jax.numpy as jnp
+
+    return {"status": "ok", "x64": bool(jax.config.jax_enable_x64), "dtype": str(jnp.ones(1).dtype)}

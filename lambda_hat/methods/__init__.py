@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from optuna.distributions import BaseDistribution
 
 from lambda_hat.methods import mclmc, sgld, vi
-from lambda_hat.methods._base import MIN_DRAWS, Method, make_target
+from lambda_hat.methods._base import MIN_DRAWS, Method, Target, make_target
 from lambda_hat.methods.stability import (
     STABILITY_SCALE,
     StabilityRange,
@@ -43,6 +43,7 @@ __all__ = [
     "StabilityRange",
     "langevin_step_limit",
     "make_target",
+    "Target",
     "REGISTRY",
     "Method",
     "culprits",

@@ -3,7 +3,7 @@ and the small helpers that turn chunk outputs into the adapter's result."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ import numpy as np
 
 from lambda_hat.llc.engine import Timer
 from lambda_hat.llc.estimator import estimate_llc
-from lambda_hat.llc.posterior import LLCPosterior, regression_loss, regression_posterior
+from lambda_hat.llc.posterior import LLCPosterior, loss_posterior
 from lambda_hat.schema import field
 
 MIN_DRAWS = 4  # kept draws per chain below which no estimate is made
@@ -63,9 +63,8 @@ class Target(NamedTuple):
 
     post: LLCPosterior  # floats, for the estimator and host arithmetic
     args: tuple  # (X, y, w*, β, γ, L_n(w*)): traced by every program
-    apply: Callable
-    noise: float
-    key: tuple  # (pid, n, d, dtype): what the closure over ``apply`` and ``noise`` depends on
+    loss: Callable  # L(w, X, y), the mean per-example NLL (llc.posterior.model_loss)
+    key: tuple  # (pid, n, d, dtype): what the closure over ``loss`` depends on
     dtype: str = "float64"  # of X, y, w* and the traced scalars: what the programs compute in
 
     def real(self, x) -> np.ndarray:
@@ -76,13 +75,18 @@ class Target(NamedTuple):
 def traced_posterior(target: Target, args: tuple) -> LLCPosterior:
     """The posterior inside a compiled program, from its traced ``args``."""
     X, y, w_star, beta, gamma, loss_star = args
-    return regression_posterior(target.apply, X, y, target.noise, w_star, beta, gamma, loss_star)
+    return loss_posterior(target.loss, X, y, w_star, beta, gamma, loss_star)
+
+
+def _cast(a, dtype: str):
+    """A float array in ``dtype``; integer arrays (class labels) as they are."""
+    a = jnp.asarray(a)
+    return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
 
 
 def make_target(
-    pid: str,
-    apply: Callable,
-    noise: float,
+    pid: Hashable,
+    loss: Callable,
     X,
     y,
     w_star,
@@ -91,15 +95,16 @@ def make_target(
     timer: Timer,
     dtype: str = "float64",
 ) -> Target:
-    """The posterior at (β, γ) in ``dtype``, L_n(w*) computed by a cached program (no per-trial
-    trace). X, y and w* are cast to ``dtype`` (x64 stays enabled: float64 is the default)."""
-    X, y, w_star = (jnp.asarray(a, dtype) for a in (X, y, w_star))
+    """The posterior of the mean loss ``loss(w, X, y)`` at (β, γ) in ``dtype``, L_n(w*) computed
+    by a cached program (no per-trial trace). ``pid`` (hashable) names ``loss`` in the program
+    cache: two targets with the same pid, shapes and dtype must have the same ``loss``. Float
+    X, y and w* are cast to ``dtype`` (integer labels stay integers)."""
+    X, y, w_star = (_cast(a, dtype) for a in (X, y, w_star))
     key = (pid, int(X.shape[0]), int(w_star.shape[0]), dtype)
-    loss = regression_loss(apply, noise)
     loss_star = float(timer.once(("loss", key), lambda X, y, w: loss(w, X, y), X, y, w_star))
-    post = regression_posterior(apply, X, y, noise, w_star, float(beta), float(gamma), loss_star)
+    post = loss_posterior(loss, X, y, w_star, float(beta), float(gamma), loss_star)
     args = (X, y, w_star, *(np.asarray(v, dtype) for v in (beta, gamma, loss_star)))
-    return Target(post, args, apply, noise, key, dtype)
+    return Target(post, args, loss, key, dtype)
 
 
 def kept(loss: np.ndarray, burnin_frac: float) -> tuple[np.ndarray, int]:

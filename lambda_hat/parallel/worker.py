@@ -1,6 +1,7 @@
 """The environment of a worker's trial and reference processes.
 
-JAX in workers: the persistent compilation cache lives in ``<artifacts>/.jax_cache``, shared by
+JAX in workers: float64 (:mod:`lambda_hat.precision`: ``JAX_ENABLE_X64=1`` for the trial
+processes, and switched on in the worker itself by :func:`apply_env`); the persistent compilation cache lives in ``<artifacts>/.jax_cache``, shared by
 every worker and trial, so a repeated trial shape does not pay compile time again; thread pools
 are capped to the cores the worker may use.
 """
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lambda_hat import layout
+from lambda_hat.precision import X64_ENV, enable_x64
 
 __all__ = ["apply_env", "worker_env"]
 
@@ -26,6 +28,7 @@ def worker_env(artifacts: str | Path) -> dict[str, str]:
         "JAX_COMPILATION_CACHE_DIR": str(layout.jax_cache(artifacts)),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        X64_ENV[0]: X64_ENV[1],
         "OMP_NUM_THREADS": cores,
         "OPENBLAS_NUM_THREADS": cores,
         "MKL_NUM_THREADS": cores,
@@ -39,9 +42,10 @@ def worker_env(artifacts: str | Path) -> dict[str, str]:
 
 def apply_env(env: dict[str, str]) -> None:
     """Set ``env`` in this process (a worker that already imported JAX is told the cache
-    directory directly: JAX reads the variable once)."""
+    directory directly, and switched to float64: JAX reads the variables once)."""
     os.environ.update(env)
     if "jax" in sys.modules:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
+        enable_x64()

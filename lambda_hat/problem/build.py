@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,7 @@ from lambda_hat import layout
 from lambda_hat._io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.hashing import content_hash
 from lambda_hat.layout import problem_dir
-from lambda_hat.llc.posterior import (
-    LLCPosterior,
-    make_posterior,
-    minibatch_indices,
-    regression_loss,
-)
+from lambda_hat.llc.posterior import LLCPosterior, minibatch_indices, model_loss, posterior_at
 from lambda_hat.log import Progress
 from lambda_hat.problem import theory
 from lambda_hat.problem.models import (
@@ -48,9 +44,23 @@ PROBLEM_SCHEMA = 1
 TRAIN_CHUNKS = 10
 
 
+def pid_fields(spec: ProblemSpec) -> dict:
+    """What the pid hashes: the resolved spec, ``data.loss`` only when it is not the default
+    ``gaussian`` (so the pids of problems from before it existed stand)."""
+    fields = as_dict(spec)
+    if fields["data"].get("loss") == "gaussian":
+        fields["data"] = {k: v for k, v in fields["data"].items() if k != "loss"}
+    return fields
+
+
 def problem_id(spec: ProblemSpec) -> str:
-    """The content address of a resolved problem spec."""
-    return content_hash(as_dict(spec), prefix="p_")
+    """The content address of a resolved problem spec (:func:`pid_fields`)."""
+    return content_hash(pid_fields(spec), prefix="p_")
+
+
+def spec_loss(spec: ProblemSpec, apply) -> Callable:
+    """L(w, X, y) of ``spec``: the mean NLL of its loss kind (:func:`llc.posterior.model_loss`)."""
+    return model_loss(apply, spec.data.loss, spec.data.noise)
 
 
 def student_widths(spec: ProblemSpec) -> list[int]:
@@ -99,11 +109,14 @@ class Problem:
     def n(self) -> int:
         return self.spec.data.n
 
+    @property
+    def loss(self) -> Callable:
+        """L(w, X, y): the problem's mean per-example NLL (its loss kind)."""
+        return spec_loss(self.spec, self.model.apply)
+
     def posterior(self, beta: float | None = None, gamma: float = 1.0) -> LLCPosterior:
         """The localized tempered posterior at w* (β = 1/log n when ``beta`` is None)."""
-        return make_posterior(
-            self.model.apply, self.X, self.y, self.spec.data.noise, self.w_star, beta, gamma
-        )
+        return posterior_at(self.loss, self.X, self.y, self.w_star, beta, gamma)
 
     def summary(self) -> str:
         m = self.spec.model
@@ -113,6 +126,14 @@ class Problem:
 
 def theoretical_llc(spec: ProblemSpec, model: Model, w_teacher) -> dict | None:
     """The learning coefficient λ when theory gives it, with where it comes from."""
+    if spec.data.loss == "cross_entropy":
+        if len(model.layer_widths) != 2:
+            return None
+        k = spec.data.output_dim  # softmax logits: one shift per input is flat (K-1 of K count)
+        return {
+            "lambda": theory.regular_llc(model.d * (k - 1) // k),
+            "source": "regular softmax regression: d(K−1)/(2K)",
+        }
     if len(model.layer_widths) == 2:  # no hidden layer: linear/affine regression is regular
         return {"lambda": theory.regular_llc(model.d), "source": "regular model: d/2"}
     if spec.model.family == "dln":
@@ -162,11 +183,11 @@ def _sample_inputs(key, data) -> jax.Array:
 
 def _train(spec: ProblemSpec, model: Model, X, y, w0, key) -> tuple[jax.Array, list[float]]:
     """Train w* with optax in a compiled scan, in chunks that report progress."""
-    tc, noise, n = spec.model.train, spec.data.noise, spec.data.n
+    tc, n = spec.model.train, spec.data.n
     lr = optax.cosine_decay_schedule(tc.lr, tc.steps, 0.01) if tc.schedule == "cosine" else tc.lr
     opt = optax.adam(lr) if tc.optimizer == "adam" else optax.sgd(lr)
 
-    rows = regression_loss(model.apply, noise)
+    rows = spec_loss(spec, model.apply)
 
     def loss_fn(w, idx):
         return rows(w, X, y) if idx is None else rows(w, X[idx], y[idx])
@@ -193,6 +214,14 @@ def _train(spec: ProblemSpec, model: Model, X, y, w0, key) -> tuple[jax.Array, l
     return carry[0], curve
 
 
+def _targets(spec: ProblemSpec, out: jax.Array, key) -> jax.Array:
+    """The teacher's output made data: plus noise·N(0, 1) (gaussian), or labels drawn from
+    softmax(out) over the classes (cross_entropy)."""
+    if spec.data.loss == "cross_entropy":
+        return jax.random.categorical(key, out, axis=-1)
+    return out + spec.data.noise * jax.random.normal(key, out.shape)
+
+
 def _generate(spec: ProblemSpec) -> dict:
     """Data, teacher and trained w* for ``spec`` (deterministic in ``spec.seed``)."""
     key = jax.random.PRNGKey(spec.seed)
@@ -200,9 +229,7 @@ def _generate(spec: ProblemSpec) -> dict:
     model, tm = student_model(spec), teacher_model(spec)
     w_teacher = init_params(tm, k_teacher, spec.teacher.scale, spec.teacher.rank)
     X = _sample_inputs(k_x, spec.data)
-    y = tm.apply(w_teacher, X) + spec.data.noise * jax.random.normal(
-        k_noise, (spec.data.n, spec.data.output_dim)
-    )
+    y = _targets(spec, tm.apply(w_teacher, X), k_noise)
     w0 = init_params(model, k_student, spec.model.init_scale)
     w_star, curve = _train(spec, model, X, y, w0, k_train)
     return {"X": X, "y": y, "w_star": w_star, "w_teacher": w_teacher, "curve": curve}
@@ -237,7 +264,7 @@ def build_problem(
     log.info("problem %s: building %s, d=%d, n=%d", pid, model.layer_widths, model.d, spec.data.n)
     g = _generate(spec)
 
-    loss = regression_loss(model.apply, spec.data.noise)
+    loss = spec_loss(spec, model.apply)
     loss_star, grad = jax.jit(jax.value_and_grad(loss))(g["w_star"], g["X"], g["y"])
     loss_star, grad_norm = float(loss_star), float(jnp.linalg.norm(grad))
     info = {

@@ -73,13 +73,19 @@ class ModelConfig:
 
 @config_dataclass
 class DataConfig:
-    """Synthetic regression data y = teacher(x) + noise * N(0, 1)."""
+    """Synthetic data: regression y = teacher(x) + noise * N(0, 1) (``loss: gaussian``), or
+    classification, labels y ~ softmax(teacher(x)) over output_dim classes (``cross_entropy``)."""
 
     n: int = field(1000, "number of training samples", ge=2)
     input_dim: int = field(4, "input dimension H_0", ge=1)
     output_dim: int = field(1, "output dimension H_L", ge=1)
     x_dist: Literal["gauss", "uniform"] = field("gauss", "N(0, I) or U[-1, 1]^input_dim inputs")
     noise: float = field(0.1, "Gaussian noise sigma; L_n is the Gaussian NLL at this sigma", gt=0)
+    loss: Literal["gaussian", "cross_entropy"] = field(
+        "gaussian",
+        "L_n, the mean per-example NLL: gaussian at noise sigma, or cross_entropy (softmax over "
+        "output_dim >= 2 classes; noise unused)",
+    )
 
 
 @config_dataclass
@@ -234,6 +240,12 @@ def _check_problem(spec: ProblemSpec, where: str) -> None:
                 f"got {t.rank}, but the teacher's first layer is at most rank {limit}.",
                 f"use a rank between 0 and {limit}.",
             )
+    if spec.data.loss == "cross_entropy" and spec.data.output_dim < 2:
+        raise ConfigError(
+            f"{where}.data.output_dim",
+            f"got {spec.data.output_dim}; cross_entropy needs a logit per class.",
+            "set data.output_dim to the number of classes (>= 2).",
+        )
     if m.train.batch_size is not None and m.train.batch_size > spec.data.n:
         raise ConfigError(
             f"{where}.model.train.batch_size",

@@ -21,6 +21,7 @@ __all__ = [
     "reference_stage",
     "ReferenceConfig",
     "References",
+    "reference_table",
     "unusable",
 ]
 
@@ -38,6 +39,7 @@ __getattr__, __dir__ = lazy_exports(
         "reference_stage": "stage",
         "ReferenceConfig": "settings",
         "References": "stage",
+        "reference_table": "table",
         "unusable": "stage",
     },
 )

@@ -36,6 +36,7 @@ from lambda_hat.llc.engine import Timer
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.llc.posterior import chain_starts
 from lambda_hat.log import fmt_seconds, fmt_value, setup_logging
+from lambda_hat.precision import enable_x64
 from lambda_hat.problem.build import Problem, build_problem
 from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import checkpoint
@@ -359,6 +360,7 @@ def reference_job(
     ``gamma`` (when it is not ``cfg``'s) asks for the reference of the posterior at that γ, the
     other settings the config's: it is stored in its own folder (:func:`reference_home`).
     ``kind`` theory or none runs no NUTS (:func:`lambda_hat.reference.kinds.plain_reference`)."""
+    enable_x64()  # a worker or a spawned process lambda_hat owns (references need float64)
     if verbose is not None:
         setup_logging(verbose)
     spec_obj = validate(spec, ProblemSpec, "spec")

@@ -36,6 +36,7 @@ from lambda_hat.config.load import load_tuning
 from lambda_hat.hashing import content_hash
 from lambda_hat.log import fmt_seconds, setup_logging
 from lambda_hat.parallel import session
+from lambda_hat.precision import enable_x64
 from lambda_hat.problem.build import problem_id
 from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import app as reference_app
@@ -341,7 +342,8 @@ def interrupted_message(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``parsl-optuna``."""
+    """Entry point of ``parsl-optuna`` (a process lambda_hat owns: float64 on)."""
+    enable_x64()
     args = command.build_parser().parse_args(argv)
     setup_logging(args.verbose)
     # Parsl starts its worker pool with fork+exec (subprocess), which is safe; JAX's fork hook

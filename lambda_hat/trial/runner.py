@@ -39,12 +39,12 @@ from lambda_hat.llc import diagnostics, engine
 from lambda_hat.llc.estimator import estimate_llc
 from lambda_hat.llc.posterior import LLCPosterior
 from lambda_hat.log import fmt_seconds
-from lambda_hat.methods._base import MIN_DRAWS, make_target
+from lambda_hat.methods._base import MIN_DRAWS, Target, make_target
 from lambda_hat.problem.build import Problem
 from lambda_hat.trial import identity as runs
 from lambda_hat.trial.outcome import estimate_error, from_exception
 
-__all__ = ["run_method_trial"]
+__all__ = ["run_method_trial", "run_on_target"]
 
 log = logging.getLogger("lambda_hat.runner")
 
@@ -152,8 +152,7 @@ def _run(
     """The method on the posterior ``ps`` of ``problem``: fills ``metrics``, writes the trace."""
     target = make_target(
         problem.pid,
-        problem.model.apply,
-        float(problem.spec.data.noise),
+        problem.loss,
         problem.X,
         problem.y,
         problem.w_star,
@@ -162,11 +161,29 @@ def _run(
         timer,
         hp.get("dtype", "float64"),  # every cheap method's schema has it
     )
+    out = run_on_target(target, method, hp, seed, deadline, timer, metrics)
+    atomic_write_npz(run_dir / layout.TRACE, **out["trace"])
+
+
+def run_on_target(
+    target: Target,
+    method: str,
+    hp: dict,
+    seed: int,
+    deadline: float,
+    timer: engine.Timer,
+    metrics: dict,
+) -> dict:
+    """``method`` (resolved hyperparameters ``hp``) on ``target``; fills ``metrics`` with the
+    posterior's numbers, λ̂, its SE and the diagnostics (the keys of metrics.json) and returns
+    the adapter's RunOutput (its ``trace``: per-step arrays). Writes nothing; raises what the
+    adapter raises (:class:`engine.Diverged`, :class:`engine.Pruned`, errors). The one path from
+    a target to an estimate: trials and :func:`lambda_hat.estimate` both take it."""
     post = target.post
-    metrics["posterior"].update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)
+    metrics.setdefault("posterior", {}).update(nbeta=post.nbeta, loss_star=post.loss_star, d=post.d)
     out = methods.get(method).run(target, hp, jax.random.PRNGKey(seed), deadline, timer)
     _fill_result(metrics, out, post)
-    atomic_write_npz(run_dir / layout.TRACE, **out["trace"])
+    return out
 
 
 def _record_pruned(metrics: dict, exc: engine.Pruned) -> None:

@@ -111,3 +111,12 @@ def test_readme_llc_runs_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
         llc = runs[runs.method == method].llc_hat
         assert row["mean"] == pytest.approx(llc.mean()) and row.ref == 1.5
     assert "linear·s0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_notebook_example_runs_and_reads_d_over_2(capsys):
+    namespace: dict = {}
+    exec(_block_after("<!-- notebook-example"), namespace)
+    res = namespace["res"]
+    assert res.status == "ok" and abs(res.llc_hat - 1.5) < 3 * res.se_hat, res
+    assert res.loss.shape[0] == 4 and res.metrics["step_limit"]["converged"]

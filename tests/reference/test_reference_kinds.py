@@ -17,6 +17,7 @@ from lambda_hat.reference import app as reference_app
 from lambda_hat.reference import curvature, kinds, nuts
 from lambda_hat.reference import stage as references
 from lambda_hat.reference.settings import ReferenceConfig
+from lambda_hat.reference.table import reference_table
 from lambda_hat.schema import as_dict
 
 TINY_MLP = {"model": "tiny", "data": "small", "seed": 0}
@@ -140,12 +141,11 @@ def test_a_zero_draw_hmc_reference_is_never_usable():
 
 
 def test_the_reference_table_shows_theory_and_none_plainly():
-    from lambda_hat import cli
 
     rows = [
         {"pid": "p_1", "kind": "theory", "llc_ref": 3.0, "llc_theory": 3.0, "d": 15, "n": 200},
         {"pid": "p_2", "kind": "none", "llc_ref": None, "llc_theory": None, "d": 15, "n": 200},
     ]
-    text = cli.reference_table(rows)
+    text = reference_table(rows)
     assert "3 (theory)" in text and "reference: theory" in text
     assert "no reference" in text and "reference: none" in text

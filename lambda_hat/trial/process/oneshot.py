@@ -52,6 +52,7 @@ from typing import Any
 
 from lambda_hat import layout
 from lambda_hat.llc.channel import STARTED_NAME, STOP_NAME
+from lambda_hat.precision import enable_x64
 from lambda_hat.trial.process import supervise
 from lambda_hat.trial.process.request import run_request
 from lambda_hat.trial.process.supervise import (
@@ -75,6 +76,7 @@ def _child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir")
     args = parser.parse_args(argv)
     faulthandler.enable(file=sys.stderr, all_threads=True)
+    enable_x64()  # a process lambda_hat owns: float64 before any array
     run_request(args.target, Path(args.workdir))
     return 0
 

@@ -49,6 +49,7 @@ from typing import Any
 from lambda_hat import layout
 from lambda_hat.llc import channel
 from lambda_hat.llc.channel import PROGRESS_ENV, STARTED_ENV, STARTED_NAME, STOP_ENV, STOP_NAME
+from lambda_hat.precision import enable_x64
 from lambda_hat.trial.outcome import failure_of
 from lambda_hat.trial.process import supervise
 from lambda_hat.trial.process.request import run_request
@@ -307,6 +308,7 @@ def _redirect_output(log: str) -> None:
 def _child_main(reply_fd: int) -> int:
     """The warm child's loop: one request line in, one trial, one reply line out, until EOF."""
     faulthandler.enable(file=sys.stderr, all_threads=True)
+    enable_x64()  # a process lambda_hat owns: float64 before any array
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     stdin, done = sys.stdin.buffer, 0
     while select.select([stdin], [], [], IDLE_EXIT_SEC)[0]:
