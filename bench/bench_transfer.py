@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from lambda_hat import layout
-from lambda_hat.study.transfer import summarize
+from lambda_hat.study.transfer import summarize_transfer
 
 #: (hidden widths, n) per member: 5 inputs, 5 outputs, a rank-1 teacher.
 TRAIN = [([2], 1000), ([4], 2000), ([3, 3], 1000), ([6], 3000), ([4, 4, 4], 2000), ([10], 5000)]
@@ -125,7 +125,9 @@ def _per_problem(results: Path) -> dict[str, float]:
 
 def measure(work: Path) -> dict:
     results, artifacts = work / "results", work / "artifacts"
-    summary = summarize(pd.read_parquet(results / layout.TRANSFER_TABLE).to_dict("records"))
+    summary = summarize_transfer(
+        pd.read_parquet(results / layout.TRANSFER_TABLE).to_dict("records")
+    )
     rec = [s for s in summary if s["recommended"]]
     base = {s["pid"]: s for s in summary if s["baseline"]}
     a = [s for s in rec if s["ref_kind"] == "hmc"]

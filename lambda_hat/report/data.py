@@ -52,6 +52,7 @@ class Inputs:
     validation_json: dict | None = None
     runs: pd.DataFrame | None = None
     refs: dict[str, dict | None] = field(default_factory=dict)
+    theory_only: dict[str, float | None] = field(default_factory=dict)  # pid -> λ, no HMC
     multi_objective: dict[tuple[str, str], bool] = field(default_factory=dict)
     log_scale: dict[tuple[str, str], dict[str, bool]] = field(default_factory=dict)
     eps_max: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
@@ -162,7 +163,14 @@ def _references(inp: Inputs, gate: Callable[[dict], dict] | None) -> None:
     for pid in pids:
         ref = read_json(problem_dir(inp.artifacts, pid) / layout.REF)
         if ref is None:
-            inp.missing.append(f"problem {pid}: no ref.json: run `lambda-hat reference`")
+            info = read_json(problem_dir(inp.artifacts, pid) / layout.PROBLEM_INFO) or {}
+            lam = (info.get("theory") or {}).get("lambda")
+            inp.theory_only[pid] = lam
+            known = "" if lam is None else f" (theory λ = {lam:.4g})"
+            inp.missing.append(
+                f"problem {pid}: no HMC reference{known}: a problem with reference: theory or "
+                "none has none; `lambda-hat reference` computes one"
+            )
         elif ref.get("pid") != pid or finite_float(ref.get("llc_ref")) is None:
             inp.missing.append(f"problem {pid}: ref.json has no usable λ̂_ref (a failed reference)")
             ref = None

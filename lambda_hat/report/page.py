@@ -35,6 +35,7 @@ from lambda_hat.report.sections import (
     validated_blocks,
 )
 from lambda_hat.report.tables import best_table, runs_table, validated_table
+from lambda_hat.report.transfer import class_blocks
 from lambda_hat.study.storage import study_name
 
 if TYPE_CHECKING:
@@ -258,6 +259,7 @@ def report_blocks(
     else:
         blocks += [("h", 2, "Best trial per study"), ("p", "No tuning trials to report yet.")]
     blocks += validated_blocks(tables.validated)
+    blocks += class_blocks(w, inp.results)
     blocks += runs_blocks(inp, tables.runs)
     blocks += _run_set_blocks(w, inp, tables.runs)
     if tables.best:

@@ -55,6 +55,10 @@ def reference_blocks(w: Writer, inp: Inputs, plotted: dict[str, Path]) -> list[B
     names = problem_labels(inp.trials)
     for pid, ref in inp.refs.items():
         name = f"{names[pid]} ({pid})" if pid in names else pid
+        if ref is None and pid in inp.theory_only:
+            lam = inp.theory_only[pid]
+            rows.append([name, "no HMC reference", fmt_value(lam, ".4g"), "", "", ""])
+            continue
         if ref is None:
             rows.append([name, "missing or failed", "", "", "", ""])
             continue

@@ -20,6 +20,7 @@ __all__ = [
     "Plan",
     "recommendation",
     "study_name",
+    "summarize_transfer",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -37,5 +38,6 @@ __getattr__, __dir__ = lazy_exports(
         "Plan": "plan",
         "recommendation": "validation",
         "study_name": "storage",
+        "summarize_transfer": "transfer",
     },
 )

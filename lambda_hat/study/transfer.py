@@ -303,7 +303,7 @@ def write_transfer(rows: list[dict], results: Path) -> Path | None:
     return write_parquet(rows, path, TRANSFER_COLUMNS) if rows else None
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize_transfer(rows: list[dict]) -> list[dict]:
     """One record per (class, method, holdout member, setting): the mean λ̂ over its successful
     seeds, its SE (√Σse²/k), the reference, z with the combined SE, and the relative error."""
     groups: dict[tuple, list[dict]] = {}
@@ -335,7 +335,7 @@ def transfer_table(rows: list[dict], per_problem: dict[tuple, float] | None = No
     out_rows = []
     shown = set()
     members = list(dict.fromkeys(r["pid"] for r in rows))
-    for s in sorted(summarize(rows), key=lambda s: members.index(s["pid"])):
+    for s in sorted(summarize_transfer(rows), key=lambda s: members.index(s["pid"])):
         study = f"{s['class']}:{s['method']}"
         if "llc_hat" not in s:
             cells = [f"failed ({s['failure']})", "", "", ""]
