@@ -358,7 +358,10 @@ def test_a_config_gives_the_objectives_and_the_gate(campaign, tmp_path):
     assert main(["report", "--config", str(cfg), "--out", str(out)]) == 0
     md = (out / "summary.md").read_text()
     assert "objectives unknown" not in md
-    assert f"problem {campaign['b']}: no ref.json" in md
+    assert (
+        f"problem {campaign['b']}: no HMC reference" in md
+        and "`lambda-hat reference` computes" in md
+    )
     assert {p.name for p in (out / "plots").iterdir()} == {
         p.name for p in (campaign["out"] / "plots").iterdir()
     }
