@@ -72,6 +72,31 @@ def eqx_mlp(n: int = 128, width: int = 3, steps: int = 3000, seed: int = 0) -> S
     return SourceProblem(params, data=(X, y), predict=predict, loss_kind="gaussian", noise=0.1)
 
 
+def nnx_mlp(n: int = 128, width: int = 3, steps: int = 3000, seed: int = 0) -> SourceProblem:
+    """The same network in Flax NNX: its ``nnx.Param`` state as the parameters."""
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(2, width, rngs=rngs)
+            self.out = nnx.Linear(width, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jnp.tanh(self.hidden(x)))
+
+    X, y = _regression_data(n, seed)
+    graphdef, params = nnx.split(MLP(nnx.Rngs(seed)), nnx.Param)
+
+    def predict(p, x):
+        return nnx.merge(graphdef, p)(x)
+
+    def rows(p, x, y):
+        return 0.5 * jnp.sum((y - predict(p, x)) ** 2, axis=-1) / 0.1**2
+
+    params = _fit(rows, params, jnp.asarray(X), jnp.asarray(y), steps)
+    return SourceProblem(params, data=(X, y), predict=predict, loss_kind="gaussian", noise=0.1)
+
+
 def dict_mlp(n: int = 128, width: int = 3, steps: int = 3000, seed: int = 0) -> dict:
     """The same network as a dict pytree with its own per-example loss, returned as a mapping
     (the preset-equivalent written by hand)."""
