@@ -35,7 +35,7 @@ PROBLEMS = (
 )
 
 
-@pytest.mark.slow  # two references, 2 × 2 SGLD trials, validation, 6 runs: about 3 minutes
+@pytest.mark.slow  # two references, 2 × 2 SGLD trials, validation, 6 runs: about 2.5 minutes
 def test_equinox_and_flax_sources_tune_and_run_through_parsl(tmp_path):
     pytest.importorskip("equinox")
     pytest.importorskip("flax")
