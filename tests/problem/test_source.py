@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lambda_hat import cli
+from lambda_hat.config.load import load_tuning
 from lambda_hat.problem import source as source_mod
 from lambda_hat.problem import source_store
 from lambda_hat.problem.build import build_problem, load_problem, problem_id
@@ -137,3 +138,15 @@ def test_a_linear_model_from_a_source_has_the_reference_d_over_2(folder):
     ref = ensure_reference(problem, cfg, force=True)
     assert ref["gate"]["passed"], ref["gate"]
     assert abs(ref["llc_ref"] - 2.0) < 3 * ref["se_ref"], (ref["llc_ref"], ref["se_ref"])
+
+
+def test_class_members_from_a_source_sweep_its_args(folder):
+    config = folder / "tune.yaml"
+    config.write_text(
+        "problems: []\nmethods: [sgld]\nclasses:\n  - name: lin\n    train:\n"
+        "      - {source: 'user_models:linear', sweep: {args.n: [100, 200]}}\n"
+        "    holdout:\n      - {source: 'user_models:linear', args: {n: 300}, reference: none}\n"
+    )
+    members = load_tuning(config).classes["lin"]
+    assert [s.data.n for s in members.train] == [100, 200] and members.holdout[0].data.n == 300
+    assert len({problem_id(s) for s in [*members.train, *members.holdout]}) == 3
