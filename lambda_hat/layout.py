@@ -45,6 +45,7 @@ JAX_CACHE = ".jax_cache"
 # a problem's folder
 PROBLEM_INFO = "problem.json"
 PROBLEM_DATA = "data.npz"
+PROBLEM_SOURCE = "source.pkl"  # a source problem's functions (dill; problem.source_store)
 REF = "ref.json"
 REF_TRACE = "ref_trace.npz"
 REF_STATE = "ref_state.npz"  # a running or stopped reference's chains and draws so far

@@ -12,8 +12,9 @@ member per combination (the cartesian product, in the order written)::
         overrides: {model: {widths: [3]}}
         sweep: {model.widths: [[2], [3], [4]], data.n: [1000, 2000], seed: [0, 1]}
 
-``seed`` and ``model``/``data``/``teacher`` (preset names) are entry keys; any other path is an
-override (``model.widths`` is ``overrides.model.widths``). plans/transfer.md says why a class
+``seed``, ``source`` and ``model``/``data``/``teacher`` (preset names) are entry keys;
+``args.<name>`` is a source's keyword argument; any other path is an override (``model.widths``
+is ``overrides.model.widths``). plans/transfer.md says why a class
 study is scored and pruned as it is.
 """
 
@@ -29,7 +30,7 @@ from lambda_hat.schema import ConfigError, config_dataclass, field, validate
 
 __all__ = ["ClassConfig", "ClassMembers", "expand_members"]
 
-_ENTRY_KEYS = ("model", "data", "teacher", "seed")
+_ENTRY_KEYS = ("model", "data", "teacher", "seed", "source")
 
 
 @config_dataclass
@@ -106,12 +107,15 @@ def _set(entry: dict, path: str, value, where: str) -> None:
     if head in _ENTRY_KEYS and not rest:
         entry[head] = value
         return
+    if head == "args" and rest:  # a source's keyword argument
+        entry.setdefault("args", {})[rest] = value
+        return
     if head not in PRESET_GROUPS or not rest:
         raise ConfigError(
             where,
             f"cannot sweep {path!r}.",
             "sweep seed, model/data/teacher (preset names) or a path under them "
-            "(model.widths, data.n, teacher.rank, ...).",
+            "(model.widths, data.n, teacher.rank, ...), or a source's args.<name>.",
         )
     node = entry.setdefault("overrides", {}).setdefault(head, {})
     keys = rest.split(".")

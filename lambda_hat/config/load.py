@@ -80,7 +80,8 @@ def _load(
         cfg = check(validate(raw, schema, ""))
         search = [path.parent / "conf"]
         problems = [
-            resolve_problem(p, f"problems[{i}]", search) for i, p in enumerate(cfg.problems)
+            resolve_problem(p, f"problems[{i}]", search, path.parent)
+            for i, p in enumerate(cfg.problems)
         ]
         kinds = reference_kinds(cfg.problems, problems)
     except ConfigError as exc:
@@ -167,7 +168,7 @@ def _classes(cfg: TuningConfig, path: Path, kinds: dict[str, str]) -> dict[str, 
             roles = {}
             for role in ("train", "holdout"):
                 entries = expand_members(getattr(c, role), f"classes[{i}].{role}")
-                specs = [resolve_problem(e, w, search) for w, e in entries]
+                specs = [resolve_problem(e, w, search, path.parent) for w, e in entries]
                 _member_kinds(entries, specs, kinds, train=role == "train")
                 roles[role] = (specs, [e for _, e in entries])
             out[c.name] = ClassMembers(

@@ -2,7 +2,8 @@
 by pid under ``<artifacts>/problems/<pid>/``, and the closed-form answers tests check against.
 
 Modules: ``spec`` (the problem schema and presets), ``build`` (build or load a problem; its
-pid), ``models`` (MLP and deep linear networks), ``theory`` (d/2, Aoyagi's λ, closed forms).
+pid), ``models`` (MLP and deep linear networks), ``source`` / ``source_checks`` /
+``source_store`` (a problem from your code: ``source:``), ``theory`` (d/2, Aoyagi's λ, closed forms).
 """
 
 from lambda_hat._exports import lazy_exports
@@ -17,6 +18,7 @@ __all__ = [
     "ProblemEntry",
     "ProblemSpec",
     "resolve_problem",
+    "SourceProblem",
     "student_widths",
     "theory_unknown",
     "REFERENCE_KINDS",
@@ -34,6 +36,7 @@ __getattr__, __dir__ = lazy_exports(
         "ProblemEntry": "spec",
         "ProblemSpec": "spec",
         "resolve_problem": "spec",
+        "SourceProblem": "source",
         "student_widths": "build",
         "theory_unknown": "build",
         "REFERENCE_KINDS": "spec",

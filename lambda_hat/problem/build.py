@@ -27,7 +27,7 @@ from lambda_hat.hashing import content_hash
 from lambda_hat.layout import problem_dir
 from lambda_hat.llc.posterior import LLCPosterior, minibatch_indices, model_loss, posterior_at
 from lambda_hat.log import Progress
-from lambda_hat.problem import theory
+from lambda_hat.problem import source_store, theory
 from lambda_hat.problem.models import (
     Model,
     build_model,
@@ -46,8 +46,13 @@ TRAIN_CHUNKS = 10
 
 def pid_fields(spec: ProblemSpec) -> dict:
     """What the pid hashes: the resolved spec, ``data.loss`` only when it is not the default
-    ``gaussian`` (so the pids of problems from before it existed stand)."""
+    ``gaussian`` and ``source`` only when set (so the pids of problems from before they existed
+    stand). A source problem: its (source, args, seed) and the digest of its arrays."""
     fields = as_dict(spec)
+    src = fields.pop("source", None)
+    if src is not None:
+        keep = ("source", "args", "digest")
+        return {"source": {k: src[k] for k in keep}, "seed": spec.seed}
     if fields["data"].get("loss") == "gaussian":
         fields["data"] = {k: v for k, v in fields["data"].items() if k != "loss"}
     return fields
@@ -66,6 +71,8 @@ def spec_loss(spec: ProblemSpec, apply) -> Callable:
 def student_widths(spec: ProblemSpec) -> list[int]:
     """Hidden widths of the student (explicit, or derived from ``target_params``)."""
     m, data = spec.model, spec.data
+    if spec.source is not None:
+        return []
     if m.widths is not None:
         return list(m.widths)
     if m.depth == 0:
@@ -100,6 +107,7 @@ class Problem:
     w_teacher: jax.Array
     info: dict  # the contents of problem.json
     path: Path
+    rows: Callable | None = None  # a source problem's L(w, X, y) (presets: from the model)
 
     @property
     def d(self) -> int:
@@ -112,6 +120,8 @@ class Problem:
     @property
     def loss(self) -> Callable:
         """L(w, X, y): the problem's mean per-example NLL (its loss kind)."""
+        if self.rows is not None:
+            return self.rows
         return spec_loss(self.spec, self.model.apply)
 
     def posterior(self, beta: float | None = None, gamma: float = 1.0) -> LLCPosterior:
@@ -120,6 +130,8 @@ class Problem:
 
     def summary(self) -> str:
         m = self.spec.model
+        if self.spec.source is not None:
+            return f"source {self.spec.source.source} d={self.d} ({self.spec.source.loss})"
         arch = "-".join(str(w) for w in self.model.layer_widths)
         return f"{m.family} {arch}" + (f" {m.activation}" if m.family == "mlp" else "")
 
@@ -153,6 +165,8 @@ def theory_unknown(spec: ProblemSpec) -> str | None:
     from the spec alone, before anything is built: λ is known for a model with no hidden layer
     (regular: d/2) and for a deep linear network whose teacher's product has at most the rank of
     the student's narrowest layer (Aoyagi); a teacher that may exceed it is unrealizable."""
+    if spec.source is not None:
+        return "no theoretical λ is known for a problem from a source"
     student = (spec.data.input_dim, *student_widths(spec), spec.data.output_dim)
     if len(student) == 2:
         return None
@@ -244,10 +258,46 @@ def _load(spec: ProblemSpec, pid: str, path: Path) -> Problem | None:
             arrays = {k: jnp.asarray(z[k]) for k in ("X", "y", "w_star", "w_teacher")}
     except (OSError, KeyError, ValueError):
         return None
+    if spec.source is not None:
+        return _load_source(spec, pid, path, info, arrays)
     model = student_model(spec)
     if arrays["w_star"].shape != (model.d,) or arrays["X"].shape[0] != spec.data.n:
         return None
     return Problem(pid, spec, model, info=info, path=path, **arrays)
+
+
+def _load_source(spec: ProblemSpec, pid: str, path: Path, info: dict, arrays: dict):
+    """A stored source problem, its functions read back (:mod:`problem.source_store`)."""
+    src = spec.source
+    if arrays["w_star"].shape != (src.d,) or arrays["X"].shape[0] != spec.data.n:
+        return None
+    unravel, rows = source_store.load_source_functions(src, spec.seed, path)
+    model = source_store.source_model(src, spec.data.input_dim, spec.data.output_dim, unravel)
+    return Problem(pid, spec, model, info=info, path=path, rows=rows, **arrays)
+
+
+def _build_source(spec: ProblemSpec, pid: str, path: Path) -> Problem:
+    """Store a source problem (its arrays from the source, called once per process)."""
+    t0, src = time.perf_counter(), spec.source
+    prep, arrays = source_store.store_source(src, spec.seed, path)
+    model = source_store.source_model(src, prep.input_dim, prep.output_dim, prep.unravel)
+    info = {
+        "schema": PROBLEM_SCHEMA,
+        "pid": pid,
+        "spec": as_dict(spec),
+        "d": src.d,
+        "n": prep.n,
+        "layer_widths": list(model.layer_widths),
+        **prep.info,
+        "digest": src.digest,
+        "train_curve": [],
+        "theory": None,
+        "build_sec": time.perf_counter() - t0,
+    }
+    atomic_write_json(path / layout.PROBLEM_INFO, info)
+    log.info("problem %s: stored %s, d=%d, n=%d", pid, src.source, src.d, prep.n)
+    arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+    return Problem(pid, spec, model, info=info, path=path, rows=prep.loss, **arrays)
 
 
 def build_problem(
@@ -259,6 +309,8 @@ def build_problem(
     if not force and (loaded := _load(spec, pid, path)) is not None:
         log.debug("problem %s: reusing %s", pid, path)
         return loaded
+    if spec.source is not None:
+        return _build_source(spec, pid, path)
     t0 = time.perf_counter()
     model = student_model(spec)
     log.info("problem %s: building %s, d=%d, n=%d", pid, model.layer_widths, model.d, spec.data.n)

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from omegaconf import OmegaConf
 
+from lambda_hat.problem.source import SourceConfig, call_source
+from lambda_hat.problem.source_checks import prepare_source
 from lambda_hat.schema import ConfigError, config_dataclass, field, read_yaml, validate
 
 __all__ = [
@@ -110,6 +112,9 @@ class ProblemSpec:
     data: DataConfig = field(help="the data, composed from conf/data/ and overrides")
     teacher: TeacherConfig = field(help="the teacher, composed from conf/teacher/ and overrides")
     seed: int = field(help="seed for data, teacher, student init and training")
+    source: SourceConfig | None = field(
+        None, "a problem from your code (problem.source); None: the presets above"
+    )
 
 
 @config_dataclass
@@ -126,6 +131,15 @@ class ProblemEntry:
         "what runs are scored against: hmc (a NUTS reference), theory (Aoyagi's λ of a deep "
         "linear network, d/2 of a regular model; no NUTS), none (no reference: runs unscored); "
         "not part of the problem, so the pid is the same",
+    )
+    source: str | None = field(
+        None,
+        "'module:function' returning lambda_hat.SourceProblem (trained params, data, loss), "
+        "imported with the config's folder first on sys.path; replaces model/data/teacher",
+    )
+    args: dict = field({}, "keyword arguments of the source call (seed= is passed too)")
+    allow_nonminimum: bool = field(
+        False, "estimate a source problem whose gradient at its parameters is far from zero"
     )
 
 
@@ -167,10 +181,15 @@ def load_preset(group: str, name: str, where: str, search: list[Path] | None = N
     )
 
 
-def resolve_problem(entry: ProblemEntry | dict, where: str = "problem", search=None) -> ProblemSpec:
-    """Compose presets and overrides into a fully resolved, type-checked :class:`ProblemSpec`."""
+def resolve_problem(
+    entry: ProblemEntry | dict, where: str = "problem", search=None, folder: Path | None = None
+) -> ProblemSpec:
+    """Compose presets and overrides into a fully resolved, type-checked :class:`ProblemSpec`
+    (a ``source:`` entry: call and check the source, ``folder`` first on sys.path)."""
     if not isinstance(entry, ProblemEntry):
         entry = validate(entry, ProblemEntry, where)
+    if entry.source is not None:
+        return _resolve_source(entry, where, folder)
     for key in entry.overrides:
         if key not in PRESET_GROUPS:
             raise ConfigError(
@@ -252,3 +271,37 @@ def _check_problem(spec: ProblemSpec, where: str) -> None:
             f"got {m.train.batch_size}, larger than data.n = {spec.data.n}.",
             "use a smaller batch or null for full batch.",
         )
+
+
+def _resolve_source(entry: ProblemEntry, where: str, folder: Path | None) -> ProblemSpec:
+    """The spec of a ``source:`` entry: the source called and checked (ConfigErrors before
+    any work), its arrays' digest and sizes filled in."""
+    default = ProblemEntry()
+    for key in (*PRESET_GROUPS, "overrides"):
+        if getattr(entry, key) != getattr(default, key):
+            raise ConfigError(
+                f"{where}.{key}",
+                "a source problem takes no presets or overrides (its model and data come from "
+                "the source).",
+                f"remove {key}:, or pass such settings through args:.",
+            )
+    folder = None if folder is None else str(Path(folder).resolve())
+    sp = call_source(entry.source, entry.args, entry.seed, folder, where)
+    prep = prepare_source(sp, where, entry.allow_nonminimum)
+    loss = prep.kind if prep.kind in ("gaussian", "cross_entropy") else "gaussian"
+    data = {"n": prep.n, "input_dim": prep.input_dim, "output_dim": prep.output_dim}
+    source = {"source": entry.source, "args": dict(entry.args), "folder": folder}
+    resolved = {
+        "model": {"depth": 0, "widths": []},
+        "data": {**data, "loss": loss, "noise": prep.noise},
+        "teacher": {},
+        "seed": entry.seed,
+        "source": {
+            **source,
+            "digest": prep.digest,
+            "d": prep.d,
+            "loss": prep.kind,
+            "noise": prep.noise,
+        },
+    }
+    return validate(resolved, ProblemSpec, where)

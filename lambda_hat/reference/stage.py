@@ -35,7 +35,7 @@ from lambda_hat import layout
 from lambda_hat._io import finite_float, read_json
 from lambda_hat.log import fmt_value
 from lambda_hat.parallel import result_of
-from lambda_hat.problem.build import load_problem, problem_id
+from lambda_hat.problem.build import build_problem, load_problem, problem_id
 from lambda_hat.problem.spec import ProblemSpec
 from lambda_hat.reference import checkpoint
 from lambda_hat.reference.checkpoint import read_progress
@@ -127,6 +127,16 @@ def _cached(
     return stored_plain_reference(spec, cfg, artifacts, kind)
 
 
+def _store_sources(specs: Iterable[ProblemSpec], artifacts: str | Path) -> list[ProblemSpec]:
+    """``specs`` as a list, each problem from a source stored on the driver (its source was
+    called when the config was loaded): workers load it like a preset's problem."""
+    specs = list(specs)
+    for spec in specs:
+        if spec.source is not None:
+            build_problem(spec, artifacts)
+    return specs
+
+
 def reference_stage(
     specs: Iterable[ProblemSpec],
     cfg: ReferenceConfig,
@@ -161,7 +171,7 @@ def reference_stage(
     base = {"reference": dataclasses.asdict(cfg), "artifacts": str(artifacts)}
     homes: dict[tuple[str, float], Path] = {}
     try:
-        for spec in specs:
+        for spec in _store_sources(specs, artifacts):
             pid = problem_id(spec)
             if pid in by_gamma:
                 continue

@@ -97,6 +97,12 @@ def problem_label(model: str, seed: int) -> str:
     return f"{model}·s{seed}"
 
 
+def entry_name(entry) -> str:
+    """A problem entry's short name: its model preset, or its source's function name."""
+    source = getattr(entry, "source", None)
+    return entry.model if source is None else source.rpartition(":")[2]
+
+
 def study_label(label: str, method: str) -> str:
     """A study's readable name: ``<problem label>:<method>``, ``linear·s0:sgld``."""
     return f"{label}:{method}"
@@ -107,7 +113,7 @@ def problem_labels(entries: Sequence, specs: Sequence) -> dict[str, str]:
     of their resolved ``specs``); labels two problems share get their pid's first hex digits."""
     base: dict[str, str] = {}
     for entry, spec in zip(entries, specs, strict=True):
-        base.setdefault(problem_id(spec), problem_label(entry.model, entry.seed))
+        base.setdefault(problem_id(spec), problem_label(entry_name(entry), entry.seed))
     counts: dict[str, int] = {}
     for label in base.values():
         counts[label] = counts.get(label, 0) + 1
@@ -117,13 +123,15 @@ def problem_labels(entries: Sequence, specs: Sequence) -> dict[str, str]:
 def problem_columns(entry, spec, label: str) -> dict:
     """The problem columns of a row: presets by name, family, hidden widths, d, n, seed."""
     widths = student_widths(spec)
-    data = spec.data
+    data, src = spec.data, spec.source
     return {
         "label": label,
-        "model": entry.model,
-        "family": spec.model.family,
+        "model": entry.model if src is None else src.source,
+        "family": spec.model.family if src is None else "source",
         "widths": widths,
-        "d": mlp_param_count(data.input_dim, widths, data.output_dim, spec.model.bias),
+        "d": mlp_param_count(data.input_dim, widths, data.output_dim, spec.model.bias)
+        if src is None
+        else src.d,
         "data": entry.data,
         "n": data.n,
         "teacher": entry.teacher,

@@ -115,7 +115,8 @@ def _members(specs: list, entries: list, refs) -> list[Member]:
     for spec, entry in zip(specs, entries, strict=True):
         pid = problem_id(spec)
         ref = refs[pid]
-        label = member_label(entry.model, spec)
+        name = entry.model if entry.source is None else entry.source.rpartition(":")[2]
+        label = member_label(name, spec)
         out.append(Member(pid, spec, {**trial_ref(ref), "curvature": ref.get("curvature")}, label))
     return out
 

@@ -89,7 +89,8 @@ def describe(plan: Plan) -> str:
     if len(plan.gammas) > 1:
         lines.append("  references at γ = " + ", ".join(f"{g:g}" for g in plan.gammas))
     for pid, spec in zip(plan.pids, plan.exp.problems, strict=False):
-        lines.append(f"  problem {pid}: model {spec.model.family} data n={spec.data.n}")
+        model = spec.model.family if spec.source is None else f"source {spec.source.source}"
+        lines.append(f"  problem {pid}: model {model} data n={spec.data.n}")
     for name, c in plan.exp.classes.items():
         lines.append(
             f"  class {name}: {len(c.train)} train member(s), {len(c.holdout)} holdout; one "
