@@ -19,7 +19,8 @@ median_rel_err_transferred, hmc_theory_gap, median_rel_err_baseline}``. Referenc
 are content-addressed under ``--work``: a second run reuses them (its time is the tuning's).
 
 Usage: ``python bench/bench_transfer.py --out transfer.json [--work bench_transfer_work]
-[--trials 20] [--quick]`` (``--quick``: fewer, smaller members and trials, for a smoke run).
+[--trials 20] [--train 6] [--quick]`` (``--quick``: fewer, smaller members and trials, for a
+smoke run).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ import yaml
 from lambda_hat import layout
 from lambda_hat.study.transfer import summarize_transfer
 
-#: (hidden widths, n) per member: 5 inputs, 5 outputs, a rank-1 teacher.
+#: (hidden widths, n) per member: 5 inputs, 5 outputs, a rank-1 teacher; ``--train N`` takes
+#: the first N (their references are the bench's cost: on 2 busy cores 5-6-5 at n = 3,000 took
+#: 13 minutes of NUTS warm-up alone).
 TRAIN = [([2], 1000), ([4], 2000), ([3, 3], 1000), ([6], 3000), ([4, 4, 4], 2000), ([10], 5000)]
 HOLDOUT_A = [([15], 2000), ([10, 10], 2000)]
 HOLDOUT_B = [(50, [100], 50, 5000), (100, [100], 100, 5000)]
@@ -62,8 +65,8 @@ def _dln(widths, n, dims=(5, 5), reference="hmc") -> dict:
     return entry
 
 
-def config(work: Path, trials: int, quick: bool) -> dict:
-    train = QUICK["train"] if quick else TRAIN
+def config(work: Path, trials: int, quick: bool, n_train: int = len(TRAIN)) -> dict:
+    train = QUICK["train"] if quick else TRAIN[:n_train]
     a = QUICK["a"] if quick else HOLDOUT_A
     b = QUICK["b"] if quick else HOLDOUT_B
     holdout_a = [_dln(w, n) for w, n in a]
@@ -175,10 +178,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench_transfer_work"))
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--train", type=int, default=len(TRAIN), help="the first N train members")
     args = ap.parse_args()
     work = args.work.resolve()
-    seconds = run(work, config(work, args.trials if not args.quick else 6, args.quick))
-    out = {**measure(work), "seconds": seconds, "quick": args.quick}
+    trials = args.trials if not args.quick else 6
+    seconds = run(work, config(work, trials, args.quick, args.train))
+    out = {**measure(work), "seconds": seconds, "quick": args.quick, "train": args.train}
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
