@@ -10,7 +10,7 @@ process (its commands, trial and worker processes) or by :func:`enable_x64`
 from lambda_hat._exports import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "LLCResult", "SourceProblem", "enable_x64", "estimate"]
+__all__ = ["__version__", "Checkpoint", "LLCResult", "SourceProblem", "enable_x64", "estimate"]
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -18,6 +18,7 @@ __getattr__, __dir__ = lazy_exports(
         "enable_x64": "precision",
         "estimate": "notebook",
         "LLCResult": "notebook",
+        "Checkpoint": "problem.source",
         "SourceProblem": "problem.source",
     },
 )

@@ -17,6 +17,7 @@ tuning YAML (the two read those sections alike).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,12 @@ from lambda_hat.config.paths import PathsConfig
 from lambda_hat.config.runs import Runs, RunsConfig, check_runs
 from lambda_hat.config.tuning import Tuning, TuningConfig, check_tuning
 from lambda_hat.problem.build import problem_id, theory_unknown
-from lambda_hat.problem.spec import ProblemSpec, resolve_problem
+from lambda_hat.problem.spec import (
+    ProblemSpec,
+    reference_of,
+    resolve_entries,
+    resolve_problem,
+)
 from lambda_hat.reference.settings import ReferenceConfig
 from lambda_hat.schema import ConfigError, read_yaml, validate
 
@@ -79,10 +85,14 @@ def _load(
     try:
         cfg = check(validate(raw, schema, ""))
         search = [path.parent / "conf"]
-        problems = [
-            resolve_problem(p, f"problems[{i}]", search, path.parent)
+        pairs = [
+            pair
             for i, p in enumerate(cfg.problems)
+            for pair in resolve_entries(p, f"problems[{i}]", search, path.parent)
         ]
+        # one entry per problem (a source's checkpoints each get their own, with its step)
+        cfg = dataclasses.replace(cfg, problems=[e for e, _ in pairs])
+        problems = [s for _, s in pairs]
         kinds = reference_kinds(cfg.problems, problems)
     except ConfigError as exc:
         fix = _other_kind(exc, raw, "tuning" if schema is TuningConfig else "runs") or exc.fix
@@ -103,18 +113,18 @@ def reference_kinds(
     kinds = {} if kinds is None else kinds
     for i, (entry, spec) in enumerate(zip(entries, specs, strict=True)):
         at = wheres[i] if wheres is not None else f"problems[{i}]"
-        where, pid = f"{at}.reference", problem_id(spec)
-        if entry.reference == "theory" and (why := theory_unknown(spec)) is not None:
+        where, pid, kind = f"{at}.reference", problem_id(spec), reference_of(entry, spec)
+        if kind == "theory" and (why := theory_unknown(spec)) is not None:
             raise ConfigError(
                 where,
                 f"got 'theory', but {why}.",
                 "use reference: hmc (an HMC reference) or reference: none (runs unscored).",
             )
-        if kinds.setdefault(pid, entry.reference) != entry.reference:
+        if kinds.setdefault(pid, kind) != kind:
             raise ConfigError(
                 where,
                 f"problem {pid} is listed twice, with reference: {kinds[pid]} and "
-                f"reference: {entry.reference}.",
+                f"reference: {kind}.",
                 "give every listing of the same problem the same reference kind.",
             )
     return kinds
@@ -183,7 +193,7 @@ def _member_kinds(entries: list, specs: list, kinds: dict[str, str], train: bool
     """Check the members' reference kinds (train members need a reference to tune against)
     and add them to ``kinds``."""
     for (where, entry), spec in zip(entries, specs, strict=True):
-        if train and entry.reference == "none":
+        if train and reference_of(entry, spec) == "none":
             raise ConfigError(
                 f"{where}.reference",
                 "a train member needs a reference: the class study scores its runs against it.",

@@ -3,13 +3,14 @@ by pid under ``<artifacts>/problems/<pid>/``, and the closed-form answers tests 
 
 Modules: ``spec`` (the problem schema and presets), ``build`` (build or load a problem; its
 pid), ``models`` (MLP and deep linear networks), ``source`` / ``source_checks`` /
-``source_store`` (a problem from your code: ``source:``), ``theory`` (d/2, Aoyagi's λ, closed forms).
+``source_store`` / ``checkpoints`` (a problem from your code: ``source:``), ``theory`` (d/2, Aoyagi's λ, closed forms).
 """
 
 from lambda_hat._exports import lazy_exports
 
 __all__ = [
     "build_problem",
+    "Checkpoint",
     "load_problem",
     "mlp_param_count",
     "PRESET_GROUPS",
@@ -17,6 +18,8 @@ __all__ = [
     "problem_id",
     "ProblemEntry",
     "ProblemSpec",
+    "reference_of",
+    "resolve_entries",
     "resolve_problem",
     "SourceProblem",
     "student_widths",
@@ -28,6 +31,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "build_problem": "build",
+        "Checkpoint": "source",
         "load_problem": "build",
         "mlp_param_count": "models",
         "PRESET_GROUPS": "spec",
@@ -35,6 +39,8 @@ __getattr__, __dir__ = lazy_exports(
         "problem_id": "build",
         "ProblemEntry": "spec",
         "ProblemSpec": "spec",
+        "reference_of": "spec",
+        "resolve_entries": "spec",
         "resolve_problem": "spec",
         "SourceProblem": "source",
         "student_widths": "build",

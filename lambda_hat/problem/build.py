@@ -47,11 +47,14 @@ TRAIN_CHUNKS = 10
 def pid_fields(spec: ProblemSpec) -> dict:
     """What the pid hashes: the resolved spec, ``data.loss`` only when it is not the default
     ``gaussian`` and ``source`` only when set (so the pids of problems from before they existed
-    stand). A source problem: its (source, args, seed) and the digest of its arrays."""
+    stand). A source problem: its (source, args, seed) and the digest of its arrays (a
+    checkpoint's also its index and step)."""
     fields = as_dict(spec)
     src = fields.pop("source", None)
     if src is not None:
         keep = ("source", "args", "digest")
+        if src.get("checkpoint") is not None:
+            keep += ("checkpoint", "step")
         return {"source": {k: src[k] for k in keep}, "seed": spec.seed}
     if fields["data"].get("loss") == "gaussian":
         fields["data"] = {k: v for k, v in fields["data"].items() if k != "loss"}

@@ -22,7 +22,7 @@ import hashlib
 import importlib
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from lambda_hat.llc.posterior import LOSSES, model_loss
 from lambda_hat.schema import ConfigError, config_dataclass, field
 
 __all__ = [
+    "Checkpoint",
     "SourceConfig",
     "SourceProblem",
     "array_digest",
@@ -57,14 +58,30 @@ class SourceProblem:
     leading n. Either ``loss(params, X, y) -> (n,)``, the per-example NLL (L_n is its mean), or
     ``predict(params, X)`` with ``loss_kind`` ``gaussian`` (σ = ``noise``) | ``cross_entropy``
     (logits, integer labels). Functions must be pure (JAX-traceable).
+
+    ``checkpoints`` (instead of ``params``): several checkpoints of one training run, a list of
+    :class:`Checkpoint` or ``(step, params)`` / ``(step, params, {"train_loss": .., "test_loss":
+    ..})`` tuples, steps increasing; each becomes a problem (LLC over training).
     """
 
-    params: Any
-    data: tuple
+    params: Any = None
+    data: tuple | None = None
     loss: Callable | None = None
     predict: Callable | None = None
     loss_kind: str | None = None
     noise: float = 1.0
+    checkpoints: Sequence | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of a training run: its optimizer step, its parameters (the same pytree
+    at every checkpoint) and, when known, the training and test loss at that step."""
+
+    step: int
+    params: Any
+    train_loss: float | None = None
+    test_loss: float | None = None
 
 
 @config_dataclass
@@ -81,6 +98,13 @@ class SourceConfig:
         "per_example", "the loss kind (per_example: the source's own per-example NLL)"
     )
     noise: float = field(1.0, "Gaussian σ (loss gaussian)", gt=0)
+    checkpoint: int | None = field(None, "index into the source's checkpoints; None: params", ge=0)
+    step: int | None = field(None, "the checkpoint's training step")
+    train_loss: float | None = field(None, "training loss at that step, as the source gives it")
+    test_loss: float | None = field(None, "test loss at that step, as the source gives it")
+    shift_sd: float | None = field(
+        None, "move of the posterior's mode along ∇L_n(w*), in its SDs (None: unbounded)"
+    )
 
 
 _CACHE: dict[str, SourceProblem] = {}
@@ -177,6 +201,14 @@ def as_source_problem(out: Any, where: str) -> SourceProblem:
     elif not isinstance(out, SourceProblem):
         raise ConfigError(where, f"returned a {type(out).__name__}.", fix)
     missing = [n for n in ("params", "data") if _field(out, n) is None]
+    if "params" in missing and _field(out, "checkpoints") is not None:
+        missing.remove("params")
+    elif _field(out, "checkpoints") is not None:
+        raise ConfigError(
+            where,
+            "the return value has both params and checkpoints.",
+            "return params (one problem) or checkpoints (one problem per checkpoint).",
+        )
     if missing:
         raise ConfigError(where, f"the return value has no {' and no '.join(missing)}.", fix)
     if isinstance(out, Mapping):
@@ -201,7 +233,7 @@ def as_source_problem(out: Any, where: str) -> SourceProblem:
 
 
 def _field(out: Any, name: str) -> Any:
-    return out.get(name) if isinstance(out, Mapping) else getattr(out, name)
+    return out.get(name) if isinstance(out, Mapping) else getattr(out, name, None)
 
 
 def flatten_params(params: Any, where: str) -> tuple[np.ndarray, Callable]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes, atomic_write_npz
+from lambda_hat.problem.checkpoints import at_checkpoint
 from lambda_hat.problem.models import Model
 from lambda_hat.problem.source import (
     SourceConfig,
@@ -42,8 +43,7 @@ class SourceChanged(RuntimeError):
 def prepared(spec_source: SourceConfig, seed: int) -> PreparedSource:
     """The source of a spec called (once per process) and checked, its digest the spec's."""
     src = spec_source
-    sp = call_source(src.source, src.args, seed, src.folder, "problem")
-    prep = prepare_source(sp, "problem", allow_nonminimum=True)  # the config load checked it
+    prep = prepare_source(called(src, seed), "problem", allow_nonminimum=True)  # checked at load
     if prep.digest != src.digest:
         raise SourceChanged(
             f"{src.source} now returns other data or parameters than when its pid was taken "
@@ -51,6 +51,12 @@ def prepared(spec_source: SourceConfig, seed: int) -> PreparedSource:
             "to plan the new problem"
         )
     return prep
+
+
+def called(src: SourceConfig, seed: int) -> SourceProblem:
+    """What the source of a spec returns (once per process), at the spec's checkpoint."""
+    sp = call_source(src.source, src.args, seed, src.folder, "problem")
+    return sp if src.checkpoint is None else at_checkpoint(sp, src.checkpoint)
 
 
 def source_model(src: SourceConfig, input_dim: int, output_dim: int, unravel: Callable) -> Model:
@@ -62,7 +68,7 @@ def store_source(src: SourceConfig, seed: int, path: Path) -> tuple[PreparedSour
     """Write ``data.npz`` and ``source.pkl`` of the source under ``path``; returns the prepared
     source and its arrays (X, y, w_star, w_teacher: empty)."""
     prep = prepared(src, seed)
-    sp = call_source(src.source, src.args, seed, src.folder, "problem")
+    sp = called(src, seed)
     to_numpy = jax.tree_util.tree_map(np.asarray, sp.params)
     record = {
         "params": to_numpy,

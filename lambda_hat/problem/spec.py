@@ -14,6 +14,7 @@ means, in the help text next to it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from importlib import resources
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any, Literal
 
 from omegaconf import OmegaConf
 
-from lambda_hat.problem.source import SourceConfig, call_source
-from lambda_hat.problem.source_checks import prepare_source
+from lambda_hat.problem.source import SourceConfig
+from lambda_hat.problem.source_entry import source_problems
 from lambda_hat.schema import ConfigError, config_dataclass, field, read_yaml, validate
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "TrainConfig",
     "load_preset",
     "preset_names",
+    "reference_of",
+    "resolve_entries",
     "resolve_problem",
 ]
 
@@ -126,11 +129,11 @@ class ProblemEntry:
     teacher: str = field("_null", "preset name in conf/teacher/ (_null: random student-shaped net)")
     seed: int = field(0, "seed for data, teacher, student init and training")
     overrides: dict = field({}, "deep-merged into the presets: {model: {...}, data: {...}, ...}")
-    reference: Literal["hmc", "theory", "none"] = field(
-        "hmc",
+    reference: Literal["hmc", "theory", "none"] | None = field(
+        None,
         "what runs are scored against: hmc (a NUTS reference), theory (Aoyagi's λ of a deep "
         "linear network, d/2 of a regular model; no NUTS), none (no reference: runs unscored); "
-        "not part of the problem, so the pid is the same",
+        "None: hmc, and none for a source's checkpoints; not part of the pid",
     )
     source: str | None = field(
         None,
@@ -141,6 +144,18 @@ class ProblemEntry:
     allow_nonminimum: bool = field(
         False, "estimate a source problem whose gradient at its parameters is far from zero"
     )
+    checkpoints: list[int] | None = field(
+        None, "the training steps to estimate of a source that returns checkpoints; None: all"
+    )
+
+
+def reference_of(entry: ProblemEntry, spec: ProblemSpec) -> str:
+    """The entry's reference kind: as written, else ``none`` for a source's checkpoint (no HMC
+    per checkpoint) and ``hmc`` for every other problem."""
+    if entry.reference is not None:
+        return entry.reference
+    checkpoint = spec.source is not None and spec.source.checkpoint is not None
+    return "none" if checkpoint else "hmc"
 
 
 # -------------------------------------------------------------------------------- presets
@@ -189,7 +204,18 @@ def resolve_problem(
     if not isinstance(entry, ProblemEntry):
         entry = validate(entry, ProblemEntry, where)
     if entry.source is not None:
-        return _resolve_source(entry, where, folder)
+        specs = _resolve_source(entry, where, folder)
+        if len(specs) != 1:
+            raise ConfigError(
+                f"{where}.checkpoints",
+                f"the source returns {len(specs)} checkpoints; here one problem is needed.",
+                "pick one checkpoint by its step: checkpoints: [step].",
+            )
+        return specs[0]
+    if entry.checkpoints is not None:
+        raise ConfigError(
+            f"{where}.checkpoints", "is for a source problem.", "remove checkpoints:."
+        )
     for key in entry.overrides:
         if key not in PRESET_GROUPS:
             raise ConfigError(
@@ -273,9 +299,32 @@ def _check_problem(spec: ProblemSpec, where: str) -> None:
         )
 
 
-def _resolve_source(entry: ProblemEntry, where: str, folder: Path | None) -> ProblemSpec:
-    """The spec of a ``source:`` entry: the source called and checked (ConfigErrors before
-    any work), its arrays' digest and sizes filled in."""
+def resolve_entries(
+    entry: ProblemEntry | dict, where: str = "problem", search=None, folder: Path | None = None
+) -> list[tuple[ProblemEntry, ProblemSpec]]:
+    """Every problem of a config entry as (entry, spec), its reference kind filled in
+    (:func:`reference_of`): one, or one per checkpoint of a source that returns several (each
+    entry then names its step, ``checkpoints: [step]``)."""
+    if not isinstance(entry, ProblemEntry):
+        entry = validate(entry, ProblemEntry, where)
+    specs = (
+        _resolve_source(entry, where, folder)
+        if entry.source is not None
+        else [resolve_problem(entry, where, search, folder)]
+    )
+    out = []
+    for spec in specs:
+        src = spec.source
+        steps = entry.checkpoints if src is None or src.checkpoint is None else [src.step]
+        e = dataclasses.replace(entry, reference=reference_of(entry, spec), checkpoints=steps)
+        out.append((e, spec))
+    return out
+
+
+def _resolve_source(entry: ProblemEntry, where: str, folder: Path | None) -> list[ProblemSpec]:
+    """The specs of a ``source:`` entry (one per checkpoint of a source that returns several):
+    the source called and checked (ConfigErrors before any work), its arrays' digest and sizes
+    filled in."""
     default = ProblemEntry()
     for key in (*PRESET_GROUPS, "overrides"):
         if getattr(entry, key) != getattr(default, key):
@@ -285,23 +334,5 @@ def _resolve_source(entry: ProblemEntry, where: str, folder: Path | None) -> Pro
                 "the source).",
                 f"remove {key}:, or pass such settings through args:.",
             )
-    folder = None if folder is None else str(Path(folder).resolve())
-    sp = call_source(entry.source, entry.args, entry.seed, folder, where)
-    prep = prepare_source(sp, where, entry.allow_nonminimum)
-    loss = prep.kind if prep.kind in ("gaussian", "cross_entropy") else "gaussian"
-    data = {"n": prep.n, "input_dim": prep.input_dim, "output_dim": prep.output_dim}
-    source = {"source": entry.source, "args": dict(entry.args), "folder": folder}
-    resolved = {
-        "model": {"depth": 0, "widths": []},
-        "data": {**data, "loss": loss, "noise": prep.noise},
-        "teacher": {},
-        "seed": entry.seed,
-        "source": {
-            **source,
-            "digest": prep.digest,
-            "d": prep.d,
-            "loss": prep.kind,
-            "noise": prep.noise,
-        },
-    }
-    return validate(resolved, ProblemSpec, where)
+    resolved = source_problems(entry, where, folder)
+    return [validate(r, ProblemSpec, where) for r in resolved]

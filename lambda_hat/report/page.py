@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lambda_hat import layout
 from lambda_hat._io import atomic_write_bytes, finite_float
-from lambda_hat.report import calibration, plots, run_figures
+from lambda_hat.report import calibration, plots, run_figures, training_figures
 from lambda_hat.report import study_figures as report_figures
 from lambda_hat.report.data import Inputs, load_inputs, problem_labels
 from lambda_hat.report.sections import (
@@ -138,6 +138,21 @@ def _study_blocks(
     else:
         blocks.append(("p", "No slice plots: no hyperparameter varies across finished trials."))
     return blocks
+
+
+def _training_blocks(w: Writer, inp: Inputs) -> list[Block]:
+    """LLC over training: one figure per checkpointed source, method and set."""
+    curves = training_figures.training_curves(inp.runs)
+    if not curves:
+        return []
+    out: list[Block] = [("h", 2, "LLC over training")]
+    for (source, seed, method, index), curve in curves.items():
+        name = source.rpartition(":")[2]
+        title = f"{source} seed {seed}: {method} set {index}, one setting at every checkpoint"
+        png = training_figures.plot_training(curve, title)
+        caption = f"λ̂ ± SE and the training and test loss against training step: {title}"
+        out.append(w.png(f"training_{name}_s{seed}_{method}_set{index}.png", png, caption))
+    return out
 
 
 def _run_set_blocks(w: Writer, inp: Inputs, rows: list[dict]) -> list[Block]:
@@ -261,6 +276,7 @@ def report_blocks(
     blocks += validated_blocks(tables.validated)
     blocks += class_blocks(w, inp.results)
     blocks += runs_blocks(inp, tables.runs)
+    blocks += _training_blocks(w, inp)
     blocks += _run_set_blocks(w, inp, tables.runs)
     if tables.best:
         blocks.append(("h", 2, "Studies"))

@@ -32,7 +32,9 @@ from lambda_hat.trial.outcome import KINDS, estimate_error
 
 _POSTERIOR = ("beta", "gamma", "nbeta")  # the run's posterior, from metrics.json or its ref
 
-#: What the problem is (:func:`problem_columns`): presets by name, the resolved sizes.
+#: What the problem is (:func:`problem_columns`): presets by name, the resolved sizes; a
+#: source's checkpoint: its training step, the training and test loss the source gave at it,
+#: and ``shift_sd`` (a source's move of the posterior's mode along ∇L_n, in its SDs).
 PROBLEM_COLUMNS: dict[str, pa.DataType] = {
     "label": pa.string(),
     "model": pa.string(),
@@ -43,6 +45,10 @@ PROBLEM_COLUMNS: dict[str, pa.DataType] = {
     "n": pa.int64(),
     "teacher": pa.string(),
     "problem_seed": pa.int64(),
+    "step": pa.int64(),
+    "train_loss": pa.float64(),
+    "test_loss": pa.float64(),
+    "shift_sd": pa.float64(),
 }
 
 #: The outcome of a run (:func:`metrics_columns`); ``diagnostics`` (a struct) comes after them.
@@ -100,7 +106,11 @@ def problem_label(model: str, seed: int) -> str:
 def entry_name(entry) -> str:
     """A problem entry's short name: its model preset, or its source's function name."""
     source = getattr(entry, "source", None)
-    return entry.model if source is None else source.rpartition(":")[2]
+    if source is None:
+        return entry.model
+    steps = getattr(entry, "checkpoints", None)
+    step = f"@{steps[0]}" if steps is not None and len(steps) == 1 else ""
+    return source.rpartition(":")[2] + step
 
 
 def study_label(label: str, method: str) -> str:
@@ -136,6 +146,10 @@ def problem_columns(entry, spec, label: str) -> dict:
         "n": data.n,
         "teacher": entry.teacher,
         "problem_seed": spec.seed,
+        "step": None if src is None else src.step,
+        "train_loss": None if src is None else src.train_loss,
+        "test_loss": None if src is None else src.test_loss,
+        "shift_sd": None if src is None else src.shift_sd,
     }
 
 

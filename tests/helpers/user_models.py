@@ -177,3 +177,31 @@ def untrained(seed: int = 0) -> SourceProblem:
         loss_kind="gaussian",
         noise=0.5,
     )
+
+
+def checkpointed(steps=(2, 20, 400), bad: str | None = None, seed: int = 0) -> SourceProblem:
+    """Linear regression (d = 4) trained by full-batch gradient descent from zero, a checkpoint
+    after each of ``steps`` (train and test loss: mean squared errors). ``bad``: ``empty``,
+    ``order`` (steps not increasing) or ``shape`` (the last checkpoint's w reshaped)."""
+    from lambda_hat import Checkpoint
+
+    sp = linear(seed=seed)
+    X, y = sp.data
+    Xt, yt = linear(seed=seed + 1).data
+    A, At = (np.hstack([x, np.ones((len(x), 1))]) for x in (X, Xt))
+    w, t, out = np.zeros((4, 1)), 0, []
+    for target in steps:
+        while t < target:
+            w = w - 0.1 * A.T @ (A @ w - y) / len(X)
+            t += 1
+        mse = [float(np.mean((a @ w - b) ** 2)) for a, b in ((A, y), (At, yt))]
+        out.append(Checkpoint(t, {"w": w[:-1].copy(), "b": w[-1].copy()}, *mse))
+    if bad == "empty":
+        out = []
+    elif bad == "order":
+        out[0], out[1] = out[1], out[0]
+    elif bad == "shape":
+        out[-1] = (out[-1].step, {"w": out[-1].params["w"].T, "b": out[-1].params["b"]})
+    return SourceProblem(
+        checkpoints=out, data=(X, y), predict=sp.predict, loss_kind="gaussian", noise=0.5
+    )
