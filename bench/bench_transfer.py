@@ -14,8 +14,10 @@ Runs ``parsl-optuna --local`` on one generated config and reads what it wrote:
 
 Prints the held-out table (as ``parsl-optuna`` does) and the summary, and writes
 ``--out F.json``: ``holdout_a: {members, within_2se, rel_err_transferred,
-rel_err_per_problem, rel_err_baseline}`` (means over members) and ``holdout_b: {members,
-median_rel_err_transferred, hmc_theory_gap, median_rel_err_baseline}``. References and runs
+rel_err_per_problem, rel_err_baseline, baseline_failed}`` (means over members; the baseline's
+over those where it did not fail) and ``holdout_b: {members, median_rel_err_transferred,
+hmc_theory_gap, median_rel_err_baseline, baseline_failed}``. ``--family mlp`` runs a tanh-MLP
+class instead (HMC holdouts only: its ``holdout_a``). References and runs
 are content-addressed under ``--work``: a second run reuses them (its time is the tuning's).
 
 Usage: ``python bench/bench_transfer.py --out transfer.json [--work bench_transfer_work]
@@ -47,6 +49,19 @@ TRAIN = [([2], 1000), ([4], 2000), ([3, 3], 1000), ([6], 3000), ([4, 4, 4], 2000
 HOLDOUT_A = [([15], 2000), ([10, 10], 2000)]
 HOLDOUT_B = [(50, [100], 50, 5000), (100, [100], 100, 5000)]
 QUICK = {"train": TRAIN[:3], "a": HOLDOUT_A[:1], "b": HOLDOUT_B[:1]}
+#: ``--family mlp``: 3 → 1 tanh MLPs (the ``tiny`` preset, a random realizable teacher), (hidden
+#: widths, n); holdout at larger d against HMC (no closed form exists for them).
+MLP_TRAIN = [([3], 500), ([4], 500), ([6], 1000)]
+MLP_HOLDOUT = [([12], 1000), ([8, 8], 1000)]
+
+
+def _mlp(widths, n) -> dict:
+    return {
+        "model": "tiny",
+        "data": "small",
+        "seed": 1,
+        "overrides": {"model": {"widths": list(widths), "depth": len(widths)}, "data": {"n": n}},
+    }
 
 
 def _dln(widths, n, dims=(5, 5), reference="hmc") -> dict:
@@ -65,22 +80,34 @@ def _dln(widths, n, dims=(5, 5), reference="hmc") -> dict:
     return entry
 
 
-def config(work: Path, trials: int, quick: bool, n_train: int = len(TRAIN)) -> dict:
+def config(
+    work: Path, trials: int, quick: bool, n_train: int = len(TRAIN), family: str = "dln"
+) -> dict:
+    if family == "mlp":
+        return _with_members(
+            work,
+            trials,
+            [_mlp(w, n) for w, n in MLP_TRAIN],
+            [_mlp(w, n) for w, n in MLP_HOLDOUT],
+            "mlp",
+        )
     train = QUICK["train"] if quick else TRAIN[:n_train]
     a = QUICK["a"] if quick else HOLDOUT_A
     b = QUICK["b"] if quick else HOLDOUT_B
     holdout_a = [_dln(w, n) for w, n in a]
     holdout_b = [_dln(w, n, (i, o), "theory") for i, w, o, n in b]
+    cfg = _with_members(work, trials, [_dln(w, n) for w, n in train], holdout_a + holdout_b, "dln")
+    cfg["problems"] = holdout_a  # per-problem studies: the comparison on holdout A
+    cfg["classes"][0]["holdout_seeds"] = 2 if quick else 3
+    return cfg
+
+
+def _with_members(work: Path, trials: int, train: list, holdout: list, name: str) -> dict:
+    hmc = [m for m in holdout if m.get("reference", "hmc") == "hmc"]
     return {
-        "problems": holdout_a,  # per-problem studies: the comparison on holdout A
+        "problems": hmc,  # per-problem studies: the comparison on the HMC holdout members
         "classes": [
-            {
-                "name": "dln",
-                "train": [_dln(w, n) for w, n in train],
-                "holdout": holdout_a + holdout_b,
-                "top_k": 2,
-                "holdout_seeds": 2 if quick else 3,
-            }
+            {"name": name, "train": train, "holdout": holdout, "top_k": 2, "holdout_seeds": 3}
         ],
         "methods": ["sgld"],
         "reference": {"chains": 4, "draws": 1000, "warmup": 500, "target_accept": 0.9},
@@ -162,12 +189,14 @@ def measure(work: Path) -> dict:
                 [per[s["pid"]] / abs(s["ref"]) for s in a if s["pid"] in per and s["ref"]]
             ),
             "rel_err_baseline": mean([base.get(s["pid"], {}).get("rel_error") for s in a]),
+            "baseline_failed": sum("llc_hat" not in base.get(s["pid"], {}) for s in a),
         },
         "holdout_b": {
             "members": len(b),
             "median_rel_err_transferred": median([s.get("rel_error") for s in b]),
             "hmc_theory_gap": mean(gaps),
             "median_rel_err_baseline": median([base.get(s["pid"], {}).get("rel_error") for s in b]),
+            "baseline_failed": sum("llc_hat" not in base.get(s["pid"], {}) for s in b),
         },
     }
 
@@ -179,11 +208,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--train", type=int, default=len(TRAIN), help="the first N train members")
+    ap.add_argument("--family", choices=["dln", "mlp"], default="dln")
     args = ap.parse_args()
     work = args.work.resolve()
     trials = args.trials if not args.quick else 6
-    seconds = run(work, config(work, trials, args.quick, args.train))
+    seconds = run(work, config(work, trials, args.quick, args.train, args.family))
     out = {**measure(work), "seconds": seconds, "quick": args.quick, "train": args.train}
+    out["family"] = args.family
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
