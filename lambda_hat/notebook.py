@@ -14,6 +14,11 @@ A step size may be written in units of its stability limit, ``{"value": 0.1, "sc
 (:func:`lambda_hat.methods.step_limit`) at the top eigenvalue of nβ∇²L_n(w*) + γI found by
 Lanczos (:func:`lambda_hat.reference.curvature.top_eigenvalue`).
 
+Settings may come from a study: :func:`recommended` reads a class study's recommendation
+(``<results>/classes/<class>/<method>/recommendation.json``, its scaled names returned as
+``{value, scale: "stability"}``, so :func:`estimate` converts them with ε_max at your
+parameters) or a per-problem study's validated recommendation (absolute values).
+
 Compiled programs are cached per ``loss_fn`` object (as ``jax.jit`` caches per function): a
 second call with the same function and shapes compiles nothing; a function that reads mutable
 Python state at trace time must be a new object when that state changes.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,6 +38,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lambda_hat import methods
+from lambda_hat.config import read_class_recommendation
 from lambda_hat.llc import engine
 from lambda_hat.llc.posterior import LOSSES, model_loss
 from lambda_hat.methods.stability import STABILITY_SCALE, StabilityRange
@@ -39,7 +46,7 @@ from lambda_hat.reference import curvature
 from lambda_hat.schema import ConfigError
 from lambda_hat.trial import identity, runner
 
-__all__ = ["LLCResult", "estimate"]
+__all__ = ["LLCResult", "estimate", "recommended"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,41 @@ def estimate(
     with jax.enable_x64(True):
         args = (method, hp, scaled, seed, beta, gamma, loss, noise, budget_sec)
         return _estimate(params, loss_fn, X, y, *args)
+
+
+def recommended(
+    results: str | Path = "results",
+    class_: str | None = None,
+    method: str = "sgld",
+    pick: str = "validated",
+    *,
+    study: Any = None,
+) -> dict[str, Any]:
+    """Hyperparameters for :func:`estimate` from a study: the ``pick`` (validated | best)
+    setting of class ``class_``'s ``method`` study under ``results``, its ε_max-scaled names
+    as ``{"value": f, "scale": "stability"}`` (f × ε_max at the parameters you estimate at);
+    or, with ``study`` (an ``optuna.Study`` of one problem), its validated recommendation's
+    absolute values. A :class:`ConfigError` when there is no such recommendation."""
+    if (class_ is None) == (study is None):
+        raise ConfigError(
+            "recommended", "give exactly one of class_ and study.", "e.g. class_='dln'."
+        )
+    if study is not None:
+        from lambda_hat.study import recommendation  # optuna: loaded only here
+
+        rec = recommendation(study)
+        if rec is None:
+            raise ConfigError(
+                "recommended.study",
+                f"study {study.study_name} has no validated recommendation.",
+                "run parsl-optuna with optuna.validate set on its config first.",
+            )
+        return dict(rec["hyperparams"])
+    if pick not in ("best", "validated"):
+        raise ConfigError("recommended.pick", f"got {pick!r}.", "use 'validated' or 'best'.")
+    rec = read_class_recommendation(results, class_, method, pick, "recommended")
+    scaled = {k: {"value": float(rec.units[k]), "scale": STABILITY_SCALE} for k in rec.scaled}
+    return {**rec.units, **scaled}
 
 
 def _estimate(params, fn, X, y, method, hp, scaled, seed, beta, gamma, kind, noise, budget):

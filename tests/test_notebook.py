@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import lambda_hat
+from lambda_hat.config import ClassRecommendation, write_class_recommendation
 from lambda_hat.problem import theory
 from lambda_hat.schema import ConfigError
 from lambda_hat.trial.runner import run_method_trial
@@ -101,6 +102,49 @@ def _logistic(n: int = 1000):
         H = np.asarray(jax.hessian(loss)(w))
         laplace = theory.linear_gaussian_llc(H, n, 1 / math.log(n), 1.0)
         return np.asarray(X), np.asarray(y), np.asarray(w).reshape(3, 2), laplace
+
+
+def test_a_class_recommendation_converts_with_eps_max_at_the_parameters(linear_problem, tmp_path):
+    """A hand-written class recommendation (validated: eta0 3% of ε_max, 200 steps): estimate
+    runs it with ε = 0.03 · ε_max at the given parameters; a missing file and a recommendation
+    without a validated setting are ConfigErrors saying what to run."""
+    units = {"eta0": 0.05, "steps": 300, "batch": 32}
+    validated = {"trial": 4, "units": {**units, "eta0": 0.03, "steps": 200}}
+    write_class_recommendation(
+        tmp_path,
+        ClassRecommendation(
+            class_="lin",
+            method="sgld",
+            pick="validated",
+            units=units,
+            scaled=["eta0"],
+            validated=validated,
+        ),
+    )
+    hp = lambda_hat.recommended(tmp_path, class_="lin", method="sgld", pick="validated")
+    assert hp == {"eta0": {"value": 0.03, "scale": "stability"}, "steps": 200, "batch": 32}
+    W = np.asarray(linear_problem.w_star).reshape(3, 1)
+    res = lambda_hat.estimate({"W": W}, _nll, _data(linear_problem), "sgld", hp)
+    limit, used = res.metrics["step_limit"], res.metrics["hyperparams"]
+    assert res.status == "ok" and used["steps"] == 200 and used["batch"] == 32
+    assert used["eta0"] == pytest.approx(0.03 * limit["eps_max"], rel=1e-12)
+    assert lambda_hat.recommended(tmp_path, "lin", pick="best")["eta0"]["value"] == 0.05
+    with pytest.raises(ConfigError) as info:
+        lambda_hat.recommended(tmp_path / "elsewhere", class_="lin")
+    assert info.value.where == "recommended.class" and "class study" in info.value.fix
+    with pytest.raises(ConfigError) as info:
+        lambda_hat.recommended(tmp_path)
+    assert info.value.where == "recommended"
+
+
+def test_a_problem_study_gives_its_validated_absolute_values():
+    optuna = pytest.importorskip("optuna")
+    study = optuna.create_study(study_name="p_sgld")
+    with pytest.raises(ConfigError) as info:
+        lambda_hat.recommended(study=study)
+    assert info.value.where == "recommended.study"
+    study.set_user_attr("validation", {"hyperparams": {"eta0": 2e-4, "steps": 500}})
+    assert lambda_hat.recommended(study=study) == {"eta0": 2e-4, "steps": 500}
 
 
 @pytest.mark.parametrize(
