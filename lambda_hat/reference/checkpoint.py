@@ -157,7 +157,7 @@ def progress_line(record: dict) -> str:
     """One line of a progress record: where the reference is, the time spent, the ETA."""
     head = f"reference {record.get('pid')} (γ = {record.get('gamma', 0):g})"
     eta = record.get("eta_sec")
-    eta = "known after this phase's first chunk" if eta is None else fmt_seconds(eta)
+    eta = "known after the next chunk" if eta is None else fmt_seconds(eta)
     if record.get("phase") == "warmup":
         where = f"warm-up {record.get('warmup_done')}/{record.get('warmup')} steps"
         eta = f"warm-up ETA {eta}"
