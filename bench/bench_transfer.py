@@ -212,8 +212,10 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work.resolve()
     trials = args.trials if not args.quick else 6
-    seconds = run(work, config(work, trials, args.quick, args.train, args.family))
-    out = {**measure(work), "seconds": seconds, "quick": args.quick, "train": args.train}
+    cfg = config(work, trials, args.quick, args.train, args.family)
+    seconds = run(work, cfg)
+    out = {**measure(work), "seconds": seconds, "quick": args.quick}
+    out["train"] = len(cfg["classes"][0]["train"])
     out["family"] = args.family
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
