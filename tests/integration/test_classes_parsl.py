@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import TINY_REFERENCE
 from helpers.procs import kill_leftovers
 
@@ -84,12 +85,13 @@ def test_a_class_study_recommends_in_units_proves_on_its_holdout_and_resumes(tmp
     assert again.returncode == 0, out2
     assert "0 submitted" in out2 and "4 finished trials" in out2
     assert len(pd.read_parquet(results / layout.CLASS_TRIALS_TABLE)) == len(trials)
-    _killed_and_resumed(tmp_path, config)
 
 
-def _killed_and_resumed(root: Path, config: Path) -> None:
+@pytest.mark.slow  # ~1-2 min: its own tiny references, then a killed and a resumed driver
+def test_a_killed_class_study_resumes_reading_back_its_finished_member_runs(tmp_path):
     """SIGKILL the driver with member runs in flight (each sleeps), then run it again: every
     setting finishes, the killed trials' stored member runs are read back, not run again."""
+    root, config = tmp_path, _config(tmp_path)
     results = root / "results_killed"
     seeded = root / "seeded.yaml"  # another trial seed: none of the first run's runs apply
     seeded.write_text(config.read_text().replace("optuna:\n", "optuna:\n  seed: 7\n"))

@@ -133,6 +133,7 @@ ZERO = {
 VI_HP = {"steps": 1000, "chains": 2, "eval_samples": 64, "lr": 0.03}
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores
 def test_vi_says_when_it_cannot_fit_a_zero_teacher_network(artifacts, linear_problem, tmp_path):
     """The zero-teacher network fails ``check: drift`` (its estimate falls under MALA from q's
     draws) with a message naming the fix; the linear problem, where q is the posterior, passes

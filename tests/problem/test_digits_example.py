@@ -13,6 +13,7 @@ from lambda_hat.problem.source_checks import prepare_source
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores
 def test_the_digits_source_is_a_valid_classifier_problem():
     pytest.importorskip("sklearn")
     args = {"components": 8, "hidden": 4, "steps": 200, "newton": 3}
