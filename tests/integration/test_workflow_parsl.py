@@ -24,6 +24,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from lambda_hat.config.tuning import UCB_SIGMAS
 from lambda_hat.study.tell import counts_as_finished
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,7 +101,10 @@ def test_tiny_config_end_to_end_with_real_methods(shared):
     )
     assert len(df) == sum(len(t) for t in by_study.values())
     assert set(best.method) == {"sgld", "vi"} and len(best) == 4
-    assert (best.objective - (best.llc_hat - best.llc_ref).abs()).abs().max() < 1e-9
+    # the default objective, ucb: |error| + 1 x the trial's SE beyond the reference's
+    excess = (best.se_hat**2 + best.se_ref**2) ** 0.5 - best.se_ref
+    expected = (best.llc_hat - best.llc_ref).abs() + UCB_SIGMAS * excess
+    assert (best.objective - expected).abs().max() < 1e-9
     assert curve.best_so_far.notna().any()
     assert {"hp_eta0", "hp_lr", "hp_steps"} <= set(df)
     assert (df[df.method == "sgld"].hp_steps == 300).all()  # fixed by the search-space override
