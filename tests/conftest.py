@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -163,3 +164,17 @@ def tiny_reference(tmp_path_factory):
         return artifacts
 
     return copy_into
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """A config folder holding tests/helpers/user_models.py, for ``source:`` problems (the
+    module and the source cache forgotten after the test)."""
+    from lambda_hat.problem import source as source_mod
+
+    shutil.copy(Path(__file__).parent / "helpers" / "user_models.py", tmp_path / "user_models.py")
+    monkeypatch.setattr(source_mod, "_CACHE", {})
+    yield tmp_path
+    sys.modules.pop("user_models", None)
+    if str(tmp_path) in sys.path:
+        sys.path.remove(str(tmp_path))

@@ -4,31 +4,17 @@ a ConfigError naming the field before any work."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from lambda_hat.config.load import load_runs
-from lambda_hat.problem import source as source_mod
 from lambda_hat.problem.build import problem_id
 from lambda_hat.problem.spec import resolve_entries, resolve_problem
 from lambda_hat.schema import ConfigError
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 CKPT = "user_models:checkpointed"
-
-
-@pytest.fixture
-def folder(tmp_path, monkeypatch):
-    """A config folder holding user_models.py (the module forgotten after the test)."""
-    shutil.copy(HELPERS / "user_models.py", tmp_path / "user_models.py")
-    monkeypatch.setattr(source_mod, "_CACHE", {})
-    yield tmp_path
-    sys.modules.pop("user_models", None)
-    if str(tmp_path) in sys.path:
-        sys.path.remove(str(tmp_path))
 
 
 def _entries(folder: Path, **entry):

@@ -28,17 +28,6 @@ from lambda_hat.schema import ConfigError
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 
-@pytest.fixture
-def folder(tmp_path, monkeypatch):
-    """A config folder holding user_models.py (the module forgotten after the test)."""
-    shutil.copy(HELPERS / "user_models.py", tmp_path / "user_models.py")
-    monkeypatch.setattr(source_mod, "_CACHE", {})
-    yield tmp_path
-    sys.modules.pop("user_models", None)
-    if str(tmp_path) in sys.path:
-        sys.path.remove(str(tmp_path))
-
-
 def _resolve(folder: Path, **entry):
     return resolve_problem(entry, "problems[0]", folder=folder)
 

@@ -12,7 +12,6 @@ pool without Parsl.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +23,6 @@ import pytest
 from lambda_hat import layout
 from lambda_hat.config.load import load_runs
 from lambda_hat.llc.posterior import default_beta
-from lambda_hat.problem import source as source_mod
 from lambda_hat.problem.theory import linear_gaussian_llc
 from lambda_hat.reference import app as reference_app
 from lambda_hat.report.page import make_report
@@ -33,17 +31,6 @@ from lambda_hat.trial import app as trial_app
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 SGLD = "{eta0: {value: 0.05, scale: stability}, steps: 2000, chains: 4, batch: 200}"
-
-
-@pytest.fixture
-def folder(tmp_path, monkeypatch):
-    """A config folder holding user_models.py (the module forgotten after the test)."""
-    shutil.copy(HELPERS / "user_models.py", tmp_path / "user_models.py")
-    monkeypatch.setattr(source_mod, "_CACHE", {})
-    yield tmp_path
-    sys.modules.pop("user_models", None)
-    if str(tmp_path) in sys.path:
-        sys.path.remove(str(tmp_path))
 
 
 def _config(folder: Path) -> Path:
